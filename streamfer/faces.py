@@ -1,0 +1,141 @@
+"""Face preprocessing shared by the server and by training's evaluation.
+
+One path from encoded image bytes to the grayscale, square, fixed-size face crop the model
+was trained on: decode -> (detect -> frame like the training faces) -> crop -> resize.
+OpenCV decodes (faster than Pillow here: see bench/decode.py) and its bundled Haar cascade
+detects (it ships inside opencv-python-headless 4.x, needs no download, and runs in a few ms
+on a 320 px frame on one core).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# How the training faces are framed relative to the box the Haar cascade draws around the
+# same face: FER2013's 48x48 faces show a little more than the cascade's box. Measured with
+# `python -m training.framing` on FER2013 Training (median over detected faces): the
+# cascade box is `1 / FRAME_SCALE` of the image side, its centre `FRAME_SHIFT_Y` of the side
+# above the image centre. So a crop of side FRAME_SCALE * box, centred FRAME_SHIFT_Y * side
+# below the box centre, frames a camera face as the model saw faces in training.
+FRAME_SCALE = 1.25
+FRAME_SHIFT_Y = 0.0
+
+
+class BadImage(ValueError):
+    """The bytes are not a decodable image (corrupt, empty, or an unsupported format)."""
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in frame pixels."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    def to_list(self) -> list[int]:
+        return [self.x, self.y, self.w, self.h]
+
+
+@dataclass(frozen=True)
+class Face:
+    """A model-ready face: `pixels` is size x size uint8; `box` is where it was in the frame."""
+
+    pixels: np.ndarray
+    box: Box
+
+
+def decode_gray(data: bytes) -> np.ndarray:
+    """Decode JPEG/PNG bytes straight to an 8-bit grayscale array, or raise BadImage."""
+    if not data:
+        raise BadImage("empty image")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if img is None or img.size == 0:
+        raise BadImage("not a decodable JPEG/PNG image")
+    return img
+
+
+def load_gray(path: str | Path) -> np.ndarray:
+    """Read an image file as grayscale through the same decoder the server uses."""
+    try:
+        return decode_gray(Path(path).read_bytes())
+    except BadImage as exc:
+        raise BadImage(f"{path}: {exc}") from None
+
+
+def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize to size x size (area averaging when shrinking, as a camera's downscale would)."""
+    if gray.shape[:2] == (size, size):
+        return gray
+    shrink = gray.shape[0] > size or gray.shape[1] > size
+    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA if shrink else
+                      cv2.INTER_LINEAR)
+
+
+class FaceDetector:
+    """OpenCV's frontal-face Haar cascade, one instance per thread (it is not thread-safe)."""
+
+    def __init__(self, min_face_fraction: float = 0.15) -> None:
+        self.cascade_path = str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml")
+        self.min_face_fraction = min_face_fraction
+        self._local = threading.local()
+
+    def _cascade(self) -> cv2.CascadeClassifier:
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            cascade = cv2.CascadeClassifier(self.cascade_path)
+            if cascade.empty():
+                raise RuntimeError(f"could not load the Haar cascade at {self.cascade_path}")
+            self._local.cascade = cascade
+        return cascade
+
+    def detect(self, gray: np.ndarray) -> Box | None:
+        """The largest frontal face, or None. Works on a copy scaled to <= 320 px wide."""
+        scale = min(1.0, 320.0 / max(gray.shape[1], 1))
+        small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
+            if scale < 1.0 else gray
+        side = min(small.shape[:2])
+        min_side = max(24, int(side * self.min_face_fraction))
+        found = self._cascade().detectMultiScale(
+            cv2.equalizeHist(small), scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side)
+        )
+        if len(found) == 0:
+            return None
+        x, y, w, h = max(found, key=lambda b: int(b[2]) * int(b[3]))
+        return Box(int(x / scale), int(y / scale), int(w / scale), int(h / scale))
+
+
+def crop_face(gray: np.ndarray, box: Box, size: int) -> np.ndarray:
+    """Cut the training framing around a detected box, padding with edge pixels if needed."""
+    side = max(box.w, box.h) * FRAME_SCALE
+    cx = box.x + box.w / 2.0
+    cy = box.y + box.h / 2.0 + FRAME_SHIFT_Y * side
+    x0, y0 = round(cx - side / 2.0), round(cy - side / 2.0)
+    s = max(1, round(side))
+    pad = max(0, -x0, -y0, x0 + s - gray.shape[1], y0 + s - gray.shape[0])
+    if pad:
+        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0 = x0 + pad, y0 + pad
+    return resize_square(gray[y0:y0 + s, x0:x0 + s], size)
+
+
+def prepare(data: bytes, *, is_crop: bool, size: int, detector: FaceDetector) -> Face | None:
+    """Bytes -> model-ready face, or None when a full frame holds no face.
+
+    Client-made crops (the page's own face detector already framed them) skip detection and
+    are only converted and resized; full camera frames go through the detector.
+    """
+    gray = decode_gray(data)
+    if is_crop:
+        h, w = gray.shape[:2]
+        return Face(resize_square(gray, size), Box(0, 0, w, h))
+    box = detector.detect(gray)
+    if box is None:
+        return None
+    return Face(crop_face(gray, box, size), box)

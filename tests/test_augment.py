@@ -1,0 +1,50 @@
+"""The paper's ten views: four corners + centre, each mirrored; and the exported averaging."""
+
+from __future__ import annotations
+
+import torch
+
+from training.augment import corner_offsets, random_views
+from training.export import Deployed
+from training.network import FERNet, NetConfig
+
+
+def test_corner_offsets_48_to_44() -> None:
+    assert corner_offsets(48, 44) == [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2)]
+
+
+def test_random_views_are_paper_crops_or_their_mirrors() -> None:
+    img = torch.arange(48 * 48, dtype=torch.float32).reshape(1, 1, 48, 48)
+    allowed = []
+    for y, x in corner_offsets(48, 44):
+        crop = img[0, :, y:y + 44, x:x + 44]
+        allowed += [crop, crop.flip(-1)]
+    gen = torch.Generator().manual_seed(0)
+    views = random_views(img.expand(200, -1, -1, -1), 44, "paper10", gen)
+    seen = set()
+    for v in views:
+        matches = [i for i, a in enumerate(allowed) if torch.equal(v, a)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == set(range(10))  # all ten views occur
+
+
+def test_no_augmentation_is_the_centre_crop() -> None:
+    img = torch.rand(4, 1, 48, 48)
+    torch.testing.assert_close(random_views(img, 44, "none"), img[..., 2:46, 2:46])
+
+
+def test_deployed_ten_crop_averages_the_ten_views() -> None:
+    torch.manual_seed(0)
+    net = FERNet(NetConfig(conv_channels=(4, 4), local_channels=2)).eval()
+    dep = Deployed(net, 48, 44, mean=100.0, std=50.0).eval()
+    x = torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8)
+    xn = (x.float() - 100.0) / 50.0
+    views = [xn[..., y:y + 44, c:c + 44] for y, c in corner_offsets(48, 44)]
+    views += [v.flip(-1) for v in views]
+    expected = torch.stack([torch.softmax(net(v), 1) for v in views]).mean(0)
+    with torch.no_grad():
+        got = dep.predict(x, "ten")
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(dep.predict(x, "centre"), torch.softmax(net(views[4]), 1))
+        torch.testing.assert_close(dep(x).sum(1), torch.ones(3))

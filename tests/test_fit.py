@@ -1,0 +1,84 @@
+"""A tiny end-to-end fit whose export loads with torch.jit.load alone; k-fold; DDP smoke."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from training import fit
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_faces(root: Path, per_class: int = 12) -> None:
+    """Two visibly different classes of 48x48 images, with CK+-style subject prefixes."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:48, 0:48]
+    for label, (folder, pattern) in enumerate([("happy", xx), ("sad", yy)]):
+        (root / folder).mkdir(parents=True)
+        for i in range(per_class):
+            img = (pattern * 5 + rng.normal(0, 20, (48, 48))).clip(0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / folder / f"S{i % 6:03d}_{label:03d}_{i:08d}.png"), img)
+
+
+def test_tiny_fit_exports_a_model_torch_jit_load_alone_runs(tmp_path: Path) -> None:
+    make_faces(tmp_path / "data")
+    model = tmp_path / "tiny.pt"
+    metrics = fit.main(["--data", "folder", "--data-root", str(tmp_path / "data"),
+                        "--val-root", str(tmp_path / "data"), "--classes", "happy,sad",
+                        "--net", "paper", "--epochs", "2", "--batch", "8", "--lr", "0.01",
+                        "--out", str(tmp_path / "run"), "--export", str(model)])
+    assert metrics["val_images"] == 24 and 0.0 <= metrics["val_accuracy"] <= 1.0
+    for png in ("curves.png", "confusion.png"):
+        assert cv2.imread(str(tmp_path / "run" / png)) is not None
+    extra = {"metadata.json": ""}
+    m = torch.jit.load(str(model), _extra_files=extra)
+    meta = json.loads(extra["metadata.json"])
+    assert meta["classes"] == ["happiness", "sadness"] and meta["input"]["size"] == 48
+    assert json.loads(model.with_suffix(".json").read_text()) == meta
+    faces = torch.randint(0, 256, (5, 1, 48, 48), dtype=torch.uint8)
+    for probs in (m(faces), m.predict(faces, "ten"), m.predict(faces.float(), "centre")):
+        assert probs.shape == (5, 2)
+        torch.testing.assert_close(probs.sum(1), torch.ones(5))
+    assert m(torch.zeros(2, 1, 96, 96)).shape == (2, 2)  # other sizes are resized
+
+
+def test_grouped_folds_never_share_a_subject(tmp_path: Path) -> None:
+    make_faces(tmp_path / "data")
+    metrics = fit.main(["--data", "folder", "--data-root", str(tmp_path / "data"),
+                        "--classes", "happy,sad", "--epochs", "1", "--batch", "8",
+                        "--folds", "3", "--out", str(tmp_path / "cv")])
+    assert len(metrics["fold_accuracy"]) == 3
+    assert "grouped by subject" in metrics["protocol"]
+    from training.data import load_folder
+
+    faces = load_folder(tmp_path / "data", "happy,sad")
+    splits, _ = fit.folds_of(fit.parse_args(["--folds", "3"]), faces)
+    for train, test in splits:
+        assert not set(faces.groups[train]) & set(faces.groups[test])
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
+def test_two_process_ddp_smoke(tmp_path: Path) -> None:
+    make_faces(tmp_path / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "training.fit", "--data", "folder", "--data-root", str(tmp_path / "data"),
+           "--val-root", str(tmp_path / "data"), "--classes", "happy,sad", "--epochs", "2",
+           "--batch", "8", "--threads", "1", "--out", str(tmp_path / "ddp"),
+           "--export", str(tmp_path / "ddp.pt")]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "device cpu x2" in done.stderr
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert len(metrics["history"]["epoch"]) == 2
+    assert torch.jit.load(str(tmp_path / "ddp.pt"))(torch.zeros(1, 1, 48, 48)).shape == (1, 2)

@@ -1,0 +1,1 @@
+"""Everything that makes a model: data, network, augmentation, fitting, baselines, export."""

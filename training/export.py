@@ -1,0 +1,90 @@
+"""Export: the TorchScript file that is the contract between training and the server.
+
+The saved module takes a batch of faces N x 1 x H x W (uint8 or float, 0-255, at the data's
+source size, e.g. 48x48), normalises, cuts the test-time views and returns N x C
+probabilities averaged over them. `torch.jit.load` alone runs it. Metadata (class names,
+geometry, normalisation, training data, metrics, the reproducing command) rides inside the
+file as `metadata.json` and is also written beside it as `<name>.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.augment import corner_offsets
+
+TTA_MODES = ("ten", "mirror", "centre")
+
+
+class Deployed(nn.Module):
+    """Network + normalisation + test-time averaging, scriptable."""
+
+    def __init__(self, net: nn.Module, size: int, crop: int, mean: float, std: float,
+                 tta: str = "mirror") -> None:
+        super().__init__()
+        if tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {TTA_MODES}")
+        self.net = net
+        self.size = size
+        self.crop = crop
+        self.mean = mean
+        self.std = std
+        self.tta = tta
+        self.offsets = corner_offsets(size, crop)
+
+    def _views(self, x: torch.Tensor, tta: str) -> torch.Tensor:
+        c = (self.size - self.crop) // 2
+        centre = x[:, :, c:c + self.crop, c:c + self.crop]
+        if tta == "centre":
+            return centre
+        if tta == "mirror":
+            return torch.cat([centre, centre.flip(-1)], 0)
+        if tta != "ten":
+            raise ValueError("tta must be 'ten', 'mirror' or 'centre'")
+        crops = [x[:, :, y:y + self.crop, xo:xo + self.crop] for y, xo in self.offsets]
+        five = torch.cat(crops, 0)
+        return torch.cat([five, five.flip(-1)], 0)
+
+    @torch.jit.export
+    def predict(self, x: torch.Tensor, tta: str) -> torch.Tensor:
+        """N x 1 x H x W faces (0-255) -> N x C probabilities averaged over the `tta` views."""
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        x = x.float()
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=[self.size, self.size], mode="bilinear",
+                              align_corners=False, antialias=True)
+        x = (x - self.mean) / self.std
+        n = x.shape[0]
+        probs = torch.softmax(self.net(self._views(x, tta)), dim=1)
+        return probs.reshape(-1, n, probs.shape[1]).mean(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict(x, self.tta)
+
+
+def export(deployed: Deployed, path: str | Path, metadata: dict) -> Path:
+    """Script and save `deployed` with its metadata inside and beside it; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": "streamfer-torchscript-1",
+        "input": {"size": deployed.size, "channels": 1, "range": "0-255",
+                  "dtype": "uint8 or float32"},
+        "crop": deployed.crop,
+        "mean": deployed.mean,
+        "std": deployed.std,
+        "tta_default": deployed.tta,
+        "tta_modes": list(TTA_MODES),
+        **metadata,
+    }
+    scripted = torch.jit.script(deployed.cpu().eval())
+    text = json.dumps(meta, indent=2, sort_keys=False)
+    torch.jit.save(scripted, str(path), _extra_files={"metadata.json": text})
+    path.with_suffix(".json").write_text(text + "\n")
+    return path

@@ -1,0 +1,312 @@
+"""Train the paper's CNN (or a variant), evaluate it, and export the TorchScript model.
+
+    python -m training.fit --data fer2013 --data-root ../shared/datasets/fer2013 --net paper
+    python -m training.fit --data ckplus --data-root ../shared/datasets/CK+48 --folds 10
+    torchrun --nproc_per_node=2 -m training.fit ...          # data-parallel (DDP)
+
+The paper's optimiser is SGD, batch 128, momentum 0.9, weight decay 0.0005 with the update
+v <- 0.9 v - 0.0005 eps w - eps grad; w <- w + v. PyTorch's SGD computes
+b <- 0.9 b + (grad + 0.0005 w); w <- w - lr b, which is the same trajectory with lr = eps
+(v = -lr b). The learning-rate schedule is ours: linear warm-up, then cosine to zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training import data as D
+from training.augment import random_views
+from training.export import TTA_MODES, Deployed, export
+from training.network import FERNet, count_parameters, preset
+from training.report import save_confusion, save_curves
+
+log = logging.getLogger("training.fit")
+
+
+@dataclass
+class FitConfig:
+    data: str = "fer2013"  # fer2013 | fer2013-csv | ckplus | folder
+    data_root: str = "../shared/datasets/fer2013"
+    val_root: str = ""  # for --data folder: a second folder tree to validate on
+    classes: str = "paper5"
+    net: str = "paper"
+    size: int = 48  # source image side
+    crop: int = 44  # network input side
+    dropout: float = 0.5
+    epochs: int = 30
+    batch: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup: float = 1.0  # epochs of linear warm-up
+    label_smoothing: float = 0.0
+    augment: str = "paper10"  # paper10 | shift | none
+    tta: str = "mirror"  # test-time views for validation and the exported default
+    folds: int = 0  # k-fold cross-validation when > 1
+    fold_mode: str = "grouped"  # grouped (by subject, where known) | stratified (random)
+    patience: int = 0  # early stopping after this many epochs without a better val acc
+    bf16: bool = True  # bfloat16 autocast on CPUs with AMX/AVX-512 bf16, CUDA otherwise
+    seed: int = 0
+    threads: int = 0
+    limit: int = 0  # use only this many training images (smoke runs)
+    max_steps: int = 0  # stop each epoch after this many steps (smoke runs)
+    out: str = "runs/fer2013-paper"
+    export: str = ""  # models/NAME.pt to write the best model to
+    resume: bool = False
+    command: str = field(default="", repr=False)
+
+
+def parse_args(argv: list[str] | None = None) -> FitConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    for f in FitConfig.__dataclass_fields__.values():
+        if f.name == "command":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=type(f.default), default=f.default)
+    cfg = FitConfig(**vars(p.parse_args(argv)))
+    cfg.command = "python -m training.fit " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return cfg
+
+
+def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
+    """(train, val) for the configured data set; val is None where folds supply it."""
+    classes = D.resolve_classes(cfg.classes)
+    if cfg.data == "fer2013":
+        return (D.load_fer2013(cfg.data_root, "train", classes),
+                D.load_fer2013(cfg.data_root, "test", classes))
+    if cfg.data == "fer2013-csv":
+        return (D.load_fer2013_csv(cfg.data_root, "Training", classes),
+                D.load_fer2013_csv(cfg.data_root, "PublicTest", classes))
+    if cfg.data == "ckplus":
+        return D.load_ckplus(cfg.data_root, classes), None
+    if cfg.data == "folder":
+        val = D.load_folder(cfg.val_root, classes, cfg.size) if cfg.val_root else None
+        return D.load_folder(cfg.data_root, classes, cfg.size), val
+    raise ValueError(f"unknown --data {cfg.data!r}")
+
+
+def device_and_rank() -> tuple[torch.device, int, int]:
+    """Join the torchrun process group if launched by torchrun; pick CUDA when present."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local), rank, world
+    return torch.device("cpu"), rank, world
+
+
+@torch.inference_mode()
+def predict(deployed: Deployed, images: np.ndarray, tta: str, device: torch.device,
+            batch: int = 512) -> np.ndarray:
+    """Probabilities from the deployable module, exactly the path the server runs."""
+    deployed.eval()
+    out = [deployed.predict(torch.from_numpy(images[i:i + batch]).to(device)[:, None], tta)
+           for i in range(0, len(images), batch)]
+    return torch.cat(out).float().cpu().numpy()
+
+
+def lr_at(cfg: FitConfig, step: float, steps_per_epoch: int) -> float:
+    """Linear warm-up for `warmup` epochs, then cosine decay to zero at the last step."""
+    warm = cfg.warmup * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1.0, total - warm)))
+
+
+def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path,
+              device: torch.device, rank: int, world: int) -> tuple[Deployed, dict]:
+    """Train one model; returns the best (or last, without val) deployable module + history."""
+    torch.manual_seed(cfg.seed)
+    net_cfg = preset(cfg.net, crop=cfg.crop, classes=len(train.classes), dropout=cfg.dropout)
+    net = FERNet(net_cfg).to(device)
+    mean, std = float(train.images.mean()), float(train.images.std())
+    deployed = Deployed(net, cfg.size, cfg.crop, mean, std, cfg.tta).to(device)
+    model: torch.nn.Module = net
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
+    images = torch.from_numpy(train.images)[:, None]
+    labels = torch.from_numpy(train.labels)
+    per_rank = cfg.batch // world  # the paper's batch of 128 is the global batch
+    steps = len(train) // cfg.batch or 1
+    if cfg.max_steps:
+        steps = min(steps, cfg.max_steps)
+    history: dict = {"epoch": [], "train_loss": [], "train_acc": [], "val_acc": [], "lr": []}
+    best, start, stale = -1.0, 0, 0
+    ckpt = out / "last.ckpt"
+    if cfg.resume and ckpt.exists():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        history, best = state["history"], state["best"]
+        start, stale = state["epoch"], state["stale"]
+        log.info("resumed from %s at epoch %d (best val %.4f)", ckpt, start, best)
+    use_bf16 = cfg.bf16 and (device.type == "cuda" or torch.backends.mkldnn.is_available())
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(start):  # keep the data order of an uninterrupted run after --resume
+        torch.randperm(len(train), generator=gen)
+    for epoch in range(start, cfg.epochs):
+        net.train()
+        order = torch.randperm(len(train), generator=gen)[rank::world]
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0,
+                   leave=False, mininterval=5)
+        for step in bar:
+            idx = order[step * per_rank:(step + 1) * per_rank]
+            x = random_views(images[idx], cfg.crop, cfg.augment, gen).to(device).float()
+            x = (x - mean) / std
+            y = labels[idx].to(device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, epoch * steps + step, steps)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total_loss += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        val_acc = float("nan")
+        if val is not None and rank == 0:
+            val_acc = float((predict(deployed, val.images, cfg.tta, device).argmax(1)
+                             == val.labels).mean())
+        history["epoch"].append(epoch + 1)
+        history["train_loss"].append(total_loss / seen)
+        history["train_acc"].append(correct / seen)
+        history["val_acc"].append(val_acc)
+        history["lr"].append(opt.param_groups[0]["lr"])
+        stop = torch.zeros(1)
+        if rank == 0:
+            log.info("epoch %d/%d loss %.4f train acc %.4f val acc %.4f", epoch + 1, cfg.epochs,
+                     total_loss / seen, correct / seen, val_acc)
+            if val is None or val_acc > best:
+                best, stale = (val_acc if val is not None else best), 0
+                torch.save(net.state_dict(), out / "best.ckpt")
+            else:
+                stale += 1
+            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "history": history,
+                        "best": best, "epoch": epoch + 1, "stale": stale}, ckpt)
+            stop[0] = float(bool(cfg.patience) and stale >= cfg.patience)
+        if world > 1:
+            dist.broadcast(stop, 0)
+        if stop.item():
+            log.info("early stop: no better val accuracy for %d epochs", cfg.patience)
+            break
+    if rank == 0:
+        net.load_state_dict(torch.load(out / "best.ckpt", map_location=device))
+    return deployed, history
+
+
+def folds_of(cfg: FitConfig, faces: D.FaceSet) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """k (train, test) index pairs: by subject where the data has subjects, else stratified."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if cfg.fold_mode == "grouped" and faces.groups is not None:
+        splitter = StratifiedGroupKFold(cfg.folds, shuffle=True, random_state=cfg.seed)
+        return list(splitter.split(faces.images, faces.labels, faces.groups)), \
+            f"{cfg.folds}-fold, grouped by subject"
+    splitter = StratifiedKFold(cfg.folds, shuffle=True, random_state=cfg.seed)
+    return list(splitter.split(faces.images, faces.labels)), \
+        f"{cfg.folds}-fold, random stratified (subjects may appear in train and test)"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device, rank, world = device_and_rank()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, val = load(cfg)
+    if cfg.limit:
+        keep = np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.limit]
+        train = train.subset(np.sort(keep))
+    log.info("train %d images %s; val %s; device %s x%d", len(train), train.counts(),
+             len(val) if val is not None else "folds", device, world)
+    t0 = time.time()
+    metrics: dict = {"config": asdict(cfg), "classes": list(train.classes)}
+    if cfg.folds > 1:
+        splits, protocol = folds_of(cfg, train)
+        accs, pooled_true, pooled_pred = [], [], []
+        for k, (tr, te) in enumerate(splits):
+            fold_out = out / f"fold{k}"
+            fold_out.mkdir(exist_ok=True)
+            deployed, _ = train_one(cfg, train.subset(tr), None, fold_out, device, rank, world)
+            if rank == 0:
+                pred = predict(deployed, train.images[te], cfg.tta, device).argmax(1)
+                accs.append(float((pred == train.labels[te]).mean()))
+                pooled_true += train.labels[te].tolist()
+                pooled_pred += pred.tolist()
+                log.info("fold %d/%d: %d test images, accuracy %.4f", k + 1, cfg.folds,
+                         len(te), accs[-1])
+        if rank == 0:
+            metrics.update(protocol=protocol, images=len(train), fold_accuracy=accs,
+                           accuracy=float(np.mean(accs)), accuracy_std=float(np.std(accs)),
+                           pooled_accuracy=float(np.mean(np.array(pooled_true) ==
+                                                         np.array(pooled_pred))))
+            save_confusion(pooled_true, pooled_pred, train.classes, out / "confusion.png",
+                           f"{cfg.net}, {protocol}")
+    else:
+        deployed, history = train_one(cfg, train, val, out, device, rank, world)
+        if rank == 0:
+            metrics.update(history=history, params=count_parameters(deployed.net),
+                           protocol="train on the training split, select and report on val")
+            save_curves(history, out / "curves.png", cfg.net)
+            if val is not None:
+                metrics["val_images"] = len(val)
+                preds = {tta: predict(deployed, val.images, tta, device).argmax(1)
+                         for tta in TTA_MODES}
+                for tta, p in preds.items():
+                    metrics[f"val_accuracy_{tta}"] = float((p == val.labels).mean())
+                metrics["val_accuracy"] = metrics[f"val_accuracy_{cfg.tta}"]
+                pred = preds[cfg.tta]
+                save_confusion(val.labels.tolist(), pred.tolist(), train.classes,
+                               out / "confusion.png", f"{cfg.net} on val, tta={cfg.tta}")
+            if cfg.export:
+                export(deployed, cfg.export, {
+                    "name": Path(cfg.export).stem, "classes": list(train.classes),
+                    "network": deployed.net.cfg.to_dict(), "params": metrics["params"],
+                    "train_data": f"{cfg.data}:{cfg.data_root} ({len(train)} images)",
+                    "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
+                    "command": cfg.command,
+                })
+                log.info("exported %s", cfg.export)
+    if rank == 0:
+        metrics["seconds"] = time.time() - t0
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        log.info("metrics: %s", {k: v for k, v in metrics.items()
+                                 if k.endswith("accuracy") or k.startswith("val_acc")})
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

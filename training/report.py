@@ -1,0 +1,57 @@
+"""Pictures people would rather look at than read: training curves and confusion matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def confusion(true: Sequence[int], pred: Sequence[int], n: int) -> np.ndarray:
+    m = np.zeros((n, n), np.int64)
+    np.add.at(m, (np.asarray(true), np.asarray(pred)), 1)
+    return m
+
+
+def save_confusion(true: Sequence[int], pred: Sequence[int], classes: Sequence[str],
+                   path: Path, title: str) -> np.ndarray:
+    """Row-normalised confusion matrix PNG (rows: true class); returns the count matrix."""
+    m = confusion(true, pred, len(classes))
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.1 * len(classes) + 1.5))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n({m[i, j]})", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc = np.trace(m) / max(m.sum(), 1)
+    ax.set_title(f"{title}\naccuracy {acc:.3f} on {m.sum()} images", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return m
+
+
+def save_curves(history: dict, path: Path, title: str) -> None:
+    """Loss and accuracy per epoch."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot(history["epoch"], history["train_loss"], label="train loss")
+    a.set_xlabel("epoch")
+    a.legend()
+    b.plot(history["epoch"], history["train_acc"], label="train acc (augmented views)")
+    b.plot(history["epoch"], history["val_acc"], label="val acc")
+    b.set_xlabel("epoch")
+    b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
