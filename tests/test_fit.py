@@ -82,3 +82,19 @@ def test_two_process_ddp_smoke(tmp_path: Path) -> None:
     metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert len(metrics["history"]["epoch"]) == 2
     assert torch.jit.load(str(tmp_path / "ddp.pt"))(torch.zeros(1, 1, 48, 48)).shape == (1, 2)
+
+
+def test_init_from_an_exported_model_matches_classes_by_name(tmp_path: Path,
+                                                              tiny_model_path: Path) -> None:
+    from training.network import FERNet, NetConfig
+
+    source = torch.jit.load(str(tiny_model_path)).state_dict()
+    net = FERNet(NetConfig(classes=3, conv_channels=(8, 8), local_channels=4))
+    mean, std = fit.init_from(net, str(tiny_model_path), ("sadness", "contempt", "anger"))
+    assert (mean, std) == (128.0, 64.0)
+    own = net.state_dict()
+    torch.testing.assert_close(own["features.0.weight"], source["net.features.0.weight"])
+    # the tiny model's classes are anger, happiness, sadness, surprise, neutral
+    torch.testing.assert_close(own["full.weight"][0], source["net.full.weight"][2])
+    torch.testing.assert_close(own["full.weight"][2], source["net.full.weight"][0])
+    assert not torch.equal(own["full.weight"][1], source["net.full.weight"][1])

@@ -67,6 +67,7 @@ class FitConfig:
     max_steps: int = 0  # stop each epoch after this many steps (smoke runs)
     out: str = "runs/fer2013-paper"
     export: str = ""  # models/NAME.pt to write the best model to
+    init: str = ""  # fine-tune from an exported model (.pt); classes matched by name
     resume: bool = False
     command: str = field(default="", repr=False)
 
@@ -135,6 +136,29 @@ def lr_at(cfg: FitConfig, step: float, steps_per_epoch: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1.0, total - warm)))
 
 
+def init_from(net: FERNet, path: str, classes: tuple[str, ...]) -> tuple[float, float]:
+    """Copy an exported model's weights into `net` (same preset); the output layer's rows are
+    matched by class name, so FER2013's five classes seed CK+48's four or seven. Returns the
+    exported normalisation, which the copied weights expect."""
+    extra = {"metadata.json": ""}
+    source = torch.jit.load(path, map_location="cpu", _extra_files=extra)
+    meta = json.loads(extra["metadata.json"])
+    state = {k.removeprefix("net."): v for k, v in source.state_dict().items()
+             if k.startswith("net.")}
+    own = net.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape == value.shape and not key.startswith("full."):
+            own[key] = value
+    rows = {c: i for i, c in enumerate(meta["classes"])}
+    for i, cls in enumerate(classes):
+        if cls in rows:
+            own["full.weight"][i] = state["full.weight"][rows[cls]]
+            own["full.bias"][i] = state["full.bias"][rows[cls]]
+    net.load_state_dict(own)
+    log.info("initialised from %s (classes %s)", path, meta["classes"])
+    return float(meta["mean"]), float(meta["std"])
+
+
 def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path,
               device: torch.device, rank: int, world: int) -> tuple[Deployed, dict]:
     """Train one model; returns the best (or last, without val) deployable module + history."""
@@ -142,6 +166,8 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
     net_cfg = preset(cfg.net, crop=cfg.crop, classes=len(train.classes), dropout=cfg.dropout)
     net = FERNet(net_cfg).to(device)
     mean, std = float(train.images.mean()), float(train.images.std())
+    if cfg.init:
+        mean, std = init_from(net, cfg.init, train.classes)
     deployed = Deployed(net, cfg.size, cfg.crop, mean, std, cfg.tta).to(device)
     model: torch.nn.Module = net
     if world > 1:
@@ -254,11 +280,15 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.folds > 1:
         splits, protocol = folds_of(cfg, train)
         accs, pooled_true, pooled_pred = [], [], []
+        tta_accs: dict[str, list[float]] = {}
         for k, (tr, te) in enumerate(splits):
             fold_out = out / f"fold{k}"
             fold_out.mkdir(exist_ok=True)
             deployed, _ = train_one(cfg, train.subset(tr), None, fold_out, device, rank, world)
             if rank == 0:
+                for tta in TTA_MODES:  # the no-test-time-averaging ablation comes free
+                    p = predict(deployed, train.images[te], tta, device).argmax(1)
+                    tta_accs.setdefault(tta, []).append(float((p == train.labels[te]).mean()))
                 pred = predict(deployed, train.images[te], cfg.tta, device).argmax(1)
                 accs.append(float((pred == train.labels[te]).mean()))
                 pooled_true += train.labels[te].tolist()
@@ -268,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
         if rank == 0:
             metrics.update(protocol=protocol, images=len(train), fold_accuracy=accs,
                            accuracy=float(np.mean(accs)), accuracy_std=float(np.std(accs)),
+                           **{f"accuracy_{t}": float(np.mean(a)) for t, a in tta_accs.items()},
                            pooled_accuracy=float(np.mean(np.array(pooled_true) ==
                                                          np.array(pooled_pred))))
             save_confusion(pooled_true, pooled_pred, train.classes, out / "confusion.png",

@@ -165,3 +165,18 @@ def describe(cfg: NetConfig) -> list[tuple[str, str, int, int]]:
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
+
+
+def markdown_table(cfg: NetConfig) -> str:
+    """The per-layer table of `describe` as Markdown."""
+    lines = ["| layer | output (C x H x W) | parameters | neurons |", "|---|---|---:|---:|"]
+    rows = describe(cfg)
+    lines += [f"| {n} | {shape} | {p:,} | {k:,} |" for n, shape, p, k in rows]
+    lines.append(f"| **total** | | **{sum(r[2] for r in rows):,}** | "
+                 f"**{sum(r[3] for r in rows if 'Pool' not in r[0]):,}** |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m training.network: the tables in docs/RESULTS.md
+    for name, crop in [("paper", 44), ("paper", 88), ("deep", 44)]:
+        print(f"\n### `{name}` at {crop}x{crop}\n\n{markdown_table(preset(name, crop=crop))}")
