@@ -1,0 +1,252 @@
+"""The aiohttp application: routes, the WebSocket endpoint, the HTTP API, lifecycle.
+
+`init_app(config)` builds it (aiohttp-demos style): typed state under one `web.AppKey`,
+routes in `setup_routes`, the decode pool and the micro-batcher started and stopped by a
+cleanup context, and `on_shutdown` answering in-flight frames before closing sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from aiohttp import BodyPartReader, web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from streamfer import protocol
+from streamfer.batcher import MicroBatcher
+from streamfer.config import ServeConfig
+from streamfer.faces import FaceDetector
+from streamfer.metrics import Metrics
+from streamfer.model import Predictor
+from streamfer.pipeline import FramePipeline
+from streamfer.stream import FrameStream
+
+log = logging.getLogger(__name__)
+
+WINDOW = 2  # frames a client may keep unanswered: one in flight, one waiting
+HEARTBEAT_S = 30.0  # ping idle sockets so a phone that slept does not hold a slot forever
+
+
+@dataclass
+class ServerState:
+    config: ServeConfig
+    predictor: Predictor
+    metrics: Metrics = field(default_factory=Metrics)
+    streams: set[FrameStream] = field(default_factory=set)
+    pending_upgrades: int = 0
+    closing: bool = False
+    pipeline: FramePipeline | None = None  # set while the app runs (see _resources)
+
+    def hello(self) -> dict[str, Any]:
+        c, p = self.config, self.predictor
+        suggested = min(c.suggested_fps, c.max_fps) if c.max_fps > 0 else c.suggested_fps
+        return protocol.hello(model=p.name, classes=p.classes, input_size=p.input_size,
+                              tta=p.tta, max_frame_bytes=c.max_frame_bytes, max_fps=c.max_fps,
+                              suggested_fps=suggested, window=WINDOW)
+
+
+STATE = web.AppKey("state", ServerState)
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...] = ()) -> bool:
+    """Browsers send Origin on every WebSocket handshake; a page from another site must not
+    drive this server with its visitor's camera. Allowed: no Origin at all (not a browser,
+    e.g. the load test), an Origin in `allowed` ('*' = any), or one naming the same host and
+    port as the request's Host header. The Origin's own scheme fills in a missing port, so a
+    page served over https by a TLS-terminating proxy (which forwards plain http) passes.
+    """
+    if origin is None:
+        return True
+    normal = origin.strip().lower().rstrip("/")
+    allowed_set = {a.strip().lower().rstrip("/") for a in allowed}
+    if "*" in allowed_set or normal in allowed_set:
+        return True
+    if not host:
+        return False
+    try:
+        o = urlsplit(normal)
+        h = urlsplit("//" + host.strip().lower())
+        if o.scheme not in ("http", "https") or not o.hostname:
+            return False
+        default = 443 if o.scheme == "https" else 80
+        return o.hostname == h.hostname and (o.port or default) == (h.port or default)
+    except ValueError:  # a malformed port
+        return False
+
+
+def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.Application:
+    """The app for `config`; pass `predictor` to share one loaded model between apps."""
+    if predictor is None:
+        predictor = Predictor(config.model, device=config.device, tta=config.tta,
+                              max_batch=config.max_batch)
+    app = web.Application(client_max_size=config.max_message_bytes)
+    app[STATE] = ServerState(config=config, predictor=predictor)
+    app.cleanup_ctx.append(_resources)
+    app.on_shutdown.append(_close_streams)
+    setup_routes(app)
+    return app
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/ws", websocket)
+    app.router.add_post("/api/predict", predict)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    web_dir = app[STATE].config.web_dir
+    if web_dir.is_dir():  # the page's scripts and styles, after the routes above
+        app.router.add_static("/", web_dir, name="web")
+
+
+async def _resources(app: web.Application) -> Any:
+    """Decode pool + warmed-up model + micro-batcher for the app's lifetime."""
+    state = app[STATE]
+    config, predictor = state.config, state.predictor
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(config.workers, thread_name_prefix="streamfer-decode")
+    batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
+        lambda faces: predictor.forward(np.stack(faces)),
+        max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+        queue_limit=config.queue_limit, on_batch=state.metrics.observe_batch)
+    state.metrics.track_queue(lambda: len(batcher))
+    await loop.run_in_executor(None, predictor.warm_up, (1, config.max_batch))
+    batcher.start()
+    state.pipeline = FramePipeline(
+        batcher=batcher, classes=predictor.classes, input_size=predictor.input_size,
+        decode_pool=pool, detector=FaceDetector(), deadline_s=config.deadline_ms / 1000.0)
+    yield
+    await batcher.stop()  # runs whatever is still queued
+    await loop.run_in_executor(None, pool.shutdown)
+
+
+async def _close_streams(app: web.Application) -> None:
+    """Graceful shutdown: new frames are dropped as shutting_down, frames in flight are
+    answered, then each socket closes with 1001 (going away)."""
+    state = app[STATE]
+    state.closing = True
+    await asyncio.gather(*(s.shut_down(state.config.shutdown_timeout_s)
+                           for s in list(state.streams)))
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = request.app[STATE].config.web_dir / "index.html"
+    if not page.is_file():
+        return web.Response(status=404, text=f"The phone page is not installed ({page} is "
+                                             "missing); the API is at /ws and /api/predict.\n")
+    return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    config = state.config
+    if not origin_allowed(request.headers.get("Origin"), request.host, config.allow_origin):
+        log.warning("refused a WebSocket from origin %s", request.headers.get("Origin"))
+        raise web.HTTPForbidden(text="WebSocket origin not allowed (see --allow-origin)\n")
+    if state.closing:
+        raise web.HTTPServiceUnavailable(text="server shutting down\n")
+    if len(state.streams) + state.pending_upgrades >= config.max_connections:
+        raise web.HTTPServiceUnavailable(
+            text=f"server full: {config.max_connections} connections\n",
+            headers={"Retry-After": "5"})
+    assert state.pipeline is not None
+    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, heartbeat=HEARTBEAT_S)
+    state.pending_upgrades += 1  # counted from here so simultaneous handshakes cannot overfill
+    try:
+        await ws.prepare(request)
+    finally:
+        state.pending_upgrades -= 1
+    stream = FrameStream(ws, state.pipeline, state.metrics,
+                         max_frame_bytes=config.max_frame_bytes, max_fps=config.max_fps)
+    state.streams.add(stream)
+    state.metrics.connections.inc()
+    try:
+        await ws.send_json(state.hello())
+        await stream.serve()
+    finally:
+        state.streams.discard(stream)
+        state.metrics.connections.dec()
+    return ws
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body["error"])
+        self.status = status
+        self.body = body
+
+
+async def _read_image(request: web.Request, limit: int) -> bytes:
+    """The posted image: the raw body, or the multipart field `image`."""
+    too_large = _BadRequest(413, protocol.error(
+        f"image exceeds max_frame_bytes {limit}", protocol.TOO_LARGE))
+    if request.content_type.startswith("multipart/"):
+        reader = await request.multipart()
+        async for part in reader:
+            if not isinstance(part, BodyPartReader) or part.name != "image":
+                continue
+            data = bytearray()
+            while chunk := await part.read_chunk(64 * 1024):
+                data += chunk
+                if len(data) > limit:
+                    raise too_large
+            return bytes(data)
+        raise _BadRequest(400, protocol.error(
+            "multipart body has no field named 'image'", protocol.BAD_IMAGE))
+    try:
+        data = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    if len(data) > limit:
+        raise too_large
+    if not data:
+        raise _BadRequest(400, protocol.error(
+            "empty body: POST a JPEG/PNG image (or multipart field 'image')",
+            protocol.BAD_IMAGE))
+    return data
+
+
+async def predict(request: web.Request) -> web.Response:
+    """One image over HTTP, answered with the same body as a streamed frame (no id)."""
+    state = request.app[STATE]
+    state.metrics.frames_in.labels("http").inc()
+    received = time.monotonic()
+    is_crop = request.query.get("crop", "0").lower() in ("1", "true", "yes")
+    try:
+        data = await _read_image(request, state.config.max_frame_bytes)
+    except _BadRequest as exc:
+        state.metrics.observe_reply(exc.body)
+        return web.json_response({"type": "result", **exc.body}, status=exc.status)
+    if state.closing:
+        body = protocol.dropped(protocol.SHUTTING_DOWN)
+    else:
+        assert state.pipeline is not None
+        body = await state.pipeline.run(data, is_crop=is_crop, received=received)
+    state.metrics.observe_reply(body)
+    status, headers = 200, {}
+    if body["status"] == "error":
+        status = {protocol.TOO_LARGE: 413, protocol.INTERNAL: 500}.get(body["code"], 400)
+    elif body["status"] == "dropped":
+        status, headers = 503, {"Retry-After": "1"}
+    return web.json_response({"type": "result", **body}, status=status, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    p = state.predictor
+    return web.json_response(
+        {"status": "shutting_down" if state.closing else "ok", "model": p.name,
+         "device": str(p.device), "classes": p.classes, "tta": p.tta,
+         "connections": len(state.streams)},
+        status=503 if state.closing else 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[STATE].metrics.render(),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,109 @@
+"""The TorchScript model as the server runs it: load, pick a device, warm up, predict.
+
+The file format is training/export.py's contract: `torch.jit.load` alone runs it, and its
+metadata (class names, input size, test-time-averaging modes) rides inside as
+`metadata.json`. Nothing here imports training code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ModelError(RuntimeError):
+    """The model file is missing, unreadable, or lacks the metadata the server needs."""
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is an error, not a fallback."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def load_metadata(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a TorchScript file (on CPU) and its embedded metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    extra = {"metadata.json": ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise ModelError(f"{path} is not a loadable TorchScript file: {exc}") from exc
+    try:
+        meta = json.loads(extra["metadata.json"] or "{}")
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: metadata.json inside it is not JSON: {exc}") from exc
+    if not meta.get("classes"):
+        raise ModelError(f"{path}: metadata.json has no 'classes' list")
+    return module, meta
+
+
+class Predictor:
+    """Faces in (N x S x S uint8), class probabilities out (N x C float32), one thread.
+
+    Not thread-safe: the server calls `forward` from its single inference thread only. On
+    CUDA, batches go through a reused pinned host buffer so the host->device copy is
+    asynchronous (non_blocking); reading the result back synchronises before it is reused.
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "auto", tta: str | None = None,
+                 max_batch: int = 64) -> None:
+        module, meta = load_metadata(path)
+        self.path = Path(path)
+        self.metadata = meta
+        self.name: str = str(meta.get("name") or self.path.stem)
+        self.classes: list[str] = [str(c) for c in meta["classes"]]
+        self.input_size: int = int(meta.get("input", {}).get("size", 48))
+        self.tta_modes: list[str] = list(meta.get("tta_modes", ["ten", "mirror", "centre"]))
+        self.tta: str = tta or str(meta.get("tta_default", "mirror"))
+        if self.tta not in self.tta_modes:
+            raise ModelError(f"tta {self.tta!r} is not one of this model's {self.tta_modes}")
+        self.device = resolve_device(device)
+        self.module = module.to(self.device).eval()
+        self._staging: torch.Tensor | None = None
+        if self.device.type == "cuda":
+            self._staging = torch.empty((max_batch, self.input_size, self.input_size),
+                                        dtype=torch.uint8).pin_memory()
+
+    def forward(self, faces: np.ndarray) -> np.ndarray:
+        """N x S x S uint8 faces -> N x C probabilities (rows sum to 1)."""
+        if faces.ndim != 3 or faces.shape[1:] != (self.input_size, self.input_size):
+            raise ValueError(f"expected N x {self.input_size} x {self.input_size} faces, "
+                             f"got {faces.shape}")
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.uint8))
+            if self.device.type == "cuda":
+                n = x.shape[0]
+                if self._staging is not None and n <= self._staging.shape[0]:
+                    staged = self._staging[:n]
+                    staged.copy_(x)
+                else:
+                    staged = x.pin_memory()
+                x = staged.to(self.device, non_blocking=True)
+            probs = self.module.predict(x.unsqueeze(1), self.tta)
+            return probs.float().cpu().numpy()
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8), rounds: int = 3) -> None:
+        """Run a few batches first: TorchScript profiles and optimises its graph on the first
+        calls (and CUDA initialises lazily), which would otherwise land on the first users."""
+        for n in batch_sizes:
+            faces = np.full((n, self.input_size, self.input_size), 128, np.uint8)
+            for _ in range(rounds):
+                self.forward(faces)
+        log.debug("warmed up %s on %s with batches %s", self.name, self.device, batch_sizes)

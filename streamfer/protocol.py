@@ -1,0 +1,114 @@
+"""The WebSocket wire format (docs/PROTOCOL.md): the frame header and the JSON replies.
+
+Kept apart from the server so the page, the load test and the tests can share one definition
+of what goes over the wire; every reply the server sends is built here.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+HEADER = struct.Struct(">BBHI")  # version, flags, reserved, frame id
+FLAG_CROP = 0x01
+
+# Why a frame got no result (`status: "dropped"`, `reason`).
+SUPERSEDED = "superseded"
+OVERLOADED = "overloaded"
+DEADLINE = "deadline"
+RATE_LIMITED = "rate_limited"
+SHUTTING_DOWN = "shutting_down"
+DROP_REASONS = (SUPERSEDED, OVERLOADED, DEADLINE, RATE_LIMITED, SHUTTING_DOWN)
+
+# What kind of error (`status: "error"`, `code`): a client can act on these without parsing
+# the human-readable `error` message.
+BAD_MESSAGE = "bad_message"  # no readable header: empty, short, text, unknown version
+TOO_LARGE = "too_large"
+BAD_IMAGE = "bad_image"
+INTERNAL = "internal"
+ERROR_CODES = (BAD_MESSAGE, TOO_LARGE, BAD_IMAGE, INTERNAL)
+
+
+class BadMessage(ValueError):
+    """A WebSocket message that is not a frame: its reply carries `"id": null`."""
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    version: int
+    is_crop: bool
+    frame_id: int
+
+
+def pack_frame(frame_id: int, image: bytes, *, is_crop: bool = False) -> bytes:
+    """One binary message: the 8-byte header, then the encoded image."""
+    return HEADER.pack(PROTOCOL_VERSION, FLAG_CROP if is_crop else 0, 0,
+                       frame_id & 0xFFFFFFFF) + image
+
+
+def parse_frame(message: bytes) -> tuple[FrameHeader, bytes]:
+    """Split a binary message into its header and image bytes, or raise BadMessage.
+
+    Unknown flag bits and the reserved field are ignored, so a later minor revision can use
+    them without breaking version-1 servers.
+    """
+    if len(message) < HEADER.size:
+        raise BadMessage(
+            f"message of {len(message)} bytes is shorter than the {HEADER.size}-byte frame header"
+        )
+    version, flags, _reserved, frame_id = HEADER.unpack_from(message)
+    if version != PROTOCOL_VERSION:
+        raise BadMessage(
+            f"unknown protocol version {version}; this server speaks version {PROTOCOL_VERSION}"
+        )
+    return FrameHeader(version, bool(flags & FLAG_CROP), frame_id), message[HEADER.size:]
+
+
+def hello(*, model: str, classes: list[str], input_size: int, tta: str, max_frame_bytes: int,
+          max_fps: float, suggested_fps: float, window: int) -> dict[str, Any]:
+    """The greeting sent first on every connection."""
+    return {
+        "type": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "model": model,
+        "classes": classes,
+        "input_size": input_size,
+        "tta": tta,
+        "limits": {"max_frame_bytes": max_frame_bytes, "max_fps": max_fps,
+                   "suggested_fps": suggested_fps, "window": window},
+    }
+
+
+def result(frame_id: int | None, body: dict[str, Any]) -> dict[str, Any]:
+    """A streamed reply: `body` (from ok/no_face/dropped/error) with the echoed frame id."""
+    return {"type": "result", "id": frame_id, **body}
+
+
+def timings(**seconds: float) -> dict[str, float]:
+    """Stage durations in seconds -> the reply's `timings_ms` (0.01 ms resolution)."""
+    return {name: round(s * 1000.0, 2) for name, s in seconds.items()}
+
+
+def ok(*, box: list[int], probs: dict[str, float], timings_ms: dict[str, float],
+       batch: int) -> dict[str, Any]:
+    top = max(probs, key=probs.__getitem__)
+    return {"status": "ok", "box": box, "probs": probs, "top": top, "timings_ms": timings_ms,
+            "batch": batch}
+
+
+def no_face(*, timings_ms: dict[str, float]) -> dict[str, Any]:
+    return {"status": "no_face", "timings_ms": timings_ms}
+
+
+def dropped(reason: str) -> dict[str, Any]:
+    if reason not in DROP_REASONS:
+        raise ValueError(f"unknown drop reason {reason!r}")
+    return {"status": "dropped", "reason": reason}
+
+
+def error(message: str, code: str) -> dict[str, Any]:
+    if code not in ERROR_CODES:
+        raise ValueError(f"unknown error code {code!r}")
+    return {"status": "error", "code": code, "error": message}

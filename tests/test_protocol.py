@@ -1,0 +1,72 @@
+"""The wire format of docs/PROTOCOL.md: frame header and reply bodies."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+
+from streamfer import protocol
+
+
+def test_header_round_trip() -> None:
+    msg = protocol.pack_frame(0xDEADBEEF, b"\xff\xd8jpeg", is_crop=True)
+    assert msg[:8] == struct.pack(">BBHI", 1, 1, 0, 0xDEADBEEF)  # the documented layout
+    header, image = protocol.parse_frame(msg)
+    assert header == protocol.FrameHeader(version=1, is_crop=True, frame_id=0xDEADBEEF)
+    assert image == b"\xff\xd8jpeg"
+    header, _ = protocol.parse_frame(protocol.pack_frame(7, b"x"))
+    assert header.is_crop is False and header.frame_id == 7
+
+
+def test_frame_id_wraps_to_uint32() -> None:
+    header, _ = protocol.parse_frame(protocol.pack_frame(2**32 + 5, b"x"))
+    assert header.frame_id == 5
+
+
+def test_unknown_flags_and_reserved_are_ignored() -> None:
+    header, image = protocol.parse_frame(struct.pack(">BBHI", 1, 0xFF, 0x1234, 9) + b"img")
+    assert header.is_crop is True and header.frame_id == 9 and image == b"img"
+
+
+@pytest.mark.parametrize(("message", "words"), [
+    (b"", "0 bytes"),
+    (b"\x01\x00\x00", "3 bytes"),
+    (struct.pack(">BBHI", 2, 0, 0, 1) + b"img", "unknown protocol version 2"),
+])
+def test_unreadable_headers_raise(message: bytes, words: str) -> None:
+    with pytest.raises(protocol.BadMessage, match=words):
+        protocol.parse_frame(message)
+
+
+def test_header_only_frame_has_empty_image() -> None:
+    header, image = protocol.parse_frame(protocol.pack_frame(3, b""))
+    assert header.frame_id == 3 and image == b""
+
+
+def test_ok_reply_picks_top_and_is_json() -> None:
+    body = protocol.ok(box=[1, 2, 3, 4], probs={"a": 0.2, "b": 0.7, "c": 0.1},
+                       timings_ms=protocol.timings(decode=0.0021, total=0.0062), batch=3)
+    reply = protocol.result(17, body)
+    assert reply["type"] == "result" and reply["id"] == 17 and reply["status"] == "ok"
+    assert reply["top"] == "b"
+    assert reply["timings_ms"] == {"decode": 2.1, "total": 6.2}
+    assert json.loads(json.dumps(reply)) == reply
+
+
+def test_reply_builders_refuse_unknown_reasons_and_codes() -> None:
+    assert protocol.dropped("superseded") == {"status": "dropped", "reason": "superseded"}
+    with pytest.raises(ValueError, match="drop reason"):
+        protocol.dropped("bored")
+    assert protocol.error("bad", protocol.BAD_IMAGE)["code"] == "bad_image"
+    with pytest.raises(ValueError, match="error code"):
+        protocol.error("bad", "oops")
+
+
+def test_hello_lists_limits() -> None:
+    hello = protocol.hello(model="m", classes=["x", "y"], input_size=48, tta="mirror",
+                           max_frame_bytes=1000, max_fps=30, suggested_fps=15, window=2)
+    assert hello["type"] == "hello" and hello["protocol"] == protocol.PROTOCOL_VERSION
+    assert hello["limits"] == {"max_frame_bytes": 1000, "max_fps": 30, "suggested_fps": 15,
+                               "window": 2}
