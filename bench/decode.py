@@ -1,0 +1,134 @@
+"""JPEG decode to a grayscale array: OpenCV vs Pillow, on what the server actually receives.
+
+streamfer/faces.py decodes with cv2.imdecode(IMREAD_GRAYSCALE) on the claim that it is faster
+than Pillow; this measures it on the two payloads the page sends: a 320 px wide colour camera
+frame and a 96 px grayscale face crop, both made from scikit-image's astronaut.
+
+    python bench/decode.py                       # prints a table, writes bench/results/decode.json
+    python bench/decode.py --repeats 5 --number 50 --out /tmp/decode.json   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH.parent))
+
+from bench.machine import machine_info  # noqa: E402
+from streamfer.faces import FaceDetector, crop_face  # noqa: E402
+from streamfer.loadtest_frames import encode_jpeg, to_width  # noqa: E402
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    repeats: int = 15
+    number: int = 200
+    threads: int = 1
+    out: Path = BENCH / "results" / "decode.json"
+
+
+def parse_args(argv: list[str] | None = None) -> DecodeConfig:
+    d = DecodeConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed repeats (median)")
+    p.add_argument("--number", type=int, default=d.number, help="decodes per repeat")
+    p.add_argument("--threads", type=int, default=d.threads, help="cv2.setNumThreads")
+    p.add_argument("--out", type=Path, default=d.out, help="results JSON")
+    a = p.parse_args(argv)
+    if a.repeats < 1 or a.number < 1:
+        p.error("--repeats and --number must be >= 1")
+    return DecodeConfig(a.repeats, a.number, a.threads, a.out)
+
+
+def payloads() -> dict[str, bytes]:
+    """The page's two payloads: a 320 px colour frame and a 96 px grayscale face crop."""
+    from skimage import data
+
+    frame = cv2.cvtColor(to_width(data.astronaut()), cv2.COLOR_RGB2BGR)
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    box = FaceDetector().detect(gray)
+    if box is None:
+        raise RuntimeError("no face found in the astronaut")
+    return {"frame 320 px colour": encode_jpeg(frame),
+            "crop 96 px gray": encode_jpeg(crop_face(gray, box, 96))}
+
+
+def decode_opencv(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+
+
+def decode_pillow(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+
+
+def decode_pillow_draft(data: bytes) -> np.ndarray:
+    """Pillow asked to decode the JPEG straight to gray (libjpeg skips the colour conversion),
+    the fairest Pillow can do."""
+    im = Image.open(io.BytesIO(data))
+    im.draft("L", im.size)
+    return np.asarray(im.convert("L"))
+
+
+DECODERS = {"opencv": decode_opencv, "pillow": decode_pillow, "pillow_draft": decode_pillow_draft}
+
+
+def time_decoder(fn, data: bytes, repeats: int, number: int) -> float:
+    """Median over repeats of the mean µs per decode."""
+    fn(data)  # warm up (first-call allocations, library init)
+    per_repeat = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn(data)
+        per_repeat.append((time.perf_counter() - t0) / number * 1e6)
+    return statistics.median(per_repeat)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    cv2.setNumThreads(cfg.threads)
+    rows = []
+    for name, data in payloads().items():
+        a, b = decode_opencv(data), decode_pillow(data)
+        if a.shape != b.shape:
+            raise RuntimeError(f"decoders disagree on the shape: {a.shape} vs {b.shape}")
+        us = {dec: time_decoder(fn, data, cfg.repeats, cfg.number)
+              for dec, fn in DECODERS.items()}
+        rows.append({"payload": name, "bytes": len(data), "shape": list(a.shape),
+                     "opencv_us": round(us["opencv"], 1), "pillow_us": round(us["pillow"], 1),
+                     "pillow_draft_us": round(us["pillow_draft"], 1),
+                     "pillow_over_opencv": round(us["pillow"] / us["opencv"], 2),
+                     "pillow_draft_over_opencv": round(us["pillow_draft"] / us["opencv"], 2),
+                     "max_abs_pixel_diff": int(np.abs(a.astype(int) - b.astype(int)).max())})
+    print(f"{'payload':22s} {'bytes':>6s} {'opencv µs':>10s} {'pillow µs':>10s} "
+          f"{'pillow/opencv':>14s} {'pillow draft µs':>16s} {'draft/opencv':>13s}")
+    for r in rows:
+        print(f"{r['payload']:22s} {r['bytes']:6d} {r['opencv_us']:10.1f} {r['pillow_us']:10.1f} "
+              f"{r['pillow_over_opencv']:14.2f} {r['pillow_draft_us']:16.1f} "
+              f"{r['pillow_draft_over_opencv']:13.2f}")
+    result = {"benchmark": "decode", "config": {"repeats": cfg.repeats, "number": cfg.number,
+                                                "cv2_threads": cfg.threads},
+              "versions": {"opencv": cv2.__version__, "pillow": Image.__version__,
+                           "python": platform.python_version()},
+              "machine": machine_info(), "rows": rows}
+    cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    cfg.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {cfg.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

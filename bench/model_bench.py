@@ -1,0 +1,191 @@
+"""The shipped TorchScript model alone: how fast is one micro-batch, per test-time averaging?
+
+For batch sizes 1, 2, 4, ..., 256 and each averaging mode (centre: 1 view per face, mirror: 2,
+ten: 10), times one call as the server's worker makes it -- a CPU uint8 N x 1 x 48 x 48 batch
+moved to the device, `m.predict(x, mode)`, probabilities back on the CPU -- and reports the
+median ms per batch, ms per face, faces/s, and on CPU the process CPU time per face (what a
+core pays per face, the figure that sizes a deployment).
+
+    python bench/model_bench.py                         # CPU (and CUDA when available)
+    python bench/model_bench.py --device cpu --threads 1 --max-batch 256 --repeats 7
+    python bench/model_bench.py --model /tmp/tiny.pt --max-batch 4 --repeats 2 --out-dir /tmp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe, machine_info  # noqa: E402
+from streamfer.config import ServeConfig  # noqa: E402
+
+MODES = ("centre", "mirror", "ten")
+# The server's defaults (streamfer.serve): the largest batch it fills when busy, and the
+# averaging (its default is the model's own `tta_default`, "mirror" for the shipped models).
+SERVER_DEFAULT_MAX_BATCH = ServeConfig().max_batch
+SERVER_DEFAULT_TTA = "mirror"
+
+
+@dataclass(frozen=True)
+class ModelBenchConfig:
+    model: Path = ROOT / "models" / "fer2013-5class.pt"
+    devices: tuple[str, ...] = ("cpu",)
+    max_batch: int = 256
+    modes: tuple[str, ...] = MODES
+    repeats: int = 7
+    warmup: int = 2
+    min_seconds: float = 0.2
+    threads: int = 1
+    server_batch: int = SERVER_DEFAULT_MAX_BATCH
+    server_tta: str = SERVER_DEFAULT_TTA
+    out_dir: Path = BENCH / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> ModelBenchConfig:
+    d = ModelBenchConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=d.model)
+    p.add_argument("--device", default="auto",
+                   help="cpu, cuda, or auto (cpu, plus cuda when available)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help="largest batch; sizes are the powers of two up to it")
+    p.add_argument("--modes", default=",".join(d.modes), help="comma-separated TTA modes")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed repeats (median)")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed calls first")
+    p.add_argument("--min-seconds", type=float, default=d.min_seconds,
+                   help="each repeat loops calls until at least this long (small batches)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="torch.set_num_threads (the server's worker uses 1 by default)")
+    p.add_argument("--server-batch", type=int, default=d.server_batch,
+                   help="the server's max batch, for the CPU-per-face line")
+    p.add_argument("--server-tta", choices=MODES, default=d.server_tta)
+    p.add_argument("--out-dir", type=Path, default=d.out_dir)
+    a = p.parse_args(argv)
+    if a.device == "auto":
+        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    elif a.device in ("cpu", "cuda"):
+        devices = (a.device,)
+    else:
+        p.error("--device must be cpu, cuda or auto")
+    if "cuda" in devices and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    modes = tuple(m for m in a.modes.split(",") if m)
+    if not modes or any(m not in MODES for m in modes):
+        p.error(f"--modes must be a comma-separated subset of {MODES}")
+    if not a.model.is_file():
+        p.error(f"model not found: {a.model} (train and export one, or pass --model)")
+    if a.max_batch < 1 or a.repeats < 1 or a.threads < 1:
+        p.error("--max-batch, --repeats and --threads must be >= 1")
+    return ModelBenchConfig(a.model, devices, a.max_batch, modes, a.repeats, a.warmup,
+                            a.min_seconds, a.threads, a.server_batch, a.server_tta, a.out_dir)
+
+
+def batch_sizes(max_batch: int) -> list[int]:
+    sizes, n = [], 1
+    while n <= max_batch:
+        sizes.append(n)
+        n *= 2
+    return sizes
+
+
+def time_call(fn, warmup: int, repeats: int, min_seconds: float,
+              sync) -> tuple[float, float]:
+    """Median wall ms and median process-CPU ms of one call, over `repeats` repeats."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        calls = 0
+        w0, c0 = time.perf_counter(), time.process_time()
+        while True:
+            fn()
+            calls += 1
+            sync()
+            if time.perf_counter() - w0 >= min_seconds:
+                break
+        walls.append((time.perf_counter() - w0) / calls * 1e3)
+        cpus.append((time.process_time() - c0) / calls * 1e3)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def bench_device(model: torch.jit.ScriptModule, device: str, cfg: ModelBenchConfig,
+                 size: int) -> list[dict]:
+    m = model.to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for mode in cfg.modes:
+        for n in batch_sizes(cfg.max_batch):
+            x = torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=gen)
+
+            def call(x=x, mode=mode) -> torch.Tensor:
+                with torch.inference_mode():
+                    return m.predict(x.to(device), mode).cpu()
+
+            wall_ms, cpu_ms = time_call(call, cfg.warmup, cfg.repeats, cfg.min_seconds, sync)
+            row = {"device": device, "tta": mode, "batch": n,
+                   "ms_per_batch": round(wall_ms, 3), "ms_per_face": round(wall_ms / n, 4),
+                   "faces_per_s": round(n / wall_ms * 1e3, 1)}
+            if device == "cpu":
+                row["cpu_ms_per_face"] = round(cpu_ms / n, 4)
+            rows.append(row)
+            print(f"{device:5s} {mode:7s} {n:4d} {wall_ms:10.3f} {wall_ms / n:10.4f} "
+                  f"{n / wall_ms * 1e3:10.1f}" +
+                  (f" {cpu_ms / n:12.4f}" if device == "cpu" else ""), flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    torch.set_num_threads(cfg.threads)
+    extra = {"metadata.json": ""}
+    model = torch.jit.load(str(cfg.model), map_location="cpu", _extra_files=extra).eval()
+    meta = json.loads(extra["metadata.json"] or "{}")
+    size = int(meta.get("input", {}).get("size", 48))
+    info = machine_info()
+    print(f"model {cfg.model} ({meta.get('name')}), input {size} px, torch "
+          f"{torch.__version__}, {cfg.threads} thread(s); {describe(info)}")
+    for device in cfg.devices:
+        print(f"{'dev':5s} {'tta':7s} {'N':>4s} {'ms/batch':>10s} {'ms/face':>10s} "
+              f"{'faces/s':>10s}" + (f" {'cpu ms/face':>12s}" if device == "cpu" else ""))
+        rows = bench_device(model, device, cfg, size)
+        result = {"benchmark": "model", "model": str(cfg.model), "model_name": meta.get("name"),
+                  "device": device, "torch": torch.__version__, "threads": cfg.threads,
+                  "config": {"repeats": cfg.repeats, "warmup": cfg.warmup,
+                             "min_seconds": cfg.min_seconds, "max_batch": cfg.max_batch},
+                  "machine": info, "rows": rows}
+        if device == "cuda":
+            result["gpu"] = torch.cuda.get_device_name()
+        default = [r for r in rows if r["tta"] == cfg.server_tta
+                   and r["batch"] <= cfg.server_batch]
+        if device == "cpu" and default:
+            at = max(default, key=lambda r: r["batch"])
+            single = min(default, key=lambda r: r["batch"])
+            result["server_default"] = {"tta": cfg.server_tta, "max_batch": cfg.server_batch,
+                                        "batch_measured": at["batch"],
+                                        "cpu_ms_per_face": at["cpu_ms_per_face"],
+                                        "cpu_ms_per_face_batch1": single["cpu_ms_per_face"]}
+            print(f"server default ({cfg.server_tta}, batches of {at['batch']}): "
+                  f"{at['cpu_ms_per_face']} ms CPU per face "
+                  f"(batch 1: {single['cpu_ms_per_face']} ms)")
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+        out = cfg.out_dir / f"model_{device}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

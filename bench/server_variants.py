@@ -1,0 +1,140 @@
+"""What the options cost end to end, at one fixed load: client crops vs full frames (the
+server detects the face), and centre vs mirror vs ten-crop test-time averaging.
+
+For each variant the real server is started on a free 127.0.0.1 port (with `--tta MODE`) and
+the same load is streamed (default 8 clients x 15 fps for 20 s); prints one row per variant
+-- round trips, throughput, losses, the server's own decode/queue/inference medians and batch
+sizes -- and writes JSON and a histogram PNG of all variants.
+
+    python bench/server_variants.py
+    python bench/server_variants.py --clients 16 --seconds 30 --server-cpus 0 --client-cpus 1
+    python bench/server_variants.py --model /tmp/tiny.pt --clients 2 --seconds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe, machine_info  # noqa: E402
+from bench.serverproc import parse_cpus, running_server  # noqa: E402
+from streamfer.loadtest import LoadTestConfig, loss_rate, run_once  # noqa: E402
+from streamfer.loadtest_frames import load_frames  # noqa: E402
+from streamfer.loadtest_report import save_histogram  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "models" / "fer2013-5class.pt"
+# (label, frame kind, server TTA); the first row is the server's default configuration.
+VARIANTS = (
+    ("crops, mirror (default)", "crops", "mirror"),
+    ("frames, mirror", "frames", "mirror"),
+    ("crops, centre", "crops", "centre"),
+    ("crops, ten", "crops", "ten"),
+)
+
+
+@dataclass(frozen=True)
+class VariantsConfig:
+    model: Path = DEFAULT_MODEL
+    clients: int = 8
+    fps: float = 15.0
+    seconds: float = 20.0
+    warmup_seconds: float = 2.0
+    variants: tuple[str, ...] = tuple(v[0] for v in VARIANTS)
+    server_args: tuple[str, ...] = ()
+    server_cpus: str | None = None
+    client_cpus: str | None = None
+    out_dir: Path = BENCH / "results"
+    name: str = "server_variants"
+
+
+def parse_args(argv: list[str] | None = None) -> VariantsConfig:
+    d = VariantsConfig()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=d.model)
+    p.add_argument("--clients", type=int, default=d.clients)
+    p.add_argument("--fps", type=float, default=d.fps)
+    p.add_argument("--seconds", type=float, default=d.seconds)
+    p.add_argument("--warmup-seconds", type=float, default=d.warmup_seconds,
+                   help="an unrecorded run first, so first-call costs stay out of the figures")
+    p.add_argument("--only", action="append", default=[],
+                   help=f"run only these variants (repeatable): {[v[0] for v in VARIANTS]}")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra flag for every server, e.g. --server-arg=--device=cpu")
+    p.add_argument("--server-cpus", default=None, help="pin the server, e.g. 0")
+    p.add_argument("--client-cpus", default=None, help="pin this load generator, e.g. 1")
+    p.add_argument("--out-dir", type=Path, default=d.out_dir)
+    p.add_argument("--name", default=d.name, help="results file stem")
+    a = p.parse_args(argv)
+    if not a.model.is_file():
+        p.error(f"model not found: {a.model} (pass --model)")
+    known = [v[0] for v in VARIANTS]
+    if any(o not in known for o in a.only):
+        p.error(f"--only must name one of {known}")
+    return VariantsConfig(a.model, a.clients, a.fps, a.seconds, a.warmup_seconds,
+                          tuple(a.only) or d.variants,
+                          tuple(a.server_arg), a.server_cpus, a.client_cpus, a.out_dir, a.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    client_cpus = parse_cpus(cfg.client_cpus)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
+    info = machine_info()
+    print(f"{describe(info)}; server cpus {cfg.server_cpus or 'any'}, "
+          f"load-test cpus {cfg.client_cpus or 'any'}; load {cfg.clients} clients x "
+          f"{cfg.fps:g} fps for {cfg.seconds:g} s", flush=True)
+    frame_sets = {kind: load_frames(kind) for kind in {v[1] for v in VARIANTS}}
+    rows, series = [], {}
+    header = (f"{'variant':24s} {'p50':>7s} {'p90':>7s} {'p99':>7s} {'max':>7s} {'rep/s':>7s} "
+              f"{'lost%':>6s} {'decode':>7s} {'queue':>7s} {'infer':>7s} {'total':>7s} "
+              f"{'batch':>6s} {'noface':>6s}")
+    for label, kind, tta in VARIANTS:
+        if label not in cfg.variants:
+            continue
+        log_path = cfg.out_dir / f"{cfg.name}_{tta}_{kind}.log"
+        with running_server(cfg.model, ("--tta", tta, *cfg.server_args),
+                            cpus=parse_cpus(cfg.server_cpus), log_path=log_path) as server:
+            lt = LoadTestConfig(url=server.url, clients=cfg.clients, fps=cfg.fps,
+                                seconds=cfg.seconds, kind=kind)
+            if cfg.warmup_seconds > 0:
+                asyncio.run(run_once(lt, frame_sets[kind], seconds=cfg.warmup_seconds))
+            summary, times = asyncio.run(run_once(lt, frame_sets[kind]))
+        summary.update(variant=label, server_tta=tta, server_args=list(server.args))
+        rows.append(summary)
+        series[label] = times
+        r, srv = summary["rtt_ms"], summary["server_ms_median"]
+        if len(rows) == 1:
+            print(header)
+        print(f"{label:24s} {r['p50']!s:>7s} {r['p90']!s:>7s} {r['p99']!s:>7s} "
+              f"{r['max']!s:>7s} {summary['throughput_fps']:7g} "
+              f"{100 * loss_rate(summary):6.1f} {srv['decode']!s:>7s} {srv['queue']!s:>7s} "
+              f"{srv['inference']!s:>7s} {srv['total']!s:>7s} {summary['batch']['mean']!s:>6s} "
+              f"{summary['no_face']:6d}", flush=True)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    out = cfg.out_dir / f"{cfg.name}.json"
+    out.write_text(json.dumps({
+        "benchmark": "server_variants", "model": str(cfg.model), "machine": info,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
+        "rows": rows}, indent=2) + "\n")
+    png = save_histogram(cfg.out_dir / f"{cfg.name}.png", series,
+                         f"{cfg.model.name}: {cfg.clients} clients x {cfg.fps:g} fps; "
+                         f"{info['cpu']}, {info['usable_cpus']} CPUs")
+    print(f"wrote {out} and {png}")
+    broken = [f"{r['variant']}: {f}" for r in rows for f in r["failures"]]
+    for f in broken:
+        print(f"FAILED: {f}")
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

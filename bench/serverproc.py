@@ -1,0 +1,112 @@
+"""Start the real server (`python -m streamfer.serve`) as a subprocess for a benchmark.
+
+Benchmarks measure the server as users run it -- its own process, its own event loop and
+worker -- on a free loopback port, optionally pinned to chosen CPUs so the load generator
+does not steal the server's cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_cpus(spec: str | None) -> set[int] | None:
+    """'0', '0,1' or '2-3' -> a CPU set for sched_setaffinity; None/'' -> no pinning."""
+    if not spec:
+        return None
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str  # ws://127.0.0.1:PORT/ws (wss:// when started with --https)
+    health: dict
+    args: tuple[str, ...]
+    log_path: Path
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | None = None,
+                   log_path: Path, start_timeout: float = 60.0) -> Iterator[Server]:
+    """Run the server until the block ends; yields once /healthz answers.
+
+    With "--https" among `args` the server makes a self-signed certificate, which the health
+    check accepts unverified; the URL is then wss://.
+    """
+    tls = "--https" in args
+    port = free_port()
+    cmd = [sys.executable, "-m", "streamfer.serve", "--model", str(model),
+           "--host", "127.0.0.1", "--port", str(port), *args]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+        try:
+            health = _wait_healthy(proc, port, start_timeout, log_path, tls)
+            scheme = "wss" if tls else "ws"
+            yield Server(f"{scheme}://127.0.0.1:{port}/ws", health, tuple(args), log_path)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=5)
+
+
+def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float, log_path: Path,
+                  tls: bool) -> dict:
+    deadline = time.monotonic() + timeout
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/healthz"
+    context = None
+    if tls:  # the server's own self-signed certificate
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}:\n"
+                               f"{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+                return json.loads(resp.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    raise RuntimeError(f"the server did not answer {url} within {timeout:g} s:\n"
+                       f"{_tail(log_path)}")

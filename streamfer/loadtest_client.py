@@ -1,0 +1,270 @@
+"""The load test's clients: N WebSocket connections, each behaving like the phone page.
+
+Each connection sends frames on a fixed clock (`fps`) and, like the page, keeps at most
+`window` frames unanswered: a frame slot that comes due while the window is full is not sent
+(counted, so an overloaded server shows up as lost frames, not as an unbounded queue on the
+client). Every reply is matched to its frame by id; frames still unanswered a grace period
+after the clock stops are "missing" -- the protocol promises one reply per frame, never
+silence, so any missing reply is a server bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from streamfer.loadtest_frames import FrameSet
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 2
+TIMING_KEYS = ("decode", "queue", "inference", "total")
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one run offers the server."""
+
+    url: str
+    clients: int
+    fps: float
+    seconds: float
+    window: int | None = None  # None: the greeting's limits.window (default 2)
+    grace: float = 3.0  # how long to wait for the last replies after the clock stops
+    connect_timeout: float = 10.0
+    insecure: bool = False
+    origin: str | None = None  # None: the URL's own origin, as the served page would send
+
+
+@dataclass
+class ClientLog:
+    """What one connection saw. Latencies are seconds from send to reply."""
+
+    slots: int = 0
+    sent: int = 0
+    not_sent_window_full: int = 0
+    not_sent_late: int = 0
+    answered: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    rtt: list[float] = field(default_factory=list)
+    rtt_ok: list[float] = field(default_factory=list)
+    server_ms: dict[str, list[float]] = field(
+        default_factory=lambda: {k: [] for k in TIMING_KEYS})
+    batches: Counter = field(default_factory=Counter)
+    missing: list[int] = field(default_factory=list)
+    protocol: Counter = field(default_factory=Counter)  # replies the protocol forbids
+    hello: dict | None = None
+
+
+def origin_of(url: str) -> str:
+    """The http(s) origin a page served from the same host would send for `url`."""
+    parts = urlsplit(url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    return f"{scheme}://{parts.netloc}"
+
+
+def error_reason(reply: dict) -> str:
+    """An error reply's `code: message` (the code alone groups errors; the message explains)."""
+    code, message = reply.get("code"), reply.get("error")
+    return f"{code}: {message}" if code else str(message)
+
+
+def ssl_context(load: Load) -> ssl.SSLContext | bool:
+    if not load.insecure:
+        return True
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Client:
+    """One connection: a sender on a fixed clock and a reader matching replies to frames."""
+
+    def __init__(self, index: int, load: Load, frames: FrameSet) -> None:
+        self.index = index
+        self.load = load
+        self.frames = frames
+        self.log = ClientLog()
+        self.pending: dict[int, float] = {}
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.window = load.window or DEFAULT_WINDOW
+
+    async def connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        """Open the socket and read the greeting (which sets the send window)."""
+        ws = await asyncio.wait_for(session.ws_connect(
+            self.load.url, origin=self.load.origin or origin_of(self.load.url),
+            ssl=ssl_context(self.load), heartbeat=None, autoping=True,
+            timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+        ), self.load.connect_timeout)
+        msg = await ws.receive(timeout=self.load.connect_timeout)
+        if msg.type != aiohttp.WSMsgType.TEXT:
+            await ws.close()
+            raise ConnectionError(f"expected the greeting, got a {msg.type.name} message")
+        hello = json.loads(msg.data)
+        if hello.get("type") != "hello":
+            await ws.close()
+            raise ConnectionError(f"expected the greeting, got {msg.data[:200]!r}")
+        self.log.hello = hello
+        if self.load.window is None:
+            self.window = int(hello.get("limits", {}).get("window", DEFAULT_WINDOW))
+        return ws
+
+    def _on_reply(self, reply: dict, now: float) -> None:
+        fid = reply.get("id")
+        status = reply.get("status")
+        if reply.get("type") != "result":
+            self.log.protocol[f"unexpected message type {reply.get('type')!r}"] += 1
+            return
+        if fid is None or fid not in self.pending:
+            # id null: the server could not read our header -- our frames are well formed,
+            # so this is as wrong as a reply to a frame never sent or answered twice.
+            self.log.protocol["reply with unknown or repeated id"] += 1
+            if status == "error":
+                self.log.errors[error_reason(reply)] += 1
+            return
+        sent_at = self.pending.pop(fid)
+        if not self.pending:
+            self.drained.set()
+        rtt = now - sent_at
+        self.log.answered += 1
+        self.log.statuses[status] += 1
+        self.log.rtt.append(rtt)
+        if status in ("ok", "no_face"):
+            self.log.rtt_ok.append(rtt)
+            for key, value in (reply.get("timings_ms") or {}).items():
+                if key in self.log.server_ms and isinstance(value, (int, float)):
+                    self.log.server_ms[key].append(float(value))
+            if status == "ok" and isinstance(reply.get("batch"), int):
+                self.log.batches[reply["batch"]] += 1
+        elif status == "dropped":
+            self.log.dropped[str(reply.get("reason"))] += 1
+        elif status == "error":
+            self.log.errors[error_reason(reply)] += 1
+        else:
+            self.log.protocol[f"unknown status {status!r}"] += 1
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            now = time.perf_counter()
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                try:
+                    reply = json.loads(msg.data)
+                except ValueError:
+                    self.log.protocol["reply is not JSON"] += 1
+                    continue
+                if isinstance(reply, dict):
+                    self._on_reply(reply, now)
+                else:
+                    self.log.protocol["reply is not a JSON object"] += 1
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                self.log.protocol["binary reply"] += 1
+            else:
+                break
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, start: float) -> None:
+        """Send `seconds * fps` frame slots on the clock from `start` (loop time), honouring
+        the window."""
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.load.fps
+        total = max(1, round(self.load.seconds * self.load.fps))
+        slot = 0
+        frame_id = 0
+        while slot < total and not ws.closed:
+            due = start + slot * period
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # A client that fell whole periods behind its clock skips the slots it missed
+            # instead of bursting to catch up (a camera does not queue frames).
+            behind = min(int((loop.time() - due) / period), total - slot - 1)
+            if behind > 0:
+                self.log.slots += behind
+                self.log.not_sent_late += behind
+                slot += behind
+            self.log.slots += 1
+            slot += 1
+            if len(self.pending) >= self.window:
+                self.log.not_sent_window_full += 1
+                continue
+            self.pending[frame_id] = time.perf_counter()
+            self.drained.clear()
+            try:
+                await ws.send_bytes(self.frames.message(frame_id))
+            except (ConnectionError, RuntimeError):
+                self.pending.pop(frame_id, None)
+                self.log.protocol["connection lost while sending"] += 1
+                break
+            self.log.sent += 1
+            frame_id += 1
+
+    async def run(self, ws: aiohttp.ClientWebSocketResponse, start: float) -> None:
+        reader = asyncio.create_task(self._read(ws))
+        try:
+            await self._send(ws, start)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.drained.wait(), self.load.grace)
+        finally:
+            if ws.closed and self.pending:
+                self.log.protocol["connection closed by the server"] += 1
+            self.log.missing = sorted(self.pending)
+            await ws.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(reader, 2.0)
+            if not reader.done():
+                reader.cancel()
+
+
+@dataclass
+class RunLog:
+    """All connections of one run."""
+
+    load: Load
+    frames: FrameSet
+    clients: list[ClientLog]
+    connect_errors: Counter
+    hello: dict | None
+
+
+async def run_load(load: Load, frames: FrameSet) -> RunLog:
+    """Connect all clients, then stream for `load.seconds` on staggered clocks."""
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        clients = [Client(i, load, frames) for i in range(load.clients)]
+        results = await asyncio.gather(*(c.connect(session) for c in clients),
+                                       return_exceptions=True)
+        connect_errors: Counter = Counter()
+        live: list[tuple[Client, aiohttp.ClientWebSocketResponse]] = []
+        for client, result in zip(clients, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, aiohttp.WSServerHandshakeError):
+                    reason = f"HTTP {result.status}"
+                elif isinstance(result, asyncio.TimeoutError):
+                    reason = f"no greeting within {load.connect_timeout:g} s"
+                else:
+                    reason = f"{type(result).__name__}: {result}"
+                if isinstance(result, aiohttp.ClientConnectorCertificateError):
+                    reason += " (a self-signed certificate? pass --insecure)"
+                connect_errors[f"connect failed: {reason}"] += 1
+            else:
+                live.append((client, result))
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.05
+        period = 1.0 / load.fps
+        # Stagger the clocks across one period, as independent phones would be.
+        await asyncio.gather(*(c.run(ws, start + period * i / max(len(live), 1))
+                               for i, (c, ws) in enumerate(live)))
+    hello = next((c.log.hello for c in clients if c.log.hello), None)
+    return RunLog(load, frames, [c.log for c in clients], connect_errors, hello)

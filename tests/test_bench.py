@@ -1,0 +1,89 @@
+"""The benchmark scripts run end to end (tiny model, seconds-long settings) and save results.
+
+These check that each script works and writes what docs/BENCHMARKS.md reads; the figures
+themselves come from full runs on an idle machine, not from here.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def bench(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_decode_bench(tmp_path: Path) -> None:
+    out = tmp_path / "decode.json"
+    proc = bench("decode.py", "--repeats", "2", "--number", "5", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert [r["payload"] for r in result["rows"]] == ["frame 320 px colour", "crop 96 px gray"]
+    for r in result["rows"]:
+        assert r["opencv_us"] > 0 and r["pillow_us"] > 0
+        assert r["pillow_over_opencv"] == pytest.approx(r["pillow_us"] / r["opencv_us"],
+                                                        rel=0.05)
+        assert r["max_abs_pixel_diff"] < 32  # both decoders read the same picture
+    assert result["rows"][0]["shape"] == [320, 320] and result["rows"][1]["shape"] == [96, 96]
+    assert result["machine"]["cpu"] and "pillow/opencv" in proc.stdout
+
+
+def test_model_bench(tiny_model_path: Path, tmp_path: Path) -> None:
+    proc = bench("model_bench.py", "--model", str(tiny_model_path), "--device", "cpu",
+                 "--max-batch", "4", "--repeats", "2", "--warmup", "1", "--min-seconds", "0",
+                 "--server-batch", "4", "--out-dir", str(tmp_path))
+    result = json.loads((tmp_path / "model_cpu.json").read_text())
+    rows = result["rows"]
+    assert [(r["tta"], r["batch"]) for r in rows] == [
+        (m, n) for m in ("centre", "mirror", "ten") for n in (1, 2, 4)]
+    for r in rows:
+        assert r["ms_per_face"] == pytest.approx(r["ms_per_batch"] / r["batch"], rel=0.01)
+        assert r["cpu_ms_per_face"] > 0
+    default = result["server_default"]
+    assert default["tta"] == "mirror" and default["batch_measured"] == 4
+    assert "ms CPU per face" in proc.stdout
+
+
+@pytest.mark.slow
+def test_server_bench_ramps_both_configurations(tiny_model_path: Path, tmp_path: Path) -> None:
+    bench("server_bench.py", "--model", str(tiny_model_path), "--step-seconds", "0.5",
+          "--pause", "0.1", "--max-clients", "2", "--fps", "10", "--out-dir", str(tmp_path),
+          "--warmup-seconds", "0.3",
+          "--server-arg=--device=cpu")
+    result = json.loads((tmp_path / "server_ramp.json").read_text())
+    assert list(result["best_clients"]) == ["micro-batching (server default)",
+                                            "one at a time (--max-batch 1)"]
+    single = result["results"]["one at a time (--max-batch 1)"]
+    assert "--max-batch" in single["server_args"]
+    for res in result["results"].values():
+        assert res["steps"] and all(s["sent"] == s["answered"] for s in res["steps"])
+        assert res["passed"]
+    for s in single["steps"]:
+        assert set(s["batch"]["counts"]) <= {"1"}  # --max-batch 1 really ran one at a time
+    assert (tmp_path / "server_ramp.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.slow
+def test_server_variants(tiny_model_path: Path, tmp_path: Path) -> None:
+    bench("server_variants.py", "--model", str(tiny_model_path), "--clients", "1",
+          "--seconds", "1", "--fps", "10", "--out-dir", str(tmp_path), "--warmup-seconds", "0.3",
+          "--server-arg=--device=cpu")
+    result = json.loads((tmp_path / "server_variants.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["crops, mirror (default)", "frames, mirror", "crops, centre",
+                          "crops, ten"]
+    for r in rows.values():
+        assert r["sent"] == r["answered"] > 0 and r["errors"] == 0
+        assert r["tta"] == r["server_tta"]  # the server's greeting confirms the mode
+    assert rows["frames, mirror"]["kind"] == "frames"
+    assert (tmp_path / "server_variants.png").read_bytes()[:8] == PNG
