@@ -1,0 +1,167 @@
+"""Real server + headless Chromium phone, shared by tests/test_browser.py and
+tests/screenshot.py.
+
+The server is the real `python -m streamfer.serve` in a subprocess on a free 127.0.0.1 port;
+the browser is the system Chromium (not Playwright's download) driven by Playwright, in a
+phone-sized viewport, with a fake camera that plays a .y4m video (see tests/fakecam.py).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path(os.environ.get("STREAMFER_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    # A made-up LAN name for 127.0.0.1: a page there is not a secure context (unlike
+    # 127.0.0.1 and localhost), as on a phone that opens http://<laptop's IP>:8080/.
+    "--host-resolver-rules=MAP insecure.streamfer.test 127.0.0.1",
+]
+INSECURE_HOST = "insecure.streamfer.test"
+PHONE: dict[str, Any] = {
+    "viewport": {"width": 390, "height": 844},
+    "device_scale_factor": 3,
+    "is_mobile": True,
+    "has_touch": True,
+    "user_agent": "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/126.0.0.0 Mobile Safari/537.36",
+}
+SERVER_START_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """`python -m streamfer.serve` on 127.0.0.1:`port`; start() returns once /healthz answers."""
+
+    model: Path
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "streamfer.serve", "--model", str(self.model),
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + SERVER_START_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "healthz", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not up in {SERVER_START_S} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM (the server shuts down gracefully), SIGKILL if it hangs."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.proc = None
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics samples, keyed like `streamfer_replies_total{status="ok"}`."""
+        with urllib.request.urlopen(self.url + "metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                values[key] = float(value)
+        return values
+
+    def replies(self, status: str) -> float:
+        """Frames the server answered with `status` (streamfer/metrics.py: streamfer_replies)."""
+        return self.metrics().get(f'streamfer_replies_total{{status="{status}"}}', 0.0)
+
+    def frames_received(self) -> float:
+        """Frames the server received, from any source."""
+        return sum(v for k, v in self.metrics().items()
+                   if k.startswith("streamfer_frames_received_total"))
+
+
+@contextmanager
+def phone(playwright: Any, video: Path, *, allow_camera: bool = True,
+          **context_options: Any) -> Iterator[Any]:
+    """A phone-sized Chromium browser context whose front camera plays `video`
+    (`context_options` override PHONE's). With allow_camera=False the person says no to the
+    camera permission prompt."""
+    args = [*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={video}"]
+    if not allow_camera:
+        args = [a for a in args if a != "--use-fake-ui-for-media-stream"]
+        args.append("--deny-permission-prompts")
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=args)
+    try:
+        yield browser.new_context(**{**PHONE, **context_options})
+    finally:
+        browser.close()
+
+
+def open_page(context: Any, url: str) -> Any:
+    """Open `url`; `page.errors` collects uncaught exceptions from the page's scripts."""
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    page.goto(url)
+    return page
+
+
+def counts(page: Any) -> dict[str, int]:
+    """The page's own counters (#stats data-*): frames sent, replies by status, skips."""
+    data = page.eval_on_selector("#stats", "el => ({...el.dataset})")
+    return {k: int(v) for k, v in data.items()}
+
+
+def prediction(page: Any) -> dict[str, Any]:
+    """What the page shows, read at one instant: the bars, the top class and its word."""
+    return page.evaluate(
+        """() => ({
+            bars: Object.fromEntries([...document.querySelectorAll("#bars li")]
+                .map(e => [e.dataset.class, Number(e.dataset.prob)])),
+            top: document.getElementById("top").dataset.class,
+            word: document.getElementById("top-word").textContent,
+        })"""
+    )

@@ -1,0 +1,119 @@
+// From the live <video> to small encoded images, and the cheap checks that decide whether
+// a frame is worth sending at all. Everything is grayscale: the model sees gray faces, and a
+// gray JPEG is smaller to send and to decode.
+
+import { FRAME_SCALE } from "./detectors.js";
+
+export const FULL_WIDTH = 320; // the server's Haar detector works at <= 320 px anyway
+export const CROP_SIZE = 96; // 2x the model's 48 px input: room for the server's resize
+const JPEG_QUALITY = 0.8;
+const THUMB_W = 32;
+const THUMB_H = 24;
+
+// A frame darker than this (mean gray level, 0-255) cannot show a face the model can read.
+export const DARK_LEVEL = 28;
+// Mean absolute change per thumbnail pixel below which a frame counts as "unchanged": the
+// reply would repeat the last one. Camera noise alone stays under it only when the scene is
+// truly still.
+export const STILL_LEVEL = 0.6;
+
+function canvas(w, h) {
+  const c = document.createElement("canvas");
+  c.width = w;
+  c.height = h;
+  return c;
+}
+
+function toGray(ctx, w, h) {
+  const img = ctx.getImageData(0, 0, w, h);
+  const px = img.data;
+  for (let i = 0; i < px.length; i += 4) {
+    const y = (px[i] * 77 + px[i + 1] * 150 + px[i + 2] * 29) >> 8; // BT.601 luma
+    px[i] = y;
+    px[i + 1] = y;
+    px[i + 2] = y;
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function encode(c) {
+  return new Promise((resolve, reject) => {
+    c.toBlob(
+      (blob) => (blob ? blob.arrayBuffer().then(resolve, reject) : reject(new Error("JPEG encode failed"))),
+      "image/jpeg",
+      JPEG_QUALITY,
+    );
+  });
+}
+
+export class FrameGrabber {
+  constructor() {
+    this.thumb = canvas(THUMB_W, THUMB_H);
+    this.thumbCtx = this.thumb.getContext("2d", { willReadFrequently: true });
+    this.full = canvas(FULL_WIDTH, 240);
+    this.fullCtx = this.full.getContext("2d", { willReadFrequently: true });
+    this.crop = canvas(CROP_SIZE, CROP_SIZE);
+    this.cropCtx = this.crop.getContext("2d", { willReadFrequently: true });
+    this.lastSent = null; // thumbnail luma of the last frame sent
+  }
+
+  /** Mean brightness and change since the last sent frame, from a 32x24 thumbnail. */
+  measure(video) {
+    this.thumbCtx.drawImage(video, 0, 0, THUMB_W, THUMB_H);
+    const px = this.thumbCtx.getImageData(0, 0, THUMB_W, THUMB_H).data;
+    const luma = new Uint8Array(THUMB_W * THUMB_H);
+    let sum = 0;
+    let diff = 0;
+    for (let i = 0, j = 0; j < luma.length; i += 4, j += 1) {
+      const y = (px[i] * 77 + px[i + 1] * 150 + px[i + 2] * 29) >> 8;
+      luma[j] = y;
+      sum += y;
+      if (this.lastSent) diff += Math.abs(y - this.lastSent[j]);
+    }
+    return {
+      luma,
+      mean: sum / luma.length,
+      change: this.lastSent ? diff / luma.length : Infinity,
+    };
+  }
+
+  /** Remember a measured frame as the last one sent (the reference for "unchanged"). */
+  accept(measured) {
+    this.lastSent = measured.luma;
+  }
+
+  forget() {
+    this.lastSent = null;
+  }
+
+  /** The whole frame, FULL_WIDTH px wide, as gray JPEG; `scale` maps its pixels to video pixels. */
+  async fullFrame(video) {
+    const vw = video.videoWidth;
+    const vh = video.videoHeight;
+    const w = Math.min(FULL_WIDTH, vw);
+    const h = Math.max(1, Math.round((vh * w) / vw));
+    if (this.full.width !== w || this.full.height !== h) {
+      this.full.width = w;
+      this.full.height = h;
+    }
+    this.fullCtx.drawImage(video, 0, 0, w, h);
+    toGray(this.fullCtx, w, h);
+    return { bytes: await encode(this.full), scale: vw / w };
+  }
+
+  /**
+   * A CROP_SIZE square gray JPEG around a face box (video pixels), framed like the server's
+   * own crops; parts outside the frame are filled with mid-gray.
+   */
+  async faceCrop(video, box) {
+    const side = Math.max(box.w, box.h) * FRAME_SCALE;
+    const x0 = box.x + box.w / 2 - side / 2;
+    const y0 = box.y + box.h / 2 - side / 2;
+    const ctx = this.cropCtx;
+    ctx.fillStyle = "#808080";
+    ctx.fillRect(0, 0, CROP_SIZE, CROP_SIZE);
+    ctx.drawImage(video, x0, y0, side, side, 0, 0, CROP_SIZE, CROP_SIZE);
+    toGray(ctx, CROP_SIZE, CROP_SIZE);
+    return { bytes: await encode(this.crop), box: { x: x0, y: y0, w: side, h: side } };
+  }
+}

@@ -1,0 +1,46 @@
+// The wire format of docs/PROTOCOL.md (version 1), and nothing else: kept apart so the
+// streaming code and any test page share one definition of the 8-byte frame header.
+
+export const PROTOCOL_VERSION = 1;
+export const FLAG_CROP = 1; // bit 0: the image is already a face crop (server skips detection)
+export const HEADER_BYTES = 8;
+
+// What the page assumes until the server's greeting says otherwise.
+export const DEFAULT_LIMITS = Object.freeze({
+  max_frame_bytes: 262144,
+  max_fps: 30,
+  suggested_fps: 15,
+  window: 2,
+});
+
+/** Header + encoded image in one ArrayBuffer, ready for WebSocket.send(). */
+export function packFrame(id, isCrop, image) {
+  const body = new Uint8Array(image);
+  const out = new Uint8Array(HEADER_BYTES + body.byteLength);
+  const view = new DataView(out.buffer);
+  view.setUint8(0, PROTOCOL_VERSION);
+  view.setUint8(1, isCrop ? FLAG_CROP : 0);
+  view.setUint16(2, 0);
+  view.setUint32(4, id >>> 0);
+  out.set(body, HEADER_BYTES);
+  return out.buffer;
+}
+
+/** ws:// beside an http page, wss:// beside an https one (browsers block mixed content). */
+export function socketUrl(loc = window.location) {
+  const scheme = loc.protocol === "https:" ? "wss:" : "ws:";
+  const base = loc.pathname.replace(/[^/]*$/, ""); // the page's folder: works behind a prefix
+  return `${scheme}//${loc.host}${base}ws`;
+}
+
+/** The greeting's limits merged over the defaults, with nonsense values ignored. */
+export function readLimits(hello) {
+  const limits = { ...DEFAULT_LIMITS };
+  const given = (hello && hello.limits) || {};
+  for (const key of Object.keys(limits)) {
+    const value = Number(given[key]);
+    if (Number.isFinite(value) && value > 0) limits[key] = value;
+  }
+  limits.window = Math.max(1, Math.floor(limits.window));
+  return limits;
+}

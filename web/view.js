@@ -1,0 +1,169 @@
+// Everything the page shows, and the data-* attributes tests read. No logic about frames or
+// sockets lives here: app.js decides, this draws.
+
+const EMOJI = {
+  anger: "😠", angry: "😠",
+  disgust: "🤢", disgusted: "🤢",
+  fear: "😨", fearful: "😨",
+  happiness: "😄", happy: "😄",
+  sadness: "😢", sad: "😢",
+  surprise: "😮", surprised: "😮",
+  neutral: "😐",
+  contempt: "😒",
+};
+
+const COLOUR = {
+  anger: "#f05252", angry: "#f05252",
+  disgust: "#5bc878", disgusted: "#5bc878",
+  fear: "#a78bfa", fearful: "#a78bfa",
+  happiness: "#fbbf24", happy: "#fbbf24",
+  sadness: "#60a5fa", sad: "#60a5fa",
+  surprise: "#fb923c", surprised: "#fb923c",
+  neutral: "#9ca3af",
+  contempt: "#f472b6",
+};
+
+export function emojiFor(name) {
+  return EMOJI[name] ?? "🙂";
+}
+
+// What #status says for each state; app.js may add detail.
+const STATUS_TEXT = {
+  starting: "Starting camera…",
+  connecting: "Connecting to the server…",
+  reconnecting: "Connection lost — reconnecting…",
+  waiting: "Looking for a face…",
+  streaming: "Live",
+  "no-face": "No face — look at the camera",
+  "too-dark": "Too dark — find more light",
+  paused: "Paused",
+  "camera-error": "Camera unavailable",
+};
+
+export class View {
+  constructor(doc = document) {
+    this.doc = doc;
+    this.status = doc.getElementById("status");
+    this.statusText = doc.getElementById("status-text");
+    this.conn = doc.getElementById("conn");
+    this.top = doc.getElementById("top");
+    this.topEmoji = doc.getElementById("top-emoji");
+    this.topWord = doc.getElementById("top-word");
+    this.bars = doc.getElementById("bars");
+    this.rtt = doc.getElementById("rtt");
+    this.fps = doc.getElementById("fps");
+    this.stats = doc.getElementById("stats");
+    this.help = doc.getElementById("help");
+    this.model = doc.getElementById("model");
+    this.video = doc.getElementById("camera");
+    this.overlay = doc.getElementById("overlay");
+    this.rows = new Map(); // class -> {li, fill, pct}
+  }
+
+  setStatus(state, detail = "") {
+    this.status.dataset.state = state;
+    this.statusText.textContent = detail || STATUS_TEXT[state] || state;
+    this.doc.body.dataset.state = state;
+  }
+
+  setConnection(state, text) {
+    this.conn.dataset.state = state;
+    this.conn.textContent = text;
+  }
+
+  showHelp(message, kind = "") {
+    this.help.hidden = !message;
+    this.help.dataset.kind = kind;
+    this.help.textContent = message;
+  }
+
+  setModel(hello) {
+    this.model.textContent = hello ? `${hello.model} · ${hello.classes.length} classes` : "";
+  }
+
+  /** One bar per class, in the greeting's order. */
+  buildBars(classes) {
+    this.bars.replaceChildren();
+    this.rows.clear();
+    for (const name of classes) {
+      const li = this.doc.createElement("li");
+      li.dataset.class = name;
+      li.dataset.prob = "0";
+      li.style.setProperty("--colour", COLOUR[name] ?? "#9ca3af");
+      li.innerHTML =
+        '<span class="label"><span class="e" aria-hidden="true"></span><span class="n"></span></span>' +
+        '<span class="track"><span class="fill"></span></span><span class="pct">–</span>';
+      li.querySelector(".e").textContent = emojiFor(name);
+      li.querySelector(".n").textContent = name;
+      this.bars.append(li);
+      this.rows.set(name, { li, fill: li.querySelector(".fill"), pct: li.querySelector(".pct") });
+    }
+  }
+
+  /** Probabilities {class: p} as bars, and the top class as a word and an emoji. */
+  showProbs(probs, top) {
+    for (const [name, row] of this.rows) {
+      const p = probs[name] ?? 0;
+      row.li.dataset.prob = String(p);
+      row.li.classList.toggle("is-top", name === top);
+      row.fill.style.transform = `scaleX(${Math.max(0, Math.min(1, p))})`;
+      row.pct.textContent = `${Math.round(p * 100)}%`;
+    }
+    this.bars.classList.remove("stale");
+    this.top.dataset.class = top;
+    this.top.classList.remove("stale");
+    this.top.style.setProperty("--colour", COLOUR[top] ?? "#9ca3af");
+    this.topEmoji.textContent = emojiFor(top);
+    this.topWord.textContent = top;
+  }
+
+  /** Keep the last prediction visible but dimmed: it no longer describes the camera. */
+  markStale() {
+    this.bars.classList.add("stale");
+    this.top.classList.add("stale");
+  }
+
+  showTiming(rttMs, fps) {
+    if (rttMs !== null) {
+      this.rtt.dataset.ms = rttMs.toFixed(1);
+      this.rtt.textContent = `${Math.round(rttMs)} ms`;
+    }
+    this.fps.dataset.fps = fps.toFixed(1);
+    this.fps.textContent = fps.toFixed(fps < 10 ? 1 : 0);
+  }
+
+  showCounts(counts) {
+    for (const [key, value] of Object.entries(counts)) this.stats.dataset[key] = String(value);
+  }
+
+  /** Outline the face (box in video pixels) on the preview, or clear it. */
+  drawBox(box) {
+    const c = this.overlay;
+    const dpr = window.devicePixelRatio || 1;
+    const cw = c.clientWidth;
+    const ch = c.clientHeight;
+    if (c.width !== Math.round(cw * dpr) || c.height !== Math.round(ch * dpr)) {
+      c.width = Math.round(cw * dpr);
+      c.height = Math.round(ch * dpr);
+    }
+    const ctx = c.getContext("2d");
+    ctx.clearRect(0, 0, c.width, c.height);
+    const vw = this.video.videoWidth;
+    const vh = this.video.videoHeight;
+    if (!box || !vw || !vh) return;
+    // The preview is object-fit: cover, so map video pixels the same way.
+    const scale = Math.max(cw / vw, ch / vh);
+    const ox = (cw - vw * scale) / 2;
+    const oy = (ch - vh * scale) / 2;
+    const x = (ox + box.x * scale) * dpr;
+    const y = (oy + box.y * scale) * dpr;
+    const w = box.w * scale * dpr;
+    const h = box.h * scale * dpr;
+    const r = Math.min(w, h) * 0.12;
+    ctx.lineWidth = 3 * dpr;
+    ctx.strokeStyle = getComputedStyle(this.top).getPropertyValue("--colour").trim() || "#fbbf24";
+    ctx.beginPath();
+    ctx.roundRect ? ctx.roundRect(x, y, w, h, r) : ctx.rect(x, y, w, h);
+    ctx.stroke();
+  }
+}
