@@ -191,11 +191,10 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
         start, stale = state["epoch"], state["stale"]
         log.info("resumed from %s at epoch %d (best val %.4f)", ckpt, start, best)
     use_bf16 = cfg.bf16 and (device.type == "cuda" or torch.backends.mkldnn.is_available())
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(start):  # keep the data order of an uninterrupted run after --resume
-        torch.randperm(len(train), generator=gen)
     for epoch in range(start, cfg.epochs):
         net.train()
+        # One seed per epoch: a --resume'd run sees the same data as an uninterrupted one.
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(train), generator=gen)[rank::world]
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0,

@@ -9,7 +9,7 @@
 
 // The server frames a face as a square of FRAME_SCALE x the detector's box (streamfer/faces.py
 // FRAME_SCALE), which is how the training faces were framed; the page's crops copy that.
-export const FRAME_SCALE = 1.25;
+export const FRAME_SCALE = 1.03;
 
 // A face this close to the frame's edge is probably cut off: its crop would not look like a
 // training face, so it is not sent.

@@ -1,0 +1,277 @@
+"""The paper's baseline: uniform LBP histograms over a grid of cells into an SVM.
+
+    python -m training.baseline --data ckplus --data-root ../shared/datasets/CK+48 \\
+        --classes anger,happiness,sadness,surprise --folds 10 --fold-mode grouped \\
+        --out runs/baseline-ck4-grouped
+    python -m training.baseline --data fer2013 --data-root ../shared/datasets/fer2013 \\
+        --classes paper5 --out runs/baseline-fer5        # Training -> PublicTest
+
+Song et al. 2014 (Table I) compare their CNN with LBP+SVM. This runs that baseline on exactly
+the CNN's evaluation splits: the k folds come from `training.fit.folds_of` with the same seed
+and fold mode, and FER2013 trains on Training and reports on PublicTest, as `training.fit`
+does. The SVM's C is chosen on an inner split of each training part only (grouped by subject
+where subjects are known), never on the test fold, then the SVM is refit on the whole
+training part with that C.
+
+Feature: scikit-image's 'uniform' LBP (rotation-invariant uniform patterns, Ojala's riu2:
+P + 2 codes for P neighbours at radius R) histogrammed over a cells x cells grid, each cell's
+histogram L1-normalised and (by default) square-rooted, so a linear SVM on it is an SVM with
+the Hellinger kernel. Length: cells * cells * (P + 2) * len(radii), see `feature_length`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from training import data as D
+from training.report import save_confusion
+
+log = logging.getLogger("training.baseline")
+
+KERNELS = ("linear", "chi2", "rbf")
+
+
+@dataclass
+class BaselineConfig:
+    data: str = "fer2013"  # fer2013 | fer2013-csv | ckplus | folder
+    data_root: str = "../shared/datasets/fer2013"
+    val_root: str = ""  # for --data folder without --folds: the tree to report on
+    classes: str = "paper5"
+    size: int = 48  # image side the loaders require
+    points: int = 8  # LBP neighbours P
+    radii: str = "1,2"  # LBP radii, comma list (histograms concatenated)
+    cells: int = 7  # grid of cells x cells histograms
+    norm: str = "sqrt"  # per-cell: sqrt (L1 then square root) | l1 | none
+    kernel: str = "linear"  # linear (LinearSVC) | chi2 (exact chi-squared SVC) | rbf (SVC)
+    c_grid: str = "0.001,0.01,0.1,1,10,100"  # C values tried on the inner validation split
+    inner_folds: int = 3  # inner split of each training part into this many folds for C
+    inner_splits: int = -1  # how many inner folds to score: -1 auto (all for --folds, else 1)
+    folds: int = 0  # k-fold cross-validation when > 1 (same folds as training.fit)
+    fold_mode: str = "grouped"  # grouped (by subject, where known) | stratified (random)
+    seed: int = 0
+    limit: int = 0  # use only this many training images (smoke runs)
+    out: str = "runs/baseline"
+    command: str = field(default="", repr=False)
+
+    def radii_list(self) -> list[float]:
+        return [float(r) for r in self.radii.split(",") if r.strip()]
+
+    def c_values(self) -> list[float]:
+        return [float(c) for c in self.c_grid.split(",") if c.strip()]
+
+
+def parse_args(argv: list[str] | None = None) -> BaselineConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    for f in BaselineConfig.__dataclass_fields__.values():
+        if f.name == "command":
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    cfg = BaselineConfig(**vars(p.parse_args(argv)))
+    if cfg.kernel not in KERNELS:
+        p.error(f"--kernel must be one of {KERNELS}")
+    if cfg.norm not in ("sqrt", "l1", "none"):
+        p.error("--norm must be sqrt, l1 or none")
+    if not cfg.radii_list() or not cfg.c_values():
+        p.error("--radii and --c-grid need at least one value")
+    cfg.command = "python -m training.baseline " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
+    return cfg
+
+
+# ---------------------------------------------------------------- features
+
+
+def feature_length(points: int = 8, radii: Sequence[float] = (1.0,), cells: int = 6) -> int:
+    """Length of one LBP feature vector: a (P + 2)-bin 'uniform' histogram per cell and radius."""
+    return cells * cells * (points + 2) * len(radii)
+
+
+def _cell_index(side: int, cells: int) -> np.ndarray:
+    """Cell number of every pixel of a side x side image (near-equal cells when not divisible)."""
+    edges = np.linspace(0, side, cells + 1).round().astype(int)
+    band = np.searchsorted(edges, np.arange(side), side="right") - 1
+    return (band[:, None] * cells + band[None, :]).ravel()
+
+
+def lbp_features(images: np.ndarray, points: int = 8, radii: Sequence[float] = (1.0,),
+                 cells: int = 6, norm: str = "sqrt", progress: bool = True) -> np.ndarray:
+    """N x S x S uint8 faces -> N x feature_length float32 grid-of-cells LBP histograms."""
+    from skimage.feature import local_binary_pattern
+
+    n, side = len(images), images.shape[1]
+    bins = points + 2
+    cell = _cell_index(side, cells)
+    out = np.empty((n, feature_length(points, radii, cells)), np.float32)
+    per_radius = cells * cells * bins
+    for i in tqdm(range(n), desc="LBP features", disable=not progress, mininterval=2):
+        for j, r in enumerate(radii):
+            codes = local_binary_pattern(images[i], points, r, method="uniform").astype(np.int64)
+            hist = np.bincount(cell * bins + codes.ravel(), minlength=per_radius)
+            out[i, j * per_radius:(j + 1) * per_radius] = hist
+    if norm != "none":
+        blocks = out.reshape(n, -1, bins)
+        blocks /= np.maximum(blocks.sum(-1, keepdims=True), 1.0)
+        if norm == "sqrt":
+            np.sqrt(blocks, out=blocks)
+    return out
+
+
+# ---------------------------------------------------------------- classifier
+
+
+def make_svm(kernel: str, c: float, x_train: np.ndarray, seed: int) -> Any:
+    """An unfitted SVM; the chi-squared kernel's gamma is 1 / mean chi2 distance of the data."""
+    from sklearn.svm import SVC, LinearSVC
+
+    if kernel == "linear":
+        return LinearSVC(C=c, dual="auto", max_iter=20000, random_state=seed)
+    if kernel == "rbf":
+        return SVC(C=c, kernel="rbf", gamma="scale", cache_size=1000)
+    if kernel == "chi2":
+        from sklearn.metrics.pairwise import additive_chi2_kernel, chi2_kernel
+
+        sample = x_train[np.random.default_rng(seed).permutation(len(x_train))[:500]]
+        mean_dist = float(-additive_chi2_kernel(sample).mean())  # sum (x-y)^2 / (x+y)
+        return SVC(C=c, kernel=functools.partial(chi2_kernel, gamma=1.0 / max(mean_dist, 1e-9)),
+                   cache_size=1000)
+    raise ValueError(f"unknown kernel {kernel!r}")
+
+
+def inner_splits(labels: np.ndarray, groups: np.ndarray | None, k: int, seed: int,
+                 use: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`use` (train, val) pairs of a k-fold split of a training part, by subject where known."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    dummy = np.zeros(len(labels))
+    if groups is not None:
+        splits = StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(dummy, labels,
+                                                                                groups)
+    else:
+        splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(dummy, labels)
+    return list(splits)[:use]
+
+
+def choose_c(cfg: BaselineConfig, x: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
+             use: int) -> tuple[float, dict[str, float]]:
+    """C with the best mean accuracy on inner validation folds of this training part only."""
+    splits = inner_splits(y, groups, cfg.inner_folds, cfg.seed, use)
+    scores: dict[str, float] = {}
+    for c in cfg.c_values():
+        accs = []
+        for tr, va in splits:
+            svm = make_svm(cfg.kernel, c, x[tr], cfg.seed).fit(x[tr], y[tr])
+            accs.append(float((svm.predict(x[va]) == y[va]).mean()))
+        scores[f"{c:g}"] = float(np.mean(accs))
+        log.info("  C=%g: inner validation accuracy %.4f", c, scores[f"{c:g}"])
+    best = max(cfg.c_values(), key=lambda c: scores[f"{c:g}"])  # first of ties: smallest C
+    return best, scores
+
+
+def fit_predict(cfg: BaselineConfig, x_tr: np.ndarray, y_tr: np.ndarray,
+                g_tr: np.ndarray | None, x_te: np.ndarray, use: int) -> tuple[np.ndarray, dict]:
+    """Pick C on the training part, refit on all of it, predict the test part."""
+    if len(cfg.c_values()) > 1:
+        c, scores = choose_c(cfg, x_tr, y_tr, g_tr, use)
+    else:
+        c, scores = cfg.c_values()[0], {}
+    svm = make_svm(cfg.kernel, c, x_tr, cfg.seed).fit(x_tr, y_tr)
+    return svm.predict(x_te), {"C": c, "inner_val_accuracy": scores}
+
+
+# ---------------------------------------------------------------- program
+
+
+def load(cfg: BaselineConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
+    """(train, test) exactly as training.fit loads them; test is None where folds supply it."""
+    from training.fit import FitConfig
+    from training.fit import load as fit_load
+
+    return fit_load(FitConfig(data=cfg.data, data_root=cfg.data_root, val_root=cfg.val_root,
+                              classes=cfg.classes, size=cfg.size))
+
+
+def features(cfg: BaselineConfig, faces: D.FaceSet) -> np.ndarray:
+    return lbp_features(faces.images, cfg.points, cfg.radii_list(), cfg.cells, cfg.norm)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    train, test = load(cfg)
+    if cfg.limit:
+        keep = np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.limit]
+        train = train.subset(np.sort(keep))
+    radii = cfg.radii_list()
+    log.info("train %d images %s; test %s; LBP P=%d R=%s %dx%d cells (%d dims), %s SVM",
+             len(train), train.counts(), len(test) if test is not None else "folds",
+             cfg.points, radii, cfg.cells, cfg.cells,
+             feature_length(cfg.points, radii, cfg.cells), cfg.kernel)
+    x = features(cfg, train)
+    feature = (f"uniform LBP P={cfg.points} R={','.join(f'{r:g}' for r in radii)}, "
+               f"{cfg.cells}x{cfg.cells} cells, {cfg.norm} histograms, {x.shape[1]} dims")
+    metrics: dict = {"config": asdict(cfg), "classes": list(train.classes), "feature": feature,
+                     "images": len(train)}
+    title = f"LBP+SVM ({cfg.kernel})"
+    if cfg.folds > 1:
+        from training.fit import folds_of
+
+        splits, protocol = folds_of(cfg, train)  # type: ignore[arg-type]  # duck-typed config
+        use = cfg.inner_folds if cfg.inner_splits < 0 else cfg.inner_splits
+        accs, chosen, pooled_true, pooled_pred = [], [], [], []
+        for k, (tr, te) in enumerate(splits):
+            g_tr = None if train.groups is None or cfg.fold_mode != "grouped" \
+                else train.groups[tr]
+            pred, info = fit_predict(cfg, x[tr], train.labels[tr], g_tr, x[te], use)
+            accs.append(float((pred == train.labels[te]).mean()))
+            chosen.append(info)
+            pooled_true += train.labels[te].tolist()
+            pooled_pred += pred.tolist()
+            log.info("fold %d/%d: %d test images, C=%g, accuracy %.4f", k + 1, cfg.folds,
+                     len(te), info["C"], accs[-1])
+        protocol += "; C chosen on inner validation folds of each training part"
+        metrics.update(protocol=protocol, fold_accuracy=accs, accuracy=float(np.mean(accs)),
+                       accuracy_std=float(np.std(accs)),
+                       pooled_accuracy=float(np.mean(np.array(pooled_true) ==
+                                                     np.array(pooled_pred))),
+                       chosen_C=[i["C"] for i in chosen],
+                       inner_val_accuracy=[i["inner_val_accuracy"] for i in chosen])
+        save_confusion(pooled_true, pooled_pred, train.classes, out / "confusion.png",
+                       f"{title}, {protocol.split(';')[0]}")
+    else:
+        if test is None:
+            raise SystemExit("no test data: give --folds > 1, or --val-root for --data folder")
+        use = 1 if cfg.inner_splits < 0 else cfg.inner_splits
+        g_tr = train.groups if cfg.fold_mode == "grouped" else None
+        pred, info = fit_predict(cfg, x, train.labels, g_tr, features(cfg, test), use)
+        acc = float((pred == test.labels).mean())
+        protocol = (f"train on the training split ({cfg.data}), report on the test split; "
+                    f"C chosen on {use} of {cfg.inner_folds} inner folds of the training split")
+        metrics.update(protocol=protocol, accuracy=acc, test_images=len(test),
+                       chosen_C=info["C"], inner_val_accuracy=info["inner_val_accuracy"])
+        log.info("test accuracy %.4f on %d images (C=%g)", acc, len(test), info["C"])
+        save_confusion(test.labels.tolist(), pred.tolist(), train.classes,
+                       out / "confusion.png", f"{title} on the test split")
+    metrics["seconds"] = time.time() - t0
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("accuracy %.4f (%s), %.0f s", metrics["accuracy"], protocol, metrics["seconds"])
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

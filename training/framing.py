@@ -1,0 +1,177 @@
+"""Measure how FER2013 frames a face relative to the server's face detector box.
+
+    python -m training.framing --data-root ../shared/datasets/fer2013 --limit 3000 \\
+        --out runs/framing-fer2013/framing.json --preview /tmp/framing.png
+
+The model only ever saw FER2013's 48x48 faces, so a camera face must be cut out the way
+FER2013 cut its faces. `streamfer.faces.crop_face` does that from the Haar cascade's box with
+two constants, FRAME_SCALE (crop side / box side) and FRAME_SHIFT_Y (crop centre below the
+box centre, as a fraction of the crop side). This program measures both: it upsamples FER2013
+Training faces, runs the same cascade (`streamfer.faces.FaceDetector`, same scale factor,
+neighbours and histogram equalisation) and takes medians over the faces it finds of
+
+    scale   = image side / box side                    -> FRAME_SCALE
+    shift_y = (image centre y - box centre y) / side   -> FRAME_SHIFT_Y  (> 0: box sits high)
+    shift_x = (image centre x - box centre x) / side   (should be ~0)
+
+A FER face fills most of its image, so the cascade's box can be nearly as big as the image,
+and a detector window never sees past the image edge: each face is padded with its edge
+pixels (`--pad`, a fraction of the side) before detection so such boxes can be found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from streamfer.faces import FRAME_SCALE, FRAME_SHIFT_Y, Box, FaceDetector, resize_square
+
+log = logging.getLogger("training.framing")
+
+
+@dataclass
+class FramingConfig:
+    data_root: str = "../shared/datasets/fer2013"
+    split: str = "train"  # train (Training) | test (PublicTest)
+    classes: str = "fer7"
+    limit: int = 3000  # faces sampled (seeded) from the split; 0 = all
+    upsample: int = 192  # side the 48x48 faces are enlarged to before detection
+    pad: float = 0.25  # edge-pixel border added on each side, as a fraction of the side
+    min_face_fraction: float = 0.3  # FaceDetector's smallest face, of the padded side
+    seed: int = 0
+    out: str = "runs/framing-fer2013/framing.json"
+    preview: str = ""  # PNG: the astronaut cropped with the measured framing beside FER faces
+    command: str = field(default="", repr=False)
+
+
+def parse_args(argv: list[str] | None = None) -> FramingConfig:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    for f in FramingConfig.__dataclass_fields__.values():
+        if f.name != "command":
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default),
+                           default=f.default)
+    cfg = FramingConfig(**vars(p.parse_args(argv)))
+    cfg.command = "python -m training.framing " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
+    return cfg
+
+
+def measure_one(face: np.ndarray, detector: FaceDetector, upsample: int,
+                pad: float) -> tuple[float, float, float] | None:
+    """(scale, shift_y, shift_x) of one square face image as defined above, or None if missed."""
+    big = cv2.resize(face, (upsample, upsample), interpolation=cv2.INTER_CUBIC)
+    p = round(pad * upsample)
+    padded = cv2.copyMakeBorder(big, p, p, p, p, cv2.BORDER_REPLICATE) if p else big
+    box = detector.detect(padded)
+    if box is None:
+        return None
+    side = max(box.w, box.h)
+    centre = upsample / 2.0
+    return (upsample / side,
+            (centre - (box.y - p + box.h / 2.0)) / upsample,
+            (centre - (box.x - p + box.w / 2.0)) / upsample)
+
+
+def summarise(values: np.ndarray) -> dict[str, float]:
+    q1, med, q3 = np.percentile(values, [25, 50, 75])
+    return {"median": float(med), "q1": float(q1), "q3": float(q3), "mean": float(values.mean())}
+
+
+def measure(images: np.ndarray, cfg: FramingConfig) -> dict:
+    """Detection rate and scale / shift statistics over a stack of square faces."""
+    detector = FaceDetector(min_face_fraction=cfg.min_face_fraction)
+    found = []
+    for img in tqdm(images, desc="detecting", mininterval=2):
+        m = measure_one(img, detector, cfg.upsample, cfg.pad)
+        if m is not None:
+            found.append(m)
+    if not found:
+        raise RuntimeError("the cascade found no face in any image; check --pad / --upsample")
+    arr = np.array(found)
+    return {"images": len(images), "detected": len(found),
+            "detection_rate": len(found) / len(images),
+            "scale": summarise(arr[:, 0]), "shift_y": summarise(arr[:, 1]),
+            "shift_x": summarise(arr[:, 2])}
+
+
+def crop_with(gray: np.ndarray, box: Box, size: int, scale: float, shift_y: float) -> np.ndarray:
+    """`streamfer.faces.crop_face`'s geometry with explicit constants (to try new values)."""
+    side = max(box.w, box.h) * scale
+    cx = box.x + box.w / 2.0
+    cy = box.y + box.h / 2.0 + shift_y * side
+    x0, y0, s = round(cx - side / 2.0), round(cy - side / 2.0), max(1, round(side))
+    pad = max(0, -x0, -y0, x0 + s - gray.shape[1], y0 + s - gray.shape[0])
+    if pad:
+        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0 = x0 + pad, y0 + pad
+    return resize_square(gray[y0:y0 + s, x0:x0 + s], size)
+
+
+def save_preview(path: Path, astronaut_gray: np.ndarray, fer: np.ndarray, scale: float,
+                 shift_y: float) -> None:
+    """Astronaut crops (current and measured framing) beside FER faces, 4x enlarged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    box = FaceDetector().detect(astronaut_gray)
+    if box is None:
+        raise RuntimeError("no face found on the astronaut")
+    tiles = [(crop_with(astronaut_gray, box, 48, FRAME_SCALE, FRAME_SHIFT_Y),
+              f"astronaut, current\nscale {FRAME_SCALE:g} shift {FRAME_SHIFT_Y:g}"),
+             (crop_with(astronaut_gray, box, 48, scale, shift_y),
+              f"astronaut, measured\nscale {scale:.3f} shift {shift_y:.3f}")]
+    tiles += [(img, "FER2013 Training") for img in fer]
+    fig, axes = plt.subplots(1, len(tiles), figsize=(2.0 * len(tiles), 2.5))
+    for ax, (img, title) in zip(axes, tiles, strict=True):
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(title, fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from skimage import data as skdata
+
+    from training import data as D
+
+    cfg = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    t0 = time.time()
+    faces = D.load_fer2013(cfg.data_root, cfg.split, cfg.classes)
+    order = np.random.default_rng(cfg.seed).permutation(len(faces))
+    pick = np.sort(order[:cfg.limit] if cfg.limit else order)
+    stats = measure(faces.images[pick], cfg)
+    scale = stats["scale"]["median"]
+    shift_y = stats["shift_y"]["median"]
+    result = {"config": asdict(cfg), **stats,
+              "FRAME_SCALE": round(scale, 3), "FRAME_SHIFT_Y": round(shift_y, 3),
+              "seconds": time.time() - t0}
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    log.info("detected %d of %d (%.1f%%); median scale %.3f, shift_y %.3f, shift_x %.3f -> %s",
+             stats["detected"], stats["images"], 100 * stats["detection_rate"], scale, shift_y,
+             stats["shift_x"]["median"], out)
+    if cfg.preview:
+        gray = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2GRAY)
+        save_preview(Path(cfg.preview), gray, faces.images[pick[:6]], scale, shift_y)
+        log.info("preview %s", cfg.preview)
+    return result
+
+
+if __name__ == "__main__":
+    main()
