@@ -74,7 +74,7 @@ def test_two_process_ddp_smoke(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "training.fit", "--data", "folder", "--data-root", str(tmp_path / "data"),
            "--val-root", str(tmp_path / "data"), "--classes", "happy,sad", "--epochs", "2",
-           "--batch", "8", "--threads", "1", "--out", str(tmp_path / "ddp"),
+           "--batch", "8", "--threads", "1", "--device", "cpu", "--out", str(tmp_path / "ddp"),
            "--export", str(tmp_path / "ddp.pt")]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -98,3 +98,40 @@ def test_init_from_an_exported_model_matches_classes_by_name(tmp_path: Path,
     torch.testing.assert_close(own["full.weight"][0], source["net.full.weight"][2])
     torch.testing.assert_close(own["full.weight"][2], source["net.full.weight"][0])
     assert not torch.equal(own["full.weight"][1], source["net.full.weight"][1])
+
+
+def test_a_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    make_faces(tmp_path / "data")
+    args = ["--data", "folder", "--data-root", str(tmp_path / "data"), "--classes", "happy,sad",
+            "--epochs", "3", "--batch", "8", "--threads", "1", "--device", "cpu"]
+    straight = fit.main([*args, "--out", str(tmp_path / "straight")])
+    first = fit.main([*args, "--out", str(tmp_path / "split"), "--stop-after", "2"])
+    assert first["history"]["epoch"] == [1, 2]
+    resumed = fit.main([*args, "--out", str(tmp_path / "split"), "--resume"])
+    assert json.dumps(resumed["history"]) == json.dumps(straight["history"])  # NaN val: no val
+    a = torch.load(tmp_path / "straight" / "last.ckpt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "last.ckpt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 3
+    for key, value in a["net"].items():
+        torch.testing.assert_close(b["net"][key], value, rtol=0, atol=0)
+
+
+def test_export_compiles_no_torch_python_resize_and_reexport_keeps_probabilities(
+        tmp_path: Path, tiny_model_path: Path) -> None:
+    import zipfile
+
+    from training.export import reexport
+
+    # F.interpolate's compiled body names every resize kernel of the exporting torch (2.13's
+    # Lanczos kernel made files that torch 2.11 refused to load); the wrapper avoids it.
+    with zipfile.ZipFile(tiny_model_path) as z:
+        code = b"".join(z.read(n) for n in z.namelist() if n.endswith(".py"))
+    assert b"def interpolate" not in code and b"lanczos" not in code
+    again = reexport(tiny_model_path, tmp_path / "again.pt")
+    old, new = torch.jit.load(str(tiny_model_path)), torch.jit.load(str(again))
+    for x in (torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8),
+              torch.rand(2, 1, 96, 80) * 255):
+        for mode in ("ten", "mirror", "centre"):
+            torch.testing.assert_close(new.predict(x, mode), old.predict(x, mode), rtol=0, atol=0)
+    assert json.loads(again.with_suffix(".json").read_text()) == \
+        json.loads(tiny_model_path.with_suffix(".json").read_text())

@@ -78,3 +78,12 @@ def test_presets_script_and_agree(name: str) -> None:
 def test_unknown_preset_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown network preset"):
         preset("resnet")
+
+
+def test_zero_head_starts_every_class_at_equal_odds() -> None:
+    net = FERNet(preset("paper", crop=44, classes=5, zero_head=True))
+    probs = torch.softmax(net(torch.randn(4, 1, 44, 44)), 1)
+    torch.testing.assert_close(probs, torch.full((4, 5), 0.2))
+    default = FERNet(preset("paper", crop=44, classes=5))
+    assert not torch.allclose(torch.softmax(default(torch.randn(4, 1, 44, 44)), 1),
+                              torch.full((4, 5), 0.2), atol=0.05)

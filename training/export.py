@@ -5,18 +5,26 @@ source size, e.g. 48x48), normalises, cuts the test-time views and returns N x C
 probabilities averaged over them. `torch.jit.load` alone runs it. Metadata (class names,
 geometry, normalisation, training data, metrics, the reproducing command) rides inside the
 file as `metadata.json` and is also written beside it as `<name>.json`.
+
+    python -m training.export models/fer2013-5class.pt   # re-export with this wrapper
+
+Portability: TorchScript compiles the Python body of any torch function the module calls
+into the file, as the exporting torch version wrote it. `F.interpolate`'s body names every
+resize kernel that version has (torch 2.13's includes Lanczos, which torch 2.11 cannot
+load), so the wrapper calls the one aten kernel it needs directly.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from training.augment import corner_offsets
+from training.network import FERNet, NetConfig
 
 TTA_MODES = ("ten", "mirror", "centre")
 
@@ -57,8 +65,8 @@ class Deployed(nn.Module):
             x = x.unsqueeze(1)
         x = x.float()
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=[self.size, self.size], mode="bilinear",
-                              align_corners=False, antialias=True)
+            # = F.interpolate(mode="bilinear", antialias=True), without its compiled body
+            x = torch._C._nn._upsample_bilinear2d_aa(x, [self.size, self.size], False, None)
         x = (x - self.mean) / self.std
         n = x.shape[0]
         probs = torch.softmax(self.net(self._views(x, tta)), dim=1)
@@ -81,6 +89,7 @@ def export(deployed: Deployed, path: str | Path, metadata: dict) -> Path:
         "std": deployed.std,
         "tta_default": deployed.tta,
         "tta_modes": list(TTA_MODES),
+        "network": deployed.net.cfg.to_dict(),  # enough to rebuild it (see reexport)
         **metadata,
     }
     scripted = torch.jit.script(deployed.cpu().eval())
@@ -88,3 +97,29 @@ def export(deployed: Deployed, path: str | Path, metadata: dict) -> Path:
     torch.jit.save(scripted, str(path), _extra_files={"metadata.json": text})
     path.with_suffix(".json").write_text(text + "\n")
     return path
+
+
+def reexport(source: str | Path, target: str | Path | None = None) -> Path:
+    """Rebuild an exported model's wrapper around its own weights and metadata and save it
+    again (in place by default): models exported by older versions of this file pick up
+    its fixes without retraining. The probabilities stay the same."""
+    extra = {"metadata.json": ""}
+    old = torch.jit.load(str(source), map_location="cpu", _extra_files=extra)
+    meta = json.loads(extra["metadata.json"])
+    net_fields = dict(meta["network"])
+    net_fields["conv_channels"] = tuple(net_fields["conv_channels"])
+    net = FERNet(NetConfig(**net_fields))
+    net.load_state_dict({k.removeprefix("net."): v for k, v in old.state_dict().items()})
+    deployed = Deployed(net, int(meta["input"]["size"]), int(meta["crop"]), float(meta["mean"]),
+                        float(meta["std"]), str(meta["tta_default"]))
+    keep = {k: v for k, v in meta.items() if k not in {
+        "format", "input", "crop", "mean", "std", "tta_default", "tta_modes"}}
+    return export(deployed, target or source, keep)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=reexport.__doc__)
+    p.add_argument("model", type=Path, help="an exported .pt file")
+    p.add_argument("--out", type=Path, default=None, help="where to write (default: in place)")
+    a = p.parse_args()
+    print(reexport(a.model, a.out))

@@ -48,6 +48,7 @@ class FitConfig:
     size: int = 48  # source image side
     crop: int = 44  # network input side
     dropout: float = 0.5
+    zero_head: bool = False  # start the output layer at zero (training/network.py says why)
     epochs: int = 30
     batch: int = 128
     lr: float = 0.01
@@ -61,10 +62,13 @@ class FitConfig:
     fold_mode: str = "grouped"  # grouped (by subject, where known) | stratified (random)
     patience: int = 0  # early stopping after this many epochs without a better val acc
     bf16: bool = True  # bfloat16 autocast on CPUs with AMX/AVX-512 bf16, CUDA otherwise
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
     seed: int = 0
     threads: int = 0
     limit: int = 0  # use only this many training images (smoke runs)
     max_steps: int = 0  # stop each epoch after this many steps (smoke runs)
+    stop_after: int = 0  # end this run after this many epochs; continue later with --resume
+    ckpt_every_s: float = 60.0  # write last.ckpt at most this often (and after the last epoch)
     out: str = "runs/fer2013-paper"
     export: str = ""  # models/NAME.pt to write the best model to
     init: str = ""  # fine-tune from an exported model (.pt); classes matched by name
@@ -104,14 +108,24 @@ def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
     raise ValueError(f"unknown --data {cfg.data!r}")
 
 
-def device_and_rank() -> tuple[torch.device, int, int]:
-    """Join the torchrun process group if launched by torchrun; pick CUDA when present."""
+def device_and_rank(want: str = "auto") -> tuple[torch.device, int, int]:
+    """Join the torchrun process group if launched by torchrun (nccl on GPUs, gloo on CPUs);
+    'auto' picks CUDA when present. Each process on a node takes the GPU of its LOCAL_RANK."""
+    if want not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, not {want!r}")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = want != "cpu" and torch.cuda.is_available()
+    if cuda and local >= torch.cuda.device_count():
+        raise SystemExit(f"process {local} on this node has no GPU of its own (torch sees "
+                         f"{torch.cuda.device_count()}): start at most that many with "
+                         "--nproc_per_node, or pass --device cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
         torch.cuda.set_device(local)
         return torch.device("cuda", local), rank, world
     return torch.device("cpu"), rank, world
@@ -163,7 +177,8 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
               device: torch.device, rank: int, world: int) -> tuple[Deployed, dict]:
     """Train one model; returns the best (or last, without val) deployable module + history."""
     torch.manual_seed(cfg.seed)
-    net_cfg = preset(cfg.net, crop=cfg.crop, classes=len(train.classes), dropout=cfg.dropout)
+    net_cfg = preset(cfg.net, crop=cfg.crop, classes=len(train.classes), dropout=cfg.dropout,
+                     zero_head=cfg.zero_head)
     net = FERNet(net_cfg).to(device)
     mean, std = float(train.images.mean()), float(train.images.std())
     if cfg.init:
@@ -189,9 +204,14 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
         opt.load_state_dict(state["opt"])
         history, best = state["history"], state["best"]
         start, stale = state["epoch"], state["stale"]
+        torch.set_rng_state(state["rng"])  # dropout continues exactly where it stopped
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         log.info("resumed from %s at epoch %d (best val %.4f)", ckpt, start, best)
     use_bf16 = cfg.bf16 and (device.type == "cuda" or torch.backends.mkldnn.is_available())
-    for epoch in range(start, cfg.epochs):
+    last_save = time.monotonic()
+    end = min(cfg.epochs, start + cfg.stop_after) if cfg.stop_after else cfg.epochs
+    for epoch in range(start, end):
         net.train()
         # One seed per epoch: a --resume'd run sees the same data as an uninterrupted one.
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -229,20 +249,27 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
         if rank == 0:
             log.info("epoch %d/%d loss %.4f train acc %.4f val acc %.4f", epoch + 1, cfg.epochs,
                      total_loss / seen, correct / seen, val_acc)
-            if val is None or val_acc > best:
-                best, stale = (val_acc if val is not None else best), 0
+            if val is not None and val_acc > best:
+                best, stale = val_acc, 0
                 torch.save(net.state_dict(), out / "best.ckpt")
-            else:
+            elif val is not None:
                 stale += 1
-            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "history": history,
-                        "best": best, "epoch": epoch + 1, "stale": stale}, ckpt)
             stop[0] = float(bool(cfg.patience) and stale >= cfg.patience)
+            # Checkpoints cost a few MB each: on short epochs (CK+ folds) writing one per
+            # epoch would cost more than the epoch, so they are written by the clock.
+            if stop.item() or epoch + 1 == end or time.monotonic() - last_save >= cfg.ckpt_every_s:
+                torch.save({"net": net.state_dict(), "opt": opt.state_dict(),
+                            "history": history, "best": best, "epoch": epoch + 1,
+                            "stale": stale, "rng": torch.get_rng_state(),
+                            "cuda_rng": (torch.cuda.get_rng_state(device)
+                                         if device.type == "cuda" else None)}, ckpt)
+                last_save = time.monotonic()
         if world > 1:
             dist.broadcast(stop, 0)
         if stop.item():
             log.info("early stop: no better val accuracy for %d epochs", cfg.patience)
             break
-    if rank == 0:
+    if rank == 0 and val is not None and (out / "best.ckpt").exists():
         net.load_state_dict(torch.load(out / "best.ckpt", map_location=device))
     return deployed, history
 
@@ -265,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device, rank, world = device_and_rank()
+    device, rank, world = device_and_rank(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     train, val = load(cfg)

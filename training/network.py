@@ -29,6 +29,10 @@ class NetConfig:
     local_kernel: int = 3
     dropout: float = 0.5  # after each locally-connected layer, as in the paper
     batchnorm: bool = False  # a deviation from the paper; see docs/RESULTS.md
+    # Start the output layer at zero. Without batch norm the pools and dropout grow the
+    # activations, so PyTorch's default init starts the logits with a std near 3 (a loss
+    # near 4, not ln C); at zero every class starts at equal odds.
+    zero_head: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -140,6 +144,9 @@ class FERNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        if cfg.zero_head:
+            nn.init.zeros_(self.full.weight)
+            nn.init.zeros_(self.full.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.full(torch.flatten(self.features(x), 1))

@@ -1,7 +1,12 @@
-"""Pictures people would rather look at than read: training curves and confusion matrices."""
+"""Pictures people would rather look at than read: training curves and confusion matrices.
+
+    python -m training.report runs/a runs/b ... --out compare.png   # runs side by side
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,3 +60,32 @@ def save_curves(history: dict, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def save_comparison(runs: dict[str, dict], path: Path, title: str) -> None:
+    """Validation accuracy and training loss per epoch of several runs on shared axes, for
+    ablations: runs with equal epochs and schedules differ only in what the label says."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, h in runs.items():
+        a.plot(h["epoch"], h["val_acc"], label=label)
+        b.plot(h["epoch"], h["train_loss"], label=label)
+    a.set_xlabel("epoch")
+    a.set_ylabel("validation accuracy")
+    b.set_xlabel("epoch")
+    b.set_ylabel("training loss (augmented views)")
+    a.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=save_comparison.__doc__)
+    p.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.json")
+    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.add_argument("--title", default="")
+    a = p.parse_args()
+    save_comparison({r.name: json.loads((r / "metrics.json").read_text())["history"]
+                     for r in a.runs}, a.out, a.title)
+    print(a.out)
