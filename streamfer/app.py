@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from streamfer import protocol
 from streamfer.batcher import MicroBatcher
 from streamfer.config import ServeConfig
-from streamfer.faces import FaceDetector
+from streamfer.faces import NO_HAAR, FaceDetector
 from streamfer.metrics import Metrics
 from streamfer.model import Predictor
 from streamfer.pipeline import FramePipeline
@@ -118,9 +118,12 @@ async def _resources(app: web.Application) -> Any:
     state.metrics.track_queue(lambda: len(batcher))
     await loop.run_in_executor(None, predictor.warm_up, (1, config.max_batch))
     batcher.start()
+    detector = FaceDetector()
+    if not detector.available:
+        log.warning("%s; full frames will get a no_detector error", NO_HAAR)
     state.pipeline = FramePipeline(
         batcher=batcher, classes=predictor.classes, input_size=predictor.input_size,
-        decode_pool=pool, detector=FaceDetector(), deadline_s=config.deadline_ms / 1000.0)
+        decode_pool=pool, detector=detector, deadline_s=config.deadline_ms / 1000.0)
     yield
     await batcher.stop()  # runs whatever is still queued
     await loop.run_in_executor(None, pool.shutdown)
@@ -231,7 +234,8 @@ async def predict(request: web.Request) -> web.Response:
     state.metrics.observe_reply(body)
     status, headers = 200, {}
     if body["status"] == "error":
-        status = {protocol.TOO_LARGE: 413, protocol.INTERNAL: 500}.get(body["code"], 400)
+        status = {protocol.TOO_LARGE: 413, protocol.INTERNAL: 500,
+                  protocol.NO_DETECTOR: 501}.get(body["code"], 400)
     elif body["status"] == "dropped":
         status, headers = 503, {"Retry-After": "1"}
     return web.json_response({"type": "result", **body}, status=status, headers=headers)
@@ -243,6 +247,7 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "shutting_down" if state.closing else "ok", "model": p.name,
          "device": str(p.device), "classes": p.classes, "tta": p.tta,
+         "face_detection": state.pipeline is not None and state.pipeline.detector.available,
          "connections": len(state.streams)},
         status=503 if state.closing else 200)
 

@@ -78,15 +78,30 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
                       cv2.INTER_LINEAR)
 
 
+NO_HAAR = ("this OpenCV build has no Haar cascades (OpenCV 5 dropped them), so the server "
+           "cannot find faces in full frames: send face crops, or install "
+           "'opencv-python-headless<5' on the server")
+
+
+class DetectorUnavailable(RuntimeError):
+    """Full frames need a face detector and this OpenCV build has none; crops still work."""
+
+
 class FaceDetector:
     """OpenCV's frontal-face Haar cascade, one instance per thread (it is not thread-safe)."""
 
     def __init__(self, min_face_fraction: float = 0.15) -> None:
-        self.cascade_path = str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml")
+        # OpenCV 5 wheels ship neither CascadeClassifier nor the cascade files.
+        self.available = hasattr(cv2, "CascadeClassifier") and hasattr(cv2, "data")
+        self.cascade_path = (str(Path(cv2.data.haarcascades) /
+                                 "haarcascade_frontalface_default.xml")
+                             if self.available else "")
         self.min_face_fraction = min_face_fraction
         self._local = threading.local()
 
     def _cascade(self) -> cv2.CascadeClassifier:
+        if not self.available:
+            raise DetectorUnavailable(NO_HAAR)
         cascade = getattr(self._local, "cascade", None)
         if cascade is None:
             cascade = cv2.CascadeClassifier(self.cascade_path)

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from streamfer import protocol
 from streamfer.batcher import Dropped, InferenceFailed, MicroBatcher
-from streamfer.faces import BadImage, Face, FaceDetector, prepare
+from streamfer.faces import BadImage, DetectorUnavailable, Face, FaceDetector, prepare
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class FramePipeline:
                 face = await loop.run_in_executor(self.decode_pool, self._prepare, data, is_crop)
             except BadImage as exc:
                 return protocol.error(str(exc), protocol.BAD_IMAGE)
+            except DetectorUnavailable as exc:
+                return protocol.error(str(exc), protocol.NO_DETECTOR)
             except Exception:
                 log.exception("preprocessing failed")
                 return protocol.error("internal error while decoding the image",

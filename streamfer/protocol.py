@@ -28,7 +28,8 @@ BAD_MESSAGE = "bad_message"  # no readable header: empty, short, text, unknown v
 TOO_LARGE = "too_large"
 BAD_IMAGE = "bad_image"
 INTERNAL = "internal"
-ERROR_CODES = (BAD_MESSAGE, TOO_LARGE, BAD_IMAGE, INTERNAL)
+NO_DETECTOR = "no_detector"  # a full frame, but this server cannot detect faces
+ERROR_CODES = (BAD_MESSAGE, TOO_LARGE, BAD_IMAGE, INTERNAL, NO_DETECTOR)
 
 
 class BadMessage(ValueError):

@@ -472,6 +472,7 @@ async def test_healthz(client: Client) -> None:
     assert resp.status == 200
     body = await resp.json()
     assert body["status"] == "ok" and body["model"] == "tiny" and body["device"] == "cpu"
+    assert body["face_detection"] is True
 
 
 async def test_metrics_count_frames_replies_and_batches(client: Client, crop_jpeg: bytes,
@@ -555,4 +556,23 @@ async def test_shipped_model_finds_the_astronaut_and_gives_every_class(
     x, y, w, h = reply["box"]
     assert 60 <= w <= 300 and x + w <= 512 and y + h <= 512
     assert on_the_face(reply["box"]), reply["box"]
+    await ws.close()
+
+
+async def test_without_haar_cascades_full_frames_get_a_clear_error_and_crops_still_work(
+        make_client: MakeClient, frame_jpeg: bytes, crop_jpeg: bytes,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # OpenCV 5 wheels have no CascadeClassifier; this OpenCV has one, so take it away.
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    client = await make_client()
+    assert (await (await client.get("/healthz")).json())["face_detection"] is False
+    ws, _ = await connect(client)
+    await ws.send_bytes(pack_frame(1, frame_jpeg))
+    reply = await recv(ws)
+    assert reply["status"] == "error" and reply["code"] == "no_detector", reply
+    assert "opencv-python-headless<5" in reply["error"]
+    await ws.send_bytes(pack_frame(2, crop_jpeg, is_crop=True))
+    assert_ok(await recv(ws), ["anger", "happiness", "sadness", "surprise", "neutral"])
+    resp = await client.post("/api/predict", data=frame_jpeg)
+    assert resp.status == 501 and (await resp.json())["code"] == "no_detector"
     await ws.close()
