@@ -135,3 +135,17 @@ def test_export_compiles_no_torch_python_resize_and_reexport_keeps_probabilities
             torch.testing.assert_close(new.predict(x, mode), old.predict(x, mode), rtol=0, atol=0)
     assert json.loads(again.with_suffix(".json").read_text()) == \
         json.loads(tiny_model_path.with_suffix(".json").read_text())
+
+
+def test_report_compares_runs_from_their_metrics(tmp_path: Path) -> None:
+    for name, accs in (("a", [0.4, 0.5]), ("b", [0.3, 0.6])):
+        (tmp_path / name).mkdir()
+        history = {"epoch": [1, 2], "val_acc": accs, "train_loss": [1.5, 1.2]}
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"history": history}))
+    out = tmp_path / "compare.png"
+    done = subprocess.run([sys.executable, "-m", "training.report", str(tmp_path / "a"),
+                           str(tmp_path / "b"), "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    image = cv2.imread(str(out))
+    assert image is not None and image.shape[1] > image.shape[0] > 200
