@@ -149,3 +149,23 @@ def test_report_compares_runs_from_their_metrics(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     image = cv2.imread(str(out))
     assert image is not None and image.shape[1] > image.shape[0] > 200
+
+
+def test_folds_split_across_runs_then_resumed_equal_one_whole_run(tmp_path: Path) -> None:
+    make_faces(tmp_path / "data")
+    args = ["--data", "folder", "--data-root", str(tmp_path / "data"), "--classes", "happy,sad",
+            "--epochs", "2", "--batch", "8", "--threads", "1", "--device", "cpu", "--folds", "3"]
+    whole = fit.main([*args, "--out", str(tmp_path / "whole")])
+    split = tmp_path / "split"
+    part = fit.main([*args, "--out", str(split), "--only-folds", "1-2"])
+    assert part["only_folds"] == [1, 2] and len(part["fold_accuracy"]) == 2
+    assert not (split / "metrics.json").exists()  # metrics only ever cover every fold
+    fit.main([*args, "--out", str(split), "--only-folds", "0"])
+    before = (split / "fold1" / "last.ckpt").stat().st_mtime_ns
+    joined = fit.main([*args, "--out", str(split), "--resume"])
+    assert (split / "fold1" / "last.ckpt").stat().st_mtime_ns == before  # not retrained
+    assert joined["fold_accuracy"] == whole["fold_accuracy"]
+    assert joined["accuracy"] == whole["accuracy"]
+    assert json.loads((split / "metrics.json").read_text())["accuracy"] == whole["accuracy"]
+    with pytest.raises(SystemExit, match="numbered 0 to 2"):
+        fit.main([*args, "--out", str(split), "--only-folds", "2-3"])

@@ -60,6 +60,7 @@ class FitConfig:
     tta: str = "mirror"  # test-time views for validation and the exported default
     folds: int = 0  # k-fold cross-validation when > 1
     fold_mode: str = "grouped"  # grouped (by subject, where known) | stratified (random)
+    only_folds: str = ""  # e.g. 0-4: train just these folds (split one CV across processes)
     patience: int = 0  # early stopping after this many epochs without a better val acc
     bf16: bool = True  # bfloat16 autocast on CPUs with AMX/AVX-512 bf16, CUDA otherwise
     device: str = "auto"  # auto (CUDA when available) | cpu | cuda
@@ -141,6 +142,20 @@ def predict(deployed: Deployed, images: np.ndarray, tta: str, device: torch.devi
     return torch.cat(out).float().cpu().numpy()
 
 
+def _fast_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 autocast speeds this device up rather than slowing it down.
+
+    On CPUs without AVX-512 bf16/AMX, bf16 convolutions fall back to reference GEMMs that
+    run ~20x slower than float32, so autocast is only worth it where oneDNN has bf16 kernels.
+    """
+    if device.type == "cuda":
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def lr_at(cfg: FitConfig, step: float, steps_per_epoch: int) -> float:
     """Linear warm-up for `warmup` epochs, then cosine decay to zero at the last step."""
     warm = cfg.warmup * steps_per_epoch
@@ -208,7 +223,7 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         log.info("resumed from %s at epoch %d (best val %.4f)", ckpt, start, best)
-    use_bf16 = cfg.bf16 and (device.type == "cuda" or torch.backends.mkldnn.is_available())
+    use_bf16 = cfg.bf16 and _fast_bf16(device)
     last_save = time.monotonic()
     end = min(cfg.epochs, start + cfg.stop_after) if cfg.stop_after else cfg.epochs
     for epoch in range(start, end):
@@ -287,6 +302,27 @@ def folds_of(cfg: FitConfig, faces: D.FaceSet) -> tuple[list[tuple[np.ndarray, n
         f"{cfg.folds}-fold, random stratified (subjects may appear in train and test)"
 
 
+def chosen_folds(spec: str, folds: int) -> list[int]:
+    """Fold indices from "0-4,7" (all folds when empty).
+
+    One cross-validation can be shared by processes or machines that write to the same --out,
+    each with its own --only-folds; a last run with --resume and no --only-folds then finds
+    every fold trained and only evaluates, writing the metrics for all of them.
+    """
+    if not spec:
+        return list(range(folds))
+    picked: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            picked.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise SystemExit(f"--only-folds {spec!r}: expected e.g. 0-4 or 0,3,5") from None
+    if not picked or min(picked) < 0 or max(picked) >= folds:
+        raise SystemExit(f"--only-folds {spec!r}: folds are numbered 0 to {folds - 1}")
+    return sorted(picked)
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -305,9 +341,12 @@ def main(argv: list[str] | None = None) -> dict:
     metrics: dict = {"config": asdict(cfg), "classes": list(train.classes)}
     if cfg.folds > 1:
         splits, protocol = folds_of(cfg, train)
+        chosen = chosen_folds(cfg.only_folds, cfg.folds)
         accs, pooled_true, pooled_pred = [], [], []
         tta_accs: dict[str, list[float]] = {}
         for k, (tr, te) in enumerate(splits):
+            if k not in chosen:
+                continue
             fold_out = out / f"fold{k}"
             fold_out.mkdir(exist_ok=True)
             deployed, _ = train_one(cfg, train.subset(tr), None, fold_out, device, rank, world)
@@ -321,7 +360,11 @@ def main(argv: list[str] | None = None) -> dict:
                 pooled_pred += pred.tolist()
                 log.info("fold %d/%d: %d test images, accuracy %.4f", k + 1, cfg.folds,
                          len(te), accs[-1])
-        if rank == 0:
+        if len(chosen) < cfg.folds:  # no metrics.json: it must cover every fold
+            log.info("trained folds %s of %d; for the metrics of all folds, rerun with --resume "
+                     "and without --only-folds once every fold is trained", chosen, cfg.folds)
+            metrics.update(only_folds=chosen, fold_accuracy=accs)
+        elif rank == 0:
             metrics.update(protocol=protocol, images=len(train), fold_accuracy=accs,
                            accuracy=float(np.mean(accs)), accuracy_std=float(np.std(accs)),
                            **{f"accuracy_{t}": float(np.mean(a)) for t, a in tta_accs.items()},
@@ -354,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "command": cfg.command,
                 })
                 log.info("exported %s", cfg.export)
-    if rank == 0:
+    if rank == 0 and "only_folds" not in metrics:
         metrics["seconds"] = time.time() - t0
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("metrics: %s", {k: v for k, v in metrics.items()
