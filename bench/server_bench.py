@@ -40,6 +40,7 @@ class ServerBenchConfig:
     model: Path = DEFAULT_MODEL
     fps: float = 15.0
     kind: str = "crops"
+    images: Path | None = None
     target_ms: float = 100.0
     max_loss: float = 0.01
     start_clients: int = 1
@@ -60,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> ServerBenchConfig:
     p.add_argument("--model", type=Path, default=d.model)
     p.add_argument("--fps", type=float, default=d.fps, help="frames per second per client")
     p.add_argument("--kind", choices=KINDS, default=d.kind)
+    p.add_argument("--images", type=Path, default=None,
+                   help="folder of face photos or crops instead of the built-in astronaut")
     p.add_argument("--target-ms", type=float, default=d.target_ms)
     p.add_argument("--max-loss", type=float, default=d.max_loss)
     p.add_argument("--start-clients", type=int, default=d.start_clients)
@@ -79,10 +82,10 @@ def parse_args(argv: list[str] | None = None) -> ServerBenchConfig:
     a = p.parse_args(argv)
     if not a.model.is_file():
         p.error(f"model not found: {a.model} (pass --model)")
-    return ServerBenchConfig(a.model, a.fps, a.kind, a.target_ms, a.max_loss, a.start_clients,
-                             a.max_clients, a.step_seconds, a.pause, a.warmup_seconds,
-                             tuple(a.server_arg),
-                             a.server_cpus, a.client_cpus, a.out_dir, a.name)
+    return ServerBenchConfig(a.model, a.fps, a.kind, a.images, a.target_ms, a.max_loss,
+                             a.start_clients, a.max_clients, a.step_seconds, a.pause,
+                             a.warmup_seconds, tuple(a.server_arg), a.server_cpus,
+                             a.client_cpus, a.out_dir, a.name)
 
 
 def save_plot(path: Path, results: dict[str, dict], rtts: dict[str, dict[str, list[float]]],
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(f"{describe(info)}; server cpus {cfg.server_cpus or 'any'}, "
           f"load-test cpus {cfg.client_cpus or 'any'}", flush=True)
-    frames = load_frames(cfg.kind)
+    frames = load_frames(cfg.kind, cfg.images)
     results: dict[str, dict] = {}
     rtts: dict[str, dict[str, list[float]]] = {}
     for label, args in CONFIGS.items():

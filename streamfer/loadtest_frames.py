@@ -97,6 +97,10 @@ def astronaut_frames(kind: str) -> FrameSet:
     if kind == "frames":
         return FrameSet(tuple(encode_jpeg(f) for f in moved), False, "astronaut (built in)")
     detector = FaceDetector()
+    if not detector.available:  # OpenCV 5 wheels ship no Haar cascades
+        raise SystemExit("client crops of the built-in image need a face detector and this "
+                         "OpenCV build has none; pass --images DIR with face crops (or use "
+                         "--kind frames against a server that has one)")
     crops: list[bytes] = []
     for frame in moved:
         crops += crops_from_gray(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), detector)
@@ -112,6 +116,8 @@ def folder_frames(folder: Path, kind: str) -> FrameSet:
     if not paths:
         raise SystemExit(f"no .jpg/.jpeg/.png images in {folder}")
     detector = FaceDetector()
+    if kind == "crops" and not detector.available:
+        log.warning("this OpenCV build has no face detector: each image is taken as a face crop")
     images: list[bytes] = []
     for path in paths:
         data = path.read_bytes()
@@ -124,7 +130,7 @@ def folder_frames(folder: Path, kind: str) -> FrameSet:
             color = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
             images.append(encode_jpeg(to_width(color)))
             continue
-        crops = crops_from_gray(gray, detector)
+        crops = crops_from_gray(gray, detector) if detector.available else []
         if not crops:  # no face found: take the image itself as a face crop
             side = min(gray.shape[:2])
             y0, x0 = (gray.shape[0] - side) // 2, (gray.shape[1] - side) // 2

@@ -14,11 +14,6 @@ import socket
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -62,6 +57,13 @@ def self_signed(directory: str | Path, *, hosts: list[str] | None = None,
         else:
             if ip not in addrs:
                 addrs.append(ip)
+    # Imported here, not at the top: only minting a certificate needs cryptography, so the
+    # plain-HTTP server starts where that package is missing (some GPU images lack it).
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streamfer (self-signed)")])
     now = dt.datetime.now(dt.timezone.utc)
