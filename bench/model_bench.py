@@ -4,7 +4,9 @@ For batch sizes 1, 2, 4, ..., 256 and each averaging mode (centre: 1 view per fa
 ten: 10), times one call as the server's worker makes it -- a CPU uint8 N x 1 x 48 x 48 batch
 moved to the device, `m.predict(x, mode)`, probabilities back on the CPU -- and reports the
 median ms per batch, ms per face, faces/s, and on CPU the process CPU time per face (what a
-core pays per face, the figure that sizes a deployment).
+core pays per face, the figure that sizes a deployment). On the CPU the model is timed both as
+the server runs it (frozen and fused at load, streamfer.model.optimized_for_cpu) and as
+loaded, side by side in one run.
 
     python bench/model_bench.py                         # CPU (and CUDA when available)
     python bench/model_bench.py --device cpu --threads 1 --max-batch 256 --repeats 7
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe, machine_info  # noqa: E402
 from streamfer.config import ServeConfig  # noqa: E402
+from streamfer.model import optimized_for_cpu  # noqa: E402
 
 MODES = ("centre", "mirror", "ten")
 # The server's defaults (streamfer.serve): the largest batch it fills when busy, and the
@@ -50,6 +53,7 @@ class ModelBenchConfig:
     server_batch: int = SERVER_DEFAULT_MAX_BATCH
     server_tta: str = SERVER_DEFAULT_TTA
     out_dir: Path = BENCH / "results"
+    cpu_variants: tuple[str, ...] = ("optimized", "as-loaded")
 
 
 def parse_args(argv: list[str] | None = None) -> ModelBenchConfig:
@@ -71,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> ModelBenchConfig:
                    help="the server's max batch, for the CPU-per-face line")
     p.add_argument("--server-tta", choices=MODES, default=d.server_tta)
     p.add_argument("--out-dir", type=Path, default=d.out_dir)
+    p.add_argument("--cpu-variants", default=",".join(d.cpu_variants),
+                   help="on the CPU, time the model as the server runs it (optimized: frozen "
+                        "and fused at load, the default) and/or as loaded, side by side")
     a = p.parse_args(argv)
     if a.device == "auto":
         devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
@@ -87,8 +94,12 @@ def parse_args(argv: list[str] | None = None) -> ModelBenchConfig:
         p.error(f"model not found: {a.model} (train and export one, or pass --model)")
     if a.max_batch < 1 or a.repeats < 1 or a.threads < 1:
         p.error("--max-batch, --repeats and --threads must be >= 1")
+    variants = tuple(v for v in a.cpu_variants.split(",") if v)
+    if not variants or any(v not in d.cpu_variants for v in variants):
+        p.error(f"--cpu-variants must be a comma-separated subset of {d.cpu_variants}")
     return ModelBenchConfig(a.model, devices, a.max_batch, modes, a.repeats, a.warmup,
-                            a.min_seconds, a.threads, a.server_batch, a.server_tta, a.out_dir)
+                            a.min_seconds, a.threads, a.server_batch, a.server_tta, a.out_dir,
+                            variants)
 
 
 def batch_sizes(max_batch: int) -> list[int]:
@@ -121,7 +132,7 @@ def time_call(fn, warmup: int, repeats: int, min_seconds: float,
 
 
 def bench_device(model: torch.jit.ScriptModule, device: str, cfg: ModelBenchConfig,
-                 size: int) -> list[dict]:
+                 size: int, variant: str = "as-loaded") -> list[dict]:
     m = model.to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     gen = torch.Generator().manual_seed(0)
@@ -135,13 +146,13 @@ def bench_device(model: torch.jit.ScriptModule, device: str, cfg: ModelBenchConf
                     return m.predict(x.to(device), mode).cpu()
 
             wall_ms, cpu_ms = time_call(call, cfg.warmup, cfg.repeats, cfg.min_seconds, sync)
-            row = {"device": device, "tta": mode, "batch": n,
+            row = {"device": device, "variant": variant, "tta": mode, "batch": n,
                    "ms_per_batch": round(wall_ms, 3), "ms_per_face": round(wall_ms / n, 4),
                    "faces_per_s": round(n / wall_ms * 1e3, 1)}
             if device == "cpu":
                 row["cpu_ms_per_face"] = round(cpu_ms / n, 4)
             rows.append(row)
-            print(f"{device:5s} {mode:7s} {n:4d} {wall_ms:10.3f} {wall_ms / n:10.4f} "
+            print(f"{device:5s} {variant:10s} {mode:7s} {n:4d} {wall_ms:10.3f} {wall_ms / n:10.4f} "
                   f"{n / wall_ms * 1e3:10.1f}" +
                   (f" {cpu_ms / n:12.4f}" if device == "cpu" else ""), flush=True)
     return rows
@@ -158,9 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model {cfg.model} ({meta.get('name')}), input {size} px, torch "
           f"{torch.__version__}, {cfg.threads} thread(s); {describe(info)}")
     for device in cfg.devices:
-        print(f"{'dev':5s} {'tta':7s} {'N':>4s} {'ms/batch':>10s} {'ms/face':>10s} "
+        print(f"{'dev':5s} {'variant':10s} {'tta':7s} {'N':>4s} {'ms/batch':>10s} {'ms/face':>10s} "
               f"{'faces/s':>10s}" + (f" {'cpu ms/face':>12s}" if device == "cpu" else ""))
-        rows = bench_device(model, device, cfg, size)
+        variants = cfg.cpu_variants if device == "cpu" else ("as-loaded",)
+        rows = []
+        for variant in variants:
+            m = optimized_for_cpu(model) if variant == "optimized" else model
+            rows += bench_device(m, device, cfg, size, variant)
         result = {"benchmark": "model", "model": str(cfg.model), "model_name": meta.get("name"),
                   "device": device, "torch": torch.__version__, "threads": cfg.threads,
                   "config": {"repeats": cfg.repeats, "warmup": cfg.warmup,
@@ -169,15 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         if device == "cuda":
             result["gpu"] = torch.cuda.get_device_name()
         default = [r for r in rows if r["tta"] == cfg.server_tta
-                   and r["batch"] <= cfg.server_batch]
+                   and r["batch"] <= cfg.server_batch and r["variant"] == variants[0]]
         if device == "cpu" and default:
             at = max(default, key=lambda r: r["batch"])
             single = min(default, key=lambda r: r["batch"])
-            result["server_default"] = {"tta": cfg.server_tta, "max_batch": cfg.server_batch,
+            result["server_default"] = {"variant": variants[0], "tta": cfg.server_tta,
+                                        "max_batch": cfg.server_batch,
                                         "batch_measured": at["batch"],
                                         "cpu_ms_per_face": at["cpu_ms_per_face"],
                                         "cpu_ms_per_face_batch1": single["cpu_ms_per_face"]}
-            print(f"server default ({cfg.server_tta}, batches of {at['batch']}): "
+            print(f"server default ({variants[0]}, {cfg.server_tta}, batches of {at['batch']}): "
                   f"{at['cpu_ms_per_face']} ms CPU per face "
                   f"(batch 1: {single['cpu_ms_per_face']} ms)")
         cfg.out_dir.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.App
     """The app for `config`; pass `predictor` to share one loaded model between apps."""
     if predictor is None:
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
-                              max_batch=config.max_batch)
+                              max_batch=config.max_batch, optimize=config.optimize)
     app = web.Application(client_max_size=config.max_message_bytes)
     app[STATE] = ServerState(config=config, predictor=predictor)
     app.cleanup_ctx.append(_resources)
@@ -116,7 +116,7 @@ async def _resources(app: web.Application) -> Any:
         max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
         queue_limit=config.queue_limit, on_batch=state.metrics.observe_batch)
     state.metrics.track_queue(lambda: len(batcher))
-    await loop.run_in_executor(None, predictor.warm_up, (1, config.max_batch))
+    await loop.run_in_executor(None, predictor.warm_up, config.max_batch)
     batcher.start()
     detector = FaceDetector()
     if not detector.available:

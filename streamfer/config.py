@@ -38,6 +38,7 @@ class ServeConfig:
     keyfile: Path | None = None
     workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     threads: int = 0  # torch intra-op threads for inference; 0 = torch's default
+    optimize: bool = True  # freeze + fuse the model for the CPU at load (streamfer/model.py)
     web_dir: Path = DEFAULT_WEB_DIR
     shutdown_timeout_s: float = 5.0
     log_level: str = "INFO"
@@ -124,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, help=f"decode/face-detection threads (default {d.workers})")
     add("--threads", type=int, help="torch threads for inference (default 0: torch's own "
                                     "choice, usually one per core)")
+    add("--optimize", action=argparse.BooleanOptionalAction, default=None,
+        help="on the CPU, freeze the model and let oneDNN fuse its layers at load (default on; "
+             "--no-optimize runs the file as loaded)")
     add("--web-dir", type=Path, help=f"the phone page's folder (default {d.web_dir})")
     add("--log-level", help=f"logging level (default {d.log_level})")
     return p

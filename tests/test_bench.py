@@ -44,17 +44,31 @@ def test_model_bench(tiny_model_path: Path, tmp_path: Path) -> None:
                  "--server-batch", "4", "--out-dir", str(tmp_path))
     result = json.loads((tmp_path / "model_cpu.json").read_text())
     rows = result["rows"]
-    assert [(r["tta"], r["batch"]) for r in rows] == [
-        (m, n) for m in ("centre", "mirror", "ten") for n in (1, 2, 4)]
+    assert [(r["variant"], r["tta"], r["batch"]) for r in rows] == [
+        (v, m, n) for v in ("optimized", "as-loaded") for m in ("centre", "mirror", "ten")
+        for n in (1, 2, 4)]
     for r in rows:
         assert r["ms_per_face"] == pytest.approx(r["ms_per_batch"] / r["batch"], rel=0.01)
         assert r["cpu_ms_per_face"] > 0
     default = result["server_default"]
     assert default["tta"] == "mirror" and default["batch_measured"] == 4
+    assert default["variant"] == "optimized"  # what the server runs
     assert "ms CPU per face" in proc.stdout
 
 
 @pytest.mark.slow
+def test_first_calls_times_each_batch_size_cold_and_warmed(tiny_model_path: Path,
+                                                          tmp_path: Path) -> None:
+    proc = bench("first_calls.py", "--model", str(tiny_model_path), "--device", "cpu",
+                 "--max-batch", "5", "--threads", "1", "--out-dir", str(tmp_path))
+    result = json.loads((tmp_path / "first_calls_cpu.json").read_text())
+    assert result["device"] == "cpu" and result["warm_up_s"] >= 0
+    for key in ("cold_ms", "warm_ms"):
+        assert list(result[key]) == ["1", "2", "3", "5"]  # SIZES up to --max-batch
+        assert all(len(t) == 3 and min(t) > 0 for t in result[key].values())
+    assert "after warm_up" in proc.stdout
+
+
 def test_server_bench_ramps_both_configurations(tiny_model_path: Path, tmp_path: Path) -> None:
     bench("server_bench.py", "--model", str(tiny_model_path), "--step-seconds", "0.5",
           "--pause", "0.1", "--max-clients", "2", "--fps", "10", "--out-dir", str(tmp_path),

@@ -43,6 +43,10 @@ def test_flags_beat_environment_which_beats_defaults() -> None:
     config = parse_config(["--allow-origin", "https://x", "--allow-origin", "https://y"],
                           env=env)
     assert config.allow_origin == ("https://x", "https://y")
+    assert config.optimize is True
+    assert parse_config(["--no-optimize"], env={}).optimize is False
+    assert parse_config([], env={"STREAMFER_OPTIMIZE": "0"}).optimize is False
+    assert parse_config(["--optimize"], env={"STREAMFER_OPTIMIZE": "0"}).optimize is True
 
 
 @pytest.mark.parametrize("argv", [

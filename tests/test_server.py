@@ -559,6 +559,21 @@ async def test_shipped_model_finds_the_astronaut_and_gives_every_class(
     await ws.close()
 
 
+def test_the_cpu_optimised_model_gives_the_same_probabilities(tiny_model_path: Path) -> None:
+    faces = np.random.default_rng(0).integers(0, 256, (5, 48, 48), dtype=np.uint8)
+    for path in (SHIPPED_MODEL, tiny_model_path):
+        if not path.is_file():
+            continue
+        fast = Predictor(path, device="cpu")
+        plain = Predictor(path, device="cpu", optimize=False)
+        assert fast.optimized and not plain.optimized
+        for tta in fast.tta_modes:
+            fast.tta = plain.tta = tta
+            np.testing.assert_allclose(fast.forward(faces), plain.forward(faces), atol=1e-5)
+        bigger = np.zeros((2, 48, 48), np.uint8)  # another batch size after the first
+        np.testing.assert_allclose(fast.forward(bigger), plain.forward(bigger), atol=1e-5)
+
+
 async def test_without_haar_cascades_full_frames_get_a_clear_error_and_crops_still_work(
         make_client: MakeClient, frame_jpeg: bytes, crop_jpeg: bytes,
         monkeypatch: pytest.MonkeyPatch) -> None:
