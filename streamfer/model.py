@@ -57,9 +57,9 @@ def load_metadata(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, A
 def optimized_for_cpu(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     """The module frozen (weights become constants, batch norm folds into the convolutions)
     and passed through `torch.jit.optimize_for_inference` (oneDNN's fused, pre-packed conv
-    kernels). On the shipped model this took a third off the CPU time per face at batches of
-    8-32 with the same probabilities to 1e-5 (docs/BENCHMARKS.md). Where a TorchScript pass
-    fails on some model or torch version, the module runs as loaded, with a warning.
+    kernels). On the shipped model this took a third to a half off the CPU time per face,
+    with the same probabilities to 1e-5 (docs/BENCHMARKS.md). Where a TorchScript pass fails
+    on some model or torch version, the module runs as loaded, with a warning.
     """
     try:
         frozen = torch.jit.freeze(module.eval(), preserved_attrs=["predict"])

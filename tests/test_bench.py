@@ -56,7 +56,6 @@ def test_model_bench(tiny_model_path: Path, tmp_path: Path) -> None:
     assert "ms CPU per face" in proc.stdout
 
 
-@pytest.mark.slow
 def test_first_calls_times_each_batch_size_cold_and_warmed(tiny_model_path: Path,
                                                           tmp_path: Path) -> None:
     proc = bench("first_calls.py", "--model", str(tiny_model_path), "--device", "cpu",
@@ -69,6 +68,7 @@ def test_first_calls_times_each_batch_size_cold_and_warmed(tiny_model_path: Path
     assert "after warm_up" in proc.stdout
 
 
+@pytest.mark.slow
 def test_server_bench_ramps_both_configurations(tiny_model_path: Path, tmp_path: Path) -> None:
     bench("server_bench.py", "--model", str(tiny_model_path), "--step-seconds", "0.5",
           "--pause", "0.1", "--max-clients", "2", "--fps", "10", "--out-dir", str(tmp_path),

@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> dict:
              len(val) if val is not None else "folds", device, world)
     t0 = time.time()
     metrics: dict = {"config": asdict(cfg), "classes": list(train.classes)}
+    partial = False  # --only-folds short of every fold: no metrics.json, it must cover all
     if cfg.folds > 1:
         splits, protocol = folds_of(cfg, train)
         chosen = chosen_folds(cfg.only_folds, cfg.folds)
@@ -360,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
                 pooled_pred += pred.tolist()
                 log.info("fold %d/%d: %d test images, accuracy %.4f", k + 1, cfg.folds,
                          len(te), accs[-1])
-        if len(chosen) < cfg.folds:  # no metrics.json: it must cover every fold
+        partial = len(chosen) < cfg.folds
+        if partial:
             log.info("trained folds %s of %d; for the metrics of all folds, rerun with --resume "
                      "and without --only-folds once every fold is trained", chosen, cfg.folds)
             metrics.update(only_folds=chosen, fold_accuracy=accs)
@@ -397,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "command": cfg.command,
                 })
                 log.info("exported %s", cfg.export)
-    if rank == 0 and "only_folds" not in metrics:
+    if rank == 0 and not partial:
         metrics["seconds"] = time.time() - t0
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         log.info("metrics: %s", {k: v for k, v in metrics.items()
