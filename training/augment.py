@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+AUGMENT_MODES = ("paper10", "shift", "none")
+
 
 def corner_offsets(size: int, crop: int) -> list[tuple[int, int]]:
     """(y, x) of the four corner crops and the centre crop of a size x size image."""
@@ -36,7 +38,7 @@ def random_views(images: torch.Tensor, crop: int, mode: str,
         ys = torch.randint(0, size - crop + 1, (n,), generator=generator)
         xs = torch.randint(0, size - crop + 1, (n,), generator=generator)
     else:
-        raise ValueError(f"unknown augmentation {mode!r}: paper10, shift or none")
+        raise ValueError(f"unknown augmentation {mode!r}: one of {AUGMENT_MODES}")
     ar = torch.arange(crop)
     rows = (ys[:, None] + ar[None, :])[:, None, :, None].expand(n, 1, crop, size)
     out = torch.gather(images, 2, rows)

@@ -21,12 +21,9 @@ the Hellinger kernel. Length: cells * cells * (P + 2) * len(radii), see `feature
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from training import data as D
+from training.cli import opt, parse_config
 from training.report import save_confusion
 
 log = logging.getLogger("training.baseline")
@@ -46,24 +44,26 @@ KERNELS = ("linear", "chi2", "rbf")
 
 @dataclass
 class BaselineConfig:
-    data: str = "fer2013"  # fer2013 | fer2013-csv | ckplus | folder
-    data_root: str = "../shared/datasets/fer2013"
-    val_root: str = ""  # for --data folder without --folds: the tree to report on
-    classes: str = "paper5"
-    size: int = 48  # image side the loaders require
-    points: int = 8  # LBP neighbours P
-    radii: str = "1,2"  # LBP radii, comma list (histograms concatenated)
-    cells: int = 7  # grid of cells x cells histograms
-    norm: str = "sqrt"  # per-cell: sqrt (L1 then square root) | l1 | none
-    kernel: str = "linear"  # linear (LinearSVC) | chi2 (exact chi-squared SVC) | rbf (SVC)
-    c_grid: str = "0.001,0.01,0.1,1,10,100"  # C values tried on the inner validation split
-    inner_folds: int = 3  # inner split of each training part into this many folds for C
-    inner_splits: int = -1  # how many inner folds to score: -1 auto (all for --folds, else 1)
-    folds: int = 0  # k-fold cross-validation when > 1 (same folds as training.fit)
-    fold_mode: str = "grouped"  # grouped (by subject, where known) | stratified (random)
-    seed: int = 0
-    limit: int = 0  # use only this many training images (smoke runs)
-    out: str = "runs/baseline"
+    data: str = opt("fer2013", "data set layout, as training.fit's --data", D.DATA_KINDS)
+    data_root: str = opt("../shared/datasets/fer2013", "the data set's folder (or the .csv)")
+    val_root: str = opt("", "--data folder without --folds: the tree to report on")
+    classes: str = opt("paper5", "paper5 (the paper's five), fer7, ck7, or a comma list")
+    size: int = opt(48, "image side the loaders require")
+    points: int = opt(8, "LBP neighbours P")
+    radii: str = opt("1,2", "LBP radii, a comma list (their histograms concatenated)")
+    cells: int = opt(7, "a grid of cells x cells histograms")
+    norm: str = opt("sqrt", "per cell: L1 then square root (a linear SVM on it is a Hellinger "
+                    "kernel), L1 only, or raw counts", ("sqrt", "l1", "none"))
+    kernel: str = opt("linear", "linear (LinearSVC), exact chi-squared SVC, or RBF SVC", KERNELS)
+    c_grid: str = opt("0.001,0.01,0.1,1,10,100", "C values tried on the inner validation split")
+    inner_folds: int = opt(3, "split each training part into this many inner folds to pick C")
+    inner_splits: int = opt(-1, "inner folds to score: -1 auto (all with --folds, else 1)")
+    folds: int = opt(0, "k-fold cross-validation when > 1 (the same folds as training.fit)")
+    fold_mode: str = opt("grouped", "grouped: a subject's images in one fold (CK+48); "
+                         "stratified: random folds, which leak subjects", D.FOLD_MODES)
+    seed: int = opt(0, "seeds the folds and the SVM (the same folds as training.fit's seed)")
+    limit: int = opt(0, "use only this many training images (smoke runs; 0: all)")
+    out: str = opt("runs/baseline", "run folder: metrics.json and the confusion matrix PNG")
     command: str = field(default="", repr=False)
 
     def radii_list(self) -> list[float]:
@@ -74,21 +74,13 @@ class BaselineConfig:
 
 
 def parse_args(argv: list[str] | None = None) -> BaselineConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in BaselineConfig.__dataclass_fields__.values():
-        if f.name == "command":
-            continue
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
-    cfg = BaselineConfig(**vars(p.parse_args(argv)))
-    if cfg.kernel not in KERNELS:
-        p.error(f"--kernel must be one of {KERNELS}")
-    if cfg.norm not in ("sqrt", "l1", "none"):
-        p.error("--norm must be sqrt, l1 or none")
-    if not cfg.radii_list() or not cfg.c_values():
-        p.error("--radii and --c-grid need at least one value")
-    cfg.command = "python -m training.baseline " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
-    return cfg
+    def check(cfg: BaselineConfig) -> str | None:
+        if not cfg.radii_list() or not cfg.c_values():
+            return "--radii and --c-grid need at least one value"
+        return None
+
+    return parse_config(BaselineConfig, argv, program="training.baseline", doc=__doc__,
+                        check=check)
 
 
 # ---------------------------------------------------------------- features

@@ -31,6 +31,10 @@ CANONICAL: dict[str, str] = {
 PAPER5 = ("anger", "happiness", "sadness", "surprise", "neutral")
 FER7 = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 CKPLUS7 = ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise")
+# --data: the layouts training.fit and training.baseline load (training.fit.load dispatches).
+DATA_KINDS = ("fer2013", "fer2013-csv", "ckplus", "folder")
+# --fold-mode: grouped keeps each subject's images in one fold; stratified folds are random.
+FOLD_MODES = ("grouped", "stratified")
 # Kaggle fer2013.csv 'emotion' column: 0=Angry 1=Disgust 2=Fear 3=Happy 4=Sad 5=Surprise 6=Neutral
 KAGGLE_ORDER = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}

@@ -12,13 +12,10 @@ b <- 0.9 b + (grad + 0.0005 w); w <- w - lr b, which is the same trajectory with
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,9 +27,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training import data as D
-from training.augment import random_views
+from training.augment import AUGMENT_MODES, random_views
+from training.cli import opt, parse_config
 from training.export import TTA_MODES, Deployed, export
-from training.network import FERNet, count_parameters, preset
+from training.network import PRESETS, FERNet, count_parameters, preset
 from training.report import save_confusion, save_curves
 
 log = logging.getLogger("training.fit")
@@ -40,56 +38,53 @@ log = logging.getLogger("training.fit")
 
 @dataclass
 class FitConfig:
-    data: str = "fer2013"  # fer2013 | fer2013-csv | ckplus | folder
-    data_root: str = "../shared/datasets/fer2013"
-    val_root: str = ""  # for --data folder: a second folder tree to validate on
-    classes: str = "paper5"
-    net: str = "paper"
-    size: int = 48  # source image side
-    crop: int = 44  # network input side
-    dropout: float = 0.5
-    zero_head: bool = False  # start the output layer at zero (training/network.py says why)
-    epochs: int = 30
-    batch: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup: float = 1.0  # epochs of linear warm-up
-    label_smoothing: float = 0.0
-    augment: str = "paper10"  # paper10 | shift | none
-    tta: str = "mirror"  # test-time views for validation and the exported default
-    folds: int = 0  # k-fold cross-validation when > 1
-    fold_mode: str = "grouped"  # grouped (by subject, where known) | stratified (random)
-    only_folds: str = ""  # e.g. 0-4: train just these folds (split one CV across processes)
-    patience: int = 0  # early stopping after this many epochs without a better val acc
-    bf16: bool = True  # bfloat16 autocast on CPUs with AMX/AVX-512 bf16, CUDA otherwise
-    device: str = "auto"  # auto (CUDA when available) | cpu | cuda
-    seed: int = 0
-    threads: int = 0
-    limit: int = 0  # use only this many training images (smoke runs)
-    max_steps: int = 0  # stop each epoch after this many steps (smoke runs)
-    stop_after: int = 0  # end this run after this many epochs; continue later with --resume
-    ckpt_every_s: float = 60.0  # write last.ckpt at most this often (and after the last epoch)
-    out: str = "runs/fer2013-paper"
-    export: str = ""  # models/NAME.pt to write the best model to
-    init: str = ""  # fine-tune from an exported model (.pt); classes matched by name
-    resume: bool = False
+    data: str = opt("fer2013", "data set layout: FER2013 folders, Kaggle's fer2013.csv, CK+48, "
+                    "or any root/<class>/*.png tree", D.DATA_KINDS)
+    data_root: str = opt("../shared/datasets/fer2013", "the data set's folder (or the .csv)")
+    val_root: str = opt("", "--data folder: a second tree to validate on")
+    classes: str = opt("paper5", "paper5 (the paper's five), fer7, ck7, or a comma list")
+    net: str = opt("paper", "network preset (training/network.py)", tuple(PRESETS))
+    size: int = opt(48, "source image side; every image must have it")
+    crop: int = opt(44, "network input side (the paper's 88 of 96 scaled to 44 of 48)")
+    dropout: float = opt(0.5, "dropout after each locally-connected layer (the paper's 0.5)")
+    zero_head: bool = opt(False, "start the output layer at zero, every class at equal odds "
+                          "(training/network.py says why)")
+    epochs: int = opt(30, "training epochs (the cosine schedule ends at the last)")
+    batch: int = opt(128, "minibatch size (the paper's 128), split across DDP processes")
+    lr: float = opt(0.01, "peak learning rate (the paper's epsilon)")
+    momentum: float = opt(0.9, "SGD momentum (the paper's)")
+    weight_decay: float = opt(5e-4, "L2 weight decay (the paper's)")
+    warmup: float = opt(1.0, "epochs of linear learning-rate warm-up before the cosine decay")
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing (0: the paper's loss)")
+    augment: str = opt("paper10", "training views: the paper's five crops x mirror, any shift "
+                       "x mirror, or the centre crop only", AUGMENT_MODES)
+    tta: str = opt("mirror", "test-time views for validation and the exported default",
+                   TTA_MODES)
+    folds: int = opt(0, "k-fold cross-validation when > 1 (no validation set is needed)")
+    fold_mode: str = opt("grouped", "grouped: a subject's images in one fold (CK+48); "
+                         "stratified: random folds, which leak subjects", D.FOLD_MODES)
+    only_folds: str = opt("", "train just these folds, e.g. 0-4,7, to split one "
+                          "cross-validation across processes sharing --out")
+    patience: int = opt(0, "stop after this many epochs without a better val accuracy (0: off)")
+    bf16: bool = opt(True, "bfloat16 autocast where it is fast (CUDA; CPUs with AMX or "
+                     "AVX-512 bf16), float32 elsewhere")
+    device: str = opt("auto", "auto picks CUDA when torch sees one", ("auto", "cpu", "cuda"))
+    seed: int = opt(0, "seeds the initialisation, the folds and the augmentation")
+    threads: int = opt(0, "torch intra-op threads (0: torch's default)")
+    limit: int = opt(0, "use only this many training images (smoke runs; 0: all)")
+    max_steps: int = opt(0, "end each epoch after this many steps (smoke runs; 0: all)")
+    stop_after: int = opt(0, "end this run after this many epochs; continue with --resume")
+    ckpt_every_s: float = opt(60.0, "write last.ckpt at most this often, and after the last "
+                              "epoch")
+    out: str = opt("runs/fer2013-paper", "run folder: checkpoints, metrics.json, PNGs")
+    export: str = opt("", "write the best model here as TorchScript (models/NAME.pt)")
+    init: str = opt("", "fine-tune from an exported model (.pt); classes matched by name")
+    resume: bool = opt(False, "continue from --out's last checkpoint (and its finished folds)")
     command: str = field(default="", repr=False)
 
 
 def parse_args(argv: list[str] | None = None) -> FitConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in FitConfig.__dataclass_fields__.values():
-        if f.name == "command":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
-    cfg = FitConfig(**vars(p.parse_args(argv)))
-    cfg.command = "python -m training.fit " + shlex.join(sys.argv[1:] if argv is None else argv)
-    return cfg
+    return parse_config(FitConfig, argv, program="training.fit", doc=__doc__)
 
 
 def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:

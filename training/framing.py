@@ -21,11 +21,8 @@ pixels (`--pad`, a fraction of the side) before detection so such boxes can be f
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,35 +32,29 @@ import numpy as np
 from tqdm import tqdm
 
 from streamfer.faces import FRAME_SCALE, FRAME_SHIFT_Y, Box, FaceDetector, resize_square
+from training.cli import opt, parse_config
 
 log = logging.getLogger("training.framing")
 
 
 @dataclass
 class FramingConfig:
-    data_root: str = "../shared/datasets/fer2013"
-    split: str = "train"  # train (Training) | test (PublicTest)
-    classes: str = "fer7"
-    limit: int = 3000  # faces sampled (seeded) from the split; 0 = all
-    upsample: int = 192  # side the 48x48 faces are enlarged to before detection
-    pad: float = 0.25  # edge-pixel border added on each side, as a fraction of the side
-    min_face_fraction: float = 0.3  # FaceDetector's smallest face, of the padded side
-    seed: int = 0
-    out: str = "runs/framing-fer2013/framing.json"
-    preview: str = ""  # PNG: the astronaut cropped with the measured framing beside FER faces
+    data_root: str = opt("../shared/datasets/fer2013", "FER2013's folder")
+    split: str = opt("train", "train (Training) or test (PublicTest)", ("train", "test"))
+    classes: str = opt("fer7", "paper5, fer7, ck7, or a comma list")
+    limit: int = opt(3000, "faces sampled (seeded) from the split; 0: all")
+    upsample: int = opt(192, "side the 48x48 faces are enlarged to before detection")
+    pad: float = opt(0.25, "edge-pixel border added on each side, as a fraction of the side")
+    min_face_fraction: float = opt(0.3, "FaceDetector's smallest face, of the padded side")
+    seed: int = opt(0, "seeds the sample")
+    out: str = opt("runs/framing-fer2013/framing.json", "where to write the measured framing")
+    preview: str = opt("", "PNG: the astronaut cropped with the measured framing beside "
+                       "FER2013 faces")
     command: str = field(default="", repr=False)
 
 
 def parse_args(argv: list[str] | None = None) -> FramingConfig:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    for f in FramingConfig.__dataclass_fields__.values():
-        if f.name != "command":
-            p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default),
-                           default=f.default)
-    cfg = FramingConfig(**vars(p.parse_args(argv)))
-    cfg.command = "python -m training.framing " + shlex.join(
-        sys.argv[1:] if argv is None else argv)
-    return cfg
+    return parse_config(FramingConfig, argv, program="training.framing", doc=__doc__)
 
 
 def measure_one(face: np.ndarray, detector: FaceDetector, upsample: int,

@@ -1,0 +1,76 @@
+"""The training programs' command lines, built from their config dataclasses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from training import baseline, fit, framing
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = [(fit, fit.FitConfig), (baseline, baseline.BaselineConfig),
+            (framing, framing.FramingConfig)]
+
+
+@pytest.mark.parametrize(("module", "config"), PROGRAMS, ids=lambda p: getattr(p, "__name__", ""))
+def test_every_setting_is_a_documented_flag(module, config, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        module.parse_args(["--help"])
+    assert exc.value.code == 0
+    shown = "".join(capsys.readouterr().out.split())  # argparse wraps lines, even at hyphens
+    for f in fields(config):
+        if f.name == "command":
+            continue
+        assert f.metadata.get("help"), f"{config.__name__}.{f.name} has no help text"
+        assert "--" + f.name.replace("_", "-") in shown
+        assert "".join(f.metadata["help"].split()) in shown
+        assert f"(default:{f.default})" in shown
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["--fold-mode", "grupped"], "--fold-mode"),  # a typo must not mean random folds
+    (["--net", "papre"], "--net"),
+    (["--augment", "paper5"], "--augment"),
+    (["--tta", "five"], "--tta"),
+    (["--data", "fer"], "--data"),
+    (["--device", "tpu"], "--device"),
+    (["--epochs", "ten"], "--epochs"),
+])
+def test_a_bad_fit_flag_stops_at_the_command_line(argv, flag, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        fit.parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m training.fit" in err
+    assert f"argument {flag}" in err
+
+
+def test_baseline_checks_its_lists(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        baseline.parse_args(["--radii", ","])
+    assert exc.value.code == 2
+    assert "--radii and --c-grid need at least one value" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        baseline.parse_args(["--kernel", "poly"])
+
+
+def test_parsed_values_and_the_recorded_command() -> None:
+    cfg = fit.parse_args(["--net", "paper-bn", "--no-bf16", "--lr", "0.003", "--zero-head",
+                          "--out", "runs/a b"])
+    assert (cfg.net, cfg.bf16, cfg.lr, cfg.zero_head) == ("paper-bn", False, 0.003, True)
+    assert cfg.epochs == fit.FitConfig().epochs  # untouched flags keep the dataclass default
+    assert cfg.command == ("python -m training.fit --net paper-bn --no-bf16 --lr 0.003 "
+                           "--zero-head --out 'runs/a b'")  # quoted: pasteable into a shell
+
+
+def test_the_help_of_a_real_invocation() -> None:
+    """`python -m training.fit --help` as a user types it: no data, no torch work, exit 0."""
+    done = subprocess.run([sys.executable, "-m", "training.fit", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "--fold-mode {grouped,stratified}" in done.stdout
+    assert "SGD, batch 128, momentum 0.9" in done.stdout  # the module docstring, kept
