@@ -39,6 +39,9 @@ def test_every_setting_is_a_documented_flag(module, config, capsys) -> None:
     (["--data", "fer"], "--data"),
     (["--device", "tpu"], "--device"),
     (["--epochs", "ten"], "--epochs"),
+    (["--classes", "fer9"], "--classes"),
+    (["--classes", "happy,happiness"], "--classes"),  # one class twice
+    (["--crop", "50"], "--crop"),
 ])
 def test_a_bad_fit_flag_stops_at_the_command_line(argv, flag, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -46,7 +49,7 @@ def test_a_bad_fit_flag_stops_at_the_command_line(argv, flag, capsys) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "usage: python -m training.fit" in err
-    assert f"argument {flag}" in err
+    assert f"argument {flag}" in err or f"error: {flag} " in err
 
 
 def test_baseline_checks_its_lists(capsys) -> None:
@@ -56,6 +59,9 @@ def test_baseline_checks_its_lists(capsys) -> None:
     assert "--radii and --c-grid need at least one value" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         baseline.parse_args(["--kernel", "poly"])
+    with pytest.raises(SystemExit):
+        baseline.parse_args(["--classes", "anger,joy"])
+    assert "unknown expression class 'joy'" in capsys.readouterr().err
 
 
 def test_parsed_values_and_the_recorded_command() -> None:

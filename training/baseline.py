@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> BaselineConfig:
     def check(cfg: BaselineConfig) -> str | None:
         if not cfg.radii_list() or not cfg.c_values():
             return "--radii and --c-grid need at least one value"
-        return None
+        return D.classes_problem(cfg.classes)
 
     return parse_config(BaselineConfig, argv, program="training.baseline", doc=__doc__,
                         check=check)

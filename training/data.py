@@ -84,6 +84,16 @@ def resolve_classes(spec: str | Sequence[str]) -> tuple[str, ...]:
     return out
 
 
+def classes_problem(spec: str) -> str | None:
+    """Why a --classes value cannot be used (None when it can): for the command line, so a
+    typo stops before any data is read."""
+    try:
+        resolve_classes(spec)
+    except ValueError as e:
+        return f"--classes {spec!r}: {e}; or a named set: paper5, fer7, ck7"
+    return None
+
+
 def _check(img: np.ndarray, path: Path, size: int | None) -> np.ndarray:
     if size is not None and img.shape != (size, size):
         raise BadImage(f"{path}: expected a {size}x{size} image, got {img.shape[1]}x{img.shape[0]}")

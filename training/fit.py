@@ -84,7 +84,12 @@ class FitConfig:
 
 
 def parse_args(argv: list[str] | None = None) -> FitConfig:
-    return parse_config(FitConfig, argv, program="training.fit", doc=__doc__)
+    def check(cfg: FitConfig) -> str | None:
+        if not 0 < cfg.crop <= cfg.size:
+            return f"--crop {cfg.crop} must be between 1 and --size {cfg.size}"
+        return D.classes_problem(cfg.classes)
+
+    return parse_config(FitConfig, argv, program="training.fit", doc=__doc__, check=check)
 
 
 def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
