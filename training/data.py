@@ -31,6 +31,8 @@ CANONICAL: dict[str, str] = {
 PAPER5 = ("anger", "happiness", "sadness", "surprise", "neutral")
 FER7 = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 CKPLUS7 = ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise")
+# --classes: these names, or a comma list of class names.
+NAMED_SETS: dict[str, tuple[str, ...]] = {"paper5": PAPER5, "fer7": FER7, "ck7": CKPLUS7}
 # --data: the layouts training.fit and training.baseline load (training.fit.load dispatches).
 DATA_KINDS = ("fer2013", "fer2013-csv", "ckplus", "folder")
 # --fold-mode: grouped keeps each subject's images in one fold; stratified folds are random.
@@ -74,9 +76,8 @@ def canonical(name: str) -> str:
 def resolve_classes(spec: str | Sequence[str]) -> tuple[str, ...]:
     """'paper5' (default: the paper's five), 'fer7', 'ck7', or an explicit comma list."""
     if isinstance(spec, str):
-        named = {"paper5": PAPER5, "fer7": FER7, "ck7": CKPLUS7}
-        if spec in named:
-            return named[spec]
+        if spec in NAMED_SETS:
+            return NAMED_SETS[spec]
         spec = [s for s in spec.split(",") if s.strip()]
     out = tuple(canonical(s) for s in spec)
     if len(set(out)) != len(out) or not out:
@@ -90,7 +91,7 @@ def classes_problem(spec: str) -> str | None:
     try:
         resolve_classes(spec)
     except ValueError as e:
-        return f"--classes {spec!r}: {e}; or a named set: paper5, fer7, ck7"
+        return f"--classes {spec!r}: {e}; or a named set: {', '.join(NAMED_SETS)}"
     return None
 
 

@@ -35,6 +35,8 @@ from training.report import save_confusion, save_curves
 
 log = logging.getLogger("training.fit")
 
+DEVICES = ("auto", "cpu", "cuda")
+
 
 @dataclass
 class FitConfig:
@@ -68,7 +70,7 @@ class FitConfig:
     patience: int = opt(0, "stop after this many epochs without a better val accuracy (0: off)")
     bf16: bool = opt(True, "bfloat16 autocast where it is fast (CUDA; CPUs with AMX or "
                      "AVX-512 bf16), float32 elsewhere")
-    device: str = opt("auto", "auto picks CUDA when torch sees one", ("auto", "cpu", "cuda"))
+    device: str = opt("auto", "auto picks CUDA when torch sees one", DEVICES)
     seed: int = opt(0, "seeds the initialisation, the folds and the augmentation")
     threads: int = opt(0, "torch intra-op threads (0: torch's default)")
     limit: int = opt(0, "use only this many training images (smoke runs; 0: all)")
@@ -112,8 +114,8 @@ def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
 def device_and_rank(want: str = "auto") -> tuple[torch.device, int, int]:
     """Join the torchrun process group if launched by torchrun (nccl on GPUs, gloo on CPUs);
     'auto' picks CUDA when present. Each process on a node takes the GPU of its LOCAL_RANK."""
-    if want not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, not {want!r}")
+    if want not in DEVICES:
+        raise ValueError(f"--device must be one of {DEVICES}, not {want!r}")
     if want == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
     world = int(os.environ.get("WORLD_SIZE", "1"))
