@@ -201,10 +201,24 @@ def test_real_server_answers_every_frame(real_server, tmp_path: Path) -> None:
 
 def test_real_server_full_frames_text_report(real_server) -> None:
     proc = loadtest_cli("--url", real_server.url, "--clients", "2", "--fps", "10",
-                        "--seconds", "1", "--kind", "frames")
+                        "--seconds", "1", "--kind", "frames", "--target-ms", "10000",
+                        "--max-loss", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PASSED: every frame sent got exactly one reply" in proc.stdout
+    assert "PASSED: every frame sent got exactly one reply, p99 " in proc.stdout
+    assert "<= 10000 ms" in proc.stdout
     assert "rtt ms    p50" in proc.stdout and "server ms median: decode" in proc.stdout
+
+
+def test_a_run_over_its_latency_target_fails_and_says_why(real_server) -> None:
+    """PASSED means the service level held, not only that every frame was answered: a
+    target no server can meet fails the run (exit code 1) and names the measured p99."""
+    proc = loadtest_cli("--url", real_server.url, "--clients", "1", "--fps", "10",
+                        "--seconds", "0.5", "--target-ms", "0.001", "--json")
+    s = json.loads(proc.stdout)
+    assert proc.returncode == 1
+    assert s["sent"] == s["answered"] > 0 and not s["passed"]
+    assert any(f.startswith("p99 ") and f.endswith("> --target-ms 0.001")
+               for f in s["failures"]), s["failures"]
 
 
 def test_a_foreign_origin_is_refused_and_reported(real_server) -> None:
