@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -248,7 +249,7 @@ async def healthz(request: web.Request) -> web.Response:
         {"status": "shutting_down" if state.closing else "ok", "model": p.name,
          "device": str(p.device), "classes": p.classes, "tta": p.tta,
          "face_detection": state.pipeline is not None and state.pipeline.detector.available,
-         "connections": len(state.streams)},
+         "connections": len(state.streams), "pid": os.getpid()},
         status=503 if state.closing else 200)
 
 

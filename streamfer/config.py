@@ -42,6 +42,7 @@ class ServeConfig:
     web_dir: Path = DEFAULT_WEB_DIR
     shutdown_timeout_s: float = 5.0
     log_level: str = "INFO"
+    processes: int = 1  # server processes sharing the port (SO_REUSEPORT; streamfer/serve.py)
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,6 +62,10 @@ class ServeConfig:
             problems.append("threads must be >= 0")
         if self.workers < 1:
             problems.append("workers must be >= 1")
+        if self.processes < 1:
+            problems.append("processes must be >= 1")
+        if self.processes > 1 and self.port == 0:
+            problems.append("processes > 1 needs a fixed port (they share it)")
         if self.tta is not None and self.tta not in TTA_CHOICES:
             problems.append(f"tta must be one of {TTA_CHOICES}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -130,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
              "--no-optimize runs the file as loaded)")
     add("--web-dir", type=Path, help=f"the phone page's folder (default {d.web_dir})")
     add("--log-level", help=f"logging level (default {d.log_level})")
+    add("--processes", type=int,
+        help=f"server processes sharing the port (default {d.processes}); each has its own "
+             "model, batcher and torch threads (cores / processes unless --threads), the "
+             "kernel spreads connections over them (SO_REUSEPORT, Linux), /metrics sums them")
     return p
 
 
