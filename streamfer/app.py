@@ -86,7 +86,8 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.App
     """The app for `config`; pass `predictor` to share one loaded model between apps."""
     if predictor is None:
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
-                              max_batch=config.max_batch, optimize=config.optimize)
+                              max_batch=config.max_batch, optimize=config.optimize,
+                              runtime=config.runtime)
     app = web.Application(client_max_size=config.max_message_bytes)
     app[STATE] = ServerState(config=config, predictor=predictor)
     app.cleanup_ctx.append(_resources)
@@ -247,7 +248,7 @@ async def healthz(request: web.Request) -> web.Response:
     p = state.predictor
     return web.json_response(
         {"status": "shutting_down" if state.closing else "ok", "model": p.name,
-         "device": str(p.device), "classes": p.classes, "tta": p.tta,
+         "device": str(p.device), "runtime": p.runtime, "classes": p.classes, "tta": p.tta,
          "face_detection": state.pipeline is not None and state.pipeline.detector.available,
          "connections": len(state.streams), "pid": os.getpid()},
         status=503 if state.closing else 200)

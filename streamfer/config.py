@@ -42,6 +42,7 @@ class ServeConfig:
     web_dir: Path = DEFAULT_WEB_DIR
     shutdown_timeout_s: float = 5.0
     log_level: str = "INFO"
+    runtime: str = "auto"  # auto | torchscript | onnx-int8 (streamfer/onnx_int8.py)
     processes: int = 1  # server processes sharing the port (SO_REUSEPORT; streamfer/serve.py)
 
     def __post_init__(self) -> None:
@@ -62,6 +63,8 @@ class ServeConfig:
             problems.append("threads must be >= 0")
         if self.workers < 1:
             problems.append("workers must be >= 1")
+        if self.runtime not in ("auto", "torchscript", "onnx-int8"):
+            problems.append("runtime must be auto, torchscript or onnx-int8")
         if self.processes < 1:
             problems.append("processes must be >= 1")
         if self.processes > 1 and self.port == 0:
@@ -133,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--optimize", action=argparse.BooleanOptionalAction, default=None,
         help="on the CPU, freeze the model and let oneDNN fuse its layers at load (default on; "
              "--no-optimize runs the file as loaded)")
+    add("--runtime", choices=("auto", "torchscript", "onnx-int8"),
+        help="CPU inference: onnx-int8 runs models/NAME.int8.onnx (made by python -m "
+             "training.quantize; about half the CPU per face) with ONNX Runtime; auto "
+             f"(default {d.runtime}) uses it on the CPU when it is there and made from this "
+             "model, else the TorchScript")
     add("--web-dir", type=Path, help=f"the phone page's folder (default {d.web_dir})")
     add("--log-level", help=f"logging level (default {d.log_level})")
     add("--processes", type=int,

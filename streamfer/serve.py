@@ -71,8 +71,8 @@ async def running(config: ServeConfig, *, reuse_port: bool = False
             port = runner.addresses[0][1]
             where = urls(config, port)
             p = app[STATE].predictor
-            log.info("streamfer: model %s on %s, classes %s, tta %s, serving %s%s",
-                     p.name, p.device, ",".join(p.classes), p.tta, " ".join(where),
+            log.info("streamfer: model %s on %s (%s), classes %s, tta %s, serving %s%s",
+                     p.name, p.device, p.runtime, ",".join(p.classes), p.tta, " ".join(where),
                      " (self-signed certificate: accept it once in the browser)"
                      if config.https else "")
             yield runner, where
