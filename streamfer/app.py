@@ -145,13 +145,11 @@ async def close_streams(app: web.Application) -> None:
         return
     timeout = state.config.shutdown_timeout_s
     loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(s.shut_down(timeout)) for s in streams]
+    tasks = {loop.create_task(s.shut_down(timeout)): s for s in streams}
     _, pending = await asyncio.wait(tasks, timeout=timeout)
-    for task in pending:
+    for task in pending:  # e.g. its close frame waits on a client that does not read
+        tasks[task].cut(f"not closed {timeout:g} s into shutdown")
         task.cancel()
-    for s in streams:
-        if s in state.streams and not s.ws.closed:
-            s.cut(f"still open {timeout:g} s into shutdown")
     await asyncio.wait(tasks)
 
 

@@ -72,7 +72,9 @@ async def running(config: ServeConfig) -> AsyncIterator[tuple[web.AppRunner, lis
             for site in list(runner.sites):
                 await site.stop()
             await close_streams(app)
+            log.debug("WebSockets closed; stopping HTTP")
             await runner.cleanup()
+            log.debug("stopped")
 
 
 async def serve(config: ServeConfig) -> None:

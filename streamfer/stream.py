@@ -38,6 +38,9 @@ else:  # aiohttp's own dependency on Python 3.10
 log = logging.getLogger(__name__)
 
 
+CLOSE_FRAME_S = 1.0  # at shutdown: a client that does not take the close frame by then is cut
+
+
 @dataclass(frozen=True)
 class Frame:
     frame_id: int
@@ -125,13 +128,14 @@ class FrameStream:
                 self.cut(f"no pong within {self.timeouts.read:g} s of a ping")
                 return
 
-    async def _write(self, aw: Awaitable[Any], what: str) -> bool:
+    async def _write(self, aw: Awaitable[Any], what: str, timeout: float | None = None) -> bool:
         """Send within the write deadline; False (and the connection cut) when it did not go."""
+        timeout = self.timeouts.write if timeout is None else timeout
         try:
-            async with deadline(self.timeouts.write):  # inline: no task, no yield before `aw`
+            async with deadline(timeout):  # inline: no task, no yield before `aw`
                 await aw
         except asyncio.TimeoutError:
-            self.cut(f"a {what} waited {self.timeouts.write:g} s for the client to read")
+            self.cut(f"a {what} waited {timeout:g} s for the client to read")
             return False
         except ConnectionError:  # the client left (aiohttp's reset errors subclass this)
             return False
@@ -216,9 +220,10 @@ class FrameStream:
         while not self._parked.is_set() and loop.time() < until and not self.ws.closed:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._parked.wait(), until - loop.time())
-        if not self.ws.closed and self.cut_reason is None:
+        if not self.ws.closed and self.cut_reason is None:  # a reading client takes it at once
             await self._write(self.ws.close(code=WSCloseCode.GOING_AWAY,
-                                            message=b"server shutting down"), "close frame")
+                                            message=b"server shutting down"), "close frame",
+                              timeout=min(self.timeouts.write, CLOSE_FRAME_S))
 
     async def _abandon(self) -> None:
         """The client is gone: nobody is left to answer, so stop its work."""
