@@ -155,8 +155,14 @@ def format_summary(s: Mapping) -> str:
         more = s["missing"] - len(s["missing_ids"])
         lines.append("MISSING   " + ", ".join(s["missing_ids"]) +
                      (f" and {more} more" if more > 0 else ""))
-    lines.append("FAILED: " + "; ".join(s["failures"]) if s["failures"]
-                 else "PASSED: every frame sent got exactly one reply")
+    if s["failures"]:
+        lines.append("FAILED: " + "; ".join(s["failures"]))
+    elif "target_ms" in s:
+        lines.append(f"PASSED: every frame sent got exactly one reply, p99 "
+                     f"{_fmt(rtt['p99'])} ms <= --target-ms {s['target_ms']:g}, "
+                     f"{100 * s['loss']:.1f}% lost <= --max-loss {100 * s['max_loss']:g}%")
+    else:
+        lines.append("PASSED: every frame sent got exactly one reply")
     return "\n".join(lines)
 
 

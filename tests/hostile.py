@@ -44,6 +44,10 @@ def bomb_variants() -> dict[str, bytes]:
         "ztxt_over_1mb": png_bomb(extra=png_chunk(
             b"zTXt", b"Comment\x00\x00" + zlib.compress(b"x" * 2_000_000, 9))),
         "plain": png_bomb(),  # a well-formed one: the header says 900 Mpx
+        # Found by tests/test_fuzz.py: an 80x60 PNG whose IDAT length field claims 3.5 GB;
+        # OpenCV 4.14 allocates what the field says (+3.4 GB peak RSS).
+        "idat_length": png_bomb(80)[:33] + struct.pack(">I", 0xD3000007)
+        + png_bomb(80)[37:],
     }
 
 

@@ -38,7 +38,8 @@ BOUND_S = 60.0
 RSS_GROWTH_MB = 300
 STATUSES = {"ok", "no_face", "dropped", "error"}
 FAST = ("--device", "cpu", "--workers", "1", "--max-fps", "0", "--read-timeout-s", "3",
-        "--write-timeout-s", "3", "--heartbeat-s", "5", "--max-frame-bytes", "65536")
+        "--write-timeout-s", "3", "--heartbeat-s", "5")
+LIMIT = 256 * 1024  # the server's default max_frame_bytes
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def message(rng: random.Random, seeds: list[bytes], fid: int) -> tuple[bytes | s
         return HEADER.pack(version, 0, 0, fid) + rng.choice(seeds), False
     flags = rng.randrange(256)
     raw = HEADER.pack(PROTOCOL_VERSION, flags, rng.randrange(65536), fid)
-    return raw + mutate(rng, seeds, 65536), True
+    return raw + mutate(rng, seeds, LIMIT), True
 
 
 async def fuzz_websocket(server: Server, seeds: list[bytes], *, seed: int, count: int) -> dict:
@@ -154,7 +155,7 @@ async def fuzz_websocket(server: Server, seeds: list[bytes], *, seed: int, count
 
 def http_case(rng: random.Random, seeds: list[bytes]) -> tuple[str, str, dict, bytes]:
     """(method, path, headers, body): uploads with hostile bodies and content types."""
-    img = mutate(rng, seeds, 65536)
+    img = mutate(rng, seeds, LIMIT)
     kind = rng.randrange(6)
     path = "/api/predict" + rng.choice(["", "?crop=1", "?crop=yes&x=%ff", "?crop"])
     if kind == 0:

@@ -95,7 +95,7 @@ def bombs() -> dict[str, bytes]:
     return bomb_variants()
 
 
-@pytest.mark.parametrize("variant", ["text_bad_crc", "ztxt_over_1mb", "plain"])
+@pytest.mark.parametrize("variant", ["text_bad_crc", "ztxt_over_1mb", "plain", "idat_length"])
 async def test_png_bombs_get_a_4xx_fast_with_flat_memory(
         server: Server, bombs: dict[str, bytes], variant: str, crop_jpeg: bytes) -> None:
     data = bombs[variant]
