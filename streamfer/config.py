@@ -15,6 +15,7 @@ DEFAULT_MODEL = PACKAGE_ROOT / "models" / "fer2013-5class.pt"
 DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
 TTA_CHOICES = ("ten", "mirror", "centre")
 ENV_PREFIX = "STREAMFER_"
+HTTP_DRAIN_S = 2.0  # after the WebSockets: how long HTTP requests in progress may finish
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,10 @@ class ServeConfig:
     threads: int = 0  # torch intra-op threads for inference; 0 = torch's default
     optimize: bool = True  # freeze + fuse the model for the CPU at load (streamfer/model.py)
     web_dir: Path = DEFAULT_WEB_DIR
-    shutdown_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0  # HTTP headers/body; WebSocket pong (see build_parser)
+    write_timeout_s: float = 10.0  # a WebSocket reply or close the client does not take
+    heartbeat_s: float = 30.0  # WebSocket ping interval
+    shutdown_timeout_s: float = 5.0  # WebSocket part of a graceful shutdown, at most
     log_level: str = "INFO"
     runtime: str = "auto"  # auto | torchscript | onnx-int8 (streamfer/onnx_int8.py)
     processes: int = 1  # server processes sharing the port (SO_REUSEPORT; streamfer/serve.py)
@@ -61,6 +65,9 @@ class ServeConfig:
             problems.append("deadline_ms must be > 0")
         if self.threads < 0:
             problems.append("threads must be >= 0")
+        for name in ("read_timeout_s", "write_timeout_s", "heartbeat_s", "shutdown_timeout_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
         if self.workers < 1:
             problems.append("workers must be >= 1")
         if self.runtime not in ("auto", "torchscript", "onnx-int8"):
@@ -141,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
              "training.quantize; about half the CPU per face) with ONNX Runtime; auto "
              f"(default {d.runtime}) uses it on the CPU when it is there and made from this "
              "model, else the TorchScript")
+    add("--read-timeout-s", type=float,
+        help=f"HTTP: a request's headers must arrive within this many seconds of the connection "
+             f"opening or of the previous reply (idle keep-alive connections close then too), "
+             f"and an upload's body within this of the server starting to read it (else 408); "
+             f"WebSocket: a ping must be answered within it (default {d.read_timeout_s:g})")
+    add("--write-timeout-s", type=float,
+        help=f"a WebSocket reply, ping or close the client does not take within this many "
+             f"seconds (it is not reading) cuts the connection (default {d.write_timeout_s:g})")
+    add("--heartbeat-s", type=float,
+        help=f"ping each WebSocket this often, whatever it sends (default {d.heartbeat_s:g})")
+    add("--shutdown-timeout-s", type=float,
+        help=f"on SIGINT/SIGTERM, answer frames in flight and close WebSockets within this "
+             f"many seconds; sockets still open then are cut (default {d.shutdown_timeout_s:g}; "
+             f"HTTP requests in progress get {HTTP_DRAIN_S:g} s more)")
     add("--web-dir", type=Path, help=f"the phone page's folder (default {d.web_dir})")
     add("--log-level", help=f"logging level (default {d.log_level})")
     add("--processes", type=int,

@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamfer.imagecheck import BadImage  # re-exported: faces.BadImage
+
 # How the training faces are framed relative to the box the Haar cascade draws around the
 # same face. Measured with `python -m training.framing` on 3,000 FER2013 Training faces
 # (upsampled, the cascade found 73%): the image side is a median 1.03x the cascade's box
@@ -24,10 +26,6 @@ import numpy as np
 # face as the model saw faces in training.
 FRAME_SCALE = 1.03
 FRAME_SHIFT_Y = 0.0
-
-
-class BadImage(ValueError):
-    """The bytes are not a decodable image (corrupt, empty, or an unsupported format)."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ fixed clock, at most `window` unanswered. It reports round trips (p50/p90/p99/ma
 throughput, frames sent vs answered -- which must be equal: the protocol promises one reply
 per frame, so a reply still missing after a grace period is a failure and the exit code is
 non-zero -- drops and errors by reason, and the server's own timing breakdown and batch sizes.
+PASSED (exit code 0) means every frame got one reply, p99 <= --target-ms and losses <=
+--max-loss; otherwise FAILED says which of these missed (exit code 1).
 `--ramp` finds the most clients the server holds with p99 under `--target-ms`.
 
 It is a client tool: it imports neither torch nor the server.
@@ -117,10 +119,12 @@ def parse_args(argv: list[str] | None = None) -> LoadTestConfig:
     p.add_argument("--ramp", action="store_true",
                    help="find the most clients with p99 under --target-ms")
     p.add_argument("--target-ms", type=float, default=d.target_ms,
-                   help="the p99 round trip a passing run (or ramp step) stays within")
+                   help="the p99 round trip (ms) a passing run, or ramp step, stays at or "
+                        "under (exit code 1 otherwise)")
     p.add_argument("--max-loss", type=float, default=d.max_loss,
-                   help="most frames a passing run (or ramp step) may lose (dropped, not "
-                        "sent, or in flight on a lost connection), as a fraction of its slots")
+                   help="most frames a passing run, or ramp step, may lose (dropped, not sent, or "
+                        "in flight on a lost connection), as a fraction of its slots (exit "
+                        "code 1 otherwise)")
     p.add_argument("--max-clients", type=int, default=d.max_clients, help="ramp: upper bound")
     p.add_argument("--step-seconds", type=float, default=d.step_seconds,
                    help="ramp: length of each step")
@@ -166,24 +170,27 @@ def loss_rate(summary: dict) -> float:
     return lost / max(summary["slots"], 1)
 
 
-def verdict_failures(summary: dict, target_ms: float, max_loss: float) -> list[str]:
-    """Why a run fails its service level: the protocol's promises (every frame answered,
-    no errors), p99 within `target_ms`, losses within `max_loss`. Empty: it passed."""
-    reasons = list(summary["failures"])
+def judge(summary: dict, target_ms: float, max_loss: float) -> dict:
+    """The verdict means what it says: passed only when every frame got exactly one reply,
+    p99 <= target_ms and losses <= max_loss; each miss adds its reason to `failures`."""
     p99 = summary["rtt_ms"]["p99"]
-    if p99 is None:
-        reasons.append("no replies at all")
-    elif p99 > target_ms:
-        reasons.append(f"p99 {p99:g} ms > --target-ms {target_ms:g}")
     loss = loss_rate(summary)
+    summary.update(target_ms=target_ms, max_loss=max_loss, loss=round(loss, 4))
+    failures = list(summary["failures"])
+    if p99 is None:
+        failures.append("no replies, so no p99 to hold to --target-ms")
+    elif p99 > target_ms:
+        failures.append(f"p99 round trip {p99:g} ms is over --target-ms {target_ms:g}")
     if loss > max_loss:
-        reasons.append(f"lost {100 * loss:.2f}% of frame slots > --max-loss "
-                       f"{100 * max_loss:g}%")
-    return reasons
+        failures.append(f"{100 * loss:.1f}% of frames lost (dropped or not sent), over "
+                        f"--max-loss {100 * max_loss:g}%")
+    summary["failures"] = failures
+    summary["passed"] = not failures
+    return summary
 
 
 def step_passes(summary: dict, target_ms: float, max_loss: float) -> bool:
-    return not verdict_failures(summary, target_ms, max_loss)
+    return bool(judge(summary, target_ms, max_loss)["passed"])
 
 
 def step_line(summary: dict, verdict: bool) -> str:
@@ -279,11 +286,7 @@ async def amain(cfg: LoadTestConfig) -> int:
         title = f"{cfg.url} ramp, {cfg.fps:g} fps/client, {cfg.kind}"
     else:
         summary, times = await run_once(cfg, frames)
-        # The verdict is the service level, not only the protocol: PASSED means every frame
-        # answered, p99 <= --target-ms and losses <= --max-loss.
-        summary["target_ms"], summary["max_loss"] = cfg.target_ms, cfg.max_loss
-        summary["failures"] = verdict_failures(summary, cfg.target_ms, cfg.max_loss)
-        summary["passed"] = not summary["failures"]
+        judge(summary, cfg.target_ms, cfg.max_loss)
         print(json.dumps(summary) if cfg.json else format_summary(summary))
         result, series = summary, {f"{cfg.clients} clients": times}
         title = f"{cfg.url}: {cfg.clients} clients x {cfg.fps:g} fps, {cfg.kind}"

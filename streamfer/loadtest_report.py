@@ -170,10 +170,10 @@ def format_summary(s: Mapping) -> str:
                      (f" and {more} more" if more > 0 else ""))
     if s["failures"]:
         lines.append("FAILED: " + "; ".join(s["failures"]))
-    elif s.get("target_ms") is not None:
-        lines.append(f"PASSED: every frame sent got exactly one reply, p99 {s['rtt_ms']['p99']:g}"
-                     f" ms <= {s['target_ms']:g} ms, losses within "
-                     f"{100 * s['max_loss']:g}%")
+    elif "target_ms" in s:
+        lines.append(f"PASSED: every frame sent got exactly one reply, p99 "
+                     f"{_fmt(rtt['p99'])} ms <= --target-ms {s['target_ms']:g}, "
+                     f"{100 * s['loss']:.1f}% lost <= --max-loss {100 * s['max_loss']:g}%")
     else:
         lines.append("PASSED: every frame sent got exactly one reply")
     return "\n".join(lines)

@@ -11,36 +11,17 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
-from io import BytesIO
 from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from streamfer import protocol
 from streamfer.batcher import Dropped, InferenceFailed, MicroBatcher
 from streamfer.faces import BadImage, DetectorUnavailable, Face, FaceDetector, prepare
+from streamfer.imagecheck import check_image
 
 log = logging.getLogger(__name__)
-
-# A small compressed file can claim a huge image (a "decompression bomb"): a 256 KB PNG can
-# decode to ~250 MB. Phone frames are far below this (4K video is 8.3 Mpx).
-MAX_PIXELS = 16_000_000
-
-
-def check_dimensions(data: bytes, max_pixels: int = MAX_PIXELS) -> None:
-    """Read only the image header; refuse images too large to decode safely."""
-    try:
-        with Image.open(BytesIO(data)) as img:
-            w, h = img.size
-    except Image.DecompressionBombError as exc:
-        raise BadImage(f"image too large to decode safely ({exc})") from None
-    except (UnidentifiedImageError, OSError, ValueError):
-        return  # not an image PIL knows; the decoder gives the clear error
-    if w * h > max_pixels:
-        raise BadImage(f"image of {w}x{h} pixels exceeds the {max_pixels} pixel limit")
-
 
 class FramePipeline:
     def __init__(self, *, batcher: MicroBatcher[np.ndarray, np.ndarray], classes: list[str],
@@ -54,7 +35,7 @@ class FramePipeline:
         self.deadline_s = deadline_s
 
     def _prepare(self, data: bytes, is_crop: bool) -> Face | None:
-        check_dimensions(data)
+        check_image(data)  # before OpenCV allocates anything: refuses decompression bombs
         try:
             return prepare(data, is_crop=is_crop, size=self.input_size, detector=self.detector)
         except cv2.error as exc:  # OpenCV's own complaint about a malformed image

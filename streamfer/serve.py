@@ -25,14 +25,18 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import torch
-from aiohttp import web
+from streamfer.imagecheck import limit_opencv
 
-from streamfer.app import STATE, init_app
-from streamfer.config import ServeConfig, parse_config
-from streamfer.metrics import MULTIPROC_ENV
-from streamfer.model import ModelError
-from streamfer.tls import lan_addresses, self_signed, server_context
+limit_opencv()  # OpenCV reads its pixel limit once, at import: set it before anything imports cv2
+
+import torch  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from streamfer.app import STATE, close_streams, init_app  # noqa: E402
+from streamfer.config import HTTP_DRAIN_S, ServeConfig, parse_config  # noqa: E402
+from streamfer.metrics import MULTIPROC_ENV  # noqa: E402
+from streamfer.model import ModelError  # noqa: E402
+from streamfer.tls import lan_addresses, self_signed, server_context  # noqa: E402
 
 log = logging.getLogger("streamfer.serve")
 
@@ -61,8 +65,10 @@ async def running(config: ServeConfig, *, reuse_port: bool = False
         elif config.certfile is not None and config.keyfile is not None:
             ssl_ctx = server_context(config.certfile, config.keyfile)
         app = init_app(config)
-        runner = web.AppRunner(app, shutdown_timeout=config.shutdown_timeout_s + 1.0,
-                               access_log=None)
+        # keepalive_timeout: aiohttp closes a connection whose next request's headers are not
+        # complete this long after it opened or after the previous reply (slow-loris headers).
+        runner = web.AppRunner(app, shutdown_timeout=HTTP_DRAIN_S, access_log=None,
+                               keepalive_timeout=config.read_timeout_s)
         await runner.setup()
         try:
             site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx,
@@ -77,7 +83,14 @@ async def running(config: ServeConfig, *, reuse_port: bool = False
                      if config.https else "")
             yield runner, where
         finally:
+            # Stop listening, then shut the WebSockets down while their frames are still read
+            # and answered; aiohttp's own shutdown then stops reading every connection.
+            for site in list(runner.sites):
+                await site.stop()
+            await close_streams(app)
+            log.debug("WebSockets closed; stopping HTTP")
             await runner.cleanup()
+            log.debug("stopped")
 
 
 async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:

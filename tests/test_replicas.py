@@ -124,12 +124,15 @@ def test_killing_a_replica_mid_run_sends_its_phones_to_the_others(
              "--clients", str(clients), "--fps", str(fps), "--seconds", str(seconds),
              "--reconnect", "--json", "--target-ms", "10000", "--max-loss", "1"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # Kill the replica holding the most phones, a third of the way into the run.
-        time.sleep(seconds / 3)
-        held = [health(f"127.0.0.1:{p}")["connections"] for p in ports]
+        # Once every phone streams, kill the replica holding the most, a second later.
+        deadline = time.monotonic() + 30
+        while sum(held := [health(f"127.0.0.1:{p}")["connections"] for p in ports]) < clients:
+            assert load.poll() is None and time.monotonic() < deadline, held
+            time.sleep(0.1)
+        time.sleep(1.0)
         victim = max(range(3), key=held.__getitem__)
         assert sum(held) == clients and held[victim] >= 1, held
-        os.kill(servers[victim].pid, signal.SIGKILL)
+        os.kill(servers[victim].proc.pid, signal.SIGKILL)
         out, err = load.communicate(timeout=60)
         survivors = [health(f"127.0.0.1:{p}") for i, p in enumerate(ports) if i != victim]
     s = json.loads(out)
