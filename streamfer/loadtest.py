@@ -17,7 +17,6 @@ It is a client tool: it imports neither torch nor the server.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -27,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamfer.cli import opt, parse
 from streamfer.loadtest_client import Load, run_load
 from streamfer.loadtest_frames import KINDS, FrameSet, load_frames
 from streamfer.loadtest_report import format_summary, rtts_ms, save_histogram, summarize
@@ -42,25 +42,34 @@ MAX_FPS = 240.0
 class LoadTestConfig:
     """Everything one load-test invocation does, filled from the command line."""
 
-    url: str = "ws://127.0.0.1:8080/ws"
-    clients: int = 4
-    fps: float = 15.0
-    seconds: float = 10.0
-    kind: str = "crops"
-    images: Path | None = None
-    window: int | None = None
-    grace: float = 3.0
-    insecure: bool = False
-    origin: str | None = None
-    json: bool = False
-    ramp: bool = False
-    target_ms: float = 100.0
-    max_loss: float = 0.01
-    max_clients: int = 256
-    step_seconds: float = 5.0
-    pause: float = 1.0
-    histogram: Path | None = None
-    reconnect: bool = False
+    url: str = opt("ws://127.0.0.1:8080/ws", "ws:// or wss:// URL of the /ws endpoint")
+    clients: int = opt(4, "concurrent connections (with --ramp: the first step)")
+    fps: float = opt(15.0, "frames per second per client")
+    seconds: float = opt(10.0, "how long to stream")
+    kind: str = opt("crops", "crops: client-made face crops (flag bit 0, no server "
+                    "detection); frames: full 320 px camera frames (the server detects)", KINDS)
+    images: Path | None = opt(None, "folder of face photos (.jpg/.png); default: the built-in "
+                              "astronaut")
+    window: int | None = opt(None, "max unanswered frames per client (default: the "
+                             "greeting's limit)")
+    grace: float = opt(3.0, "seconds to wait for the last replies before counting them missing")
+    insecure: bool = opt(False, "accept a self-signed TLS certificate (wss://)")
+    origin: str | None = opt(None, "Origin header (default: the URL's own origin, as the page "
+                             "sends)")
+    json: bool = opt(False, "print one JSON object on stdout")
+    ramp: bool = opt(False, "find the most clients with p99 within --target-ms")
+    target_ms: float = opt(100.0, "the p99 round trip (ms) a passing run, or ramp step, stays "
+                           "at or under (exit code 1 otherwise)")
+    max_loss: float = opt(0.01, "most frames a passing run, or ramp step, may lose (dropped, "
+                          "not sent, or in flight on a lost connection), as a fraction of its "
+                          "slots (exit code 1 otherwise)")
+    max_clients: int = opt(256, "ramp: upper bound")
+    step_seconds: float = opt(5.0, "ramp: length of each step")
+    pause: float = opt(1.0, "ramp: seconds between steps, so the server drains")
+    histogram: Path | None = opt(None, "save a latency histogram PNG")
+    reconnect: bool = opt(False, "open a lost connection again, as the page does (e.g. a "
+                          "replica behind a load balancer went away); its unanswered frames "
+                          "count as lost")
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("ws://", "wss://")):
@@ -92,59 +101,9 @@ class LoadTestConfig:
 
 
 def parse_args(argv: list[str] | None = None) -> LoadTestConfig:
-    p = argparse.ArgumentParser(
-        prog="python -m streamfer.loadtest",
-        description="Stream face frames from N concurrent WebSocket clients to a streamfer "
-                    "server and report latency, throughput and lost replies.")
-    d = LoadTestConfig()
-    p.add_argument("--url", default=d.url, help="ws:// or wss:// URL of the /ws endpoint")
-    p.add_argument("--clients", type=int, default=d.clients,
-                   help="concurrent connections (with --ramp: the first step)")
-    p.add_argument("--fps", type=float, default=d.fps, help="frames per second per client")
-    p.add_argument("--seconds", type=float, default=d.seconds, help="how long to stream")
-    p.add_argument("--kind", choices=KINDS, default=d.kind,
-                   help="crops: client-made face crops (flag bit 0, no server detection); "
-                        "frames: full 320 px camera frames (the server detects)")
-    p.add_argument("--images", type=Path, default=None,
-                   help="folder of face photos (.jpg/.png); default: built-in astronaut")
-    p.add_argument("--window", type=int, default=None,
-                   help="max unanswered frames per client (default: the greeting's limit)")
-    p.add_argument("--grace", type=float, default=d.grace,
-                   help="seconds to wait for the last replies before counting them missing")
-    p.add_argument("--insecure", action="store_true",
-                   help="accept a self-signed TLS certificate (wss://)")
-    p.add_argument("--origin", default=None,
-                   help="Origin header (default: the URL's own origin, as the page sends)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--ramp", action="store_true",
-                   help="find the most clients with p99 under --target-ms")
-    p.add_argument("--target-ms", type=float, default=d.target_ms,
-                   help="the p99 round trip (ms) a passing run, or ramp step, stays at or "
-                        "under (exit code 1 otherwise)")
-    p.add_argument("--max-loss", type=float, default=d.max_loss,
-                   help="most frames a passing run, or ramp step, may lose (dropped, not sent, or "
-                        "in flight on a lost connection), as a fraction of its slots (exit "
-                        "code 1 otherwise)")
-    p.add_argument("--max-clients", type=int, default=d.max_clients, help="ramp: upper bound")
-    p.add_argument("--step-seconds", type=float, default=d.step_seconds,
-                   help="ramp: length of each step")
-    p.add_argument("--pause", type=float, default=d.pause,
-                   help="ramp: seconds between steps, so the server drains")
-    p.add_argument("--histogram", type=Path, default=None, help="save a latency histogram PNG")
-    p.add_argument("--reconnect", action="store_true",
-                   help="open a lost connection again, as the page does (e.g. a replica behind "
-                        "a load balancer went away); its unanswered frames count as lost")
-    a = p.parse_args(argv)
-    try:
-        return LoadTestConfig(
-            url=a.url, clients=a.clients, fps=a.fps, seconds=a.seconds, kind=a.kind,
-            images=a.images, window=a.window, grace=a.grace, insecure=a.insecure,
-            origin=a.origin, json=a.json, ramp=a.ramp, target_ms=a.target_ms,
-            max_loss=a.max_loss, max_clients=a.max_clients, step_seconds=a.step_seconds,
-            pause=a.pause, histogram=a.histogram, reconnect=a.reconnect)
-    except ValueError as exc:
-        p.error(str(exc))
-        raise  # unreachable: p.error exits
+    return parse(LoadTestConfig, argv, prog="python -m streamfer.loadtest",
+                 description="Stream face frames from N concurrent WebSocket clients to a "
+                             "streamfer server and report latency, throughput and lost replies.")
 
 
 async def run_once(cfg: LoadTestConfig, frames: FrameSet, clients: int | None = None,
