@@ -188,6 +188,25 @@ async def test_a_client_that_never_reads_is_cut_and_others_go_on(
     await round_trip(server, crop_jpeg)
 
 
+@pytest.mark.slow
+def test_with_the_default_deadlines_a_non_reading_client_is_cut_within_the_heartbeat_timeout(
+        tiny_model_path: Path, tmp_path: Path) -> None:
+    """The documented defaults: --write-timeout-s 10 cuts it, well inside the heartbeat
+    timeout (--heartbeat-s 30 + --read-timeout-s 15)."""
+    args = ("--device", "cpu", "--workers", "1")
+    with running_server(tiny_model_path, args, log_path=tmp_path / "server.log",
+                        start_timeout=120) as srv:
+        s, blocked = flood_without_reading(port_of(srv))
+        try:
+            closed = wait_until(lambda: connections(srv) == 0, 30 + 15 + 5)
+            cut_s = time.monotonic() - blocked
+        finally:
+            s.close()
+    print(f"\ndefault deadlines: the non-reading client was cut {cut_s:.1f} s after its sends "
+          "blocked (write timeout 10 s, heartbeat timeout 45 s)")
+    assert closed is not None and cut_s < 30 + 15
+
+
 def test_sigterm_with_a_non_reading_client_exits_within_10s(
         tiny_model_path: Path, tmp_path: Path, crop_jpeg: bytes) -> None:
     """With the default deadlines: the stuck socket is cut, the server exits in time."""
