@@ -8,7 +8,9 @@ cleanup context, and `on_shutdown` answering in-flight frames before closing soc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -86,10 +88,12 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.App
     if predictor is None:
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
                               max_batch=config.max_batch, optimize=config.optimize)
-    app = web.Application(client_max_size=config.max_message_bytes)
+    app = web.Application(client_max_size=config.max_message_bytes,
+                          middlewares=[_quiet_when_cut])
     app[STATE] = ServerState(config=config, predictor=predictor)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(close_streams)
+    app.on_response_prepare.append(_write_deadline)
     setup_routes(app)
     return app
 
@@ -151,6 +155,35 @@ async def close_streams(app: web.Application) -> None:
         tasks[task].cut(f"not closed {timeout:g} s into shutdown")
         task.cancel()
     await asyncio.wait(tasks)
+
+
+async def _write_deadline(request: web.Request, response: web.StreamResponse) -> None:
+    """HTTP's write timeout, set on the socket before each response: the kernel drops a
+    connection whose sent data stays unacknowledged (a client not reading: zero window) for
+    --write-timeout-s (Linux TCP_USER_TIMEOUT). It covers what no coroutine can time, e.g. a
+    static file sent with sendfile to a client that never reads it."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT") and \
+            sock.family in (socket.AF_INET, socket.AF_INET6):
+        ms = int(request.app[STATE].config.write_timeout_s * 1000)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
+
+
+@web.middleware
+async def _quiet_when_cut(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Send a file here rather than after the middlewares, so that when the write deadline
+    cuts a client that stopped reading, the server logs one line instead of a traceback."""
+    response = await handler(request)
+    if isinstance(response, web.FileResponse):
+        try:
+            await response.prepare(request)
+        except OSError as exc:  # ETIMEDOUT (the deadline), a reset, a broken pipe
+            log.info("HTTP client %s stopped taking %s (%s)", request.remote, request.path,
+                     exc.strerror or exc)
+            if request.transport is not None:
+                request.transport.abort()
+    return response
 
 
 async def index(request: web.Request) -> web.StreamResponse:

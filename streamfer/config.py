@@ -142,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
              f"WebSocket: a ping must be answered within it (default {d.read_timeout_s:g})")
     add("--write-timeout-s", type=float,
         help=f"a WebSocket reply, ping or close the client does not take within this many "
-             f"seconds (it is not reading) cuts the connection (default {d.write_timeout_s:g})")
+             f"seconds (it is not reading) cuts the connection; so does HTTP data left "
+             f"unacknowledged this long (Linux TCP_USER_TIMEOUT) (default "
+             f"{d.write_timeout_s:g})")
     add("--heartbeat-s", type=float,
         help=f"ping each WebSocket this often, whatever it sends (default {d.heartbeat_s:g})")
     add("--shutdown-timeout-s", type=float,

@@ -207,6 +207,29 @@ def test_with_the_default_deadlines_a_non_reading_client_is_cut_within_the_heart
     assert closed is not None and cut_s < 30 + 15
 
 
+def test_a_client_that_never_reads_a_static_file_is_cut(tiny_model_path: Path,
+                                                         tmp_path: Path) -> None:
+    """HTTP's write deadline: a big file sent with sendfile to a client that never reads."""
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<p>page</p>")
+    (web / "big.bin").write_bytes(bytes(30_000_000))
+    log = tmp_path / "server.log"
+    args = ("--device", "cpu", "--workers", "1", "--web-dir", str(web), "--write-timeout-s", "2")
+    with running_server(tiny_model_path, args, log_path=log, start_timeout=120) as srv:
+        s = raw_socket(port_of(srv), rcvbuf=4096)
+        try:
+            s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            cut = wait_until(lambda: "stopped taking /big.bin" in log.read_text(), 30)
+        finally:
+            s.close()
+        status, health = get_json(http_url(srv) + "/healthz")
+    text = log.read_text()
+    print(f"\nnon-reading HTTP client: cut {cut} s after its request (--write-timeout-s 2)")
+    assert cut is not None and "Traceback" not in text, text[-2000:]
+    assert status == 200 and health["status"] == "ok"
+
+
 def test_sigterm_with_a_non_reading_client_exits_within_10s(
         tiny_model_path: Path, tmp_path: Path, crop_jpeg: bytes) -> None:
     """With the default deadlines: the stuck socket is cut, the server exits in time."""
