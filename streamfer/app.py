@@ -88,8 +88,7 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.App
     if predictor is None:
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
                               max_batch=config.max_batch, optimize=config.optimize)
-    app = web.Application(client_max_size=config.max_message_bytes,
-                          middlewares=[_quiet_when_cut])
+    app = web.Application(client_max_size=config.max_message_bytes)
     app[STATE] = ServerState(config=config, predictor=predictor)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(close_streams)
@@ -168,22 +167,6 @@ async def _write_deadline(request: web.Request, response: web.StreamResponse) ->
         ms = int(request.app[STATE].config.write_timeout_s * 1000)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
-
-
-@web.middleware
-async def _quiet_when_cut(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Send a file here rather than after the middlewares, so that when the write deadline
-    cuts a client that stopped reading, the server logs one line instead of a traceback."""
-    response = await handler(request)
-    if isinstance(response, web.FileResponse):
-        try:
-            await response.prepare(request)
-        except OSError as exc:  # ETIMEDOUT (the deadline), a reset, a broken pipe
-            log.info("HTTP client %s stopped taking %s (%s)", request.remote, request.path,
-                     exc.strerror or exc)
-            if request.transport is not None:
-                request.transport.abort()
-    return response
 
 
 async def index(request: web.Request) -> web.StreamResponse:
