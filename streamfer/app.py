@@ -19,10 +19,10 @@ import numpy as np
 from aiohttp import BodyPartReader, web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from streamfer import protocol
+from streamfer import protocol, vendor
 from streamfer.batcher import MicroBatcher
 from streamfer.config import ServeConfig
-from streamfer.faces import NO_HAAR, FaceDetector
+from streamfer.faces import FRAMING, NO_HAAR, FaceDetector
 from streamfer.metrics import Metrics
 from streamfer.model import Predictor
 from streamfer.pipeline import FramePipeline
@@ -43,13 +43,18 @@ class ServerState:
     pending_upgrades: int = 0
     closing: bool = False
     pipeline: FramePipeline | None = None  # set while the app runs (see _resources)
+    page_detector: vendor.VendorPackage | None = None  # the in-page detector's files, if installed
 
     def hello(self) -> dict[str, Any]:
         c, p = self.config, self.predictor
         suggested = min(c.suggested_fps, c.max_fps) if c.max_fps > 0 else c.suggested_fps
         return protocol.hello(model=p.name, classes=p.classes, input_size=p.input_size,
                               tta=p.tta, max_frame_bytes=c.max_frame_bytes, max_fps=c.max_fps,
-                              suggested_fps=suggested, window=WINDOW)
+                              suggested_fps=suggested, window=WINDOW,
+                              framing={name: {"scale": f.scale, "shift_y": f.shift_y}
+                                       for name, f in FRAMING.items()},
+                              page_detector=self.page_detector.greeting()
+                              if self.page_detector else None)
 
 
 STATE = web.AppKey("state", ServerState)
@@ -87,7 +92,8 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.App
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
                               max_batch=config.max_batch, optimize=config.optimize)
     app = web.Application(client_max_size=config.max_message_bytes)
-    app[STATE] = ServerState(config=config, predictor=predictor)
+    app[STATE] = ServerState(config=config, predictor=predictor,
+                             page_detector=vendor.find(config.web_dir))
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(_close_streams)
     setup_routes(app)
@@ -101,7 +107,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     web_dir = app[STATE].config.web_dir
+    if app[STATE].page_detector is not None:  # /vendor/...: that npm package's files only
+        vendor.add_routes(app, app[STATE].page_detector)
     if web_dir.is_dir():  # the page's scripts and styles, after the routes above
+        app.router.add_get("/node_modules/{rest:.*}", not_served)  # only /vendor/ serves them
         app.router.add_static("/", web_dir, name="web")
 
 
@@ -136,6 +145,10 @@ async def _close_streams(app: web.Application) -> None:
     state.closing = True
     await asyncio.gather(*(s.shut_down(state.config.shutdown_timeout_s)
                            for s in list(state.streams)))
+
+
+async def not_served(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound()
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -221,6 +234,7 @@ async def predict(request: web.Request) -> web.Response:
     state.metrics.frames_in.labels("http").inc()
     received = time.monotonic()
     is_crop = request.query.get("crop", "0").lower() in ("1", "true", "yes")
+    state.metrics.observe_kind(is_crop)
     try:
         data = await _read_image(request, state.config.max_frame_bytes)
     except _BadRequest as exc:

@@ -26,6 +26,27 @@ FRAME_SCALE = 1.03
 FRAME_SHIFT_Y = 0.0
 
 
+@dataclass(frozen=True)
+class Framing:
+    """Crop side = scale x the detector's box side; crop centre = box centre + shift_y x side."""
+
+    scale: float
+    shift_y: float
+
+
+# The same training framing for each detector's own boxes, defined here once: the server crops
+# with "haar"; the page gets the whole table in the greeting and crops with its detector's.
+# "blazeface" (MediaPipe's BlazeFace short range, @mediapipe/face_detection in web/): measured
+# with `python bench/page_detectors.py --calibrate` on 2,000 FER2013 Training faces, the same
+# protocol as training/framing.py (enlarged to 192 px, 25% edge padding) in headless Chromium.
+# "shape" (the Shape Detection API) has no browser here to calibrate in: Haar's is used.
+FRAMING = {
+    "haar": Framing(FRAME_SCALE, FRAME_SHIFT_Y),
+    "blazeface": Framing(1.0, 0.0),
+    "shape": Framing(FRAME_SCALE, FRAME_SHIFT_Y),
+}
+
+
 class BadImage(ValueError):
     """The bytes are not a decodable image (corrupt, empty, or an unsupported format)."""
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 import torch
 from aiohttp import web
 
+from streamfer import vendor
 from streamfer.app import STATE, init_app
 from streamfer.config import ServeConfig, parse_config
 from streamfer.model import ModelError
@@ -55,10 +56,13 @@ async def running(config: ServeConfig) -> AsyncIterator[tuple[web.AppRunner, lis
             port = runner.addresses[0][1]
             where = urls(config, port)
             p = app[STATE].predictor
-            log.info("streamfer: model %s on %s, classes %s, tta %s, serving %s%s",
+            page = app[STATE].page_detector
+            log.info("streamfer: model %s on %s, classes %s, tta %s, serving %s%s; %s",
                      p.name, p.device, ",".join(p.classes), p.tta, " ".join(where),
                      " (self-signed certificate: accept it once in the browser)"
-                     if config.https else "")
+                     if config.https else "",
+                     f"in-page face detector {vendor.NAME} ({vendor.PACKAGE}@{page.version})"
+                     if page else vendor.MISSING)
             yield runner, where
         finally:
             await runner.cleanup()
