@@ -179,10 +179,11 @@ def test_face_video_streams_predictions(server: Server, playwright: Any,
     assert server.replies("ok") - ok_before >= page_counts["ok"]
     crops = server.frames_by_kind("crop") - kinds_before["crop"]
     full = server.frames_by_kind("full") - kinds_before["full"]
-    assert crops + full == page_counts["sent"]
+    # (>=: frames sent after the page's counts were read still reach the server)
+    assert crops + full >= page_counts["sent"]
     if PAGE_DETECTOR is not None:
         assert detector == "blazeface"
-        assert crops >= CROP_SHARE * page_counts["sent"], (crops, full)
+        assert crops >= CROP_SHARE * (crops + full), (crops, full)
     else:
         assert detector == "server"  # Chromium on Linux has no FaceDetector
         assert crops == 0
@@ -210,10 +211,10 @@ def stream_scene(server: Server, playwright: Any, video: Path, name: str) -> dic
 def check_crops_and_expression(seen: dict[str, Any], classes: list[str]) -> None:
     assert seen["errors"] == []
     assert seen["note_hidden"]  # nothing fell back
-    sent = seen["counts"]["sent"]
-    assert seen["crop"] + seen["full"] == sent
+    received = seen["crop"] + seen["full"]  # what the server read from this page, by kind
+    assert received >= seen["counts"]["sent"] >= 8  # (later frames still reach the server)
     assert seen["detector"] == "blazeface"
-    assert seen["crop"] >= CROP_SHARE * sent, seen
+    assert seen["crop"] >= CROP_SHARE * received, seen
     shown = seen["shown"]
     assert shown["top"] in classes  # an expression is shown ...
     assert shown["word"].strip().lower() == shown["top"]  # ... in words
