@@ -61,18 +61,20 @@ def face_frames(rgb: np.ndarray, count: int = 16, seed: int = 0) -> list[np.ndar
 
 
 def scene(photo: np.ndarray, side: int = 300, centre: tuple[int, int] = (WIDTH // 2,
-          HEIGHT // 2)) -> np.ndarray:
+          HEIGHT // 2),
+          others: tuple[tuple[np.ndarray, int, tuple[int, int]], ...] = ()) -> np.ndarray:
     """A photo of a face `side` px square pasted into a 640x480 room-like scene (a lit wall
-    with a shelf of boxes), as a front camera would see someone at arm's length."""
+    with a shelf of boxes), as a front camera would see someone at arm's length; `others`
+    (photo, side, centre) are more people in view."""
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     wall = 150 + 50 * (xx / WIDTH) - 40 * (yy / HEIGHT)
     frame = np.stack([wall * 0.95, wall * 0.9, wall * 0.8], axis=2)
     for i, x in enumerate(range(20, WIDTH - 60, 90)):  # boxes on a shelf, behind the person
         frame[40:110, x:x + 60] = (60 + 30 * (i % 3), 90, 120 - 20 * (i % 2))
     frame[110:118] = (70, 55, 40)
-    img = cv2.resize(photo, (side, side), interpolation=cv2.INTER_AREA)
-    x0, y0 = centre[0] - side // 2, centre[1] - side // 2
-    frame[y0:y0 + side, x0:x0 + side] = img
+    for img, s, (cx, cy) in ((photo, side, centre), *others):
+        x0, y0 = cx - s // 2, cy - s // 2
+        frame[y0:y0 + s, x0:x0 + s] = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 

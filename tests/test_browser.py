@@ -246,6 +246,41 @@ def test_page_detector_sends_crops_of_a_web_photo(server: Server, playwright: An
 
 
 @pytest.mark.skipif(PAGE_DETECTOR is None, reason=NO_PAGE_DETECTOR)
+def test_several_faces_the_largest_is_read_and_shown(server: Server, playwright: Any,
+                                                     astronaut_rgb: Any,
+                                                     tmp_path: Path) -> None:
+    """Two people in view: the page says so, boxes the one it reads (the larger, nearer one,
+    on the left) and sends crops of it."""
+    head = astronaut_rgb[0:340, 80:420]
+    frame = scene(head, side=300, centre=(190, 250), others=((head, 200, (510, 250)),))
+    video = write_y4m(tmp_path / "two.y4m", shaking(frame))
+    crops_before = server.frames_by_kind("crop")
+    with phone(playwright, video) as context:
+        page = open_page(context, server.url)
+        wait_state(page, "streaming")
+        page.wait_for_function(  # one read of both: the next frame may find one face
+            """() => { const d = document.getElementById('detector');
+              return d.dataset.faces === '2' &&
+                d.textContent.includes('2 faces: reading the boxed one'); }""",
+            timeout=WAIT_MS)
+        wait_count(page, "ok", 3)
+        # The box drawn over the (mirrored) preview is the left face's: its centre lies in
+        # the left half of the video (the overlay flips with the video).
+        centre = page.evaluate(
+            """() => { const c = document.getElementById('overlay');
+              const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+              let sx = 0, n = 0;
+              for (let i = 3; i < px.length; i += 4) {
+                if (px[i]) { sx += ((i - 3) / 4) % c.width; n++; }
+              }
+              return n ? sx / n / c.width : null; }""")
+        screenshot(page, "browser-phone-two-faces.png")
+        assert page.errors == []
+    assert centre is not None and centre < 0.5, centre
+    assert server.frames_by_kind("crop") - crops_before >= 3
+
+
+@pytest.mark.skipif(PAGE_DETECTOR is None, reason=NO_PAGE_DETECTOR)
 def test_detector_that_fails_to_load_falls_back_visibly(server: Server, playwright: Any,
                                                         videos: dict[str, Path]) -> None:
     """The detector's files cannot be fetched (a proxy that blocks them, say): the page says
