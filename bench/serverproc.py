@@ -48,6 +48,12 @@ class Server:
     health: dict
     args: tuple[str, ...]
     log_path: Path
+    pid: int = 0
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tail(path: Path, n: int = 30) -> str:
@@ -79,7 +85,8 @@ def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | No
         try:
             health = _wait_healthy(proc, port, start_timeout, log_path, tls)
             scheme = "wss" if tls else "ws"
-            yield Server(f"{scheme}://127.0.0.1:{port}/ws", health, tuple(args), log_path)
+            yield Server(f"{scheme}://127.0.0.1:{port}/ws", health, tuple(args), log_path,
+                         proc.pid)
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
