@@ -60,14 +60,33 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
 
 HARNESS = """<!doctype html><html><head><meta charset="utf-8">
 <script src="%(script)s"></script></head><body><script>
-window.startDetector = async (model) => {
+// window.detect(canvas) -> boxes [x, y, w, h] in canvas pixels
+async function startBlazeFace(model) {
   const fd = new FaceDetection({ locateFile: (f) => "%(base)s" + f });
   fd.setOptions({ model });  // (minDetectionConfidence aborts this build's graph; default 0.5)
-  window.last = null;
-  fd.onResults((r) => { window.last = r; });
-  const t0 = performance.now();
+  let last = null;
+  fd.onResults((r) => { last = r; });
   await fd.initialize();
-  window.fd = fd;
+  window.detect = async (canvas) => {
+    await fd.send({ image: canvas });
+    return last.detections.map(({ boundingBox: b }) => [
+      (b.xCenter - b.width / 2) * canvas.width, (b.yCenter - b.height / 2) * canvas.height,
+      b.width * canvas.width, b.height * canvas.height]);
+  };
+}
+async function startFaceApi(backend) {  // @vladmandic/face-api's TinyFaceDetector (--faceapi)
+  const faceapi = await import("/faceapi/dist/face-api.esm.js");
+  await faceapi.tf.setBackend(backend);
+  await faceapi.tf.ready();
+  await faceapi.nets.tinyFaceDetector.loadFromUri("/faceapi/model");
+  const options = new faceapi.TinyFaceDetectorOptions({ inputSize: 320, scoreThreshold: 0.5 });
+  window.detect = async (canvas) => (await faceapi.detectAllFaces(canvas, options))
+    .map((d) => [d.box.x, d.box.y, d.box.width, d.box.height]);
+}
+window.startDetector = async (name) => {
+  const t0 = performance.now();
+  if (name.startsWith("faceapi-tiny/")) await startFaceApi(name.split("/")[1]);
+  else await startBlazeFace(name);
   return performance.now() - t0;
 };
 window.runFrames = async (first, count, width) => {
@@ -81,14 +100,10 @@ window.runFrames = async (first, count, width) => {
     canvas.width = width || bmp.width;
     canvas.height = Math.round((bmp.height * canvas.width) / bmp.width);
     ctx.drawImage(bmp, 0, 0, canvas.width, canvas.height);
-    await window.fd.send({ image: canvas });
+    const boxes = await window.detect(canvas);
     const ms = performance.now() - t;
-    const W = bmp.width, H = bmp.height;
-    out.push({ ms, boxes: window.last.detections.map((d) => {
-      const b = d.boundingBox;
-      const x = (b.xCenter - b.width / 2) * W;
-      return [x, (b.yCenter - b.height / 2) * H, b.width * W, b.height * H];
-    }) });
+    const k = bmp.width / canvas.width;
+    out.push({ ms, boxes: boxes.map((b) => b.map((v) => v * k)) });
   }
   return out;
 };
@@ -157,8 +172,9 @@ class Site:
     """An aiohttp server on a free 127.0.0.1 port, in a thread: the harness, the frames (JPEG,
     quality 95) and the vendored detector, served by streamfer.vendor."""
 
-    def __init__(self, package: vendor.VendorPackage) -> None:
+    def __init__(self, package: vendor.VendorPackage, faceapi: str = "") -> None:
         self.package = package
+        self.faceapi = faceapi
         self.frames: list[bytes] = []
         self.port = 0
         self._ready = threading.Event()
@@ -191,6 +207,8 @@ class Site:
             app.router.add_get("/", index)
             app.router.add_get("/frame/{i}.jpg", frame)
             vendor.add_routes(app, self.package)
+            if self.faceapi:
+                app.router.add_static("/faceapi", self.faceapi)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -204,8 +222,8 @@ class Site:
 
 
 def run_in_chromium(url: str, spec: str, count: int, chunk: int = 60) -> dict[str, Any]:
-    """`spec`: a BlazeFace model, "short" or "full", optionally "@WIDTH": frames are drawn
-    into a canvas WIDTH px wide before detection (as the page does)."""
+    """`spec`: a BlazeFace model, "short" or "full", or "faceapi-tiny/BACKEND" (webgl, cpu),
+    optionally "@WIDTH": frames are drawn into a canvas WIDTH px wide before detection."""
     model, _, width = spec.partition("@")
     from playwright.sync_api import sync_playwright
 
@@ -272,13 +290,13 @@ def benchmark(args: argparse.Namespace, package: vendor.VendorPackage) -> dict[s
     frames = [f for i, (name, img) in enumerate(photos)
               for f in camera_frames(img, name, bgs[i % len(bgs)], rng)]
     print(f"{len(photos)} photos -> {len(frames)} frames", flush=True)
-    site = Site(package)
+    site = Site(package, args.faceapi)
     site.set_frames([f.image for f in frames])
     url = site.start()
     rows = {}
-    for model in args.models.split(","):
-        rows[f"blazeface-{model} (page)"] = score(frames, run_in_chromium(url, model,
-                                                                            len(frames)))
+    for spec in args.models.split(","):
+        name = spec if spec.startswith("faceapi") else f"blazeface-{spec}"
+        rows[f"{name} (page)"] = score(frames, run_in_chromium(url, spec, len(frames)))
     if args.haar:
         rows["haar (server, Python)"] = score(frames, haar(frames))
     return {"photos": len(photos), "frames": len(frames), "variants": list(VARIANTS),
@@ -327,6 +345,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=300, help="photos (seeded sample); 0: all")
     ap.add_argument("--models", default="short,short@320",
                     help="BlazeFace models, comma-separated, each optionally @input width")
+    ap.add_argument("--faceapi", default="", help="a folder holding an npm install of "
+                    "@vladmandic/face-api, to measure its TinyFaceDetector too: add "
+                    "faceapi-tiny/webgl or faceapi-tiny/cpu to --models")
     ap.add_argument("--no-haar", dest="haar", action="store_false",
                     help="skip the server's Haar cascade on the same frames")
     ap.add_argument("--calibrate", action="store_true", help="measure BlazeFace's framing")
