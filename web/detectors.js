@@ -40,11 +40,8 @@ export class ShapeFaceDetector {
 
   async detect(video) {
     const faces = await this.impl.detect(video);
-    return pickFace(
-      faces.map((f) => ({ x: f.boundingBox.x, y: f.boundingBox.y, w: f.boundingBox.width, h: f.boundingBox.height })),
-      video.videoWidth,
-      video.videoHeight,
-    );
+    const boxes = faces.map(({ boundingBox: b }) => ({ x: b.x, y: b.y, w: b.width, h: b.height }));
+    return pickFace(boxes, video.videoWidth, video.videoHeight);
   }
 }
 
@@ -215,7 +212,10 @@ export class Fallback {
     } catch (err) {
       console.warn(`streamfer: ${this.primary.name} face detector failed, server detects`, err);
       this.failed = true;
-      this.onFallback(`Face detector "${this.primary.name}" failed (${err.message || err}): the server detects faces.`);
+      const why = err.message || err;
+      this.onFallback(
+        `Face detector "${this.primary.name}" failed (${why}): the server detects faces.`,
+      );
       return this.secondary.detect(video);
     }
   }
