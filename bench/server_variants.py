@@ -112,13 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             summary, times = asyncio.run(run_once(lt, frame_sets[kind]))
             cpu = server.cpu_seconds() - cpu0
         images = frame_sets[kind].images
-        answered = summary["throughput_fps"] * cfg.seconds
         summary.update(variant=label, server_tta=tta, server_args=list(server.args),
                        # what one frame costs: bytes on the wire (header + image, mean over
-                       # the set) and the server's CPU (all threads) per answered frame
+                       # the set) and the server's CPU (all threads) per frame it received
                        wire_bytes=round(8 + sum(map(len, images)) / len(images)),
-                       server_cpu_ms_per_frame=round(1000 * cpu / answered, 2)
-                       if answered else None)
+                       server_cpu_ms_per_frame=round(1000 * cpu / summary["sent"], 2)
+                       if summary["sent"] else None)
         rows.append(summary)
         series[label] = times
         r, srv = summary["rtt_ms"], summary["server_ms_median"]
