@@ -13,6 +13,9 @@
 // A face this close to the frame's edge is probably cut off: its crop would not look like a
 // training face, so it is not sent.
 const EDGE_MARGIN = 0.02;
+// A detector that has not loaded by then (a stalled download, say) counts as failed: the
+// page falls back rather than wait for ever without sending.
+const LOAD_TIMEOUT_MS = 30000;
 
 /** The server detects: the page only sends frames. Always available. */
 export class ServerSideDetector {
@@ -82,8 +85,21 @@ export class BlazeFaceDetector {
     // default is 0.5.)
     impl.setOptions({ model: info.model || "short" });
     const detector = new BlazeFaceDetector(impl, framing);
-    await impl.initialize();
-    await impl.send({ image: warmUpCanvas() }); // compiles its shaders now, not on frame one
+    const ready = (async () => {
+      await impl.initialize();
+      await impl.send({ image: warmUpCanvas() }); // compiles its shaders now, not on frame one
+    })();
+    ready.catch(() => {}); // (a failure after the timeout has nobody left to tell)
+    let timer;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`not ready after ${LOAD_TIMEOUT_MS / 1000} s`)),
+        LOAD_TIMEOUT_MS);
+    });
+    try {
+      await Promise.race([ready, late]);
+    } finally {
+      clearTimeout(timer);
+    }
     return detector;
   }
 
