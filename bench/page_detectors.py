@@ -97,8 +97,9 @@ window.runFrames = async (first, count, width) => {
     const blob = await (await fetch(`frame/${i}.jpg`)).blob();
     const bmp = await createImageBitmap(blob);
     const t = performance.now();  // timed: the page's own downscale + the detector
-    canvas.width = width || bmp.width;
-    canvas.height = Math.round((bmp.height * canvas.width) / bmp.width);
+    const w = width || bmp.width;
+    const h = Math.round((bmp.height * w) / bmp.width);
+    if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
     ctx.drawImage(bmp, 0, 0, canvas.width, canvas.height);
     const boxes = await window.detect(canvas);
     const ms = performance.now() - t;
