@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, series = [], {}
     header = (f"{'variant':24s} {'p50':>7s} {'p90':>7s} {'p99':>7s} {'max':>7s} {'rep/s':>7s} "
               f"{'lost%':>6s} {'decode':>7s} {'queue':>7s} {'infer':>7s} {'total':>7s} "
-              f"{'batch':>6s} {'noface':>6s}")
+              f"{'batch':>6s} {'noface':>6s} {'bytes':>6s} {'cpu ms':>7s}")
     for label, kind, tta in VARIANTS:
         if label not in cfg.variants:
             continue
@@ -108,8 +108,16 @@ def main(argv: list[str] | None = None) -> int:
                                 seconds=cfg.seconds, kind=kind)
             if cfg.warmup_seconds > 0:
                 asyncio.run(run_once(lt, frame_sets[kind], seconds=cfg.warmup_seconds))
+            cpu0 = server.cpu_seconds()
             summary, times = asyncio.run(run_once(lt, frame_sets[kind]))
-        summary.update(variant=label, server_tta=tta, server_args=list(server.args))
+            cpu = server.cpu_seconds() - cpu0
+        images = frame_sets[kind].images
+        summary.update(variant=label, server_tta=tta, server_args=list(server.args),
+                       # what one frame costs: bytes on the wire (header + image, mean over
+                       # the set) and the server's CPU (all threads) per frame it received
+                       wire_bytes=round(8 + sum(map(len, images)) / len(images)),
+                       server_cpu_ms_per_frame=round(1000 * cpu / summary["sent"], 2)
+                       if summary["sent"] else None)
         rows.append(summary)
         series[label] = times
         r, srv = summary["rtt_ms"], summary["server_ms_median"]
@@ -119,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['max']!s:>7s} {summary['throughput_fps']:7g} "
               f"{100 * loss_rate(summary):6.1f} {srv['decode']!s:>7s} {srv['queue']!s:>7s} "
               f"{srv['inference']!s:>7s} {srv['total']!s:>7s} {summary['batch']['mean']!s:>6s} "
-              f"{summary['no_face']:6d}", flush=True)
+              f"{summary['no_face']:6d} {summary['wire_bytes']:6d} "
+              f"{summary['server_cpu_ms_per_frame']!s:>7s}", flush=True)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     out = cfg.out_dir / f"{cfg.name}.json"
     out.write_text(json.dumps({

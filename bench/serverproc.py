@@ -50,6 +50,15 @@ class Server:
     log_path: Path
     proc: subprocess.Popen | None = None  # the server process (its RSS, a signal, its exit)
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else 0
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def _tail(path: Path, n: int = 30) -> str:
     try:

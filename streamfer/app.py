@@ -23,10 +23,10 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from streamfer import protocol
+from streamfer import protocol, vendor
 from streamfer.batcher import MicroBatcher
 from streamfer.config import ServeConfig
-from streamfer.faces import NO_HAAR, FaceDetector
+from streamfer.faces import FRAMING, NO_HAAR, FaceDetector
 from streamfer.metrics import Metrics
 from streamfer.model import Predictor
 from streamfer.pipeline import FramePipeline
@@ -46,13 +46,18 @@ class ServerState:
     pending_upgrades: int = 0
     closing: bool = False
     pipeline: FramePipeline | None = None  # set while the app runs (see _resources)
+    page_detector: vendor.VendorPackage | None = None  # the in-page detector's files, if installed
 
     def hello(self) -> dict[str, Any]:
         c, p = self.config, self.predictor
         suggested = min(c.suggested_fps, c.max_fps) if c.max_fps > 0 else c.suggested_fps
         return protocol.hello(model=p.name, classes=p.classes, input_size=p.input_size,
                               tta=p.tta, max_frame_bytes=c.max_frame_bytes, max_fps=c.max_fps,
-                              suggested_fps=suggested, window=WINDOW)
+                              suggested_fps=suggested, window=WINDOW,
+                              framing={name: {"scale": f.scale, "shift_y": f.shift_y}
+                                       for name, f in FRAMING.items()},
+                              page_detector=self.page_detector.greeting()
+                              if self.page_detector else None)
 
 
 STATE = web.AppKey("state", ServerState)
@@ -91,7 +96,8 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.App
                               max_batch=config.max_batch, optimize=config.optimize,
                               runtime=config.runtime)
     app = web.Application(client_max_size=config.max_message_bytes)
-    app[STATE] = ServerState(config=config, predictor=predictor)
+    app[STATE] = ServerState(config=config, predictor=predictor,
+                             page_detector=vendor.find(config.web_dir))
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(_write_deadline)
@@ -107,7 +113,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     web_dir = app[STATE].config.web_dir
+    if app[STATE].page_detector is not None:  # /vendor/...: that npm package's files only
+        vendor.add_routes(app, app[STATE].page_detector)
     if web_dir.is_dir():  # the page's scripts and styles, after the routes above
+        app.router.add_get("/node_modules/{rest:.*}", not_served)  # only /vendor/ serves them
         app.router.add_static("/", web_dir, name="web")
 
 
@@ -169,6 +178,10 @@ async def _write_deadline(request: web.Request, response: web.StreamResponse) ->
         ms = int(request.app[STATE].config.write_timeout_s * 1000)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
+
+
+async def not_served(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound()
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -285,6 +298,7 @@ async def predict(request: web.Request) -> web.Response:
     state.metrics.frames_in.labels("http").inc()
     received = time.monotonic()
     is_crop = request.query.get("crop", "0").lower() in ("1", "true", "yes")
+    state.metrics.observe_kind(is_crop)
     try:
         async with deadline(config.read_timeout_s):  # a trickled body is cut off
             data = await _read_image(request, config.max_frame_bytes, config.max_message_bytes)

@@ -29,6 +29,30 @@ FRAME_SHIFT_Y = 0.0
 
 
 @dataclass(frozen=True)
+class Framing:
+    """Crop side = scale x the detector's box side; crop centre = box centre + shift_y x side."""
+
+    scale: float
+    shift_y: float
+
+
+# The same training framing for each detector's own boxes, defined here once: the server crops
+# with "haar"; the page gets the whole table in the greeting and crops with its detector's.
+# "blazeface" (MediaPipe's BlazeFace short range, the weights in @mediapipe/face_detection):
+# measured with `python bench/page_detectors.py --calibrate` in headless Chromium on 2,000
+# FER2013 Training faces, the protocol of training/framing.py (enlarged to 192 px, 25% edge
+# padding): found in 90%; image side / box side median 1.205 (quartiles 1.11-1.36); its box
+# is tight (brows to chin) and sits low, so the crop's centre is 0.072 x its side above the
+# box's (quartiles 0.03-0.11; sideways 0.000). "shape" (the Shape Detection API): no browser
+# here has it to calibrate, so Haar's is used.
+FRAMING = {
+    "haar": Framing(FRAME_SCALE, FRAME_SHIFT_Y),
+    "blazeface": Framing(1.205, -0.072),
+    "shape": Framing(FRAME_SCALE, FRAME_SHIFT_Y),
+}
+
+
+@dataclass(frozen=True)
 class Box:
     """A face box in frame pixels."""
 

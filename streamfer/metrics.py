@@ -39,6 +39,10 @@ class Metrics:
         r = self.registry
         self.frames_in = Counter("streamfer_frames_received", "Frames received (WebSocket "
                                  "messages and /api/predict requests)", ["source"], registry=r)
+        self.frames_by_kind = Counter(
+            "streamfer_frames_by_kind", "Frames read, by what the client sent: crop (its own "
+            "detector found and cropped the face) or full (the server looks for a face)",
+            ["kind"], registry=r)
         self.replies = Counter("streamfer_replies", "Frames answered, by reply status",
                                ["status"], registry=r)
         self.dropped = Counter("streamfer_dropped", "Frames dropped without inference, "
@@ -66,6 +70,9 @@ class Metrics:
             self._queue_depth = depth
         else:
             self.queue_depth.set_function(depth)
+
+    def observe_kind(self, is_crop: bool) -> None:
+        self.frames_by_kind.labels("crop" if is_crop else "full").inc()
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -68,8 +68,16 @@ def parse_frame(message: bytes) -> tuple[FrameHeader, bytes]:
 
 
 def hello(*, model: str, classes: list[str], input_size: int, tta: str, max_frame_bytes: int,
-          max_fps: float, suggested_fps: float, window: int) -> dict[str, Any]:
-    """The greeting sent first on every connection."""
+          max_fps: float, suggested_fps: float, window: int,
+          framing: dict[str, dict[str, float]] | None = None,
+          page_detector: dict[str, str] | None = None) -> dict[str, Any]:
+    """The greeting sent first on every connection.
+
+    `framing` (detector name -> {scale, shift_y}, streamfer.faces.FRAMING) tells a page how to
+    cut a crop from its detector's box exactly as the training faces were framed;
+    `page_detector` (streamfer.vendor) says where the in-page detector's files are, or is None
+    when this server has none installed.
+    """
     return {
         "type": "hello",
         "protocol": PROTOCOL_VERSION,
@@ -79,6 +87,8 @@ def hello(*, model: str, classes: list[str], input_size: int, tta: str, max_fram
         "tta": tta,
         "limits": {"max_frame_bytes": max_frame_bytes, "max_fps": max_fps,
                    "suggested_fps": suggested_fps, "window": window},
+        "framing": framing or {},
+        "page_detector": page_detector,
     }
 
 

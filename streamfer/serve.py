@@ -33,6 +33,7 @@ limit_opencv()  # OpenCV reads its pixel limit once, at import: set it before an
 import torch  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+from streamfer import vendor  # noqa: E402
 from streamfer.app import STATE, close_streams, init_app  # noqa: E402
 from streamfer.config import HTTP_DRAIN_S, ServeConfig, parse_config  # noqa: E402
 from streamfer.metrics import MULTIPROC_ENV  # noqa: E402
@@ -93,10 +94,13 @@ async def running(config: ServeConfig, *, reuse_port: bool = False
             port = runner.addresses[0][1]
             where = urls(config, port)
             p = app[STATE].predictor
-            log.info("streamfer: model %s on %s (%s), classes %s, tta %s, serving %s%s",
+            page = app[STATE].page_detector
+            log.info("streamfer: model %s on %s (%s), classes %s, tta %s, serving %s%s; %s",
                      p.name, p.device, p.runtime, ",".join(p.classes), p.tta, " ".join(where),
                      " (self-signed certificate: accept it once in the browser)"
-                     if config.https else "")
+                     if config.https else "",
+                     f"in-page face detector {vendor.NAME} ({vendor.PACKAGE}@{page.version})"
+                     if page else vendor.MISSING)
             yield runner, where
         finally:
             # Stop listening, then shut the WebSockets down while their frames are still read

@@ -158,6 +158,7 @@ class FrameStream:
         except protocol.BadMessage as exc:
             await self._send(None, protocol.error(str(exc), protocol.BAD_MESSAGE))
             return
+        self.metrics.observe_kind(header.is_crop)
         fid = header.frame_id
         if len(image) > self.max_frame_bytes:
             await self._send(fid, protocol.error(

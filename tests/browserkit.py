@@ -116,6 +116,10 @@ class Server:
         """Frames the server answered with `status` (streamfer/metrics.py: streamfer_replies)."""
         return self.metrics().get(f'streamfer_replies_total{{status="{status}"}}', 0.0)
 
+    def frames_by_kind(self, kind: str) -> float:
+        """Frames the server read as `kind`: "crop" (the page cropped a face) or "full"."""
+        return self.metrics().get(f'streamfer_frames_by_kind_total{{kind="{kind}"}}', 0.0)
+
     def frames_received(self) -> float:
         """Frames the server received, from any source."""
         return sum(v for k, v in self.metrics().items()

@@ -60,6 +60,36 @@ def face_frames(rgb: np.ndarray, count: int = 16, seed: int = 0) -> list[np.ndar
     return frames
 
 
+def scene(photo: np.ndarray, side: int = 300, centre: tuple[int, int] = (WIDTH // 2,
+          HEIGHT // 2),
+          others: tuple[tuple[np.ndarray, int, tuple[int, int]], ...] = ()) -> np.ndarray:
+    """A photo of a face `side` px square pasted into a 640x480 room-like scene (a lit wall
+    with a shelf of boxes), as a front camera would see someone at arm's length; `others`
+    (photo, side, centre) are more people in view."""
+    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    wall = 150 + 50 * (xx / WIDTH) - 40 * (yy / HEIGHT)
+    frame = np.stack([wall * 0.95, wall * 0.9, wall * 0.8], axis=2)
+    for i, x in enumerate(range(20, WIDTH - 60, 90)):  # boxes on a shelf, behind the person
+        frame[40:110, x:x + 60] = (60 + 30 * (i % 3), 90, 120 - 20 * (i % 2))
+    frame[110:118] = (70, 55, 40)
+    for img, s, (cx, cy) in ((photo, side, centre), *others):
+        x0, y0 = cx - s // 2, cy - s // 2
+        frame[y0:y0 + s, x0:x0 + s] = cv2.resize(img, (s, s), interpolation=cv2.INTER_AREA)
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def shaking(frame: np.ndarray, count: int = 16, seed: int = 0) -> list[np.ndarray]:
+    """One 640x480 frame as a hand-held camera's video: a few pixels of shake, sensor noise."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for dx, dy in _jitter(count, radius=4.0):
+        shift = np.float32([[1, 0, dx], [0, 1, dy]])
+        moved = cv2.warpAffine(frame, shift, (WIDTH, HEIGHT), borderMode=cv2.BORDER_REFLECT)
+        noisy = moved.astype(np.int16) + rng.normal(0, 2.0, (HEIGHT, WIDTH, 1)).astype(np.int16)
+        frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    return frames
+
+
 def gradient_frames(count: int = 16) -> list[np.ndarray]:
     """A smooth, mid-gray, slowly drifting gradient: bright enough to send, but no face."""
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)

@@ -34,8 +34,9 @@ from browserkit import (
     phone,
     prediction,
 )
-from fakecam import dark_frames, face_frames, gradient_frames, write_y4m
+from fakecam import dark_frames, face_frames, gradient_frames, scene, shaking, write_y4m
 
+from streamfer import vendor
 from streamfer.faces import FaceDetector
 
 pytestmark = pytest.mark.browser
@@ -59,6 +60,15 @@ try:
     from playwright import sync_api
 except ImportError:
     _missing("the playwright package is not installed: `pip install -e '.[test]'`")
+
+# The in-page detector (BlazeFace from web/node_modules, `cd web && npm ci`). Without it the
+# page falls back to server detection, and the tests check that path instead; CI installs it
+# (README's commands), so there its absence is an error.
+PAGE_DETECTOR = vendor.find(ROOT / "web")
+NO_PAGE_DETECTOR = "web/node_modules has no in-page detector: `(cd web && npm ci)`"
+if PAGE_DETECTOR is None and os.environ.get("STREAMFER_REQUIRE_BROWSER") == "1":
+    pytest.fail(f"STREAMFER_REQUIRE_BROWSER=1 but {NO_PAGE_DETECTOR}", pytrace=False)
+CROP_SHARE = 0.9  # of the frames a page with a face in view sends, at least this many are crops
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +101,9 @@ def videos(astronaut_rgb: Any, tmp_path_factory: pytest.TempPathFactory) -> dict
     folder = tmp_path_factory.mktemp("fakecam")
     return {
         "face": write_y4m(folder / "astronaut.y4m", face_frames(astronaut_rgb)),
+        # Head and shoulders, as a selfie frames them: the face is a third of the frame high.
+        "scene": write_y4m(folder / "astronaut-scene.y4m",
+                           shaking(scene(astronaut_rgb[0:340, 80:420]))),
         "gradient": write_y4m(folder / "gradient.y4m", gradient_frames()),
         "dark": write_y4m(folder / "dark.y4m", dark_frames()),
     }
@@ -120,6 +133,7 @@ def screenshot(page: Any, name: str) -> Path:
 def test_face_video_streams_predictions(server: Server, playwright: Any,
                                         videos: dict[str, Path], classes: list[str]) -> None:
     ok_before = server.replies("ok")
+    kinds_before = {k: server.frames_by_kind(k) for k in ("crop", "full")}
     with phone(playwright, videos["face"]) as context:
         page = open_page(context, server.url)
         wait_state(page, "streaming")
@@ -163,21 +177,164 @@ def test_face_video_streams_predictions(server: Server, playwright: Any,
     assert page_counts["errors"] == 0
     # Every "ok" the page counted was counted by the server too.
     assert server.replies("ok") - ok_before >= page_counts["ok"]
-    assert detector in ("server", "shape")
+    crops = server.frames_by_kind("crop") - kinds_before["crop"]
+    full = server.frames_by_kind("full") - kinds_before["full"]
+    # (>=: frames sent after the page's counts were read still reach the server)
+    assert crops + full >= page_counts["sent"]
+    if PAGE_DETECTOR is not None:
+        assert detector == "blazeface"
+        assert crops >= CROP_SHARE * (crops + full), (crops, full)
+    else:
+        assert detector == "server"  # Chromium on Linux has no FaceDetector
+        assert crops == 0
+
+
+def stream_scene(server: Server, playwright: Any, video: Path, name: str) -> dict[str, Any]:
+    """Open the page on a fake camera playing `video` until 8 replies are shown; returns
+    what the page counted and showed, and what the server read, by kind."""
+    before = {k: server.frames_by_kind(k) for k in ("crop", "full")}
+    with phone(playwright, video) as context:
+        page = open_page(context, server.url)
+        wait_state(page, "streaming")
+        wait_count(page, "ok", 8)
+        shown = prediction(page)
+        screenshot(page, name)
+        page_counts = counts(page)
+        detector = page.get_attribute("body", "data-detector")
+        note_hidden = page.is_hidden("#detector-note")
+        errors = page.errors
+    return {"counts": page_counts, "shown": shown, "detector": detector, "errors": errors,
+            "note_hidden": note_hidden,
+            **{k: server.frames_by_kind(k) - before[k] for k in ("crop", "full")}}
+
+
+def check_crops_and_expression(seen: dict[str, Any], classes: list[str]) -> None:
+    assert seen["errors"] == []
+    assert seen["note_hidden"]  # nothing fell back
+    received = seen["crop"] + seen["full"]  # what the server read from this page, by kind
+    assert received >= seen["counts"]["sent"] >= 8  # (later frames still reach the server)
+    assert seen["detector"] == "blazeface"
+    assert seen["crop"] >= CROP_SHARE * received, seen
+    shown = seen["shown"]
+    assert shown["top"] in classes  # an expression is shown ...
+    assert shown["word"].strip().lower() == shown["top"]  # ... in words
+    assert sum(shown["bars"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.skipif(PAGE_DETECTOR is None, reason=NO_PAGE_DETECTOR)
+def test_page_detector_sends_crops_of_a_face_in_a_scene(server: Server, playwright: Any,
+                                                        videos: dict[str, Path],
+                                                        classes: list[str]) -> None:
+    """The astronaut at arm's length in a room: the page finds and crops the face itself."""
+    seen = stream_scene(server, playwright, videos["scene"], "browser-phone-scene.png")
+    check_crops_and_expression(seen, classes)
+
+
+def test_page_detector_sends_crops_of_a_web_photo(server: Server, playwright: Any,
+                                                  datasets: Path, classes: list[str],
+                                                  tmp_path: Path) -> None:
+    """A webfaces-dev photo (never trained or tuned on) in a camera scene."""
+    if PAGE_DETECTOR is None:
+        pytest.skip(NO_PAGE_DETECTOR)
+    photos = sorted((datasets / "webfaces-dev").glob("*/*.jpg"))
+    if not photos:
+        pytest.skip("no webfaces-dev photos under ../shared/datasets")
+    photo = cv2.cvtColor(cv2.imread(str(photos[len(photos) // 2])), cv2.COLOR_BGR2RGB)
+    video = write_y4m(tmp_path / "webface.y4m", shaking(scene(photo)))
+    seen = stream_scene(server, playwright, video, "browser-phone-webface.png")
+    check_crops_and_expression(seen, classes)
+
+
+@pytest.mark.skipif(PAGE_DETECTOR is None, reason=NO_PAGE_DETECTOR)
+def test_several_faces_the_largest_is_read_and_shown(server: Server, playwright: Any,
+                                                     astronaut_rgb: Any,
+                                                     tmp_path: Path) -> None:
+    """Two people in view: the page says so, boxes the one it reads (the larger, nearer one,
+    on the left) and sends crops of it."""
+    head = astronaut_rgb[0:340, 80:420]
+    frame = scene(head, side=300, centre=(190, 250), others=((head, 200, (510, 250)),))
+    video = write_y4m(tmp_path / "two.y4m", shaking(frame))
+    crops_before = server.frames_by_kind("crop")
+    with phone(playwright, video) as context:
+        page = open_page(context, server.url)
+        wait_state(page, "streaming")
+        page.wait_for_function(  # one read of both: the next frame may find one face
+            """() => { const d = document.getElementById('detector');
+              return d.dataset.faces === '2' &&
+                d.textContent.includes('2 faces: reading the boxed one'); }""",
+            timeout=WAIT_MS)
+        wait_count(page, "ok", 3)
+        # The box drawn over the (mirrored) preview is the left face's: its centre lies in
+        # the left half of the video (the overlay flips with the video).
+        centre = page.evaluate(
+            """() => { const c = document.getElementById('overlay');
+              const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+              let sx = 0, n = 0;
+              for (let i = 3; i < px.length; i += 4) {
+                if (px[i]) { sx += ((i - 3) / 4) % c.width; n++; }
+              }
+              return n ? sx / n / c.width : null; }""")
+        screenshot(page, "browser-phone-two-faces.png")
+        assert page.errors == []
+    assert centre is not None and centre < 0.5, centre
+    assert server.frames_by_kind("crop") - crops_before >= 3
+
+
+@pytest.mark.skipif(PAGE_DETECTOR is None, reason=NO_PAGE_DETECTOR)
+def test_detector_that_fails_to_load_falls_back_visibly(server: Server, playwright: Any,
+                                                        videos: dict[str, Path]) -> None:
+    """The detector's files cannot be fetched (a proxy that blocks them, say): the page says
+    so, shows the server detector as active, and streams full frames."""
+    full_before = server.frames_by_kind("full")
+    with phone(playwright, videos["face"]) as context:
+        page = context.new_page()
+        page.route("**/vendor/**", lambda route: route.abort())
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url)
+        page.wait_for_selector("#detector-note:not([hidden])", timeout=WAIT_MS)
+        note = page.inner_text("#detector-note")
+        assert "blazeface" in note and "failed to load" in note, note
+        wait_state(page, "streaming")
+        wait_count(page, "ok", 3)
+        assert page.get_attribute("body", "data-detector") == "server"
+        assert page.get_attribute("#detector", "data-name") == "server"
+        assert "server" in page.inner_text("#detector")
+        screenshot(page, "browser-phone-fallback.png")
+        sent = counts(page)["sent"]
+        assert errors == []
+    assert server.frames_by_kind("full") - full_before >= sent >= 3
+
+
+def test_unavailable_detector_is_noted(server: Server, playwright: Any,
+                                       videos: dict[str, Path]) -> None:
+    """`?detector=shape` where the browser has no FaceDetector: a visible note, and the page
+    uses the best detector it has instead."""
+    with phone(playwright, videos["face"]) as context:
+        page = open_page(context, server.url + "?detector=shape")
+        page.wait_for_selector("#detector-note:not([hidden])", timeout=WAIT_MS)
+        note = page.inner_text("#detector-note")
+        assert "shape" in note and "unavailable" in note, note
+        wait_state(page, "streaming")
+        expected = "blazeface" if PAGE_DETECTOR is not None else "server"
+        assert page.get_attribute("#detector", "data-name") == expected
+        assert page.errors == []
 
 
 CROP_AND_SEND = """async (box) => {
   const { FrameGrabber } = await import("./capture.js");
   const { packFrame, socketUrl } = await import("./protocol.js");
-  const crop = await new FrameGrabber().faceCrop(document.getElementById("camera"), box);
+  const video = document.getElementById("camera");
   const ws = new WebSocket(socketUrl());
   ws.binaryType = "arraybuffer";
+  let crop = null;
   const reply = await new Promise((resolve, reject) => {
     ws.onerror = () => reject(new Error("socket error"));
-    ws.onmessage = (event) => {
+    ws.onmessage = async (event) => {
       const msg = JSON.parse(event.data);
-      if (msg.type === "hello") ws.send(packFrame(7, true, crop.bytes));
-      else resolve(msg);
+      if (msg.type !== "hello") return resolve(msg);
+      crop = await new FrameGrabber().faceCrop(video, box, msg.framing.haar);
+      ws.send(packFrame(7, true, crop.bytes));
     };
   });
   ws.close();
@@ -191,7 +348,7 @@ def test_page_crops_are_answered_as_crops(server: Server, playwright: Any, video
     driven here with the server's own detector's box): the page's 96x96 gray JPEG crop, sent
     with the crop flag, is answered for the whole crop without detection."""
     frame = face_frames(astronaut_rgb, count=1)[0]
-    found = FaceDetector().detect(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))
+    found = FaceDetector().detect(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))  # haar's framing
     assert found is not None
     box = {"x": found.x, "y": found.y, "w": found.w, "h": found.h}
     with phone(playwright, videos["face"]) as context:

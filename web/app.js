@@ -4,7 +4,7 @@
 
 import { CameraError, startCamera } from "./camera.js";
 import { DARK_LEVEL, FrameGrabber, STILL_LEVEL } from "./capture.js";
-import { pickDetector } from "./detectors.js";
+import { chooseDetector, Fallback } from "./detectors.js";
 import { socketUrl } from "./protocol.js";
 import { argmax, ProbabilityEma } from "./smooth.js";
 import { StreamClient } from "./stream.js";
@@ -29,7 +29,8 @@ const state = {
   cameraReady: false,
   face: "waiting", // waiting | streaming | no-face | too-dark
   connText: "",
-  detector: null,
+  detector: null, // chosen once, after the first greeting (it says what the server offers)
+  choosing: false,
   lastSentAt: -Infinity,
   lastRaw: null, // last "ok" reply's probabilities, to redraw when smoothing is toggled
   rtts: [],
@@ -86,6 +87,7 @@ function showProbs() {
 
 async function step() {
   if (!state.cameraReady || document.hidden || !client.canSend() || video.readyState < 2) return;
+  if (!state.detector) return; // still loading: nothing is sent until the page knows how
   const measured = grabber.measure(video);
   if (measured.mean < DARK_LEVEL) {
     state.counts.skippedDark += 1;
@@ -99,6 +101,7 @@ async function step() {
     return;
   }
   const found = await state.detector.detect(video);
+  view.setDetector(state.detector.name, found ? found.faces : 0);
   if (found === null) {
     state.counts.skippedNoFace += 1;
     if (state.face !== "no-face") setFace("no-face");
@@ -107,7 +110,7 @@ async function step() {
   let frame;
   let meta;
   if (found) {
-    frame = await grabber.faceCrop(video, found.box);
+    frame = await grabber.faceCrop(video, found.box, state.detector.framing);
     meta = { faceBox: found.box };
   } else {
     frame = await grabber.fullFrame(video);
@@ -237,12 +240,22 @@ async function startVideo() {
   render();
 }
 
-function main() {
-  state.detector = pickDetector(params.get("detector"), (name) => {
-    document.body.dataset.detector = name;
+// Detection runs in step(), so only at the send rate (or the idle rate) and one frame at a
+// time: a slow detector costs frames, never the video (which plays on the browser's own
+// threads) or the page's responsiveness between frames.
+async function startDetector(hello) {
+  state.choosing = true;
+  view.setDetector("loading");
+  const note = (message) => view.addDetectorNote(message);
+  const chosen = await chooseDetector(hello, params.get("detector"), note);
+  state.detector = chosen.name === "server" ? chosen : new Fallback(chosen, (message) => {
+    note(message);
+    view.setDetector(state.detector.name);
   });
-  document.body.dataset.detector = state.detector.name;
+  view.setDetector(state.detector.name);
+}
 
+function main() {
   smoothBox.checked = params.has("smooth") ? params.get("smooth") !== "0" : remembered() !== "0";
   smoothBox.addEventListener("change", () => {
     remember(smoothBox.checked ? "1" : "0");
@@ -256,6 +269,7 @@ function main() {
     const { hello } = event.detail;
     view.buildBars(hello.classes);
     view.setModel(hello);
+    if (!state.detector && !state.choosing) startDetector(hello);
     state.lastRaw = null;
     ema.reset();
   });

@@ -2,8 +2,6 @@
 // a frame is worth sending at all. Everything is grayscale: the model sees gray faces, and a
 // gray JPEG is smaller to send and to decode.
 
-import { FRAME_SCALE } from "./detectors.js";
-
 export const FULL_WIDTH = 320; // the server's Haar detector works at <= 320 px anyway
 export const CROP_SIZE = 96; // 2x the model's 48 px input: room for the server's resize
 const JPEG_QUALITY = 0.8;
@@ -102,13 +100,14 @@ export class FrameGrabber {
   }
 
   /**
-   * A CROP_SIZE square gray JPEG around a face box (video pixels), framed like the server's
-   * own crops; parts outside the frame are filled with mid-gray.
+   * A CROP_SIZE square gray JPEG around a face box (video pixels), framed like the training
+   * faces: `framing` is the detector's {scale, shift_y} from the greeting (the same geometry
+   * as streamfer/faces.py crop_face). Parts outside the frame are filled with mid-gray.
    */
-  async faceCrop(video, box) {
-    const side = Math.max(box.w, box.h) * FRAME_SCALE;
+  async faceCrop(video, box, framing) {
+    const side = Math.max(box.w, box.h) * framing.scale;
     const x0 = box.x + box.w / 2 - side / 2;
-    const y0 = box.y + box.h / 2 - side / 2;
+    const y0 = box.y + box.h / 2 + framing.shift_y * side - side / 2;
     const ctx = this.cropCtx;
     ctx.fillStyle = "#808080";
     ctx.fillRect(0, 0, CROP_SIZE, CROP_SIZE);

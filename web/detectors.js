@@ -1,24 +1,27 @@
-// In-page face detectors behind one small interface, so a stronger one (a WASM or WebGPU
-// model, say) can be added here later without touching capture or streaming code.
+// In-page face detectors behind one small interface, so capture and streaming code never
+// change when one is added.
 //
-// A detector is an object {name, detect(video)} where `await detect(video)` returns
-//   {box: {x, y, w, h}}  one full face, in video pixels: the page sends a small crop of it;
-//   null                 the page is sure no usable face is in view: it sends nothing;
-//   undefined            the detector cannot tell: the page sends the (downscaled) full
-//                        frame and lets the server detect.
-
-// The server frames a face as a square of FRAME_SCALE x the detector's box (streamfer/faces.py
-// FRAME_SCALE), which is how the training faces were framed; the page's crops copy that.
-export const FRAME_SCALE = 1.03;
+// A detector is an object {name, framing, detect(video)} where `await detect(video)` returns
+//   {box: {x, y, w, h}, faces}  the face to read, in video pixels (the largest of `faces`):
+//                               the page sends a crop of it, framed with `framing`;
+//   null                        the page is sure no usable face is in view: it sends nothing;
+//   undefined                   the detector cannot tell: the page sends the (downscaled) full
+//                               frame and the server detects.
+// `framing` ({scale, shift_y}) comes from the server's greeting (streamfer/faces.py FRAMING,
+// calibrated per detector against the training faces), never from a copy here.
 
 // A face this close to the frame's edge is probably cut off: its crop would not look like a
 // training face, so it is not sent.
 const EDGE_MARGIN = 0.02;
+// A detector that has not loaded by then (a stalled download, say) counts as failed: the
+// page falls back rather than wait for ever without sending.
+const LOAD_TIMEOUT_MS = 30000;
 
 /** The server detects: the page only sends frames. Always available. */
 export class ServerSideDetector {
   constructor() {
     this.name = "server";
+    this.framing = null;
   }
 
   async detect() {
@@ -32,45 +35,177 @@ export class ShapeFaceDetector {
     return typeof globalThis.FaceDetector === "function";
   }
 
-  constructor() {
+  constructor(framing) {
     this.name = "shape";
+    this.framing = framing;
     this.impl = new globalThis.FaceDetector({ fastMode: true, maxDetectedFaces: 4 });
   }
 
   async detect(video) {
     const faces = await this.impl.detect(video);
-    return pickFullFace(
-      faces.map((f) => f.boundingBox),
-      video.videoWidth,
-      video.videoHeight,
-    );
+    const boxes = faces.map(({ boundingBox: b }) => ({ x: b.x, y: b.y, w: b.width, h: b.height }));
+    return pickFace(boxes, video.videoWidth, video.videoHeight);
   }
 }
 
-/**
- * The one face to send from a detector's boxes, or null: the largest box, if no other face
- * is nearly as large (the page would not know whose expression to show) and it lies fully
- * inside the frame.
- */
-export function pickFullFace(boxes, frameW, frameH) {
-  if (!boxes.length || !frameW || !frameH) return null;
-  const sorted = [...boxes].sort((a, b) => b.width * b.height - a.width * a.height);
-  const [main, second] = sorted;
-  if (second && second.width * second.height > 0.5 * main.width * main.height) return null;
-  const mx = EDGE_MARGIN * frameW;
-  const my = EDGE_MARGIN * frameH;
-  const inside =
-    main.x >= mx && main.y >= my && main.x + main.width <= frameW - mx &&
-    main.y + main.height <= frameH - my;
-  if (!inside) return null;
-  return { box: { x: main.x, y: main.y, w: main.width, h: main.height } };
+const scriptLoads = new Map(); // src -> Promise: a classic script is added to the page once
+
+function loadScript(src) {
+  if (!scriptLoads.has(src)) {
+    scriptLoads.set(src, new Promise((resolve, reject) => {
+      const el = document.createElement("script");
+      el.src = src;
+      el.async = true;
+      el.onload = resolve;
+      el.onerror = () => {
+        scriptLoads.delete(src);
+        reject(new Error(`could not load ${src}`));
+      };
+      document.head.append(el);
+    }));
+  }
+  return scriptLoads.get(src);
 }
 
 /**
- * Wraps a detector so that one that throws (FaceDetector exists in some builds but has no
- * backend, and rejects every call) falls back for good to the server's detector.
+ * MediaPipe's BlazeFace (short range), from @mediapipe/face_detection as this server serves it
+ * (the greeting's `page_detector`: nothing comes from a CDN). It runs on the main thread: this
+ * package's loader cannot start in a Worker (it importScripts() its graph file, which is not a
+ * script), so the page calls it only at the send rate, one frame at a time, and the <video>
+ * keeps playing on the browser's own threads. docs/BENCHMARKS.md has its recall and speed.
  */
-class Fallback {
+export class BlazeFaceDetector {
+  static async load(info, framing) {
+    await loadScript(info.script);
+    if (typeof globalThis.FaceDetection !== "function") {
+      throw new Error(`${info.script} did not define FaceDetection`);
+    }
+    const impl = new globalThis.FaceDetection({ locateFile: (file) => info.base + file });
+    // (minDetectionConfidence must stay unset: setting it aborts this build's graph; the
+    // default is 0.5.)
+    impl.setOptions({ model: info.model || "short" });
+    const detector = new BlazeFaceDetector(impl, framing);
+    const ready = (async () => {
+      await impl.initialize();
+      await impl.send({ image: warmUpCanvas() }); // compiles its shaders now, not on frame one
+    })();
+    ready.catch(() => {}); // (a failure after the timeout has nobody left to tell)
+    let timer;
+    const late = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`not ready after ${LOAD_TIMEOUT_MS / 1000} s`)),
+        LOAD_TIMEOUT_MS);
+    });
+    try {
+      await Promise.race([ready, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+    return detector;
+  }
+
+  constructor(impl, framing) {
+    this.name = "blazeface";
+    this.framing = framing;
+    this.impl = impl;
+    this.latest = [];
+    impl.onResults((results) => {
+      this.latest = results.detections || [];
+    });
+  }
+
+  async detect(video) {
+    this.latest = [];
+    await this.impl.send({ image: video });
+    const vw = video.videoWidth;
+    const vh = video.videoHeight;
+    const boxes = this.latest.map(({ boundingBox: b }) => ({
+      x: (b.xCenter - b.width / 2) * vw,
+      y: (b.yCenter - b.height / 2) * vh,
+      w: b.width * vw,
+      h: b.height * vh,
+    }));
+    return pickFace(boxes, vw, vh);
+  }
+}
+
+function warmUpCanvas() {
+  const c = document.createElement("canvas");
+  c.width = 64;
+  c.height = 48;
+  c.getContext("2d").fillRect(0, 0, 64, 48);
+  return c;
+}
+
+/**
+ * The face to read from a detector's boxes (video pixels), or null: the largest one (a phone's
+ * user is nearest its camera), if it lies fully inside the frame. `faces` says how many there
+ * were, so the page can say which one it reads.
+ */
+export function pickFace(boxes, frameW, frameH) {
+  if (!boxes.length || !frameW || !frameH) return null;
+  const main = boxes.reduce((a, b) => (b.w * b.h > a.w * a.h ? b : a));
+  const mx = EDGE_MARGIN * frameW;
+  const my = EDGE_MARGIN * frameH;
+  const inside = main.x >= mx && main.y >= my && main.x + main.w <= frameW - mx &&
+    main.y + main.h <= frameH - my;
+  if (!inside) return null;
+  return { box: main, faces: boxes.length };
+}
+
+/** Detector names in the order the page tries them; `?detector=NAME` picks one. */
+export const DETECTOR_NAMES = ["blazeface", "shape", "server"];
+
+async function make(name, hello) {
+  const framing = (hello.framing || {})[name];
+  switch (name) {
+    case "blazeface":
+      if (!hello.page_detector) {
+        throw new Unavailable("this server has no in-page detector installed (web/node_modules)");
+      }
+      if (!framing) throw new Unavailable("the server sent no framing for it");
+      return BlazeFaceDetector.load(hello.page_detector, framing);
+    case "shape":
+      if (!ShapeFaceDetector.available()) throw new Unavailable("this browser has no FaceDetector");
+      if (!framing) throw new Unavailable("the server sent no framing for it");
+      return new ShapeFaceDetector(framing);
+    case "server":
+      return new ServerSideDetector();
+    default:
+      throw new Unavailable(`no detector is called "${name}" (${DETECTOR_NAMES.join(", ")})`);
+  }
+}
+
+class Unavailable extends Error {}
+
+/**
+ * The detector to use, after the server's greeting: the one named in `wanted` (the page's
+ * `?detector=`), else the first of DETECTOR_NAMES that is available and loads. Every one
+ * skipped is reported to `onNote(message)`, so a fallback is always visible, never silent.
+ */
+export async function chooseDetector(hello, wanted, onNote) {
+  const order = wanted ? [wanted, ...DETECTOR_NAMES.filter((n) => n !== wanted)] : DETECTOR_NAMES;
+  for (const name of order) {
+    try {
+      return await make(name, hello);
+    } catch (err) {
+      const why = err instanceof Unavailable ? "unavailable" : "failed to load";
+      // Only what the person asked for, or a real failure, is worth a note: a browser
+      // without FaceDetector is the normal case.
+      if (name === wanted || !(err instanceof Unavailable)) {
+        onNote(`Face detector "${name}" ${why}: ${err.message || err}.`);
+      }
+      console.warn(`streamfer: face detector ${name} ${why}`, err);
+    }
+  }
+  return new ServerSideDetector();
+}
+
+/**
+ * Wraps a detector so that one that throws mid-stream (FaceDetector exists in some builds but
+ * rejects every call; a lost WebGL context) falls back for good to the server's detector, and
+ * says so through `onFallback(message)`.
+ */
+export class Fallback {
   constructor(primary, onFallback) {
     this.primary = primary;
     this.secondary = new ServerSideDetector();
@@ -82,6 +217,10 @@ class Fallback {
     return this.failed ? this.secondary.name : this.primary.name;
   }
 
+  get framing() {
+    return this.failed ? this.secondary.framing : this.primary.framing;
+  }
+
   async detect(video) {
     if (this.failed) return this.secondary.detect(video);
     try {
@@ -89,32 +228,11 @@ class Fallback {
     } catch (err) {
       console.warn(`streamfer: ${this.primary.name} face detector failed, server detects`, err);
       this.failed = true;
-      if (this.onFallback) this.onFallback(this.secondary.name);
+      const why = err.message || err;
+      this.onFallback(
+        `Face detector "${this.primary.name}" failed (${why}): the server detects faces.`,
+      );
       return this.secondary.detect(video);
     }
   }
-}
-
-// Tried in order; the first available wins. Add a stronger detector at the front.
-const DETECTORS = [
-  { name: "shape", available: () => ShapeFaceDetector.available(), make: () => new ShapeFaceDetector() },
-  { name: "server", available: () => true, make: () => new ServerSideDetector() },
-];
-
-/**
- * The best available detector, or the one named (`?detector=server` on the page's URL forces
- * server-side detection, e.g. to compare the two paths).
- */
-export function pickDetector(wanted, onFallback) {
-  const candidates = wanted ? DETECTORS.filter((d) => d.name === wanted) : DETECTORS;
-  for (const entry of candidates) {
-    if (!entry.available()) continue;
-    try {
-      const detector = entry.make();
-      return detector.name === "server" ? detector : new Fallback(detector, onFallback);
-    } catch (err) {
-      console.warn(`streamfer: cannot start the ${entry.name} face detector`, err);
-    }
-  }
-  return new ServerSideDetector();
 }

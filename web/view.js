@@ -40,6 +40,13 @@ const STATUS_TEXT = {
   "camera-error": "Camera unavailable",
 };
 
+const DETECTOR_LABEL = {
+  loading: "Face: loading the detector…",
+  blazeface: "Face: BlazeFace (in page)",
+  shape: "Face: FaceDetector (in page)",
+  server: "Face: server detects",
+};
+
 export class View {
   constructor(doc = document) {
     this.doc = doc;
@@ -55,6 +62,8 @@ export class View {
     this.stats = doc.getElementById("stats");
     this.help = doc.getElementById("help");
     this.model = doc.getElementById("model");
+    this.detector = doc.getElementById("detector");
+    this.detectorNote = doc.getElementById("detector-note");
     this.video = doc.getElementById("camera");
     this.overlay = doc.getElementById("overlay");
     this.rows = new Map(); // class -> {li, fill, pct}
@@ -75,6 +84,23 @@ export class View {
     this.help.hidden = !message;
     this.help.dataset.kind = kind;
     this.help.textContent = message;
+  }
+
+  /** Which detector finds faces, and (`faces` > 1) that the boxed, largest face is read. */
+  setDetector(name, faces = 0) {
+    const label = DETECTOR_LABEL[name] ?? name;
+    this.detector.dataset.name = name;
+    this.detector.dataset.faces = String(faces);
+    this.detector.textContent = faces > 1 ? `${label} · ${faces} faces: reading the boxed one` : label;
+    this.doc.body.dataset.detector = name;
+  }
+
+  /** A detector that was asked for or failed, and what is used instead (stays visible). */
+  addDetectorNote(message) {
+    const line = this.doc.createElement("p");
+    line.textContent = message;
+    this.detectorNote.append(line);
+    this.detectorNote.hidden = false;
   }
 
   setModel(hello) {

@@ -1,0 +1,127 @@
+"""The in-page detector's files, served from web/node_modules by streamfer.vendor, and the
+server without them (no npm, or before `npm ci`): it still starts and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import torch
+
+from streamfer import vendor
+from streamfer.app import init_app
+from streamfer.config import ServeConfig
+from streamfer.faces import FRAMING
+from streamfer.model import Predictor
+
+ROOT = Path(__file__).resolve().parent.parent
+INSTALLED = vendor.find(ROOT / "web")
+BOUND_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_path: Path) -> Predictor:
+    torch.set_num_threads(1)
+    return Predictor(tiny_model_path, device="cpu")
+
+
+def config(tiny_model_path: Path, web_dir: Path) -> ServeConfig:
+    return ServeConfig(model=tiny_model_path, host="127.0.0.1", port=0, device="cpu",
+                       workers=1, web_dir=web_dir)
+
+
+@pytest.mark.skipif(INSTALLED is None, reason="web/node_modules not installed: "
+                    "`(cd web && npm ci)`")
+async def test_serves_the_installed_package(aiohttp_client: Any, predictor: Predictor,
+                                            tiny_model_path: Path) -> None:
+    assert INSTALLED is not None
+    client = await aiohttp_client(init_app(config(tiny_model_path, ROOT / "web"), predictor))
+    async with client.ws_connect("/ws") as ws:
+        hello = await asyncio.wait_for(ws.receive_json(), BOUND_S)
+    info = hello["page_detector"]
+    assert info["name"] == "blazeface" and info["model"] == "short"
+    assert info["package"] == f"@mediapipe/face_detection@{INSTALLED.version}"
+    assert info["script"] == info["base"] + "face_detection.js"
+    # One framing table, the server's own, for the page to crop with.
+    assert hello["framing"] == {n: {"scale": f.scale, "shift_y": f.shift_y}
+                                for n, f in FRAMING.items()}
+
+    folder = INSTALLED.folder
+    expected = {".js": "text/javascript", ".wasm": "application/wasm",
+                ".tflite": "application/octet-stream", ".binarypb": "application/octet-stream"}
+    for suffix, ctype in expected.items():
+        name = next(n for n in sorted(INSTALLED.files) if n.endswith(suffix))
+        resp = await client.get("/" + info["base"] + name)
+        assert resp.status == 200, name
+        assert resp.content_type == ctype
+        assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert await resp.read() == (folder / name).read_bytes()
+        again = await client.get("/" + info["base"] + name,
+                                 headers={"If-None-Match": resp.headers["ETag"]})
+        assert again.status == 304  # revalidation costs no body
+    # Nothing else from node_modules: not the package's other files, not other paths.
+    for path in ("/" + info["base"] + "package.json", "/" + info["base"] + "..%2Fpackage.json",
+                 "/" + info["base"] + "nope.js", "/node_modules/.package-lock.json",
+                 "/node_modules/@mediapipe/face_detection/face_detection.js",
+                 "/vendor/face_detection@0.0.0/face_detection.js"):
+        assert (await client.get(path)).status == 404, path
+    assert (await client.get("/app.js")).status == 200  # the page itself is still served
+
+
+async def test_the_command_starts_without_npm(tiny_model_path: Path, tmp_path: Path) -> None:
+    """A checkout where `npm ci` never ran: the server starts, its start line says the page
+    has no in-page detector, and the greeting offers none."""
+    web = tmp_path / "web"
+    shutil.copytree(ROOT / "web", web, ignore=shutil.ignore_patterns("node_modules"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "streamfer.serve", "--model", str(tiny_model_path),
+        "--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--workers", "1",
+        "--web-dir", str(web), cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stderr is not None
+    try:
+        for _ in range(50):
+            line = (await asyncio.wait_for(proc.stderr.readline(), BOUND_S)).decode()
+            match = re.search(r"serving (http://127\.0\.0\.1:\d+/)", line)
+            if match or not line:
+                break
+        assert match, line
+        assert "no in-page face detector" in line and "npm ci" in line, line
+        assert "the server detects" in line
+        url = match.group(1)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url) as resp:
+                assert resp.status == 200  # the page
+            async with session.ws_connect(url + "ws") as ws:
+                hello = await asyncio.wait_for(ws.receive_json(), BOUND_S)
+                assert hello["page_detector"] is None
+                assert "blazeface" in hello["framing"]
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), BOUND_S) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_find_ignores_a_broken_install(tmp_path: Path) -> None:
+    folder = tmp_path / "node_modules" / vendor.PACKAGE
+    folder.mkdir(parents=True)
+    assert vendor.find(tmp_path) is None  # no package.json
+    (folder / "package.json").write_text('{"version": "1.2.3"}')
+    assert vendor.find(tmp_path) is None  # no loader script
+    (folder / "face_detection.js").write_text("// loader")
+    (folder / "notes.txt").write_text("not served")
+    found = vendor.find(tmp_path)
+    assert found is not None and found.version == "1.2.3"
+    assert found.files == {"face_detection.js"}
+    assert found.url == "vendor/face_detection@1.2.3/"
