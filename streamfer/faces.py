@@ -16,14 +16,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# How the training faces are framed relative to the box the Haar cascade draws around the
-# same face. Measured with `python -m training.framing` on 3,000 FER2013 Training faces
-# (upsampled, the cascade found 73%): the image side is a median 1.03x the cascade's box
-# side (quartiles 0.97-1.11) and the box is centred to within 0.3% of the side. So a square
-# of FRAME_SCALE x the box, FRAME_SHIFT_Y x its side below the box centre, frames a camera
-# face as the model saw faces in training.
-FRAME_SCALE = 1.03
-FRAME_SHIFT_Y = 0.0
+# How the training faces are framed relative to the box a face detector draws around the
+# same face, per detector: a square of `scale` x the box side, centred `shift_y` x its side
+# below the box centre, frames a camera face as the model saw faces in training. Measured
+# with `python -m training.framing --detector NAME` on 3,000 FER2013 Training faces
+# (upsampled and padded), never on evaluation data:
+# - haar: the cascade found 73%; image side a median 1.03x the box side (quartiles
+#   0.97-1.11), centred to within 0.3% of the side.
+# - blazeface: see docs/RESULTS.md (framing) for its detection rate and quartiles.
+# The phone page gets this table in the greeting, so a crop it makes with its own BlazeFace
+# is framed like the server's.
+FRAMING: dict[str, dict[str, float]] = {
+    "haar": {"scale": 1.03, "shift_y": 0.0},
+    "blazeface": {"scale": 1.03, "shift_y": 0.0},
+}
+FRAME_SCALE = FRAMING["haar"]["scale"]  # the Haar cascade's framing, as before the table
+FRAME_SHIFT_Y = FRAMING["haar"]["shift_y"]
 
 
 class BadImage(ValueError):
@@ -129,11 +137,13 @@ class FaceDetector:
         return Box(int(x / scale), int(y / scale), int(w / scale), int(h / scale))
 
 
-def crop_face(gray: np.ndarray, box: Box, size: int) -> np.ndarray:
-    """Cut the training framing around a detected box, padding with edge pixels if needed."""
-    side = max(box.w, box.h) * FRAME_SCALE
+def crop_face(gray: np.ndarray, box: Box, size: int, detector: str = "haar") -> np.ndarray:
+    """Cut the training framing around a box drawn by `detector` (a FRAMING key), padding
+    with edge pixels if needed."""
+    framing = FRAMING[detector]
+    side = max(box.w, box.h) * framing["scale"]
     cx = box.x + box.w / 2.0
-    cy = box.y + box.h / 2.0 + FRAME_SHIFT_Y * side
+    cy = box.y + box.h / 2.0 + framing["shift_y"] * side
     x0, y0 = round(cx - side / 2.0), round(cy - side / 2.0)
     s = max(1, round(side))
     pad = max(0, -x0, -y0, x0 + s - gray.shape[1], y0 + s - gray.shape[0])
