@@ -4,7 +4,8 @@
         --out bench/results/detect.json
 
 webfaces-dev is evaluation only: nothing here is tuned on it (each detector runs with its
-own library defaults; BlazeFace is the short-range model; the padded retry's margin is fixed in streamfer/detect.py on
+own library defaults; BlazeFace is the short-range model; the padded retry's margin is
+fixed in streamfer/detect.py on
 principle). Every photo holds one face, near the middle (LFW-style), so a photo counts as
 found when the detector returns a face, and as `centred` when the best face's centre also
 lies in the middle half of the photo (a check against counting false positives).
@@ -53,8 +54,8 @@ def main() -> None:
     if args.limit:
         paths = paths[:: max(1, len(paths) // args.limit)][: args.limit]
     dets = variants()
-    found = {k: 0 for k in dets}
-    centred = {k: 0 for k in dets}
+    found = dict.fromkeys(dets, 0)
+    centred = dict.fromkeys(dets, 0)
     per_class = {k: {} for k in dets}
     ms = {k: [] for k in dets}
     for path in tqdm(paths, mininterval=5):

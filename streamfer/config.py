@@ -14,6 +14,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "fer2013-5class.pt"
 DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
 TTA_CHOICES = ("ten", "mirror", "centre")
+DETECTOR_CHOICES = ("auto", "blazeface", "haar")
 ENV_PREFIX = "STREAMFER_"
 
 
@@ -27,6 +28,9 @@ class ServeConfig:
     max_wait_ms: float = 2.0
     tta: str | None = None  # None: the model's own default (metadata tta_default)
     max_frame_bytes: int = 256 * 1024
+    max_upload_bytes: int = 20 * 1024 * 1024  # /api/predict: a whole phone photo
+    detector: str = "auto"  # auto: BlazeFace when its weights are installed, else Haar
+    detect_batch: bool | None = None  # None: batched on the GPU stage when on CUDA
     max_connections: int = 64
     max_fps: float = 30.0
     suggested_fps: float = 15.0
@@ -36,7 +40,7 @@ class ServeConfig:
     https: bool = False
     certfile: Path | None = None
     keyfile: Path | None = None
-    workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    workers: int = field(default_factory=lambda: available_cores())
     threads: int = 0  # torch intra-op threads for inference; 0 = torch's default
     optimize: bool = True  # freeze + fuse the model for the CPU at load (streamfer/model.py)
     web_dir: Path = DEFAULT_WEB_DIR
@@ -51,6 +55,10 @@ class ServeConfig:
             problems.append("max_wait_ms must be >= 0")
         if self.max_frame_bytes < 1:
             problems.append("max_frame_bytes must be >= 1")
+        if self.max_upload_bytes < 1:
+            problems.append("max_upload_bytes must be >= 1")
+        if self.detector not in DETECTOR_CHOICES:
+            problems.append(f"detector must be one of {DETECTOR_CHOICES}")
         if self.max_connections < 1:
             problems.append("max_connections must be >= 1")
         if self.queue_limit < 1:
@@ -77,10 +85,24 @@ class ServeConfig:
         return self.https or self.certfile is not None
 
     @property
+    def max_request_bytes(self) -> int:
+        """aiohttp's request body limit: a WebSocket message or an upload with its multipart
+        framing, whichever is larger (each has its own clearer check below this)."""
+        return max(self.max_message_bytes, self.max_upload_bytes + 64 * 1024)
+
+    @property
     def max_message_bytes(self) -> int:
         """aiohttp's hard WebSocket message limit: well above max_frame_bytes so an oversize
         frame gets a clear error reply; only a message past this closes the socket (1009)."""
         return 4 * self.max_frame_bytes + 64 * 1024
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _flag(name: str) -> str:
@@ -105,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tta", choices=TTA_CHOICES, help="test-time averaging (default: the model's own)")
     add("--max-frame-bytes", type=int, help=f"largest image per frame (default "
                                             f"{d.max_frame_bytes})")
+    add("--max-upload-bytes", type=int, help=f"largest photo on /api/predict (default "
+                                             f"{d.max_upload_bytes}: a phone photo)")
+    add("--detector", choices=DETECTOR_CHOICES,
+        help="face detector for full frames: blazeface (the page's own network, weights from "
+             "web/node_modules, `npm ci` in web/), haar (OpenCV's cascade, opencv<5 only), or "
+             "auto (default: blazeface when installed, else haar)")
+    add("--detect-batch", action=argparse.BooleanOptionalAction, default=None,
+        help="run detection as a batched stage on the model's device (default: on with CUDA, "
+             "off on the CPU, where detection runs in the decode threads)")
     add("--max-connections", type=int, help=f"WebSocket connections at once (default "
                                             f"{d.max_connections}); more get HTTP 503")
     add("--max-fps", type=float, help=f"frames per second per connection (default {d.max_fps}; "
@@ -122,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve HTTPS with a self-signed certificate made at start (for phones on a LAN)")
     add("--certfile", type=Path, help="TLS certificate (PEM) for HTTPS")
     add("--keyfile", type=Path, help="TLS private key (PEM) for HTTPS")
-    add("--workers", type=int, help=f"decode/face-detection threads (default {d.workers})")
+    add("--workers", type=int, help=f"decode/face-detection threads (default {d.workers}: the "
+                                    "cores available)")
     add("--threads", type=int, help="torch threads for inference (default 0: torch's own "
                                     "choice, usually one per core)")
     add("--optimize", action=argparse.BooleanOptionalAction, default=None,
@@ -137,7 +169,7 @@ def _convert(name: str, annotation: str, raw: str) -> object:
     """An environment variable's text -> the field's type."""
     if name == "allow_origin":
         return tuple(o.strip() for o in raw.split(",") if o.strip())
-    if annotation == "bool":
+    if annotation.split(" |")[0] == "bool":
         return raw.strip().lower() in ("1", "true", "yes", "on")
     kind = {"int": int, "float": float}.get(annotation.split(" |")[0],
                                            Path if "Path" in annotation else str)

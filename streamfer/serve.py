@@ -55,8 +55,10 @@ async def running(config: ServeConfig) -> AsyncIterator[tuple[web.AppRunner, lis
             port = runner.addresses[0][1]
             where = urls(config, port)
             p = app[STATE].predictor
-            log.info("streamfer: model %s on %s, classes %s, tta %s, serving %s%s",
-                     p.name, p.device, ",".join(p.classes), p.tta, " ".join(where),
+            pipe = app[STATE].pipeline
+            log.info("streamfer: model %s on %s, classes %s, tta %s, faces by %s, serving %s%s",
+                     p.name, p.device, ",".join(p.classes), p.tta,
+                     pipe.detector.description if pipe else "?", " ".join(where),
                      " (self-signed certificate: accept it once in the browser)"
                      if config.https else "")
             yield runner, where

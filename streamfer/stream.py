@@ -20,7 +20,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from streamfer import protocol
 from streamfer.flow import LatestGate, RateLimiter
 from streamfer.metrics import Metrics
-from streamfer.pipeline import FramePipeline
+from streamfer.pipeline import FaceTrack, FramePipeline
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class FrameStream:
         self.max_frame_bytes = max_frame_bytes
         self.gate: LatestGate[Frame] = LatestGate()
         self.rate = RateLimiter(max_fps)
+        self.track = FaceTrack()  # where this connection's face was last seen
         self.closing = False
         self._worker: asyncio.Task[None] | None = None
 
@@ -94,7 +95,7 @@ class FrameStream:
         while frame is not None:
             try:
                 body = await self.pipeline.run(frame.image, is_crop=frame.is_crop,
-                                               received=frame.received)
+                                               received=frame.received, track=self.track)
             except Exception:  # the pipeline answers every known failure itself
                 log.exception("frame %d failed", frame.frame_id)
                 body = protocol.error("internal server error", protocol.INTERNAL)
