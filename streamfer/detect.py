@@ -40,6 +40,7 @@ NPM_HINT = "run `npm ci` in web/ to install @mediapipe/face_detection"
 NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold
 SCORE_CLIP = 100.0
 TIGHT_PAD = 0.3  # a frame with no face is searched again with this margin added on each side
+TILE_MIN_SCORE = 0.6  # MediaPipe's full-range default: see BlazeFace.detect_photo
 TRACK_SCALE = 2.2  # the tracking region's side, in last-box sides
 
 
@@ -230,6 +231,43 @@ class BlazeFace:
         regress, scores = self.infer(x[None])
         return self.decode(regress[0], scores[0], where, gray.shape[:2])
 
+    def detect_photo(self, gray: np.ndarray) -> list[Detection]:
+        """Every face in a photo, small ones included, best first.
+
+        The short-range model sees the image at 128 px, so it misses faces under ~15% of
+        the longer side (a group photo's). A photo is therefore also searched in square
+        tiles of half its longer side, overlapping by half a tile, all in one batch; a
+        tile's face cut by an inner tile edge is left to the neighbouring tile, and
+        overlapping faces from different searches keep the most confident (IoU > 0.3).
+        Tiles look for small faces, the job of MediaPipe's full-range model, so they use
+        that model's default threshold (0.6) rather than the short-range 0.5.
+        """
+        h, w = gray.shape[:2]
+        regions: list[tuple[int, int, int] | None] = [None]
+        tile = max(h, w) // 2
+        if tile >= 2 * self.size:
+            step = tile // 2
+            xs = sorted({*range(0, max(w - tile, 0), step), max(w - tile, 0)})
+            ys = sorted({*range(0, max(h - tile, 0), step), max(h - tile, 0)})
+            regions += [(x, y, tile) for y in ys for x in xs]
+        prepared = [self.prepare(gray, r) for r in regions]
+        regress, scores = self.infer(np.stack([x for x, _ in prepared]))
+        found: list[Detection] = []
+        for i, (region, (_, where)) in enumerate(zip(regions, prepared, strict=True)):
+            for d in self.decode(regress[i], scores[i], where, (h, w)):
+                if region is None or (d.score >= TILE_MIN_SCORE and
+                                      not _cut_by_inner_edge(d.box, region, h, w)):
+                    found.append(d)
+        found.sort(key=lambda d: -d.score)
+        kept: list[Detection] = []
+        for d in found:
+            b = np.array([d.box.x, d.box.y, d.box.x + d.box.w, d.box.y + d.box.h], float)
+            others = np.array([[k.box.x, k.box.y, k.box.x + k.box.w, k.box.y + k.box.h]
+                               for k in kept], float).reshape(-1, 4)
+            if not len(kept) or _iou(b, others).max() <= NMS_IOU:
+                kept.append(d)
+        return kept
+
 
 class HaarFallback:
     """OpenCV's Haar cascade (faces.FaceDetector) behind the same `detect` call: used only
@@ -264,6 +302,9 @@ class HaarFallback:
             return []
         return [Detection(Box(box.x + x0, box.y + y0, box.w, box.h), 1.0)]
 
+    def detect_photo(self, gray: np.ndarray) -> list[Detection]:
+        return self.detect(gray)
+
 
 def _cut(gray: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
     """The square (x0, y0, side) of `gray`, with edge pixels where it runs past the image."""
@@ -273,6 +314,15 @@ def _cut(gray: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
         gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         x0, y0 = x0 + pad, y0 + pad
     return gray[y0:y0 + side, x0:x0 + side]
+
+
+def _cut_by_inner_edge(box: Box, region: tuple[int, int, int], h: int, w: int,
+                       margin: int = 2) -> bool:
+    """Does `box` touch an edge of the tile `region` that lies inside the image?"""
+    x0, y0, side = region
+    return ((x0 > 0 and box.x <= x0 + margin) or (y0 > 0 and box.y <= y0 + margin) or
+            (x0 + side < w and box.x + box.w >= x0 + side - margin) or
+            (y0 + side < h and box.y + box.h >= y0 + side - margin))
 
 
 def track_region(box: Box, scale: float = TRACK_SCALE) -> tuple[int, int, int]:

@@ -117,10 +117,16 @@ class FramePipeline:
                  d.score) for d in largest_first(found)[:limit]]
 
     def _search(self, gray: np.ndarray, track: FaceTrack | None,
-                seconds: dict[str, float]) -> list[Detection]:
-        """Tracking region first, then the whole frame, then the whole frame with a margin
-        (an image that is all face, with no margin, has no room for a detector's box)."""
+                seconds: dict[str, float], photo: bool = False) -> list[Detection]:
+        """Tracking region first, then the whole frame (a photo: also in tiles, for small
+        faces), then the whole frame with a margin (an image that is all face, with no
+        margin, has no room for a detector's box)."""
         det = self.detector
+        if photo:
+            t = time.monotonic()
+            found = det.detect_photo(gray) or det.detect(gray, pad=TIGHT_PAD)
+            seconds["detect"] = time.monotonic() - t
+            return found
         if track is not None and track.box is not None:
             t = time.monotonic()
             found = det.detect(gray, track_region(track.box))
@@ -141,7 +147,7 @@ class FramePipeline:
             return Found([(Face(resize_square(gray, self.input_size), Box(0, 0, w, h)), None)],
                          scale=scale)
         out = Found(scale=scale)
-        found = self._search(gray, track, out.seconds)
+        found = self._search(gray, track, out.seconds, photo)
         out.faces = self._faces(gray, found, MAX_FACES if photo else 1)
         return out
 
@@ -159,8 +165,8 @@ class FramePipeline:
                                track: FaceTrack | None, deadline: float) -> Found | Dropped:
         """The GPU path: decode in a thread, detect in the batched stage, crop in a thread."""
         loop = asyncio.get_running_loop()
-        if is_crop:
-            return await loop.run_in_executor(self.decode_pool, self._prepare, data, True,
+        if is_crop or photo:  # a photo's tiles are one batch already
+            return await loop.run_in_executor(self.decode_pool, self._prepare, data, is_crop,
                                               photo, None)
         gray, scale = await loop.run_in_executor(self.decode_pool, self._decode, data, photo)
         out = Found(scale=scale)
