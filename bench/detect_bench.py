@@ -12,8 +12,8 @@ lies in the middle half of the photo (a check against counting false positives).
 Images go through the server's decoder (grayscale). Timing: one thread
 (torch.set_num_threads(1), cv2.setNumThreads(1)), each photo scaled to 320 px wide, median
 of every call, as CPU time of the calling thread (time.thread_time: what one core spends,
-robust to a shared machine) and as wall time; all detectors in one run, interleaved per photo, so a shared machine's noise
-falls on all of them alike.
+robust to a shared machine) and as wall time; all detectors in one run, interleaved per
+photo, so a shared machine's noise falls on all of them alike.
 """
 
 from __future__ import annotations
