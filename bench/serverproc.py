@@ -48,6 +48,7 @@ class Server:
     health: dict
     args: tuple[str, ...]
     log_path: Path
+    proc: subprocess.Popen | None = None  # the server process (its RSS, a signal, its exit)
 
 
 def _tail(path: Path, n: int = 30) -> str:
@@ -79,7 +80,8 @@ def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | No
         try:
             health = _wait_healthy(proc, port, start_timeout, log_path, tls)
             scheme = "wss" if tls else "ws"
-            yield Server(f"{scheme}://127.0.0.1:{port}/ws", health, tuple(args), log_path)
+            yield Server(f"{scheme}://127.0.0.1:{port}/ws", health, tuple(args), log_path,
+                         proc)
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamfer import protocol
@@ -27,12 +29,11 @@ from streamfer.faces import NO_HAAR
 from streamfer.metrics import Metrics
 from streamfer.model import Predictor
 from streamfer.pipeline import DetectBatcher, FramePipeline
-from streamfer.stream import FrameStream
+from streamfer.stream import FrameStream, Timeouts, deadline
 
 log = logging.getLogger(__name__)
 
 WINDOW = 2  # frames a client may keep unanswered: one in flight, one waiting
-HEARTBEAT_S = 30.0  # ping idle sockets so a phone that slept does not hold a slot forever
 
 
 @dataclass
@@ -86,11 +87,12 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.App
     """The app for `config`; pass `predictor` to share one loaded model between apps."""
     if predictor is None:
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
-                              max_batch=config.max_batch, optimize=config.optimize)
+                              max_batch=config.max_batch, optimize=config.optimize,
+                              runtime=config.runtime)
     app = web.Application(client_max_size=config.max_request_bytes)
     app[STATE] = ServerState(config=config, predictor=predictor)
     app.cleanup_ctx.append(_resources)
-    app.on_shutdown.append(_close_streams)
+    app.on_shutdown.append(close_streams)
     setup_routes(app)
     return app
 
@@ -99,6 +101,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     app.router.add_post("/api/predict", predict)
+    app.router.add_get("/api/predict", post_only)  # else the static route below says 404
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     web_dir = app[STATE].config.web_dir
@@ -155,13 +158,27 @@ def make_detector(config: ServeConfig, device: Any) -> BlazeFace | HaarFallback:
     return detector
 
 
-async def _close_streams(app: web.Application) -> None:
-    """Graceful shutdown: new frames are dropped as shutting_down, frames in flight are
-    answered, then each socket closes with 1001 (going away)."""
+async def close_streams(app: web.Application) -> None:
+    """Graceful shutdown of the WebSockets, within config.shutdown_timeout_s: frames in
+    flight are answered, frames read meanwhile get dropped/shutting_down, then each socket
+    closes with 1001 (going away); a socket still open at the deadline is cut.
+
+    streamfer.serve runs this before aiohttp's own shutdown, whose first step stops reading
+    every connection (frames arriving then would get no reply); as an on_shutdown hook it
+    also covers apps run by other runners (tests), and does nothing the second time."""
     state = app[STATE]
     state.closing = True
-    await asyncio.gather(*(s.shut_down(state.config.shutdown_timeout_s)
-                           for s in list(state.streams)))
+    streams = list(state.streams)
+    if not streams:
+        return
+    timeout = state.config.shutdown_timeout_s
+    loop = asyncio.get_running_loop()
+    tasks = {loop.create_task(s.shut_down(timeout)): s for s in streams}
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:  # e.g. its close frame waits on a client that does not read
+        tasks[task].cut(f"not closed {timeout:g} s into shutdown")
+        task.cancel()
+    await asyncio.wait(tasks)
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -185,19 +202,26 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             text=f"server full: {config.max_connections} connections\n",
             headers={"Retry-After": "5"})
     assert state.pipeline is not None
-    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, heartbeat=HEARTBEAT_S)
+    # heartbeat and pings are FrameStream's own (see there); `timeout` bounds waiting for the
+    # client's close reply.
+    ws = web.WebSocketResponse(max_msg_size=config.max_message_bytes, heartbeat=None,
+                               autoping=False, timeout=config.write_timeout_s)
     state.pending_upgrades += 1  # counted from here so simultaneous handshakes cannot overfill
     try:
         await ws.prepare(request)
     finally:
         state.pending_upgrades -= 1
     stream = FrameStream(ws, state.pipeline, state.metrics,
-                         max_frame_bytes=config.max_frame_bytes, max_fps=config.max_fps)
+                         max_frame_bytes=config.max_frame_bytes, max_fps=config.max_fps,
+                         timeouts=Timeouts(read=config.read_timeout_s,
+                                           write=config.write_timeout_s,
+                                           heartbeat=config.heartbeat_s),
+                         transport=request.transport)
     state.streams.add(stream)
     state.metrics.connections.inc()
     try:
-        await ws.send_json(state.hello())
-        await stream.serve()
+        if await stream.send_hello(state.hello()):
+            await stream.serve()
     finally:
         state.streams.discard(stream)
         state.metrics.connections.dec()
@@ -211,24 +235,25 @@ class _BadRequest(Exception):
         self.body = body
 
 
-async def _read_image(request: web.Request, limit: int) -> bytes:
-    """The posted image: the raw body, or the multipart field `image`."""
+async def _read_image(request: web.Request, limit: int, max_body: int) -> bytes:
+    """The posted image: the raw body, or the multipart field `image`. Other multipart parts
+    are read and discarded, but the whole body may not exceed `max_body` bytes."""
     too_large = _BadRequest(413, protocol.error(
         f"image exceeds the upload limit of {limit} bytes (--max-upload-bytes, "
         "STREAMFER_MAX_UPLOAD_BYTES)", protocol.TOO_LARGE))
+    if request.content_length is not None and request.content_length > max_body:
+        raise _BadRequest(413, protocol.error(
+            f"request body of {request.content_length} bytes exceeds {max_body} (the upload "
+            f"limit, --max-upload-bytes {limit}, plus room for form fields)",
+            protocol.TOO_LARGE))
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        async for part in reader:
-            if not isinstance(part, BodyPartReader) or part.name != "image":
-                continue
-            data = bytearray()
-            while chunk := await part.read_chunk(64 * 1024):
-                data += chunk
-                if len(data) > limit:
-                    raise too_large
-            return bytes(data)
-        raise _BadRequest(400, protocol.error(
-            "multipart body has no field named 'image'", protocol.BAD_IMAGE))
+        try:
+            return await _read_multipart(request, limit, max_body, too_large)
+        except (ValueError, RuntimeError, TypeError, HttpProcessingError) as exc:
+            # aiohttp's parser: no boundary, no opening boundary, bad part headers, ...
+            raise _BadRequest(400, protocol.error(
+                f"malformed multipart body ({str(exc)[:200]}): POST the image as the "
+                "form field 'image' (curl -F image=@face.jpg)", protocol.BAD_IMAGE)) from None
     try:
         data = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -242,18 +267,56 @@ async def _read_image(request: web.Request, limit: int) -> bytes:
     return data
 
 
+async def _read_multipart(request: web.Request, limit: int, max_body: int,
+                          too_large: _BadRequest) -> bytes:
+    reader = await request.multipart()
+    async for part in reader:
+        if not isinstance(part, BodyPartReader):
+            raise ValueError("nested multipart parts are not supported")
+        if part.name != "image":  # read and discarded, within the body's limit
+            while await part.read_chunk(64 * 1024):
+                if request.content.total_bytes > max_body:
+                    raise _BadRequest(413, protocol.error(
+                        f"multipart body exceeds {max_body} bytes before its 'image' field",
+                        protocol.TOO_LARGE))
+            continue
+        data = bytearray()
+        while chunk := await part.read_chunk(64 * 1024):
+            data += chunk
+            if len(data) > limit:
+                raise too_large
+        return bytes(data)
+    raise _BadRequest(400, protocol.error(
+        "multipart body has no field named 'image'", protocol.BAD_IMAGE))
+
+
 async def predict(request: web.Request) -> web.Response:
     """One photo over HTTP, answered with the same body as a streamed frame (no id), plus
     `faces`: every face found, largest first (the single-face fields are the largest)."""
     state = request.app[STATE]
+    config = state.config
     state.metrics.frames_in.labels("http").inc()
     received = time.monotonic()
     is_crop = request.query.get("crop", "0").lower() in ("1", "true", "yes")
     try:
-        data = await _read_image(request, state.config.max_upload_bytes)
+        async with deadline(config.read_timeout_s):  # a trickled body is cut off
+            data = await _read_image(request, config.max_upload_bytes, config.max_request_bytes)
     except _BadRequest as exc:
         state.metrics.observe_reply(exc.body)
-        return web.json_response({"type": "result", **exc.body}, status=exc.status)
+        resp = web.json_response({"type": "result", **exc.body}, status=exc.status)
+        if not request.content.is_eof():
+            resp.force_close()  # refused mid-body: do not read the rest
+        return resp
+    except asyncio.TimeoutError:
+        body = protocol.error(f"request body not received within {config.read_timeout_s:g} s",
+                              protocol.BAD_MESSAGE)
+        state.metrics.observe_reply(body)
+        resp = web.json_response({"type": "result", **body}, status=408)
+        resp.force_close()  # the rest of the body is not worth reading
+        return resp
+    except ConnectionError as exc:  # the client left mid-upload: one line, no traceback
+        log.info("client %s left during its upload (%s)", request.remote, exc)
+        return web.Response(status=400)  # nobody reads it; aiohttp drops it quietly
     if state.closing:
         body = protocol.dropped(protocol.SHUTTING_DOWN)
     else:
@@ -269,16 +332,21 @@ async def predict(request: web.Request) -> web.Response:
     return web.json_response({"type": "result", **body}, status=status, headers=headers)
 
 
+async def post_only(request: web.Request) -> web.Response:
+    raise web.HTTPMethodNotAllowed(request.method, ["POST"],
+                                   text="POST an image to /api/predict (docs/PROTOCOL.md)\n")
+
+
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     p = state.predictor
     return web.json_response(
         {"status": "shutting_down" if state.closing else "ok", "model": p.name,
-         "device": str(p.device), "classes": p.classes, "tta": p.tta,
+         "device": str(p.device), "runtime": p.runtime, "classes": p.classes, "tta": p.tta,
          "face_detection": state.pipeline is not None and
          getattr(state.pipeline.detector, "available", True),
          "face_detector": state.pipeline.detector.description if state.pipeline else None,
-         "connections": len(state.streams)},
+         "connections": len(state.streams), "pid": os.getpid()},
         status=503 if state.closing else 200)
 
 

@@ -110,10 +110,6 @@ class MicroBatcher(Generic[T, R]):
         """Frames waiting for a batch (not counting the batch in inference)."""
         return len(self._queue)
 
-    @property
-    def incoming(self) -> int:
-        return self._incoming
-
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
 

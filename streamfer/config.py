@@ -1,14 +1,19 @@
 """The server's settings: one dataclass, filled from command-line flags with STREAMFER_*
 environment fallbacks (flag > environment > default), so a PaaS can configure it with
-environment variables alone and a developer with flags alone."""
+environment variables alone and a developer with flags alone. Each field is one setting:
+its flag, --help text, choices and environment variable all derive from it
+(streamfer/cli.py), so adding a setting is one line here (and a check in __post_init__)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
+
+from streamfer.cli import opt, parse
+from streamfer.model import DEVICES
+from streamfer.onnx_int8 import RUNTIMES
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "fer2013-5class.pt"
@@ -16,36 +21,81 @@ DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
 TTA_CHOICES = ("ten", "mirror", "centre")
 DETECTOR_CHOICES = ("auto", "blazeface", "haar")
 ENV_PREFIX = "STREAMFER_"
+HTTP_DRAIN_S = 2.0  # after the WebSockets: how long HTTP requests in progress may finish
+PROG = "python -m streamfer.serve"
+DESCRIPTION = ("Serve the phone page, the /ws frame stream and /api/predict. Every flag falls "
+               "back to the environment variable STREAMFER_<FLAG> (e.g. STREAMFER_PORT); "
+               "flags win over the environment.")
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    model: Path = DEFAULT_MODEL
-    host: str = "0.0.0.0"  # all interfaces: phones on the LAN must reach it
-    port: int = 8080
-    device: str = "auto"
-    max_batch: int = 32
-    max_wait_ms: float = 2.0
-    tta: str | None = None  # None: the model's own default (metadata tta_default)
-    max_frame_bytes: int = 256 * 1024
-    max_upload_bytes: int = 20 * 1024 * 1024  # /api/predict: a whole phone photo
-    detector: str = "auto"  # auto: BlazeFace when its weights are installed, else Haar
-    detect_batch: bool | None = None  # None: batched on the GPU stage when on CUDA
-    max_connections: int = 64
-    max_fps: float = 30.0
-    suggested_fps: float = 15.0
-    queue_limit: int = 64
-    deadline_ms: float = 500.0
-    allow_origin: tuple[str, ...] = ()
-    https: bool = False
-    certfile: Path | None = None
-    keyfile: Path | None = None
-    workers: int = field(default_factory=lambda: available_cores())
-    threads: int = 0  # torch intra-op threads for inference; 0 = torch's default
-    optimize: bool = True  # freeze + fuse the model for the CPU at load (streamfer/model.py)
-    web_dir: Path = DEFAULT_WEB_DIR
-    shutdown_timeout_s: float = 5.0
-    log_level: str = "INFO"
+    model: Path = opt(DEFAULT_MODEL, "TorchScript model (classes, input size and averaging "
+                      "modes come from its metadata)")
+    host: str = opt("0.0.0.0", "interface to listen on: 0.0.0.0 = every interface, so phones "
+                    "on the LAN can connect; 127.0.0.1 for this machine only")
+    port: int = opt(8080, "TCP port")
+    device: str = opt("auto", "auto = CUDA when torch sees a GPU", DEVICES)
+    max_batch: int = opt(32, "largest inference batch")
+    max_wait_ms: float = opt(2.0, "longest wait to fill a batch, only while more frames are "
+                             "being decoded (a lone frame never waits)")
+    tta: str | None = opt(None, "test-time averaging (default: the model's own)", TTA_CHOICES)
+    max_frame_bytes: int = opt(256 * 1024, "largest image per WebSocket frame (bigger: an "
+                               "error reply, the connection stays open)")
+    max_upload_bytes: int = opt(20 * 1024 * 1024, "largest photo on /api/predict (bigger: "
+                                "HTTP 413 naming this flag); a phone photo is 3-12 MB")
+    detector: str = opt("auto", "face detector for full frames: blazeface (the page's own "
+                        "network; weights from web/node_modules, `npm ci` in web/), haar "
+                        "(OpenCV's cascade, opencv<5 only), or auto: blazeface when installed, "
+                        "else haar", DETECTOR_CHOICES)
+    detect_batch: bool | None = opt(None, "run face detection as a batched stage on the "
+                                    "model's device (default: on with CUDA; on the CPU it "
+                                    "runs in the decode threads)")
+    max_connections: int = opt(64, "WebSocket connections at once; more get HTTP 503")
+    max_fps: float = opt(30.0, "frames per second per connection (0 = no cap); faster ones "
+                         "are answered dropped/rate_limited")
+    suggested_fps: float = opt(15.0, "frame rate the greeting suggests to the page")
+    queue_limit: int = opt(64, "frames waiting for a batch before new ones are answered "
+                           "dropped/overloaded")
+    deadline_ms: float = opt(500.0, "a frame not in a batch this long after it arrived is "
+                             "answered dropped/deadline")
+    allow_origin: tuple[str, ...] = opt((), "extra allowed WebSocket Origin, e.g. "
+                                        "https://example.org (repeatable; '*' allows any; the "
+                                        "environment variable takes a comma-separated list)",
+                                        metavar="ORIGIN")
+    https: bool = opt(False, "serve HTTPS with a self-signed certificate made at start (for "
+                      "phones on a LAN)")
+    certfile: Path | None = opt(None, "TLS certificate (PEM) for HTTPS")
+    keyfile: Path | None = opt(None, "TLS private key (PEM) for HTTPS")
+    workers: int = opt(None, "decode/face-detection threads (default: the cores available)",
+                       factory=lambda: available_cores())
+    threads: int = opt(0, "torch threads for inference (0: torch's own choice, usually one "
+                       "per core)")
+    optimize: bool = opt(True, "on the CPU, freeze the TorchScript model and let oneDNN fuse "
+                         "its layers at load (--no-optimize runs the file as loaded)")
+    runtime: str = opt("auto", "CPU inference: onnx-int8 runs models/NAME.int8.onnx (made by "
+                       "python -m training.quantize; 1.5-1.9x less CPU per face) with ONNX "
+                       "Runtime; auto uses it on the CPU when it was made from this very model "
+                       "file, else the TorchScript", RUNTIMES)
+    read_timeout_s: float = opt(15.0, "HTTP: a request's headers must arrive within this many "
+                                "seconds of the connection opening or of the previous reply "
+                                "(idle keep-alive connections close then too), and an upload's "
+                                "body within this of the server starting to read it (else "
+                                "408); WebSocket: a ping must be answered within it")
+    write_timeout_s: float = opt(10.0, "a WebSocket reply, ping or close the client does not "
+                                 "take within this many seconds (it is not reading) cuts the "
+                                 "connection")
+    heartbeat_s: float = opt(30.0, "ping each WebSocket this often, whatever it sends")
+    shutdown_timeout_s: float = opt(5.0, "on SIGINT/SIGTERM, answer frames in flight and close "
+                                    "WebSockets within this many seconds; sockets still open "
+                                    f"then are cut (HTTP requests in progress get "
+                                    f"{HTTP_DRAIN_S:g} s more)")
+    processes: int = opt(1, "server processes sharing the port; each has its own model, "
+                         "batcher and torch threads (cores / processes unless --threads), the "
+                         "kernel spreads connections over them (SO_REUSEPORT, Linux), /metrics "
+                         "sums them")
+    web_dir: Path = opt(DEFAULT_WEB_DIR, "the phone page's folder")
+    log_level: str = opt("INFO", "logging level (DEBUG, INFO, WARNING, ERROR)")
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,11 +117,20 @@ class ServeConfig:
             problems.append("deadline_ms must be > 0")
         if self.threads < 0:
             problems.append("threads must be >= 0")
+        for name in ("read_timeout_s", "write_timeout_s", "heartbeat_s", "shutdown_timeout_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
         if self.workers < 1:
             problems.append("workers must be >= 1")
+        if self.runtime not in RUNTIMES:
+            problems.append(f"runtime must be one of {', '.join(RUNTIMES)}")
+        if self.processes < 1:
+            problems.append("processes must be >= 1")
+        if self.processes > 1 and self.port == 0:
+            problems.append("processes > 1 needs a fixed port (they share it)")
         if self.tta is not None and self.tta not in TTA_CHOICES:
             problems.append(f"tta must be one of {TTA_CHOICES}")
-        if self.device not in ("auto", "cpu", "cuda"):
+        if self.device not in DEVICES:
             problems.append("device must be auto, cpu or cuda")
         if (self.certfile is None) != (self.keyfile is None):
             problems.append("certfile and keyfile go together")
@@ -105,96 +164,8 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    d = ServeConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m streamfer.serve",
-        description="Serve the phone page and the /ws frame stream. Every flag falls back to "
-                    "the environment variable STREAMFER_<FLAG> (e.g. STREAMFER_PORT).")
-    add = p.add_argument
-    add("--model", type=Path, help=f"TorchScript model (default {d.model})")
-    add("--host", help=f"interface to listen on (default {d.host}: every interface, so phones "
-                       "on the LAN can connect; 127.0.0.1 for this machine only)")
-    add("--port", type=int, help=f"TCP port (default {d.port})")
-    add("--device", choices=("auto", "cpu", "cuda"), help="auto = CUDA when available")
-    add("--max-batch", type=int, help=f"largest inference batch (default {d.max_batch})")
-    add("--max-wait-ms", type=float, help="longest wait to fill a batch when more frames are on "
-                                          f"their way (default {d.max_wait_ms})")
-    add("--tta", choices=TTA_CHOICES, help="test-time averaging (default: the model's own)")
-    add("--max-frame-bytes", type=int, help=f"largest image per frame (default "
-                                            f"{d.max_frame_bytes})")
-    add("--max-upload-bytes", type=int, help=f"largest photo on /api/predict (default "
-                                             f"{d.max_upload_bytes}: a phone photo)")
-    add("--detector", choices=DETECTOR_CHOICES,
-        help="face detector for full frames: blazeface (the page's own network, weights from "
-             "web/node_modules, `npm ci` in web/), haar (OpenCV's cascade, opencv<5 only), or "
-             "auto (default: blazeface when installed, else haar)")
-    add("--detect-batch", action=argparse.BooleanOptionalAction, default=None,
-        help="run detection as a batched stage on the model's device (default: on with CUDA, "
-             "off on the CPU, where detection runs in the decode threads)")
-    add("--max-connections", type=int, help=f"WebSocket connections at once (default "
-                                            f"{d.max_connections}); more get HTTP 503")
-    add("--max-fps", type=float, help=f"frames per second per connection (default {d.max_fps}; "
-                                      "0 = no cap); faster ones are dropped as rate_limited")
-    add("--suggested-fps", type=float, help=f"frame rate the greeting suggests (default "
-                                            f"{d.suggested_fps})")
-    add("--queue-limit", type=int, help=f"frames waiting for a batch before new ones are shed "
-                                        f"as overloaded (default {d.queue_limit})")
-    add("--deadline-ms", type=float, help=f"drop a frame not in a batch this long after it "
-                                          f"arrived (default {d.deadline_ms})")
-    add("--allow-origin", action="append", metavar="ORIGIN",
-        help="extra allowed WebSocket Origin, e.g. https://example.org (repeatable; '*' allows "
-             "any; the environment variable takes a comma-separated list)")
-    add("--https", action="store_true", default=None,
-        help="serve HTTPS with a self-signed certificate made at start (for phones on a LAN)")
-    add("--certfile", type=Path, help="TLS certificate (PEM) for HTTPS")
-    add("--keyfile", type=Path, help="TLS private key (PEM) for HTTPS")
-    add("--workers", type=int, help=f"decode/face-detection threads (default {d.workers}: the "
-                                    "cores available)")
-    add("--threads", type=int, help="torch threads for inference (default 0: torch's own "
-                                    "choice, usually one per core)")
-    add("--optimize", action=argparse.BooleanOptionalAction, default=None,
-        help="on the CPU, freeze the model and let oneDNN fuse its layers at load (default on; "
-             "--no-optimize runs the file as loaded)")
-    add("--web-dir", type=Path, help=f"the phone page's folder (default {d.web_dir})")
-    add("--log-level", help=f"logging level (default {d.log_level})")
-    return p
-
-
-def _convert(name: str, annotation: str, raw: str) -> object:
-    """An environment variable's text -> the field's type."""
-    if name == "allow_origin":
-        return tuple(o.strip() for o in raw.split(",") if o.strip())
-    if annotation.split(" |")[0] == "bool":
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    kind = {"int": int, "float": float}.get(annotation.split(" |")[0],
-                                           Path if "Path" in annotation else str)
-    return kind(raw)
-
-
 def parse_config(argv: Sequence[str] | None = None,
                  env: Mapping[str, str] | None = None) -> ServeConfig:
     """Flags first, then STREAMFER_<NAME> environment variables, then the defaults."""
-    env = os.environ if env is None else env
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    values: dict[str, object] = {}
-    for f in fields(ServeConfig):
-        value = args.get(f.name)
-        raw = env.get(ENV_PREFIX + f.name.upper(), "")
-        if value is None and f.name in args and raw != "":
-            try:
-                value = _convert(f.name, str(f.type), raw)
-            except ValueError as exc:
-                parser.error(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: {exc}")
-        if value is not None:
-            values[f.name] = tuple(value) if f.name == "allow_origin" else value
-    try:
-        return ServeConfig(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        parser.error(str(exc))
-    raise AssertionError("unreachable")  # parser.error exits
+    return parse(ServeConfig, argv, prog=PROG, description=DESCRIPTION, env_prefix=ENV_PREFIX,
+                 env=env)

@@ -16,6 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from streamfer.imagecheck import BadImage  # re-exported: faces.BadImage
+
 # How the training faces are framed relative to the box a face detector draws around the
 # same face, per detector: a square of `scale` x the box side, centred `shift_y` x its side
 # below the box centre, frames a camera face as the model saw faces in training. Measured
@@ -34,10 +36,6 @@ FRAMING: dict[str, dict[str, float]] = {
 }
 FRAME_SCALE = FRAMING["haar"]["scale"]  # the Haar cascade's framing, as before the table
 FRAME_SHIFT_Y = FRAMING["haar"]["shift_y"]
-
-
-class BadImage(ValueError):
-    """The bytes are not a decodable image (corrupt, empty, or an unsupported format)."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ fixed clock, at most `window` unanswered. It reports round trips (p50/p90/p99/ma
 throughput, frames sent vs answered -- which must be equal: the protocol promises one reply
 per frame, so a reply still missing after a grace period is a failure and the exit code is
 non-zero -- drops and errors by reason, and the server's own timing breakdown and batch sizes.
+PASSED (exit code 0) means every frame got one reply, p99 <= --target-ms and losses <=
+--max-loss; otherwise FAILED says which of these missed (exit code 1).
 `--ramp` finds the most clients the server holds with p99 under `--target-ms`.
 
 It is a client tool: it imports neither torch nor the server.
@@ -15,7 +17,6 @@ It is a client tool: it imports neither torch nor the server.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamfer.cli import opt, parse
 from streamfer.loadtest_client import Load, run_load
 from streamfer.loadtest_frames import KINDS, FrameSet, load_frames
 from streamfer.loadtest_report import format_summary, rtts_ms, save_histogram, summarize
@@ -40,24 +42,34 @@ MAX_FPS = 240.0
 class LoadTestConfig:
     """Everything one load-test invocation does, filled from the command line."""
 
-    url: str = "ws://127.0.0.1:8080/ws"
-    clients: int = 4
-    fps: float = 15.0
-    seconds: float = 10.0
-    kind: str = "crops"
-    images: Path | None = None
-    window: int | None = None
-    grace: float = 3.0
-    insecure: bool = False
-    origin: str | None = None
-    json: bool = False
-    ramp: bool = False
-    target_ms: float = 100.0
-    max_loss: float = 0.01
-    max_clients: int = 256
-    step_seconds: float = 5.0
-    pause: float = 1.0
-    histogram: Path | None = None
+    url: str = opt("ws://127.0.0.1:8080/ws", "ws:// or wss:// URL of the /ws endpoint")
+    clients: int = opt(4, "concurrent connections (with --ramp: the first step)")
+    fps: float = opt(15.0, "frames per second per client")
+    seconds: float = opt(10.0, "how long to stream")
+    kind: str = opt("crops", "crops: client-made face crops (flag bit 0, no server "
+                    "detection); frames: full 320 px camera frames (the server detects)", KINDS)
+    images: Path | None = opt(None, "folder of face photos (.jpg/.png); default: the built-in "
+                              "astronaut")
+    window: int | None = opt(None, "max unanswered frames per client (default: the "
+                             "greeting's limit)")
+    grace: float = opt(3.0, "seconds to wait for the last replies before counting them missing")
+    insecure: bool = opt(False, "accept a self-signed TLS certificate (wss://)")
+    origin: str | None = opt(None, "Origin header (default: the URL's own origin, as the page "
+                             "sends)")
+    json: bool = opt(False, "print one JSON object on stdout")
+    ramp: bool = opt(False, "find the most clients with p99 within --target-ms")
+    target_ms: float = opt(100.0, "the p99 round trip (ms) a passing run, or ramp step, stays "
+                           "at or under (exit code 1 otherwise)")
+    max_loss: float = opt(0.01, "most frames a passing run, or ramp step, may lose (dropped, "
+                          "not sent, or in flight on a lost connection), as a fraction of its "
+                          "slots (exit code 1 otherwise)")
+    max_clients: int = opt(256, "ramp: upper bound")
+    step_seconds: float = opt(5.0, "ramp: length of each step")
+    pause: float = opt(1.0, "ramp: seconds between steps, so the server drains")
+    histogram: Path | None = opt(None, "save a latency histogram PNG")
+    reconnect: bool = opt(False, "open a lost connection again, as the page does (e.g. a "
+                          "replica behind a load balancer went away); its unanswered frames "
+                          "count as lost")
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("ws://", "wss://")):
@@ -85,58 +97,13 @@ class LoadTestConfig:
     def load(self, clients: int | None = None, seconds: float | None = None) -> Load:
         return Load(url=self.url, clients=clients or self.clients, fps=self.fps,
                     seconds=seconds or self.seconds, window=self.window, grace=self.grace,
-                    insecure=self.insecure, origin=self.origin)
+                    insecure=self.insecure, origin=self.origin, reconnect=self.reconnect)
 
 
 def parse_args(argv: list[str] | None = None) -> LoadTestConfig:
-    p = argparse.ArgumentParser(
-        prog="python -m streamfer.loadtest",
-        description="Stream face frames from N concurrent WebSocket clients to a streamfer "
-                    "server and report latency, throughput and lost replies.")
-    d = LoadTestConfig()
-    p.add_argument("--url", default=d.url, help="ws:// or wss:// URL of the /ws endpoint")
-    p.add_argument("--clients", type=int, default=d.clients,
-                   help="concurrent connections (with --ramp: the first step)")
-    p.add_argument("--fps", type=float, default=d.fps, help="frames per second per client")
-    p.add_argument("--seconds", type=float, default=d.seconds, help="how long to stream")
-    p.add_argument("--kind", choices=KINDS, default=d.kind,
-                   help="crops: client-made face crops (flag bit 0, no server detection); "
-                        "frames: full 320 px camera frames (the server detects)")
-    p.add_argument("--images", type=Path, default=None,
-                   help="folder of face photos (.jpg/.png); default: built-in astronaut")
-    p.add_argument("--window", type=int, default=None,
-                   help="max unanswered frames per client (default: the greeting's limit)")
-    p.add_argument("--grace", type=float, default=d.grace,
-                   help="seconds to wait for the last replies before counting them missing")
-    p.add_argument("--insecure", action="store_true",
-                   help="accept a self-signed TLS certificate (wss://)")
-    p.add_argument("--origin", default=None,
-                   help="Origin header (default: the URL's own origin, as the page sends)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--ramp", action="store_true",
-                   help="find the most clients with p99 under --target-ms")
-    p.add_argument("--target-ms", type=float, default=d.target_ms,
-                   help="ramp: the p99 round trip a passing step stays under")
-    p.add_argument("--max-loss", type=float, default=d.max_loss,
-                   help="ramp: most frames a passing step may lose (dropped or not sent), "
-                        "as a fraction of its slots")
-    p.add_argument("--max-clients", type=int, default=d.max_clients, help="ramp: upper bound")
-    p.add_argument("--step-seconds", type=float, default=d.step_seconds,
-                   help="ramp: length of each step")
-    p.add_argument("--pause", type=float, default=d.pause,
-                   help="ramp: seconds between steps, so the server drains")
-    p.add_argument("--histogram", type=Path, default=None, help="save a latency histogram PNG")
-    a = p.parse_args(argv)
-    try:
-        return LoadTestConfig(
-            url=a.url, clients=a.clients, fps=a.fps, seconds=a.seconds, kind=a.kind,
-            images=a.images, window=a.window, grace=a.grace, insecure=a.insecure,
-            origin=a.origin, json=a.json, ramp=a.ramp, target_ms=a.target_ms,
-            max_loss=a.max_loss, max_clients=a.max_clients, step_seconds=a.step_seconds,
-            pause=a.pause, histogram=a.histogram)
-    except ValueError as exc:
-        p.error(str(exc))
-        raise  # unreachable: p.error exits
+    return parse(LoadTestConfig, argv, prog="python -m streamfer.loadtest",
+                 description="Stream face frames from N concurrent WebSocket clients to a "
+                             "streamfer server and report latency, throughput and lost replies.")
 
 
 async def run_once(cfg: LoadTestConfig, frames: FrameSet, clients: int | None = None,
@@ -157,14 +124,32 @@ async def run_once(cfg: LoadTestConfig, frames: FrameSet, clients: int | None = 
 
 def loss_rate(summary: dict) -> float:
     """Frames lost to overload (dropped, or not sent for a full window or a late client)."""
-    lost = summary["dropped"] + summary["not_sent_window_full"] + summary["not_sent_late"]
+    lost = (summary["dropped"] + summary["not_sent_window_full"] + summary["not_sent_late"]
+            + summary.get("lost_on_disconnect", 0) + summary.get("not_sent_disconnected", 0))
     return lost / max(summary["slots"], 1)
 
 
-def step_passes(summary: dict, target_ms: float, max_loss: float) -> bool:
+def judge(summary: dict, target_ms: float, max_loss: float) -> dict:
+    """The verdict means what it says: passed only when every frame got exactly one reply,
+    p99 <= target_ms and losses <= max_loss; each miss adds its reason to `failures`."""
     p99 = summary["rtt_ms"]["p99"]
-    return (summary["passed"] and p99 is not None and p99 < target_ms
-            and loss_rate(summary) <= max_loss)
+    loss = loss_rate(summary)
+    summary.update(target_ms=target_ms, max_loss=max_loss, loss=round(loss, 4))
+    failures = list(summary["failures"])
+    if p99 is None:
+        failures.append("no replies, so no p99 to hold to --target-ms")
+    elif p99 > target_ms:
+        failures.append(f"p99 round trip {p99:g} ms is over --target-ms {target_ms:g}")
+    if loss > max_loss:
+        failures.append(f"{100 * loss:.1f}% of frames lost (dropped or not sent), over "
+                        f"--max-loss {100 * max_loss:g}%")
+    summary["failures"] = failures
+    summary["passed"] = not failures
+    return summary
+
+
+def step_passes(summary: dict, target_ms: float, max_loss: float) -> bool:
+    return bool(judge(summary, target_ms, max_loss)["passed"])
 
 
 def step_line(summary: dict, verdict: bool) -> str:
@@ -248,18 +233,19 @@ async def amain(cfg: LoadTestConfig) -> int:
     if cfg.ramp:
         emit = (lambda line: print(line, file=sys.stderr, flush=True)) if cfg.json else print
         emit(f"ramp: {cfg.fps:g} fps per client, {cfg.kind}, {cfg.step_seconds:g} s steps, "
-             f"pass = p99 < {cfg.target_ms:g} ms and loss <= {100 * cfg.max_loss:g}%")
+             f"pass = p99 <= {cfg.target_ms:g} ms and loss <= {100 * cfg.max_loss:g}%")
         result, series = await ramp(cfg, frames, emit)
         if cfg.json:
             print(json.dumps(result))
         else:
-            print(f"largest N with p99 < {cfg.target_ms:g} ms: {result['best_clients']}"
+            print(f"largest N with p99 <= {cfg.target_ms:g} ms: {result['best_clients']}"
                   + (" (the --max-clients cap)" if result["hit_max_clients"] else ""))
             for failure in result["failures"]:
                 print(f"FAILED: {failure}")
         title = f"{cfg.url} ramp, {cfg.fps:g} fps/client, {cfg.kind}"
     else:
         summary, times = await run_once(cfg, frames)
+        judge(summary, cfg.target_ms, cfg.max_loss)
         print(json.dumps(summary) if cfg.json else format_summary(summary))
         result, series = summary, {f"{cfg.clients} clients": times}
         title = f"{cfg.url}: {cfg.clients} clients x {cfg.fps:g} fps, {cfg.kind}"

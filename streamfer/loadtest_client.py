@@ -6,6 +6,10 @@ Each connection sends frames on a fixed clock (`fps`) and, like the page, keeps 
 client). Every reply is matched to its frame by id; frames still unanswered a grace period
 after the clock stops are "missing" -- the protocol promises one reply per frame, never
 silence, so any missing reply is a server bug.
+
+With `reconnect`, a connection the server side loses (a replica killed behind a load
+balancer, say) is opened again, as the page does: the frames it left unanswered are counted
+as lost on the disconnect -- reported, not missing -- and the clock goes on.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Load:
     connect_timeout: float = 10.0
     insecure: bool = False
     origin: str | None = None  # None: the URL's own origin, as the served page would send
+    reconnect: bool = False  # open a lost connection again (frames in flight count as lost)
 
 
 @dataclass
@@ -65,6 +70,10 @@ class ClientLog:
     missing: list[int] = field(default_factory=list)
     protocol: Counter = field(default_factory=Counter)  # replies the protocol forbids
     hello: dict | None = None
+    reconnects: int = 0
+    lost_on_disconnect: int = 0  # sent, then the connection was lost before the reply
+    not_sent_disconnected: int = 0  # slots that came due while reconnecting
+    reconnect_failures: Counter = field(default_factory=Counter)
 
 
 def origin_of(url: str) -> str:
@@ -101,6 +110,10 @@ class Client:
         self.drained = asyncio.Event()
         self.drained.set()
         self.window = load.window or DEFAULT_WINDOW
+        self.start = 0.0  # loop time of the first slot
+        self.total = 0  # frame slots in the run
+        self.slot = 0  # next slot on the clock
+        self.frame_id = 0  # next frame id (ids stay unique across reconnects)
 
     async def connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         """Open the socket and read the greeting (which sets the send window)."""
@@ -174,57 +187,108 @@ class Client:
             else:
                 break
 
-    async def _send(self, ws: aiohttp.ClientWebSocketResponse, start: float) -> None:
-        """Send `seconds * fps` frame slots on the clock from `start` (loop time), honouring
-        the window."""
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse, reader: asyncio.Task) -> bool:
+        """Send the remaining frame slots on the clock, honouring the window. Returns False
+        when the connection was lost first (the reader ended), True when the clock ran out."""
         loop = asyncio.get_running_loop()
         period = 1.0 / self.load.fps
-        total = max(1, round(self.load.seconds * self.load.fps))
-        slot = 0
-        frame_id = 0
-        while slot < total and not ws.closed:
-            due = start + slot * period
+        while self.slot < self.total:
+            due = self.start + self.slot * period
             delay = due - loop.time()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await asyncio.wait({reader}, timeout=delay)
+            if reader.done() or ws.closed:
+                return False
             # A client that fell whole periods behind its clock skips the slots it missed
             # instead of bursting to catch up (a camera does not queue frames).
-            behind = min(int((loop.time() - due) / period), total - slot - 1)
+            behind = min(int((loop.time() - due) / period), self.total - self.slot - 1)
             if behind > 0:
                 self.log.slots += behind
                 self.log.not_sent_late += behind
-                slot += behind
+                self.slot += behind
             self.log.slots += 1
-            slot += 1
+            self.slot += 1
             if len(self.pending) >= self.window:
                 self.log.not_sent_window_full += 1
                 continue
+            frame_id = self.frame_id
             self.pending[frame_id] = time.perf_counter()
             self.drained.clear()
             try:
                 await ws.send_bytes(self.frames.message(frame_id))
             except (ConnectionError, RuntimeError):
                 self.pending.pop(frame_id, None)
-                self.log.protocol["connection lost while sending"] += 1
-                break
+                if not self.pending:
+                    self.drained.set()
+                if not self.load.reconnect:
+                    self.log.protocol["connection lost while sending"] += 1
+                return False
             self.log.sent += 1
-            frame_id += 1
+            self.frame_id += 1
+        return True
 
-    async def run(self, ws: aiohttp.ClientWebSocketResponse, start: float) -> None:
-        reader = asyncio.create_task(self._read(ws))
-        try:
-            await self._send(ws, start)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.drained.wait(), self.load.grace)
-        finally:
-            if ws.closed and self.pending:
-                self.log.protocol["connection closed by the server"] += 1
-            self.log.missing = sorted(self.pending)
-            await ws.close()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(reader, 2.0)
-            if not reader.done():
-                reader.cancel()
+    async def _reconnect(self, session: aiohttp.ClientSession
+                         ) -> aiohttp.ClientWebSocketResponse | None:
+        """Connect again with a short backoff until it works or the clock runs out; the
+        slots that come due meanwhile are counted as not sent."""
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.load.fps
+        backoff = 0.05
+        while True:
+            try:
+                ws = await self.connect(session)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, OSError) as exc:
+                self.log.reconnect_failures[type(exc).__name__] += 1
+                ws = None
+            now_slot = min(self.total, max(self.slot, int((loop.time() - self.start) / period)))
+            self.log.slots += now_slot - self.slot
+            self.log.not_sent_disconnected += now_slot - self.slot
+            self.slot = now_slot
+            if ws is not None:
+                self.log.reconnects += 1
+                return ws
+            if self.slot >= self.total:
+                return None
+            await asyncio.sleep(backoff)
+            backoff = min(2 * backoff, 1.0)
+
+    async def run(self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse,
+                  start: float) -> None:
+        """Stream `seconds * fps` frame slots on the clock from `start` (loop time)."""
+        self.start = start
+        self.total = max(1, round(self.load.seconds * self.load.fps))
+        while True:
+            reader = asyncio.create_task(self._read(ws))
+            try:
+                finished = await self._send(ws, reader)
+                if finished:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.drained.wait(), self.load.grace)
+                elif self.load.reconnect and self.slot < self.total:
+                    # Give replies already on the wire a moment, then write off the rest.
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(reader, 0.5)
+            finally:
+                lost = ws.closed or reader.done()
+                written_off = self.load.reconnect and lost
+                if written_off:
+                    self.log.lost_on_disconnect += len(self.pending)
+                    self.pending.clear()
+                    self.drained.set()
+                elif lost and self.pending:
+                    self.log.protocol["connection closed by the server"] += 1
+                self.log.missing = sorted(self.pending)
+                await ws.close()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(reader, 2.0)
+                if not reader.done():
+                    reader.cancel()
+            if not written_off or self.slot >= self.total:
+                return
+            new_ws = await self._reconnect(session)
+            if new_ws is None:
+                return
+            ws = new_ws
 
 
 @dataclass
@@ -264,7 +328,7 @@ async def run_load(load: Load, frames: FrameSet) -> RunLog:
         start = loop.time() + 0.05
         period = 1.0 / load.fps
         # Stagger the clocks across one period, as independent phones would be.
-        await asyncio.gather(*(c.run(ws, start + period * i / max(len(live), 1))
+        await asyncio.gather(*(c.run(session, ws, start + period * i / max(len(live), 1))
                                for i, (c, ws) in enumerate(live)))
     hello = next((c.log.hello for c in clients if c.log.hello), None)
     return RunLog(load, frames, [c.log for c in clients], connect_errors, hello)

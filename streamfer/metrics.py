@@ -2,14 +2,29 @@
 
 A registry per app (not prometheus-client's global one) so tests and benchmarks can build
 many apps in one process without "duplicated timeseries" errors.
+
+Under `--processes N` (several server processes sharing one port) prometheus-client's
+multiprocess mode is on: the serving processes start with PROMETHEUS_MULTIPROC_DIR set, every
+value is kept in a file there, and whichever process a scrape reaches renders the sum over
+all of them (gauges: the sum over the live processes).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess() -> bool:
+    """True in a process started by `--processes N` (prometheus-client reads the variable
+    when it is first imported, so it is set before the serving processes start)."""
+    return bool(os.environ.get(MULTIPROC_ENV))
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # Seconds, 0.5 ms .. 2.5 s: the interesting range is a few ms to the 100 ms budget.
@@ -39,13 +54,18 @@ class Metrics:
                                  "Per-frame time by stage (decode = decode + face detection; "
                                  "total = receipt to reply)", ["stage"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_depth = Gauge("streamfer_queue_depth", "Frames waiting for a batch",
-                                 registry=r)
+        self.queue_depth = Gauge("streamfer_queue_depth", "Frames waiting for a batch "
+                                 "(with --processes: the sum of each process's value at its "
+                                 "last scrape)", registry=r, multiprocess_mode="livesum")
         self.connections = Gauge("streamfer_connections", "Open WebSocket connections",
-                                 registry=r)
+                                 registry=r, multiprocess_mode="livesum")
+        self._queue_depth: Callable[[], float] | None = None
 
     def track_queue(self, depth: Callable[[], float]) -> None:
-        self.queue_depth.set_function(depth)
+        if multiprocess():  # a callback cannot be read from another process: sample it
+            self._queue_depth = depth
+        else:
+            self.queue_depth.set_function(depth)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -64,4 +84,10 @@ class Metrics:
                 self.latency.labels(stage).observe(ms / 1000.0)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not multiprocess():
+            return generate_latest(self.registry)
+        if self._queue_depth is not None:
+            self.queue_depth.set(self._queue_depth())
+        every_process = CollectorRegistry()
+        MultiProcessCollector(every_process)
+        return generate_latest(every_process)

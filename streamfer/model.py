@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamfer import onnx_int8
+
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -78,7 +80,7 @@ class Predictor:
     """
 
     def __init__(self, path: str | Path, *, device: str = "auto", tta: str | None = None,
-                 max_batch: int = 64, optimize: bool = True) -> None:
+                 max_batch: int = 64, optimize: bool = True, runtime: str = "auto") -> None:
         module, meta = load_metadata(path)
         self.path = Path(path)
         self.metadata = meta
@@ -94,16 +96,38 @@ class Predictor:
         if optimize and self.device.type == "cpu":
             self.module = optimized_for_cpu(self.module)
         self.optimized = self.module is not module
+        self.int8 = self._int8(runtime)
+        self.runtime = "onnx-int8" if self.int8 is not None else "torchscript"
         self._staging: torch.Tensor | None = None
         if self.device.type == "cuda":
             self._staging = torch.empty((max_batch, self.input_size, self.input_size),
                                         dtype=torch.uint8).pin_memory()
+
+    def _int8(self, runtime: str) -> onnx_int8.Int8Session | None:
+        """The int8 ONNX derivative on the CPU when asked for (or 'auto' and it is there and
+        matches this model); otherwise None: the TorchScript runs."""
+        if runtime not in onnx_int8.RUNTIMES:
+            raise ValueError(f"runtime must be one of {onnx_int8.RUNTIMES}")
+        if runtime == "torchscript":
+            return None
+        if self.device.type != "cpu":
+            if runtime == "onnx-int8":
+                raise ModelError("--runtime onnx-int8 runs on the CPU only")
+            return None
+        session, why = onnx_int8.load_for(self.path, self.tta, torch.get_num_threads())
+        if session is None:
+            if runtime == "onnx-int8":
+                raise ModelError(f"--runtime onnx-int8: {why}")
+            log.info("running the TorchScript model: %s", why)
+        return session
 
     def forward(self, faces: np.ndarray) -> np.ndarray:
         """N x S x S uint8 faces -> N x C probabilities (rows sum to 1)."""
         if faces.ndim != 3 or faces.shape[1:] != (self.input_size, self.input_size):
             raise ValueError(f"expected N x {self.input_size} x {self.input_size} faces, "
                              f"got {faces.shape}")
+        if self.int8 is not None:
+            return self.int8(faces)
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.uint8))
             if self.device.type == "cuda":

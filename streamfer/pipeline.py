@@ -12,12 +12,10 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from streamfer import protocol
 from streamfer.batcher import Dropped, InferenceFailed, MicroBatcher, Ran
@@ -38,30 +36,13 @@ from streamfer.faces import (
     decode_gray,
     resize_square,
 )
+from streamfer.imagecheck import check_image
 from streamfer.photos import decode_photo
 
 log = logging.getLogger(__name__)
 
 MAX_FACES = 16  # faces answered per photo on /api/predict, largest first
 Detector = BlazeFace | HaarFallback
-
-# A small compressed file can claim a huge image (a "decompression bomb"): a 256 KB PNG can
-# decode to ~250 MB. Phone frames are far below this (4K video is 8.3 Mpx).
-MAX_PIXELS = 16_000_000
-
-
-def check_dimensions(data: bytes, max_pixels: int = MAX_PIXELS) -> None:
-    """Read only the image header; refuse images too large to decode safely."""
-    try:
-        with Image.open(BytesIO(data)) as img:
-            w, h = img.size
-    except Image.DecompressionBombError as exc:
-        raise BadImage(f"image too large to decode safely ({exc})") from None
-    except (UnidentifiedImageError, OSError, ValueError):
-        return  # not an image PIL knows; the decoder gives the clear error
-    if w * h > max_pixels:
-        raise BadImage(f"image of {w}x{h} pixels exceeds the {max_pixels} pixel limit")
-
 
 @dataclass
 class FaceTrack:
@@ -103,10 +84,10 @@ class FramePipeline:
 
     def _decode(self, data: bytes, photo: bool) -> tuple[np.ndarray, int]:
         """Grayscale pixels and the photo's DCT reduction factor (1 for frames)."""
+        check_image(data)  # before OpenCV allocates anything: refuses decompression bombs
         try:
             if photo:
                 return decode_photo(data)
-            check_dimensions(data)
             return decode_gray(data), 1
         except cv2.error as exc:  # OpenCV's own complaint about a malformed image
             raise BadImage(f"not a decodable JPEG/PNG image ({exc.msg.strip()})") from None

@@ -1,25 +1,42 @@
 """`python -m streamfer.serve`: run the server until SIGINT/SIGTERM, then shut down gracefully.
 
 Startup logs one line with the model, device, classes and the URL(s) to open on a phone.
+
+`--processes N` runs N serving processes on one port (SO_REUSEPORT: the kernel spreads new
+connections over them), so a machine's cores all run inference instead of one Python event
+loop feeding one batcher. This process then only starts them, forwards SIGINT/SIGTERM, waits
+for their graceful shutdown, and stops them all if one dies. Each has its own model,
+batcher and torch threads (cores / N unless --threads); /metrics sums them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import multiprocessing
+import os
 import signal
 import ssl
 import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
-import torch
-from aiohttp import web
+from streamfer.imagecheck import limit_opencv
 
-from streamfer.app import STATE, init_app
-from streamfer.config import ServeConfig, parse_config
-from streamfer.model import ModelError
-from streamfer.tls import lan_addresses, self_signed, server_context
+limit_opencv()  # OpenCV reads its pixel limit once, at import: set it before anything imports cv2
+
+import torch  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from streamfer.app import STATE, close_streams, init_app  # noqa: E402
+from streamfer.config import HTTP_DRAIN_S, ServeConfig, parse_config  # noqa: E402
+from streamfer.metrics import MULTIPROC_ENV  # noqa: E402
+from streamfer.model import ModelError  # noqa: E402
+from streamfer.tls import lan_addresses, self_signed, server_context  # noqa: E402
 
 log = logging.getLogger("streamfer.serve")
 
@@ -35,8 +52,10 @@ def urls(config: ServeConfig, port: int) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def running(config: ServeConfig) -> AsyncIterator[tuple[web.AppRunner, list[str]]]:
-    """Start the server for `config`; yields (runner, urls); shuts down gracefully on exit."""
+async def running(config: ServeConfig, *, reuse_port: bool = False
+                  ) -> AsyncIterator[tuple[web.AppRunner, list[str]]]:
+    """Start the server for `config`; yields (runner, urls); shuts down gracefully on exit.
+    `reuse_port`: share the port with the other processes of `--processes N`."""
     with tempfile.TemporaryDirectory(prefix="streamfer-tls-") as tmp:
         ssl_ctx: ssl.SSLContext | None = None
         if config.https:
@@ -46,48 +65,125 @@ async def running(config: ServeConfig) -> AsyncIterator[tuple[web.AppRunner, lis
         elif config.certfile is not None and config.keyfile is not None:
             ssl_ctx = server_context(config.certfile, config.keyfile)
         app = init_app(config)
-        runner = web.AppRunner(app, shutdown_timeout=config.shutdown_timeout_s + 1.0,
-                               access_log=None)
+        # keepalive_timeout: aiohttp closes a connection whose next request's headers are not
+        # complete this long after it opened or after the previous reply (slow-loris headers).
+        runner = web.AppRunner(app, shutdown_timeout=HTTP_DRAIN_S, access_log=None,
+                               keepalive_timeout=config.read_timeout_s)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx)
+            site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx,
+                               reuse_port=reuse_port or None)
             await site.start()
             port = runner.addresses[0][1]
             where = urls(config, port)
             p = app[STATE].predictor
             pipe = app[STATE].pipeline
-            log.info("streamfer: model %s on %s, classes %s, tta %s, faces by %s, serving %s%s",
-                     p.name, p.device, ",".join(p.classes), p.tta,
+            log.info("streamfer: model %s on %s (%s), classes %s, tta %s, faces by %s, "
+                     "serving %s%s", p.name, p.device, p.runtime, ",".join(p.classes), p.tta,
                      pipe.detector.description if pipe else "?", " ".join(where),
                      " (self-signed certificate: accept it once in the browser)"
                      if config.https else "")
             yield runner, where
         finally:
+            # Stop listening, then shut the WebSockets down while their frames are still read
+            # and answered; aiohttp's own shutdown then stops reading every connection.
+            for site in list(runner.sites):
+                await site.stop()
+            await close_streams(app)
+            log.debug("WebSockets closed; stopping HTTP")
             await runner.cleanup()
+            log.debug("stopped")
 
 
-async def serve(config: ServeConfig) -> None:
+async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:
     """Run until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running(config):
+    async with running(config, reuse_port=reuse_port):
         await stop.wait()
         log.info("shutting down: answering frames in flight, then closing sockets")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    config = parse_config(argv)
+def _setup_logging(config: ServeConfig) -> None:
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _serve_one(config: ServeConfig, reuse_port: bool = False) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, reuse_port=reuse_port))
     except ModelError as exc:
         log.error("%s", exc)
-        raise SystemExit(2) from None
+        return 2
+    return 0
+
+
+def _child(config: ServeConfig) -> None:
+    """One of `--processes N` (a fresh interpreter: multiprocessing's spawn)."""
+    _setup_logging(config)
+    raise SystemExit(_serve_one(config, reuse_port=True))
+
+
+def serve_processes(config: ServeConfig) -> int:
+    """Run `config.processes` serving processes on one port until SIGINT/SIGTERM."""
+    n = config.processes
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(prefix="streamfer-metrics-") as metrics_dir, \
+            tempfile.TemporaryDirectory(prefix="streamfer-tls-") as tls_dir:
+        os.environ[MULTIPROC_ENV] = metrics_dir  # read by prometheus-client in each child
+        child = dataclasses.replace(
+            config, processes=1, threads=config.threads or max(1, (os.cpu_count() or 1) // n))
+        if config.https:  # one certificate for all, made once
+            named = [] if config.host in ("0.0.0.0", "::", "") else [config.host]
+            certfile, keyfile = self_signed(tls_dir, hosts=named)
+            child = dataclasses.replace(child, https=False, certfile=Path(certfile),
+                                        keyfile=Path(keyfile))
+        spawn = multiprocessing.get_context("spawn")
+        procs = [spawn.Process(target=_child, args=(child,), name=f"streamfer-{i}")
+                 for i in range(n)]
+        for proc in procs:
+            proc.start()
+        log.info("streamfer: %d processes sharing %s (pids %s), %d torch threads each%s",
+                 n, " ".join(urls(config, config.port)),
+                 " ".join(str(p.pid) for p in procs), child.threads,
+                 " (self-signed certificate: accept it once in the browser)"
+                 if config.https else "")
+        code = 0
+        while not stop.wait(0.25):
+            dead = [p for p in procs if not p.is_alive()]
+            if dead:
+                code = next((p.exitcode for p in dead if p.exitcode), 0) or 1
+                log.error("server process %s exited with code %s: stopping the others",
+                          dead[0].pid, dead[0].exitcode)
+                break
+        log.info("shutting down %d processes", n)
+        for proc in procs:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + config.shutdown_timeout_s + 15.0
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.error("server process %s did not stop: killing it", proc.pid)
+                proc.kill()
+                proc.join(5.0)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_config(argv)
+    _setup_logging(config)
+    if config.processes > 1:
+        raise SystemExit(serve_processes(config))
+    code = _serve_one(config)
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":

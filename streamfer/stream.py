@@ -4,6 +4,12 @@ Every binary message gets one JSON reply (result/ok, no_face, dropped or error);
 with no readable header gets an error with `"id": null`. The reader never waits for the
 model: it hands a frame to the connection's LatestGate and reads on, so a newer frame can
 supersede one still waiting while the previous one is in flight.
+
+A client cannot hold its connection by not reading or by trickling: every write (reply, ping,
+close) has a deadline (`write_timeout_s`), and the connection is pinged every `heartbeat_s`
+whatever it sends, and cut when a ping is not answered within `read_timeout_s`. A cut
+connection is aborted (its unsent bytes dropped): closing it politely would wait for the very
+reads the client is not doing.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +30,15 @@ from streamfer.flow import LatestGate, RateLimiter
 from streamfer.metrics import Metrics
 from streamfer.pipeline import FaceTrack, FramePipeline
 
+if sys.version_info >= (3, 11):
+    from asyncio import timeout as deadline
+else:  # aiohttp's own dependency on Python 3.10
+    from async_timeout import timeout as deadline
+
 log = logging.getLogger(__name__)
+
+
+CLOSE_FRAME_S = 1.0  # at shutdown: a client that does not take the close frame by then is cut
 
 
 @dataclass(frozen=True)
@@ -33,25 +49,60 @@ class Frame:
     received: float  # time.monotonic() when its message was read
 
 
+@dataclass(frozen=True)
+class Timeouts:
+    """Deadlines that keep a slow or stalled client from holding a connection (seconds)."""
+
+    read: float  # a ping must be answered within this
+    write: float  # a reply, ping or close must be taken by the client within this
+    heartbeat: float  # ping this often
+
+
 class FrameStream:
     def __init__(self, ws: web.WebSocketResponse, pipeline: FramePipeline, metrics: Metrics,
-                 *, max_frame_bytes: int, max_fps: float) -> None:
+                 *, max_frame_bytes: int, max_fps: float, timeouts: Timeouts,
+                 transport: asyncio.Transport | None) -> None:
+        # `ws` must be made with autoping=False (serve() answers pings and notes pongs itself)
+        # and heartbeat=None (aiohttp's heartbeat counts any received byte as life, so a
+        # client trickling one endless message would never be pinged).
         self.ws = ws
         self.pipeline = pipeline
         self.metrics = metrics
         self.max_frame_bytes = max_frame_bytes
+        self.timeouts = timeouts
+        self.transport = transport  # the request's: what cut() aborts
         self.gate: LatestGate[Frame] = LatestGate()
         self.rate = RateLimiter(max_fps)
         self.track = FaceTrack()  # where this connection's face was last seen
         self.closing = False
+        self.cut_reason: str | None = None  # why the server aborted the connection, if it did
         self._worker: asyncio.Task[None] | None = None
+        self._pong = asyncio.Event()
+        self._parked = asyncio.Event()  # set while serve() waits for a message, none queued
+        self._shut_down = False
+
+    async def send_hello(self, hello: dict[str, Any]) -> bool:
+        """The greeting, within the write deadline; False when the connection was cut."""
+        return await self._write(self.ws.send_json(hello), "greeting")
 
     async def serve(self) -> None:
         """Read messages until the client leaves or the server closes the socket."""
+        keepalive = asyncio.get_running_loop().create_task(self._keepalive())
         try:
-            async for msg in self.ws:
+            while True:
+                self._parked.set()
+                try:
+                    msg = await self.ws.receive()
+                finally:
+                    self._parked.clear()
+                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    break
                 received = time.monotonic()
-                if msg.type is WSMsgType.BINARY:
+                if msg.type is WSMsgType.PING:
+                    await self._write(self.ws.pong(msg.data), "pong")
+                elif msg.type is WSMsgType.PONG:
+                    self._pong.set()
+                elif msg.type is WSMsgType.BINARY:
                     await self._on_frame(msg.data, received)
                 elif msg.type is WSMsgType.TEXT:
                     self.metrics.frames_in.labels("ws").inc()
@@ -60,8 +111,46 @@ class FrameStream:
                         "then a JPEG/PNG image)", protocol.BAD_MESSAGE))
                 elif msg.type is WSMsgType.ERROR:
                     log.info("websocket closed on error: %s", self.ws.exception())
+                    break
         finally:
+            keepalive.cancel()
             await self._abandon()
+
+    async def _keepalive(self) -> None:
+        """Ping every `heartbeat` s; no pong within `read` s: the client is gone or stalled."""
+        while not self.ws.closed:
+            await asyncio.sleep(self.timeouts.heartbeat)
+            self._pong.clear()
+            if not await self._write(self.ws.ping(), "ping"):
+                return
+            try:
+                await asyncio.wait_for(self._pong.wait(), self.timeouts.read)
+            except asyncio.TimeoutError:
+                self.cut(f"no pong within {self.timeouts.read:g} s of a ping")
+                return
+
+    async def _write(self, aw: Awaitable[Any], what: str, timeout: float | None = None) -> bool:
+        """Send within the write deadline; False (and the connection cut) when it did not go."""
+        timeout = self.timeouts.write if timeout is None else timeout
+        try:
+            async with deadline(timeout):  # inline: no task, no yield before `aw`
+                await aw
+        except asyncio.TimeoutError:
+            self.cut(f"a {what} waited {timeout:g} s for the client to read")
+            return False
+        except ConnectionError:  # the client left (aiohttp's reset errors subclass this)
+            return False
+        return True
+
+    def cut(self, reason: str) -> None:
+        """Abort the connection now: drop unsent bytes rather than wait for the client."""
+        if self.cut_reason is not None:
+            return
+        self.cut_reason = reason
+        self.closing = True
+        log.info("cut a WebSocket: %s", reason)
+        if self.transport is not None:
+            self.transport.abort()
 
     async def _on_frame(self, data: bytes, received: float) -> None:
         self.metrics.frames_in.labels("ws").inc()
@@ -104,13 +193,17 @@ class FrameStream:
 
     async def _send(self, frame_id: int | None, body: dict[str, Any]) -> None:
         self.metrics.observe_reply(body)
-        if self.ws.closed:
+        if self.ws.closed or self.cut_reason is not None:
             return
-        with contextlib.suppress(ConnectionResetError):
-            await self.ws.send_json(protocol.result(frame_id, body))
+        await self._write(self.ws.send_json(protocol.result(frame_id, body)), "reply")
 
     async def shut_down(self, timeout: float) -> None:
-        """Server shutdown: answer the waiting frame, let the one in flight finish, close 1001."""
+        """Server shutdown: answer the waiting frame, let the one in flight finish, answer
+        every frame read meanwhile (dropped/shutting_down), then close 1001. The caller
+        bounds the whole (see app.close_streams); a client that does not read is cut."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         self.closing = True
         waiting = self.gate.take_waiting()
         if waiting is not None:
@@ -120,7 +213,18 @@ class FrameStream:
                 await asyncio.wait_for(asyncio.shield(self._worker), timeout)
             except asyncio.TimeoutError:
                 log.warning("a frame was still in flight after %.1f s of shutdown", timeout)
-        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        # Close only once the reader has answered everything it has read: it is parked on
+        # an empty queue (close() synchronously marks the socket closed, so a frame read
+        # after that could no longer be answered).
+        loop = asyncio.get_running_loop()
+        until = loop.time() + min(1.0, timeout)
+        while not self._parked.is_set() and loop.time() < until and not self.ws.closed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._parked.wait(), until - loop.time())
+        if not self.ws.closed and self.cut_reason is None:  # a reading client takes it at once
+            await self._write(self.ws.close(code=WSCloseCode.GOING_AWAY,
+                                            message=b"server shutting down"), "close frame",
+                              timeout=min(self.timeouts.write, CLOSE_FRAME_S))
 
     async def _abandon(self) -> None:
         """The client is gone: nobody is left to answer, so stop its work."""

@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny real TorchScript model, real face images, the data-set path."""
+"""Shared fixtures: a tiny real TorchScript model, real face images, the data-set path.
+
+Only what every test needs is imported here: torch and the training code load inside the
+fixtures that use them, so tests of the load test, the protocol or the page do not pay for
+them.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
-from training.export import Deployed, export
-from training.network import FERNet, NetConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -19,6 +20,11 @@ CLASSES = ["anger", "happiness", "sadness", "surprise", "neutral"]
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small untrained network exported through the real export path (fast to run)."""
+    import torch
+
+    from training.export import Deployed, export
+    from training.network import FERNet, NetConfig
+
     torch.manual_seed(0)
     net = FERNet(NetConfig(crop=44, classes=5, conv_channels=(8, 8), local_channels=4))
     deployed = Deployed(net, size=48, crop=44, mean=128.0, std=64.0, tta="mirror")
@@ -37,6 +43,7 @@ def astronaut_rgb() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def datasets() -> Path:
+    """../shared/datasets beside the project; tests that need the real data skip without."""
     if not DATASETS.is_dir():
         pytest.skip(f"data sets not found at {DATASETS} (../shared/datasets beside the project)")
     return DATASETS

@@ -29,6 +29,8 @@ REQUIRED = ("sent", "answered", "dropped", "errors", "throughput_fps", "rtt_ms")
 HELLO = {"type": "hello", "protocol": 1, "model": "fake", "classes": ["a", "b"],
          "input_size": 48, "tta": "mirror",
          "limits": {"max_frame_bytes": 262144, "max_fps": 30, "suggested_fps": 15, "window": 2}}
+# Tests of what is reported, not of this (shared, busy) machine's speed, pass these.
+LENIENT = ("--target-ms", "10000", "--max-loss", "1")
 
 
 def loadtest_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -183,7 +185,7 @@ def real_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory)
 def test_real_server_answers_every_frame(real_server, tmp_path: Path) -> None:
     png = tmp_path / "rtt.png"
     proc = loadtest_cli("--url", real_server.url, "--clients", "3", "--fps", "15",
-                        "--seconds", "2", "--json", "--histogram", str(png))
+                        "--seconds", "2", "--json", "--histogram", str(png), *LENIENT)
     s = json.loads(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert all(key in s for key in REQUIRED)
@@ -201,9 +203,9 @@ def test_real_server_answers_every_frame(real_server, tmp_path: Path) -> None:
 
 def test_real_server_full_frames_text_report(real_server) -> None:
     proc = loadtest_cli("--url", real_server.url, "--clients", "2", "--fps", "10",
-                        "--seconds", "1", "--kind", "frames")
+                        "--seconds", "1", "--kind", "frames", *LENIENT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "PASSED: every frame sent got exactly one reply" in proc.stdout
+    assert "PASSED: every frame sent got exactly one reply, p99 " in proc.stdout
     assert "rtt ms    p50" in proc.stdout and "server ms median: decode" in proc.stdout
 
 
@@ -213,6 +215,27 @@ def test_a_foreign_origin_is_refused_and_reported(real_server) -> None:
     s = json.loads(proc.stdout)
     assert proc.returncode == 1
     assert s["errors_by_reason"] == {"connect failed: HTTP 403": 2} and s["sent"] == 0
+
+
+def test_the_verdict_fails_a_run_over_the_latency_target(real_server) -> None:
+    proc = loadtest_cli("--url", real_server.url, "--clients", "2", "--fps", "10",
+                        "--seconds", "1", "--target-ms", "0.001", "--max-loss", "1")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "FAILED: p99 round trip" in proc.stdout and "over --target-ms 0.001" in proc.stdout
+    assert "PASSED" not in proc.stdout
+
+
+def test_the_verdict_fails_a_run_that_loses_frames(real_server) -> None:
+    """90 fps against the server's 30 fps cap: frames come back dropped/rate_limited (or,
+    on a busy machine, the window of 2 holds them back unsent): every frame sent is
+    answered, yet the run lost frames, so it fails and says why."""
+    proc = loadtest_cli("--url", real_server.url, "--clients", "1", "--fps", "90",
+                        "--seconds", "1", "--target-ms", "10000", "--max-loss", "0.05",
+                        "--json")
+    s = json.loads(proc.stdout)
+    assert proc.returncode == 1 and not s["passed"], s["failures"]
+    assert s["missing"] == 0 and s["dropped"] + s["not_sent_window_full"] > 0
+    assert s["loss"] > 0.05 and any("over --max-loss 5%" in f for f in s["failures"])
 
 
 def test_ramp_reports_every_step(real_server) -> None:
@@ -238,7 +261,7 @@ def test_wss_with_a_self_signed_certificate(tiny_model_path: Path, tmp_path: Pat
         refused = loadtest_cli("--url", server.url, "--clients", "1", "--seconds", "0.3",
                                "--json")
         accepted = loadtest_cli("--url", server.url, "--clients", "1", "--seconds", "1",
-                                "--fps", "10", "--insecure", "--json")
+                                "--fps", "10", "--insecure", "--json", *LENIENT)
     s = json.loads(refused.stdout)
     assert refused.returncode == 1 and s["connected"] == 0
     assert "pass --insecure" in next(iter(s["errors_by_reason"]))

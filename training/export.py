@@ -99,10 +99,9 @@ def export(deployed: Deployed, path: str | Path, metadata: dict) -> Path:
     return path
 
 
-def reexport(source: str | Path, target: str | Path | None = None) -> Path:
-    """Rebuild an exported model's wrapper around its own weights and metadata and save it
-    again (in place by default): models exported by older versions of this file pick up
-    its fixes without retraining. The probabilities stay the same."""
+def rebuild(source: str | Path) -> tuple[Deployed, dict]:
+    """An exported model's eager wrapper and network, with its own weights, and its
+    metadata: what re-export and derived artefacts (training/quantize.py) start from."""
     extra = {"metadata.json": ""}
     old = torch.jit.load(str(source), map_location="cpu", _extra_files=extra)
     meta = json.loads(extra["metadata.json"])
@@ -112,6 +111,14 @@ def reexport(source: str | Path, target: str | Path | None = None) -> Path:
     net.load_state_dict({k.removeprefix("net."): v for k, v in old.state_dict().items()})
     deployed = Deployed(net, int(meta["input"]["size"]), int(meta["crop"]), float(meta["mean"]),
                         float(meta["std"]), str(meta["tta_default"]))
+    return deployed.eval(), meta
+
+
+def reexport(source: str | Path, target: str | Path | None = None) -> Path:
+    """Rebuild an exported model's wrapper around its own weights and metadata and save it
+    again (in place by default): models exported by older versions of this file pick up
+    its fixes without retraining. The probabilities stay the same."""
+    deployed, meta = rebuild(source)
     keep = {k: v for k, v in meta.items() if k not in {
         "format", "input", "crop", "mean", "std", "tta_default", "tta_modes"}}
     return export(deployed, target or source, keep)

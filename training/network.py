@@ -42,9 +42,9 @@ class NetConfig:
 PRESETS: dict[str, dict] = {
     "paper": {},
     "paper-bn": {"batchnorm": True},
-    # Deeper and wider, still conv, conv, local, local, full in shape: two 3x3 convs per
-    # stage (the receptive field of one 5x5) with batch norm, wider local layers.
-    # Deeper: a third conv stage, two 3x3 convs per stage, batch norm, wider local layers.
+    # Deeper, still conv, conv, local, local, full in shape: a third conv stage, two 3x3
+    # convs per stage (the receptive field of one 5x5), batch norm, wider local layers. The
+    # shipped model's network.
     "deep": {
         "conv_channels": (32, 64, 128),
         "conv_kernel": 3,
@@ -52,6 +52,8 @@ PRESETS: dict[str, dict] = {
         "local_channels": 64,
         "batchnorm": True,
     },
+    # Wider instead of deeper: the paper's two conv stages at twice the channels, two 3x3
+    # convs per stage, batch norm (an ablation beside "deep"; never shipped).
     "wide": {
         "conv_channels": (64, 128),
         "conv_kernel": 3,

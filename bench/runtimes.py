@@ -1,0 +1,115 @@
+"""CPU runtimes for the same model, side by side: CPU time per face and accuracy.
+
+    python bench/runtimes.py                      # the shipped model, FER2013 PublicTest
+    python bench/runtimes.py --threads 1 --batches 1,8,16 --reps 60
+
+Runs, in one process and interleaved round by round (so a noisy machine slows all alike):
+the TorchScript file as loaded, frozen + fused (the server's default until the int8 path),
+and the int8 ONNX derivative (`python -m training.quantize`; streamfer/onnx_int8.py), each
+exactly as the server's Predictor runs it with the model's default test-time averaging.
+Then each runtime's accuracy on FER2013 PublicTest (the paper's five classes, original
+labels) and how often the two agree. Prints a table and saves JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from streamfer.model import Predictor
+
+ROOT = Path(__file__).resolve().parent.parent
+# FER2013 folder names for the model's class names (the paper's five).
+FOLDERS = {"anger": "angry", "happiness": "happy", "sadness": "sad", "surprise": "surprise",
+           "neutral": "neutral", "fear": "fear", "disgust": "disgust"}
+
+
+def publictest(root: Path, classes: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
+    faces, labels = [], []
+    for i, name in enumerate(classes):
+        for f in sorted((root / FOLDERS[name]).glob("*.jpg")):
+            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+            if img.shape != (size, size):
+                img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+            faces.append(img)
+            labels.append(i)
+    return np.stack(faces), np.asarray(labels)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, default=ROOT / "models" / "fer2013-5class.pt")
+    p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads")
+    p.add_argument("--batches", default="1,8,16", help="batch sizes to time")
+    p.add_argument("--reps", type=int, default=40, help="timed rounds per batch size")
+    p.add_argument("--test", type=Path, default=ROOT.parent / "shared" / "datasets" /
+                   "fer2013" / "test", help="FER2013 PublicTest folder ('' to skip accuracy)")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "runtimes.json")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    runtimes = {
+        "torchscript as loaded": Predictor(a.model, device="cpu", optimize=False,
+                                           runtime="torchscript"),
+        "torchscript frozen + fused": Predictor(a.model, device="cpu", runtime="torchscript"),
+        "onnx-int8": Predictor(a.model, device="cpu", runtime="onnx-int8"),
+    }
+    first = next(iter(runtimes.values()))
+    size = first.input_size
+    rng = np.random.default_rng(0)
+    result: dict = {"model": a.model.name, "tta": first.tta, "threads": a.threads,
+                    "cpu": _cpu_name(), "ms_per_face": {}, "accuracy": {}}
+    for n in [int(b) for b in a.batches.split(",")]:
+        faces = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+        times: dict[str, list[float]] = {k: [] for k in runtimes}
+        for pred in runtimes.values():
+            pred.forward(faces)  # warm
+        for _ in range(a.reps):
+            for name, pred in runtimes.items():
+                t0 = time.process_time()
+                pred.forward(faces)
+                times[name].append((time.process_time() - t0) * 1000 / n)
+        row = {k: round(float(np.median(v)), 3) for k, v in times.items()}
+        result["ms_per_face"][str(n)] = row
+        base = row["torchscript frozen + fused"]
+        print(f"batch {n:3d}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in row.items())
+              + f"  (fused / int8 = {base / row['onnx-int8']:.2f}x)")
+    if str(a.test) and a.test.is_dir():
+        faces, labels = publictest(a.test, first.classes, size)
+        preds = {}
+        for name in ("torchscript frozen + fused", "onnx-int8"):
+            pred = runtimes[name]
+            probs = np.concatenate([pred.forward(faces[i:i + 64])
+                                    for i in range(0, len(faces), 64)])
+            preds[name] = probs.argmax(1)
+            result["accuracy"][name] = round(float((preds[name] == labels).mean()), 4)
+        agree = float((preds["onnx-int8"] == preds["torchscript frozen + fused"]).mean())
+        result["accuracy"]["agreement"] = round(agree, 4)
+        result["accuracy"]["faces"] = len(labels)
+        print(f"FER2013 PublicTest ({len(labels)} faces, {', '.join(first.classes)}; original "
+              f"labels, {first.tta} averaging): "
+              + "  ".join(f"{k} {100 * v:.2f}%" for k, v in result["accuracy"].items()
+                          if k not in ("faces", "agreement"))
+              + f"  (same answer on {100 * agree:.1f}%)")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {a.out}")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()

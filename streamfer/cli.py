@@ -1,0 +1,155 @@
+"""One way to build a program's command line: from its config dataclass.
+
+Each setting is one dataclass field declared with `opt(default, help, choices)`, so the
+dataclass is the single list of a program's settings (read top to bottom, as nanoGPT's
+config) and its flags, `--help` text, allowed values and environment fallbacks all derive
+from it: adding a setting is one line. Types come from the annotations:
+
+- `bool` -> `--flag / --no-flag`;
+- `tuple[str, ...]` -> a repeatable flag (the environment variable: a comma-separated list);
+- `X | None` -> an `X` that may be left unset;
+- `int`, `float`, `str`, `Path` -> that type.
+
+With an `env_prefix` (the server's `STREAMFER_`), a flag left out falls back to the
+environment variable `PREFIX<NAME>` and then to the default: flag > environment > default.
+The dataclass's own `__post_init__` checks values; its ValueError becomes argparse's usage
+error, so a bad setting stops with a message before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off", "")
+
+
+def opt(default: Any, text: str, choices: Sequence[str] | None = None, *,
+        factory: Callable[[], Any] | None = None, metavar: str | None = None) -> Any:
+    """A config field with its --help text (and its allowed values, for a string).
+    `factory` computes the default when the config is made (e.g. from the CPU count)."""
+    meta = {"help": text, "choices": tuple(choices) if choices else None, "metavar": metavar}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the docstring's layout."""
+
+
+def _kind(annotation: Any) -> tuple[type, bool, bool]:
+    """(base type, is a repeatable tuple, may be None) of a field's annotation."""
+    optional = False
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(annotation))
+        annotation = args[0]
+        origin = typing.get_origin(annotation)
+    if origin is tuple:
+        return typing.get_args(annotation)[0], True, optional
+    return annotation, False, optional
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return f.default
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(prefix: str, name: str) -> str:
+    return prefix + name.upper()
+
+
+def _settings(cls: type) -> list[tuple[dataclasses.Field, type, bool, bool]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:  # not a setting (e.g. a field the program fills in)
+            continue
+        base, many, optional = _kind(hints[f.name])
+        out.append((f, base, many, optional))
+    return out
+
+
+def build_parser(cls: type, *, prog: str, description: str | None,
+                 env_prefix: str | None = None) -> argparse.ArgumentParser:
+    """The argparse parser for `cls`'s settings. With `env_prefix`, every flag's default is
+    None (unset), so the environment can fill it in; the help shows the real default."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Formatter)
+    for f, base, many, _optional in _settings(cls):
+        default = _default(f)
+        text = f.metadata["help"]
+        if default is not None:
+            text += f" (default: {', '.join(default) if many else default})"
+        if env_prefix:
+            text += f" [env {env_name(env_prefix, f.name)}]"
+        kwargs: dict[str, Any] = {"help": text, "default": None if env_prefix else default}
+        if f.metadata.get("metavar"):
+            kwargs["metavar"] = f.metadata["metavar"]
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif many:
+            kwargs.update(action="append", type=base)
+        else:
+            kwargs.update(type=base, choices=f.metadata.get("choices"))
+        p.add_argument(_flag(f.name), **kwargs)
+    return p
+
+
+def _from_env(raw: str, base: type, many: bool) -> Any:
+    if many:
+        return tuple(base(part.strip()) for part in raw.split(",") if part.strip())
+    if base is bool:
+        word = raw.strip().lower()
+        if word in TRUE:
+            return True
+        if word in FALSE:
+            return False
+        raise ValueError(f"not a yes/no value (use one of {', '.join(TRUE + FALSE[:-1])})")
+    return base(raw)
+
+
+def parse(cls: type[T], argv: Sequence[str] | None, *, prog: str, description: str | None,
+          env_prefix: str | None = None, env: Mapping[str, str] | None = None) -> T:
+    """Flags, then (with `env_prefix`) the environment, then the defaults -> a `cls`."""
+    import os
+
+    env = os.environ if env is None else env
+    parser = build_parser(cls, prog=prog, description=description, env_prefix=env_prefix)
+    args = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    for f, base, many, _optional in _settings(cls):
+        value = args.get(f.name)
+        if value is None and env_prefix:
+            name = env_name(env_prefix, f.name)
+            raw = env.get(name, "")
+            if raw != "":
+                try:
+                    value = _from_env(raw, base, many)
+                except ValueError as exc:
+                    parser.error(f"{name}={raw!r}: {exc}")
+                choices = f.metadata.get("choices")
+                if choices and value not in choices:
+                    parser.error(f"{name}={raw!r}: must be one of {', '.join(choices)}")
+        if value is not None:
+            values[f.name] = tuple(value) if many else value
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        parser.error(str(exc))
+    raise AssertionError("unreachable")  # parser.error exits
+
+
