@@ -162,3 +162,18 @@ async def test_frames_are_tracked_and_batching_gives_the_same_boxes(
     first = replies[0]["box"]
     assert all(abs(a - b) <= 4 for a, b in zip(replies[1]["box"], first, strict=True))
     await ws.close()
+
+
+async def test_full_frames_need_no_haar_cascade(make_client: MakeClient, astronaut_rgb: np.ndarray,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenCV 5 wheels have no CascadeClassifier: BlazeFace does not need it."""
+    monkeypatch.delattr(cv2, "CascadeClassifier")
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    client = await make_client()
+    health = await (await client.get("/healthz")).json()
+    assert health["face_detection"] is True and "BlazeFace" in health["face_detector"]
+    resp = await bound(client.post("/api/predict", data=buf.tobytes()))
+    reply = await resp.json()
+    assert resp.status == 200 and reply["status"] == "ok", reply
+    assert on_the_nose(reply["box"])
