@@ -8,8 +8,10 @@ cleanup context, and `on_shutdown` answering in-flight frames before closing soc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,6 +95,7 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.App
     app[STATE] = ServerState(config=config, predictor=predictor)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(close_streams)
+    app.on_response_prepare.append(_write_deadline)
     setup_routes(app)
     return app
 
@@ -179,6 +182,19 @@ async def close_streams(app: web.Application) -> None:
         tasks[task].cut(f"not closed {timeout:g} s into shutdown")
         task.cancel()
     await asyncio.wait(tasks)
+
+
+async def _write_deadline(request: web.Request, response: web.StreamResponse) -> None:
+    """HTTP's write timeout, set on the socket before each response: the kernel drops a
+    connection whose sent data stays unacknowledged (a client not reading: zero window) for
+    --write-timeout-s (Linux TCP_USER_TIMEOUT). It covers what no coroutine can time, e.g. a
+    static file sent with sendfile to a client that never reads it."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT") and \
+            sock.family in (socket.AF_INET, socket.AF_INET6):
+        ms = int(request.app[STATE].config.write_timeout_s * 1000)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
 
 
 async def index(request: web.Request) -> web.StreamResponse:

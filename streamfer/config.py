@@ -84,7 +84,8 @@ class ServeConfig:
                                 "408); WebSocket: a ping must be answered within it")
     write_timeout_s: float = opt(10.0, "a WebSocket reply, ping or close the client does not "
                                  "take within this many seconds (it is not reading) cuts the "
-                                 "connection")
+                                 "connection; so does HTTP data left unacknowledged this long "
+                                 "(Linux TCP_USER_TIMEOUT)")
     heartbeat_s: float = opt(30.0, "ping each WebSocket this often, whatever it sends")
     shutdown_timeout_s: float = opt(5.0, "on SIGINT/SIGTERM, answer frames in flight and close "
                                     "WebSockets within this many seconds; sockets still open "

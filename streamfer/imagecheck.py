@@ -35,7 +35,8 @@ OPENCV_ENV = "OPENCV_IO_MAX_IMAGE_PIXELS"
 # What /ws and /api/predict take (docs/PROTOCOL.md). Pillow and OpenCV both pick these
 # decoders by the same leading magic bytes, so the header read here is the one OpenCV decodes;
 # other formats (OpenCV would decode TIFF, WebP, ...) are refused rather than trusted.
-ACCEPTED = ("JPEG", "PNG")
+# (MPO is what Pillow calls a camera JPEG carrying extra pictures: OpenCV decodes the first.)
+ACCEPTED = ("JPEG", "MPO", "PNG")
 
 
 class BadImage(ValueError):
@@ -60,7 +61,8 @@ def limit_opencv(max_pixels: int = MAX_PIXELS) -> bool:
 
 
 def check_image(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
-    """(width, height) from the header alone, or BadImage: unreadable header or too many pixels."""
+    """(width, height) from the header alone, or BadImage: a header it cannot read, too many
+    pixels, a format other than JPEG/PNG, or PNG chunks that do not add up."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import multiprocessing
 import os
@@ -39,6 +40,21 @@ from streamfer.model import ModelError  # noqa: E402
 from streamfer.tls import lan_addresses, self_signed, server_context  # noqa: E402
 
 log = logging.getLogger("streamfer.serve")
+
+
+class OneLineForCutClients(logging.Filter):
+    """When the write deadline (TCP_USER_TIMEOUT, see app._write_deadline) drops a client in
+    the middle of a response, aiohttp logs the ETIMEDOUT with a traceback; one INFO line is
+    enough (hundreds of such clients must not flood the log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+            record.msg, record.args = "a client stopped taking its response: cut (%s)", (
+                exc.strerror,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 def urls(config: ServeConfig, port: int) -> list[str]:
@@ -109,6 +125,7 @@ async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:
 def _setup_logging(config: ServeConfig) -> None:
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(OneLineForCutClients())
 
 
 def _serve_one(config: ServeConfig, reuse_port: bool = False) -> int:

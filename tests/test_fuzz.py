@@ -376,6 +376,7 @@ def test_soak_60s_at_benchmark_load_memory_stays_flat(tmp_path: Path) -> None:
     print("\nRSS (s, MB): " + " ".join(f"{t:.0f}:{m:.0f}" for t, m in samples))
     flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
     print(f"load: {json.dumps(flat)[:600]}")
+    assert summary["missing"] == 0 and summary["errors"] == 0, summary["failures"]
     steady = [m for t, m in samples if t >= 10]  # after warm-up
     third = max(1, len(steady) // 3)
     growth = float(np.median(steady[-third:]) - np.median(steady[:third]))
