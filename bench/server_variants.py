@@ -32,12 +32,14 @@ from streamfer.loadtest_frames import load_frames  # noqa: E402
 from streamfer.loadtest_report import save_histogram  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "fer2013-5class.pt"
-# (label, frame kind, server TTA); the first row is the server's default configuration.
-VARIANTS = (
-    ("crops, mirror (default)", "crops", "mirror"),
-    ("frames, mirror", "frames", "mirror"),
-    ("crops, centre", "crops", "centre"),
-    ("crops, ten", "crops", "ten"),
+# (label, frame kind, server TTA, extra server flags); the first row is the server's default
+# configuration. Full frames are searched by BlazeFace unless the row says Haar.
+VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("crops, mirror (default)", "crops", "mirror", ()),
+    ("frames, mirror", "frames", "mirror", ()),
+    ("frames, mirror, haar", "frames", "mirror", ("--detector", "haar")),
+    ("crops, centre", "crops", "centre", ()),
+    ("crops, ten", "crops", "ten", ()),
 )
 
 
@@ -98,11 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{'variant':24s} {'p50':>7s} {'p90':>7s} {'p99':>7s} {'max':>7s} {'rep/s':>7s} "
               f"{'lost%':>6s} {'decode':>7s} {'queue':>7s} {'infer':>7s} {'total':>7s} "
               f"{'batch':>6s} {'noface':>6s} {'bytes':>6s} {'cpu ms':>7s}")
-    for label, kind, tta in VARIANTS:
+    for label, kind, tta, extra in VARIANTS:
         if label not in cfg.variants:
             continue
-        log_path = cfg.out_dir / f"{cfg.name}_{tta}_{kind}.log"
-        with running_server(cfg.model, ("--tta", tta, *cfg.server_args),
+        slug = "_".join([tta, kind, *(a.strip("-") for a in extra)])
+        log_path = cfg.out_dir / f"{cfg.name}_{slug}.log"
+        with running_server(cfg.model, ("--tta", tta, *extra, *cfg.server_args),
                             cpus=parse_cpus(cfg.server_cpus), log_path=log_path) as server:
             lt = LoadTestConfig(url=server.url, clients=cfg.clients, fps=cfg.fps,
                                 seconds=cfg.seconds, kind=kind)

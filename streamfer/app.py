@@ -26,10 +26,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from streamfer import protocol, vendor
 from streamfer.batcher import MicroBatcher
 from streamfer.config import ServeConfig
-from streamfer.faces import FRAMING, NO_HAAR, FaceDetector
+from streamfer.detect import BlazeFace, HaarFallback, load_detector
+from streamfer.faces import FRAMING, NO_HAAR
 from streamfer.metrics import Metrics
 from streamfer.model import Predictor
-from streamfer.pipeline import FramePipeline
+from streamfer.pipeline import DetectBatcher, FramePipeline
 from streamfer.stream import FrameStream, Timeouts, deadline
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,7 @@ class ServerState:
         return protocol.hello(model=p.name, classes=p.classes, input_size=p.input_size,
                               tta=p.tta, max_frame_bytes=c.max_frame_bytes, max_fps=c.max_fps,
                               suggested_fps=suggested, window=WINDOW,
-                              framing={name: {"scale": f.scale, "shift_y": f.shift_y}
-                                       for name, f in FRAMING.items()},
+                              framing={name: dict(f) for name, f in FRAMING.items()},
                               page_detector=self.page_detector.greeting()
                               if self.page_detector else None)
 
@@ -95,7 +95,7 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.App
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
                               max_batch=config.max_batch, optimize=config.optimize,
                               runtime=config.runtime)
-    app = web.Application(client_max_size=config.max_message_bytes)
+    app = web.Application(client_max_size=config.max_request_bytes)
     app[STATE] = ServerState(config=config, predictor=predictor,
                              page_detector=vendor.find(config.web_dir))
     app.cleanup_ctx.append(_resources)
@@ -133,15 +133,40 @@ async def _resources(app: web.Application) -> Any:
     state.metrics.track_queue(lambda: len(batcher))
     await loop.run_in_executor(None, predictor.warm_up, config.max_batch)
     batcher.start()
-    detector = FaceDetector()
-    if not detector.available:
-        log.warning("%s; full frames will get a no_detector error", NO_HAAR)
+    detector = await loop.run_in_executor(None, make_detector, config, predictor.device)
+    detect_batcher = None
+    if isinstance(detector, BlazeFace) and (config.detect_batch if config.detect_batch
+                                            is not None else detector.device.type == "cuda"):
+        # The batched stage before the expression model (same batching policy).
+        detect_batcher = DetectBatcher(
+            lambda xs: list(zip(*detector.infer(np.stack(xs)), strict=True)),
+            max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+            queue_limit=config.queue_limit)
+        detect_batcher.start()
+    log.info("face detector: %s%s", detector.description,
+             ", batched" if detect_batcher is not None else ", in the decode threads")
     state.pipeline = FramePipeline(
         batcher=batcher, classes=predictor.classes, input_size=predictor.input_size,
-        decode_pool=pool, detector=detector, deadline_s=config.deadline_ms / 1000.0)
+        decode_pool=pool, detector=detector, deadline_s=config.deadline_ms / 1000.0,
+        detect_batcher=detect_batcher)
     yield
+    if detect_batcher is not None:
+        await detect_batcher.stop()
     await batcher.stop()  # runs whatever is still queued
     await loop.run_in_executor(None, pool.shutdown)
+
+
+def make_detector(config: ServeConfig, device: Any) -> BlazeFace | HaarFallback:
+    """The face detector --detector names; BlazeFace runs on the model's device."""
+    if config.detector == "haar":
+        detector: BlazeFace | HaarFallback = HaarFallback()
+    elif config.detector == "blazeface":  # asked for by name: missing weights are an error
+        detector = BlazeFace(device=device)
+    else:
+        detector = load_detector(device)
+    if not getattr(detector, "available", True):
+        log.warning("%s; full frames will get a no_detector error", NO_HAAR)
+    return detector
 
 
 async def close_streams(app: web.Application) -> None:
@@ -242,10 +267,12 @@ async def _read_image(request: web.Request, limit: int, max_body: int) -> bytes:
     """The posted image: the raw body, or the multipart field `image`. Other multipart parts
     are read and discarded, but the whole body may not exceed `max_body` bytes."""
     too_large = _BadRequest(413, protocol.error(
-        f"image exceeds max_frame_bytes {limit}", protocol.TOO_LARGE))
+        f"image exceeds the upload limit of {limit} bytes (--max-upload-bytes, "
+        "STREAMFER_MAX_UPLOAD_BYTES)", protocol.TOO_LARGE))
     if request.content_length is not None and request.content_length > max_body:
         raise _BadRequest(413, protocol.error(
-            f"request body of {request.content_length} bytes exceeds {max_body}",
+            f"request body of {request.content_length} bytes exceeds {max_body} (the upload "
+            f"limit, --max-upload-bytes {limit}, plus room for form fields)",
             protocol.TOO_LARGE))
     if request.content_type.startswith("multipart/"):
         try:
@@ -292,7 +319,8 @@ async def _read_multipart(request: web.Request, limit: int, max_body: int,
 
 
 async def predict(request: web.Request) -> web.Response:
-    """One image over HTTP, answered with the same body as a streamed frame (no id)."""
+    """One photo over HTTP, answered with the same body as a streamed frame (no id), plus
+    `faces`: every face found, largest first (the single-face fields are the largest)."""
     state = request.app[STATE]
     config = state.config
     state.metrics.frames_in.labels("http").inc()
@@ -301,7 +329,7 @@ async def predict(request: web.Request) -> web.Response:
     state.metrics.observe_kind(is_crop)
     try:
         async with deadline(config.read_timeout_s):  # a trickled body is cut off
-            data = await _read_image(request, config.max_frame_bytes, config.max_message_bytes)
+            data = await _read_image(request, config.max_upload_bytes, config.max_request_bytes)
     except _BadRequest as exc:
         state.metrics.observe_reply(exc.body)
         resp = web.json_response({"type": "result", **exc.body}, status=exc.status)
@@ -322,7 +350,7 @@ async def predict(request: web.Request) -> web.Response:
         body = protocol.dropped(protocol.SHUTTING_DOWN)
     else:
         assert state.pipeline is not None
-        body = await state.pipeline.run(data, is_crop=is_crop, received=received)
+        body = await state.pipeline.run(data, is_crop=is_crop, received=received, photo=True)
     state.metrics.observe_reply(body)
     status, headers = 200, {}
     if body["status"] == "error":
@@ -344,7 +372,9 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(
         {"status": "shutting_down" if state.closing else "ok", "model": p.name,
          "device": str(p.device), "runtime": p.runtime, "classes": p.classes, "tta": p.tta,
-         "face_detection": state.pipeline is not None and state.pipeline.detector.available,
+         "face_detection": state.pipeline is not None and
+         getattr(state.pipeline.detector, "available", True),
+         "face_detector": state.pipeline.detector.description if state.pipeline else None,
          "connections": len(state.streams), "pid": os.getpid()},
         status=503 if state.closing else 200)
 

@@ -19,6 +19,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "fer2013-5class.pt"
 DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
 TTA_CHOICES = ("ten", "mirror", "centre")
+DETECTOR_CHOICES = ("auto", "blazeface", "haar")
 ENV_PREFIX = "STREAMFER_"
 HTTP_DRAIN_S = 2.0  # after the WebSockets: how long HTTP requests in progress may finish
 PROG = "python -m streamfer.serve"
@@ -41,6 +42,15 @@ class ServeConfig:
     tta: str | None = opt(None, "test-time averaging (default: the model's own)", TTA_CHOICES)
     max_frame_bytes: int = opt(256 * 1024, "largest image per WebSocket frame (bigger: an "
                                "error reply, the connection stays open)")
+    max_upload_bytes: int = opt(20 * 1024 * 1024, "largest photo on /api/predict (bigger: "
+                                "HTTP 413 naming this flag); a phone photo is 3-12 MB")
+    detector: str = opt("auto", "face detector for full frames: blazeface (the page's own "
+                        "network; weights from web/node_modules, `npm ci` in web/), haar "
+                        "(OpenCV's cascade, opencv<5 only), or auto: blazeface when installed, "
+                        "else haar", DETECTOR_CHOICES)
+    detect_batch: bool | None = opt(None, "run face detection as a batched stage on the "
+                                    "model's device (default: on with CUDA; on the CPU it "
+                                    "runs in the decode threads)")
     max_connections: int = opt(64, "WebSocket connections at once; more get HTTP 503")
     max_fps: float = opt(30.0, "frames per second per connection (0 = no cap); faster ones "
                          "are answered dropped/rate_limited")
@@ -57,8 +67,8 @@ class ServeConfig:
                       "phones on a LAN)")
     certfile: Path | None = opt(None, "TLS certificate (PEM) for HTTPS")
     keyfile: Path | None = opt(None, "TLS private key (PEM) for HTTPS")
-    workers: int = opt(None, "decode/face-detection threads",
-                       factory=lambda: max(1, min(4, os.cpu_count() or 1)))
+    workers: int = opt(None, "decode/face-detection threads (default: the cores available)",
+                       factory=lambda: available_cores())
     threads: int = opt(0, "torch threads for inference (0: torch's own choice, usually one "
                        "per core)")
     optimize: bool = opt(True, "on the CPU, freeze the TorchScript model and let oneDNN fuse "
@@ -96,6 +106,10 @@ class ServeConfig:
             problems.append("max_wait_ms must be >= 0")
         if self.max_frame_bytes < 1:
             problems.append("max_frame_bytes must be >= 1")
+        if self.max_upload_bytes < 1:
+            problems.append("max_upload_bytes must be >= 1")
+        if self.detector not in DETECTOR_CHOICES:
+            problems.append(f"detector must be one of {DETECTOR_CHOICES}")
         if self.max_connections < 1:
             problems.append("max_connections must be >= 1")
         if self.queue_limit < 1:
@@ -131,10 +145,24 @@ class ServeConfig:
         return self.https or self.certfile is not None
 
     @property
+    def max_request_bytes(self) -> int:
+        """aiohttp's request body limit: a WebSocket message or an upload with its multipart
+        framing, whichever is larger (each has its own clearer check below this)."""
+        return max(self.max_message_bytes, self.max_upload_bytes + 64 * 1024)
+
+    @property
     def max_message_bytes(self) -> int:
         """aiohttp's hard WebSocket message limit: well above max_frame_bytes so an oversize
         frame gets a clear error reply; only a message past this closes the socket (1009)."""
         return 4 * self.max_frame_bytes + 64 * 1024
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def parse_config(argv: Sequence[str] | None = None,

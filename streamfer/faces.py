@@ -18,38 +18,29 @@ import numpy as np
 
 from streamfer.imagecheck import BadImage  # re-exported: faces.BadImage
 
-# How the training faces are framed relative to the box the Haar cascade draws around the
-# same face. Measured with `python -m training.framing` on 3,000 FER2013 Training faces
-# (upsampled, the cascade found 73%): the image side is a median 1.03x the cascade's box
-# side (quartiles 0.97-1.11) and the box is centred to within 0.3% of the side. So a square
-# of FRAME_SCALE x the box, FRAME_SHIFT_Y x its side below the box centre, frames a camera
-# face as the model saw faces in training.
-FRAME_SCALE = 1.03
-FRAME_SHIFT_Y = 0.0
-
-
-@dataclass(frozen=True)
-class Framing:
-    """Crop side = scale x the detector's box side; crop centre = box centre + shift_y x side."""
-
-    scale: float
-    shift_y: float
-
-
-# The same training framing for each detector's own boxes, defined here once: the server crops
-# with "haar"; the page gets the whole table in the greeting and crops with its detector's.
-# "blazeface" (MediaPipe's BlazeFace short range, the weights in @mediapipe/face_detection):
-# measured with `python bench/page_detectors.py --calibrate` in headless Chromium on 2,000
-# FER2013 Training faces, the protocol of training/framing.py (enlarged to 192 px, 25% edge
-# padding): found in 90%; image side / box side median 1.205 (quartiles 1.11-1.36); its box
-# is tight (brows to chin) and sits low, so the crop's centre is 0.072 x its side above the
-# box's (quartiles 0.03-0.11; sideways 0.000). "shape" (the Shape Detection API): no browser
-# here has it to calibrate, so Haar's is used.
-FRAMING = {
-    "haar": Framing(FRAME_SCALE, FRAME_SHIFT_Y),
-    "blazeface": Framing(1.205, -0.072),
-    "shape": Framing(FRAME_SCALE, FRAME_SHIFT_Y),
+# How the training faces are framed relative to the box a face detector draws around the
+# same face, per detector, defined here once for the server and the page (which gets this
+# table in the greeting): a square of `scale` x the box side, centred `shift_y` x its side
+# below the box centre, frames a camera face as the model saw faces in training. Measured
+# with `python -m training.framing --detector NAME` on 3,000 FER2013 Training faces
+# (upsampled and padded), never on evaluation data:
+# - haar: the cascade found 73%; image side a median 1.03x the box side (quartiles
+#   0.97-1.11), centred to within 0.3% of the side.
+# - blazeface (MediaPipe's BlazeFace short range, the weights in @mediapipe/face_detection;
+#   streamfer.detect on the server, the same package in the page): found 90.7%; image side a
+#   median 1.20x the box side (quartiles 1.10-1.35); the box is tight (brows to chin) and sits
+#   low, so the crop centre is 0.073 of its side above the box centre (quartiles 0.03-0.11).
+#   The page's own BlazeFace, calibrated the same way in headless Chromium on 2,000 faces
+#   (`python bench/page_detectors.py --calibrate`), gives 1.205 and -0.072: the same network.
+# - shape (the Shape Detection API's FaceDetector): no browser here has it to calibrate, so
+#   Haar's is used.
+FRAMING: dict[str, dict[str, float]] = {
+    "haar": {"scale": 1.03, "shift_y": 0.0},
+    "blazeface": {"scale": 1.2, "shift_y": -0.073},
+    "shape": {"scale": 1.03, "shift_y": 0.0},
 }
+FRAME_SCALE = FRAMING["haar"]["scale"]  # the Haar cascade's framing, as before the table
+FRAME_SHIFT_Y = FRAMING["haar"]["shift_y"]
 
 
 @dataclass(frozen=True)
@@ -151,11 +142,13 @@ class FaceDetector:
         return Box(int(x / scale), int(y / scale), int(w / scale), int(h / scale))
 
 
-def crop_face(gray: np.ndarray, box: Box, size: int) -> np.ndarray:
-    """Cut the training framing around a detected box, padding with edge pixels if needed."""
-    side = max(box.w, box.h) * FRAME_SCALE
+def crop_face(gray: np.ndarray, box: Box, size: int, detector: str = "haar") -> np.ndarray:
+    """Cut the training framing around a box drawn by `detector` (a FRAMING key), padding
+    with edge pixels if needed."""
+    framing = FRAMING[detector]
+    side = max(box.w, box.h) * framing["scale"]
     cx = box.x + box.w / 2.0
-    cy = box.y + box.h / 2.0 + FRAME_SHIFT_Y * side
+    cy = box.y + box.h / 2.0 + framing["shift_y"] * side
     x0, y0 = round(cx - side / 2.0), round(cy - side / 2.0)
     s = max(1, round(side))
     pad = max(0, -x0, -y0, x0 + s - gray.shape[1], y0 + s - gray.shape[0])

@@ -11,38 +11,169 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 
 from streamfer import protocol
-from streamfer.batcher import Dropped, InferenceFailed, MicroBatcher
-from streamfer.faces import BadImage, DetectorUnavailable, Face, FaceDetector, prepare
+from streamfer.batcher import Dropped, InferenceFailed, MicroBatcher, Ran
+from streamfer.detect import (
+    TIGHT_PAD,
+    BlazeFace,
+    Detection,
+    HaarFallback,
+    largest_first,
+    track_region,
+)
+from streamfer.faces import (
+    BadImage,
+    Box,
+    DetectorUnavailable,
+    Face,
+    crop_face,
+    decode_gray,
+    resize_square,
+)
 from streamfer.imagecheck import check_image
+from streamfer.photos import decode_photo
 
 log = logging.getLogger(__name__)
 
+MAX_FACES = 16  # faces answered per photo on /api/predict, largest first
+Detector = BlazeFace | HaarFallback
+
+@dataclass
+class FaceTrack:
+    """One connection's memory of where its face was: the next frame is searched first in a
+    region around it (streamfer.detect.track_region), the whole frame only if that fails.
+    Owned by the connection (streamfer.stream.FrameStream); frames of one connection run
+    one at a time, so it needs no lock."""
+
+    box: Box | None = None
+
+
+@dataclass
+class Found:
+    """What the decode stage hands on: model-ready faces (largest first) and stage times."""
+
+    faces: list[tuple[Face, float | None]] = field(default_factory=list)  # (face, score)
+    seconds: dict[str, float] = field(default_factory=dict)
+    scale: int = 1  # boxes are in decoded pixels; x scale = the sender's pixels
+
+
+DetectBatcher = MicroBatcher[np.ndarray, tuple[np.ndarray, np.ndarray]]
+
+
 class FramePipeline:
+    """Frames and photos to reply bodies. Detection runs in the decode threads (the CPU
+    default), or, given `detect_batcher` (CUDA), as a batched stage on the GPU before the
+    expression model: decode threads only letterbox the frames and decode the boxes."""
+
     def __init__(self, *, batcher: MicroBatcher[np.ndarray, np.ndarray], classes: list[str],
-                 input_size: int, decode_pool: Executor, detector: FaceDetector,
-                 deadline_s: float) -> None:
+                 input_size: int, decode_pool: Executor, detector: Detector,
+                 deadline_s: float, detect_batcher: DetectBatcher | None = None) -> None:
         self.batcher = batcher
         self.classes = classes
         self.input_size = input_size
         self.decode_pool = decode_pool
         self.detector = detector
         self.deadline_s = deadline_s
+        self.detect_batcher = detect_batcher
 
-    def _prepare(self, data: bytes, is_crop: bool) -> Face | None:
+    def _decode(self, data: bytes, photo: bool) -> tuple[np.ndarray, int]:
+        """Grayscale pixels and the photo's DCT reduction factor (1 for frames)."""
         check_image(data)  # before OpenCV allocates anything: refuses decompression bombs
         try:
-            return prepare(data, is_crop=is_crop, size=self.input_size, detector=self.detector)
+            if photo:
+                return decode_photo(data)
+            return decode_gray(data), 1
         except cv2.error as exc:  # OpenCV's own complaint about a malformed image
             raise BadImage(f"not a decodable JPEG/PNG image ({exc.msg.strip()})") from None
 
-    async def run(self, data: bytes, *, is_crop: bool, received: float) -> dict[str, Any]:
-        """Reply body for one image; `received` is its arrival time (time.monotonic())."""
+    def _faces(self, gray: np.ndarray, found: list[Detection], limit: int) -> list[
+            tuple[Face, float | None]]:
+        return [(Face(crop_face(gray, d.box, self.input_size, self.detector.name), d.box),
+                 d.score) for d in largest_first(found)[:limit]]
+
+    def _search(self, gray: np.ndarray, track: FaceTrack | None,
+                seconds: dict[str, float], photo: bool = False) -> list[Detection]:
+        """Tracking region first, then the whole frame (a photo: also in tiles, for small
+        faces), then the whole frame with a margin (an image that is all face, with no
+        margin, has no room for a detector's box)."""
+        det = self.detector
+        if photo:
+            t = time.monotonic()
+            found = det.detect_photo(gray) or det.detect(gray, pad=TIGHT_PAD)
+            seconds["detect"] = time.monotonic() - t
+            return found
+        if track is not None and track.box is not None:
+            t = time.monotonic()
+            found = det.detect(gray, track_region(track.box))
+            seconds["track"] = time.monotonic() - t
+            if found:
+                return found
+        t = time.monotonic()
+        found = det.detect(gray) or det.detect(gray, pad=TIGHT_PAD)
+        seconds["detect"] = time.monotonic() - t
+        return found
+
+    def _prepare(self, data: bytes, is_crop: bool, photo: bool,
+                 track: FaceTrack | None) -> Found:
+        """Decode + detect + crop, all in one decode thread (the CPU path)."""
+        gray, scale = self._decode(data, photo)
+        if is_crop:
+            h, w = gray.shape[:2]
+            return Found([(Face(resize_square(gray, self.input_size), Box(0, 0, w, h)), None)],
+                         scale=scale)
+        out = Found(scale=scale)
+        found = self._search(gray, track, out.seconds, photo)
+        out.faces = self._faces(gray, found, MAX_FACES if photo else 1)
+        return out
+
+    async def _detect_batched(self, gray: np.ndarray, region: tuple[int, int, int] | None,
+                              pad: float, deadline: float) -> list[Detection] | Dropped:
+        assert self.detect_batcher is not None and isinstance(self.detector, BlazeFace)
+        x, where = self.detector.prepare(gray, region, pad)
+        ran = await self.detect_batcher.submit(x, deadline=deadline)
+        if isinstance(ran, Dropped):
+            return ran
+        regress, scores = ran.value
+        return self.detector.decode(regress, scores, where, gray.shape[:2])
+
+    async def _prepare_batched(self, data: bytes, is_crop: bool, photo: bool,
+                               track: FaceTrack | None, deadline: float) -> Found | Dropped:
+        """The GPU path: decode in a thread, detect in the batched stage, crop in a thread."""
+        loop = asyncio.get_running_loop()
+        if is_crop or photo:  # a photo's tiles are one batch already
+            return await loop.run_in_executor(self.decode_pool, self._prepare, data, is_crop,
+                                              photo, None)
+        gray, scale = await loop.run_in_executor(self.decode_pool, self._decode, data, photo)
+        out = Found(scale=scale)
+        attempts: list[tuple[str, tuple[int, int, int] | None, float]] = []
+        if track is not None and track.box is not None:
+            attempts.append(("track", track_region(track.box), 0.0))
+        attempts += [("detect", None, 0.0), ("detect", None, TIGHT_PAD)]
+        found: list[Detection] = []
+        for stage, region, pad in attempts:
+            t = time.monotonic()
+            got = await self._detect_batched(gray, region, pad, deadline)
+            out.seconds[stage] = out.seconds.get(stage, 0.0) + time.monotonic() - t
+            if isinstance(got, Dropped):
+                return got
+            if got:
+                found = got
+                break
+        out.faces = await loop.run_in_executor(self.decode_pool, self._faces, gray, found,
+                                               MAX_FACES if photo else 1)
+        return out
+
+    async def run(self, data: bytes, *, is_crop: bool, received: float, photo: bool = False,
+                  track: FaceTrack | None = None) -> dict[str, Any]:
+        """Reply body for one image; `received` is its arrival time (time.monotonic()).
+        `photo`: an uploaded photo (reduced decoding, EXIF orientation, every face);
+        `track`: the connection's FaceTrack, updated with this frame's face."""
         deadline = received + self.deadline_s
         if time.monotonic() > deadline:  # it waited behind a slow frame for too long
             return protocol.dropped(protocol.DEADLINE)
@@ -50,7 +181,11 @@ class FramePipeline:
         with self.batcher.expecting() as slot:
             started = time.monotonic()
             try:
-                face = await loop.run_in_executor(self.decode_pool, self._prepare, data, is_crop)
+                if self.detect_batcher is not None:
+                    found = await self._prepare_batched(data, is_crop, photo, track, deadline)
+                else:
+                    found = await loop.run_in_executor(self.decode_pool, self._prepare, data,
+                                                       is_crop, photo, track)
             except BadImage as exc:
                 return protocol.error(str(exc), protocol.BAD_IMAGE)
             except DetectorUnavailable as exc:
@@ -59,19 +194,41 @@ class FramePipeline:
                 log.exception("preprocessing failed")
                 return protocol.error("internal error while decoding the image",
                                       protocol.INTERNAL)
+            if isinstance(found, Dropped):
+                return protocol.dropped(found.reason)
             decoded = time.monotonic()
-            if face is None:
+            if track is not None and not is_crop:
+                track.box = found.faces[0][0].box if found.faces else None
+            if not found.faces:
                 return protocol.no_face(timings_ms=protocol.timings(
-                    decode=decoded - started, total=decoded - received))
+                    decode=decoded - started, **found.seconds, total=decoded - received))
+            (first, _), rest = found.faces[0], found.faces[1:]
             try:
-                outcome = await slot.submit(face.pixels, deadline=deadline)
+                outcomes = await asyncio.gather(
+                    slot.submit(first.pixels, deadline=deadline),
+                    *(self.batcher.submit(f.pixels, deadline=deadline) for f, _ in rest))
             except InferenceFailed as exc:
                 return protocol.error(str(exc), protocol.INTERNAL)
+        outcome = outcomes[0]
         if isinstance(outcome, Dropped):
             return protocol.dropped(outcome.reason)
-        probs = {c: round(float(p), 5) for c, p in zip(self.classes, outcome.value, strict=True)}
-        return protocol.ok(
-            box=face.box.to_list(), probs=probs, batch=outcome.batch,
-            timings_ms=protocol.timings(decode=decoded - started, queue=outcome.queue_s,
-                                        inference=outcome.inference_s,
+        body = protocol.ok(
+            box=_scaled(first.box, found.scale), probs=self._probs(outcome), batch=outcome.batch,
+            timings_ms=protocol.timings(decode=decoded - started, **found.seconds,
+                                        queue=outcome.queue_s, inference=outcome.inference_s,
                                         total=time.monotonic() - received))
+        if photo:
+            body["faces"] = [
+                {"box": _scaled(f.box, found.scale), "score": None if s is None else round(s, 4),
+                 **({"probs": (p := self._probs(o)), "top": max(p, key=p.__getitem__)}
+                    if isinstance(o, Ran) else {"status": "dropped", "reason": o.reason})}
+                for (f, s), o in zip(found.faces, outcomes, strict=True)]
+        return body
+
+    def _probs(self, outcome: Ran[np.ndarray]) -> dict[str, float]:
+        return {c: round(float(p), 5) for c, p in zip(self.classes, outcome.value, strict=True)}
+
+
+def _scaled(box: Box, scale: int) -> list[int]:
+    """A box in decoded pixels -> [x, y, w, h] in the sender's (upright) pixels."""
+    return [v * scale for v in box.to_list()]

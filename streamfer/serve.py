@@ -95,8 +95,10 @@ async def running(config: ServeConfig, *, reuse_port: bool = False
             where = urls(config, port)
             p = app[STATE].predictor
             page = app[STATE].page_detector
-            log.info("streamfer: model %s on %s (%s), classes %s, tta %s, serving %s%s; %s",
-                     p.name, p.device, p.runtime, ",".join(p.classes), p.tta, " ".join(where),
+            pipe = app[STATE].pipeline
+            log.info("streamfer: model %s on %s (%s), classes %s, tta %s, faces by %s, "
+                     "serving %s%s; %s", p.name, p.device, p.runtime, ",".join(p.classes), p.tta,
+                     pipe.detector.description if pipe else "?", " ".join(where),
                      " (self-signed certificate: accept it once in the browser)"
                      if config.https else "",
                      f"in-page face detector {vendor.NAME} ({vendor.PACKAGE}@{page.version})"

@@ -28,7 +28,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from streamfer import protocol
 from streamfer.flow import LatestGate, RateLimiter
 from streamfer.metrics import Metrics
-from streamfer.pipeline import FramePipeline
+from streamfer.pipeline import FaceTrack, FramePipeline
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as deadline
@@ -73,6 +73,7 @@ class FrameStream:
         self.transport = transport  # the request's: what cut() aborts
         self.gate: LatestGate[Frame] = LatestGate()
         self.rate = RateLimiter(max_fps)
+        self.track = FaceTrack()  # where this connection's face was last seen
         self.closing = False
         self.cut_reason: str | None = None  # why the server aborted the connection, if it did
         self._worker: asyncio.Task[None] | None = None
@@ -184,7 +185,7 @@ class FrameStream:
         while frame is not None:
             try:
                 body = await self.pipeline.run(frame.image, is_crop=frame.is_crop,
-                                               received=frame.received)
+                                               received=frame.received, track=self.track)
             except Exception:  # the pipeline answers every known failure itself
                 log.exception("frame %d failed", frame.frame_id)
                 body = protocol.error("internal server error", protocol.INTERNAL)

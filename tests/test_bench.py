@@ -94,8 +94,9 @@ def test_server_variants(tiny_model_path: Path, tmp_path: Path) -> None:
           "--server-arg=--device=cpu")
     result = json.loads((tmp_path / "server_variants.json").read_text())
     rows = {r["variant"]: r for r in result["rows"]}
-    assert list(rows) == ["crops, mirror (default)", "frames, mirror", "crops, centre",
-                          "crops, ten"]
+    assert list(rows) == ["crops, mirror (default)", "frames, mirror", "frames, mirror, haar",
+                          "crops, centre", "crops, ten"]
+    assert "haar" in rows["frames, mirror, haar"]["server_args"]
     for r in rows.values():
         assert r["sent"] == r["answered"] > 0 and r["errors"] == 0
         assert r["tta"] == r["server_tta"]  # the server's greeting confirms the mode

@@ -76,6 +76,49 @@ async def test_server_on_cuda_answers_a_websocket_frame(aiohttp_client: Any,
     await ws.close()
 
 
+def test_blazeface_on_cuda_gives_the_cpus_boxes_in_one_batch(
+        astronaut_rgb: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamfer.detect import SPECS, WEIGHTS_DIR, BlazeFace
+
+    if not (WEIGHTS_DIR / SPECS["short"].file).is_file():
+        pytest.skip("BlazeFace weights not installed (`npm ci` in web/)")
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    gray = cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2GRAY)
+    frames = [gray, cv2.resize(gray, (320, 240)), np.fliplr(gray).copy()] * 11  # 33 frames
+    cpu, gpu = BlazeFace(device="cpu"), BlazeFace(device="cuda")
+    prepared = [gpu.prepare(f) for f in frames]
+    regress, scores = gpu.infer(np.stack([x for x, _ in prepared]))
+    for i, (f, (_, where)) in enumerate(zip(frames, prepared, strict=True)):
+        got = gpu.decode(regress[i], scores[i], where, f.shape[:2])
+        want = cpu.detect(f)
+        assert len(got) == len(want) == 1
+        assert all(abs(a - b) <= 1 for a, b in zip(got[0].box.to_list(),
+                                                   want[0].box.to_list(), strict=True))
+
+
+async def test_server_on_cuda_detects_full_frames_in_the_batched_stage(
+        aiohttp_client: Any, astronaut_rgb: np.ndarray) -> None:
+    from streamfer.detect import SPECS, WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / SPECS["short"].file).is_file():
+        pytest.skip("BlazeFace weights not installed (`npm ci` in web/)")
+    cfg = ServeConfig(model=SHIPPED_MODEL, host="127.0.0.1", port=0, device="cuda",
+                      workers=2, deadline_ms=20_000, web_dir=ROOT / "no-such-web-dir")
+    client = await aiohttp_client(init_app(cfg, Predictor(SHIPPED_MODEL, device="cuda")))
+    health = await (await client.get("/healthz")).json()
+    assert "BlazeFace" in health["face_detector"] and "cuda" in health["face_detector"]
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    ws = await client.ws_connect("/ws")
+    await ws.receive_json()  # hello
+    for i in range(3):
+        await ws.send_bytes(pack_frame(i, jpeg.tobytes()))
+        reply = await ws.receive_json()
+        assert reply["status"] == "ok" and reply["top"] == "happiness", reply
+    assert "track" in reply["timings_ms"]
+    await ws.close()
+
+
 def fit_args(tmp_path: Path, *extra: str) -> list[str]:
     make_faces(tmp_path / "data")
     return ["--data", "folder", "--data-root", str(tmp_path / "data"), "--classes", "happy,sad",

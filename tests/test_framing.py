@@ -35,3 +35,23 @@ def test_measure_recovers_the_framing_of_a_48px_face(astronaut_gray: np.ndarray,
     assert got_scale == pytest.approx(scale, rel=0.08)
     assert got_shift_y == pytest.approx(shift_y, abs=0.03)
     assert abs(got_shift_x) < 0.03
+
+
+@pytest.mark.parametrize(("scale", "shift_y"), [(1.2, -0.073), (1.4, 0.0)])
+def test_measure_recovers_the_framing_with_blazeface(astronaut_gray: np.ndarray, scale: float,
+                                                     shift_y: float) -> None:
+    """The same calibration with BlazeFace's boxes (`--detector blazeface`)."""
+    from streamfer.detect import SPECS, WEIGHTS_DIR, BlazeFace
+    from training.framing import BestBox
+
+    if not (WEIGHTS_DIR / SPECS["short"].file).is_file():
+        pytest.skip("BlazeFace weights not installed (`npm ci` in web/)")
+    finder = BestBox(BlazeFace())
+    box = finder.detect(astronaut_gray)
+    assert box is not None
+    face = crop_with(astronaut_gray, box, 48, scale, shift_y)
+    got = measure_one(face, finder, upsample=192, pad=0.25)
+    assert got is not None
+    assert got[0] == pytest.approx(scale, rel=0.08)
+    assert got[1] == pytest.approx(shift_y, abs=0.03)
+    assert abs(got[2]) < 0.03

@@ -42,6 +42,7 @@ BOUND_S = 30.0
 RSS_GROWTH_MB = 300  # issue 10: no growth beyond this from hostile input
 # Short deadlines so the tests run in seconds; the defaults are documented in the README.
 FAST = ("--device", "cpu", "--workers", "1", "--max-fps", "0", "--read-timeout-s", "2",
+        "--max-upload-bytes", "1000000",  # uploads over 1 MB: 413 without sending 20 MB
         "--write-timeout-s", "2", "--heartbeat-s", "3")
 
 

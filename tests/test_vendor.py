@@ -51,8 +51,7 @@ async def test_serves_the_installed_package(aiohttp_client: Any, predictor: Pred
     assert info["package"] == f"@mediapipe/face_detection@{INSTALLED.version}"
     assert info["script"] == info["base"] + "face_detection.js"
     # One framing table, the server's own, for the page to crop with.
-    assert hello["framing"] == {n: {"scale": f.scale, "shift_y": f.shift_y}
-                                for n, f in FRAMING.items()}
+    assert hello["framing"] == FRAMING and hello["framing"]["blazeface"]["scale"] > 1
 
     folder = INSTALLED.folder
     expected = {".js": "text/javascript", ".wasm": "application/wasm",

@@ -2,16 +2,20 @@
 
     python -m training.framing --data-root ../shared/datasets/fer2013 --limit 3000 \\
         --out runs/framing-fer2013/framing.json --preview /tmp/framing.png
+    python -m training.framing --detector blazeface --out runs/framing-fer2013/blazeface.json
 
 The model only ever saw FER2013's 48x48 faces, so a camera face must be cut out the way
-FER2013 cut its faces. `streamfer.faces.crop_face` does that from the Haar cascade's box with
-two constants, FRAME_SCALE (crop side / box side) and FRAME_SHIFT_Y (crop centre below the
-box centre, as a fraction of the crop side). This program measures both: it upsamples FER2013
-Training faces, runs the same cascade (`streamfer.faces.FaceDetector`, same scale factor,
-neighbours and histogram equalisation) and takes medians over the faces it finds of
+FER2013 cut its faces. `streamfer.faces.crop_face` does that from a detector's box with
+two constants per detector (streamfer.faces.FRAMING[detector]): scale (crop side / box side)
+and shift_y (crop centre below the box centre, as a fraction of the crop side). This program
+measures both: it upsamples FER2013 Training faces, runs the server's detector (`--detector`:
+the Haar cascade `streamfer.faces.FaceDetector` with the server's scale factor, neighbours and
+histogram equalisation, or BlazeFace `streamfer.detect.BlazeFace` with its defaults) and
+takes medians over the faces it finds of
 
-    scale   = image side / box side                    -> FRAME_SCALE
-    shift_y = (image centre y - box centre y) / side   -> FRAME_SHIFT_Y  (> 0: box sits high)
+    scale   = image side / box side                    -> FRAMING[detector]["scale"]
+    shift_y = (image centre y - box centre y) / side   -> FRAMING[detector]["shift_y"]
+                                                          (> 0: box sits high)
     shift_x = (image centre x - box centre x) / side   (should be ~0)
 
 A FER face fills most of its image, so the cascade's box can be nearly as big as the image,
@@ -31,7 +35,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from streamfer.faces import FRAME_SCALE, FRAME_SHIFT_Y, Box, FaceDetector, resize_square
+from streamfer.faces import FRAMING, Box, FaceDetector, resize_square
 from training.cli import opt, parse_config
 
 log = logging.getLogger("training.framing")
@@ -40,6 +44,8 @@ log = logging.getLogger("training.framing")
 @dataclass
 class FramingConfig:
     data_root: str = opt("../shared/datasets/fer2013", "FER2013's folder")
+    detector: str = opt("haar", "whose boxes to calibrate (a streamfer.faces.FRAMING key)",
+                        ("haar", "blazeface"))
     split: str = opt("train", "train (Training) or test (PublicTest)", ("train", "test"))
     classes: str = opt("fer7", "paper5, fer7, ck7, or a comma list")
     limit: int = opt(3000, "faces sampled (seeded) from the split; 0: all")
@@ -57,7 +63,27 @@ def parse_args(argv: list[str] | None = None) -> FramingConfig:
     return parse_config(FramingConfig, argv, program="training.framing", doc=__doc__)
 
 
-def measure_one(face: np.ndarray, detector: FaceDetector, upsample: int,
+class BestBox:
+    """A streamfer.detect detector seen as `detect(gray) -> Box | None` (its best face)."""
+
+    def __init__(self, detector: object) -> None:
+        self.detector = detector
+
+    def detect(self, gray: np.ndarray) -> Box | None:
+        found = self.detector.detect(gray)
+        return found[0].box if found else None
+
+
+def box_finder(cfg: FramingConfig) -> FaceDetector | BestBox:
+    """The detector named by --detector, configured as the server runs it."""
+    if cfg.detector == "blazeface":
+        from streamfer.detect import BlazeFace
+
+        return BestBox(BlazeFace())
+    return FaceDetector(min_face_fraction=cfg.min_face_fraction)
+
+
+def measure_one(face: np.ndarray, detector: FaceDetector | BestBox, upsample: int,
                 pad: float) -> tuple[float, float, float] | None:
     """(scale, shift_y, shift_x) of one square face image as defined above, or None if missed."""
     big = cv2.resize(face, (upsample, upsample), interpolation=cv2.INTER_CUBIC)
@@ -80,14 +106,14 @@ def summarise(values: np.ndarray) -> dict[str, float]:
 
 def measure(images: np.ndarray, cfg: FramingConfig) -> dict:
     """Detection rate and scale / shift statistics over a stack of square faces."""
-    detector = FaceDetector(min_face_fraction=cfg.min_face_fraction)
+    detector = box_finder(cfg)
     found = []
     for img in tqdm(images, desc="detecting", mininterval=2):
         m = measure_one(img, detector, cfg.upsample, cfg.pad)
         if m is not None:
             found.append(m)
     if not found:
-        raise RuntimeError("the cascade found no face in any image; check --pad / --upsample")
+        raise RuntimeError("the detector found no face in any image; check --pad / --upsample")
     arr = np.array(found)
     return {"images": len(images), "detected": len(found),
             "detection_rate": len(found) / len(images),
@@ -109,18 +135,19 @@ def crop_with(gray: np.ndarray, box: Box, size: int, scale: float, shift_y: floa
 
 
 def save_preview(path: Path, astronaut_gray: np.ndarray, fer: np.ndarray, scale: float,
-                 shift_y: float) -> None:
+                 shift_y: float, cfg: FramingConfig) -> None:
     """Astronaut crops (current and measured framing) beside FER faces, 4x enlarged."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    box = FaceDetector().detect(astronaut_gray)
+    box = box_finder(cfg).detect(astronaut_gray)
     if box is None:
         raise RuntimeError("no face found on the astronaut")
-    tiles = [(crop_with(astronaut_gray, box, 48, FRAME_SCALE, FRAME_SHIFT_Y),
-              f"astronaut, current\nscale {FRAME_SCALE:g} shift {FRAME_SHIFT_Y:g}"),
+    now = FRAMING[cfg.detector]
+    tiles = [(crop_with(astronaut_gray, box, 48, now["scale"], now["shift_y"]),
+              f"astronaut, current\nscale {now['scale']:g} shift {now['shift_y']:g}"),
              (crop_with(astronaut_gray, box, 48, scale, shift_y),
               f"astronaut, measured\nscale {scale:.3f} shift {shift_y:.3f}")]
     tiles += [(img, "FER2013 Training") for img in fer]
@@ -149,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
     scale = stats["scale"]["median"]
     shift_y = stats["shift_y"]["median"]
     result = {"config": asdict(cfg), **stats,
+              "FRAMING": {cfg.detector: {"scale": round(scale, 3),
+                                         "shift_y": round(shift_y, 3)}},
               "FRAME_SCALE": round(scale, 3), "FRAME_SHIFT_Y": round(shift_y, 3),
               "seconds": time.time() - t0}
     out = Path(cfg.out)
@@ -159,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
              stats["shift_x"]["median"], out)
     if cfg.preview:
         gray = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2GRAY)
-        save_preview(Path(cfg.preview), gray, faces.images[pick[:6]], scale, shift_y)
+        save_preview(Path(cfg.preview), gray, faces.images[pick[:6]], scale, shift_y, cfg)
         log.info("preview %s", cfg.preview)
     return result
 

@@ -1,0 +1,97 @@
+"""End to end on webfaces-dev through the real server's /api/predict, per face detector.
+
+    python bench/webfaces_e2e.py --data ../shared/datasets/webfaces-dev \\
+        --out bench/results/webfaces_e2e.json
+
+Starts `python -m streamfer.serve` (shipped model, CPU) once per `--detectors` entry on a
+free loopback port, posts every photo as a user would (multipart `image`), and scores the
+largest face's `top` against the folder's label. webfaces-dev is evaluation only: one number
+per configuration, nothing chosen on it. Protocol: the paper's five classes (angry->anger,
+happy->happiness, neutral, sad->sadness, surprise); a photo where the server finds no face
+counts as wrong (it is what a user gets); balanced accuracy = mean per-class recall; also the
+share of photos with a face, and balanced accuracy over those photos only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serverproc import ROOT, running_server
+
+LABELS = {"angry": "anger", "happy": "happiness", "neutral": "neutral", "sad": "sadness",
+          "surprise": "surprise"}
+
+
+def post(url: str, data: bytes) -> dict:
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"photo.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n").encode() + data + \
+        f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url, body, {"Content-Type":
+                                             f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return json.loads(resp.read())
+
+
+def score(rows: list[tuple[str, str | None]]) -> dict:
+    classes = sorted(set(LABELS.values()))
+    recall = {}
+    recall_found = {}
+    for c in classes:
+        mine = [p for t, p in rows if t == c]
+        found = [p for p in mine if p is not None]
+        recall[c] = sum(p == c for p in mine) / max(1, len(mine))
+        recall_found[c] = sum(p == c for p in found) / max(1, len(found))
+    return {"photos": len(rows), "with_face": sum(p is not None for _, p in rows) / len(rows),
+            "balanced_accuracy": float(np.mean(list(recall.values()))),
+            "per_class_recall": recall,
+            "balanced_accuracy_faces_found": float(np.mean(list(recall_found.values())))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="../shared/datasets/webfaces-dev")
+    ap.add_argument("--model", default=str(ROOT / "models" / "fer2013-5class.pt"))
+    ap.add_argument("--detectors", default="haar,blazeface")
+    ap.add_argument("--out", default="bench/results/webfaces_e2e.json")
+    ap.add_argument("--limit", type=int, default=0)
+    args = ap.parse_args()
+    paths = sorted(p for p in Path(args.data).glob("*/*.jpg") if p.parent.name in LABELS)
+    if args.limit:
+        paths = paths[:: max(1, len(paths) // args.limit)][: args.limit]
+    result = {"data": args.data, "model": args.model, "protocol": __doc__.split("\n\n")[2],
+              "detectors": {}}
+    for det in args.detectors.split(","):
+        with running_server(Path(args.model), ["--device", "cpu", "--detector", det],
+                            log_path=Path(f"/tmp/webfaces_e2e_{det}.log")) as server:
+            url = server.url.replace("ws://", "http://").replace("/ws", "/api/predict")
+            rows, t0 = [], time.time()
+            for path in tqdm(paths, desc=det, mininterval=5):
+                reply = post(url, path.read_bytes())
+                rows.append((LABELS[path.parent.name],
+                             reply.get("top") if reply.get("status") == "ok" else None))
+            result["detectors"][det] = {**score(rows), "face_detector":
+                                        server.health.get("face_detector"),
+                                        "seconds": time.time() - t0}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{len(paths)} webfaces-dev photos through /api/predict ({Path(args.model).name})")
+    for det, r in result["detectors"].items():
+        pc = " ".join(f"{c} {v:.2f}" for c, v in r["per_class_recall"].items())
+        print(f"{det:10} faces {r['with_face']:.3f}  balanced acc {r['balanced_accuracy']:.3f}"
+              f"  (on photos with a face {r['balanced_accuracy_faces_found']:.3f})  {pc}")
+    print("saved", args.out)
+
+
+if __name__ == "__main__":
+    main()

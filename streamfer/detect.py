@@ -1,0 +1,345 @@
+"""Find faces: BlazeFace, the network the phone page runs, on the server in PyTorch.
+
+Why this detector (docs/BENCHMARKS.md, bench/detect_bench.py): on webfaces-dev photos it
+finds more faces than OpenCV's Haar cascade at a fraction of its CPU time, it runs batched on
+a GPU, and it needs no OpenCV extras (OpenCV 5 wheels have no cascades). Its weights are the
+.tflite files of the npm package `@mediapipe/face_detection` (web/package.json, `npm ci`):
+read at start-up by streamfer.tflite_torch, never downloaded at run time, never copied into
+the repository. Page and server thus share one network and one framing calibration
+(faces.FRAMING["blazeface"]).
+
+The geometry follows MediaPipe's face detection graph (face_detection_short_range.pbtxt):
+letterbox the image into the square input, SSD anchors (896 for short range: 16x16x2 +
+8x8x6), box offsets scaled by the input side, score = sigmoid(logit clipped to +-100),
+weighted non-maximum suppression at IoU 0.3, and the score threshold MediaPipe ships as
+its default (0.5 short range, 0.6 full range) - chosen on principle, not on our data.
+
+Three steps, so a GPU server can batch the middle one across connections:
+`prepare` (CPU: letterbox one gray image) -> `infer` (device: N inputs at once) ->
+`decode` (CPU: boxes for one image). `detect` chains them for one image.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from streamfer.config import PACKAGE_ROOT
+from streamfer.faces import Box, FaceDetector
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = PACKAGE_ROOT / "web" / "node_modules" / "@mediapipe" / "face_detection"
+NPM_HINT = "run `npm ci` in web/ to install @mediapipe/face_detection"
+NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold
+SCORE_CLIP = 100.0
+TIGHT_PAD = 0.3  # a frame with no face is searched again with this margin added on each side
+TILE_MIN_SCORE = 0.6  # MediaPipe's full-range default: see BlazeFace.detect_photo
+TRACK_SCALE = 2.2  # the tracking region's side, in last-box sides
+
+
+@dataclass(frozen=True)
+class BlazeSpec:
+    """One BlazeFace variant, as MediaPipe's graph configures it."""
+
+    name: str
+    file: str
+    size: int
+    strides: tuple[int, ...]
+    anchors_per_cell: int  # per SSD layer: aspect ratio 1 + interpolated scale (short range)
+    min_score: float
+
+
+SPECS = {
+    "short": BlazeSpec("short", "face_detection_short_range.tflite", 128, (8, 16, 16, 16), 2,
+                       0.5),
+    "full": BlazeSpec("full", "face_detection_full_range.tflite", 192, (4,), 1, 0.6),
+}
+
+
+def ssd_anchors(spec: BlazeSpec) -> np.ndarray:
+    """Anchor centres (A x 2, x then y, in [0, 1]); anchors have fixed unit size. Layers of
+    equal stride share one grid, as in MediaPipe's SsdAnchorsCalculator."""
+    centres: list[tuple[float, float]] = []
+    i = 0
+    while i < len(spec.strides):
+        stride, n = spec.strides[i], 0
+        while i < len(spec.strides) and spec.strides[i] == stride:
+            n += spec.anchors_per_cell
+            i += 1
+        cells = -(-spec.size // stride)
+        for y in range(cells):
+            for x in range(cells):
+                centres += [((x + 0.5) / cells, (y + 0.5) / cells)] * n
+    return np.asarray(centres, np.float32)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A face: its box in image pixels and the detector's confidence (0..1)."""
+
+    box: Box
+    score: float
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a prepared input came from: input pixel = (image pixel - origin) * scale + offset."""
+
+    scale: float
+    ox: float  # offset of the image inside the input (letterbox margin), input pixels
+    oy: float
+    x0: float  # origin of the searched region in the image (a tracking region or a pad)
+    y0: float
+
+    def to_image(self, x: float, y: float) -> tuple[float, float]:
+        return (x - self.ox) / self.scale + self.x0, (y - self.oy) / self.scale + self.y0
+
+
+class _Net(torch.nn.Module):
+    """uint8 N x S x S gray -> (N x A x 16 regressors, N x A scores in 0..1)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        regress, logits = self.net(x.unsqueeze(1).float() / 127.5 - 1.0)
+        return regress, torch.sigmoid(logits.squeeze(-1).clamp(-SCORE_CLIP, SCORE_CLIP))
+
+
+def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one (x0, y0, x1, y1) box with many."""
+    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter = ix * iy
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-9)
+
+
+def weighted_nms(boxes: np.ndarray, scores: np.ndarray,
+                 iou: float = NMS_IOU) -> list[tuple[np.ndarray, float]]:
+    """MediaPipe's WEIGHTED suppression: each cluster of overlapping boxes becomes their
+    score-weighted mean, with the best score of the cluster. Best first."""
+    order = np.argsort(-scores)
+    boxes, scores = boxes[order], scores[order]
+    out = []
+    while len(scores):
+        near = _iou(boxes[0], boxes) > iou
+        w = scores[near]
+        out.append(((boxes[near] * w[:, None]).sum(0) / w.sum(), float(scores[0])))
+        boxes, scores = boxes[~near], scores[~near]
+    return out
+
+
+class BlazeFace:
+    """BlazeFace on `device`; thread-safe (inference holds no per-call state)."""
+
+    name = "blazeface"
+
+    def __init__(self, variant: str = "short", *, device: str | torch.device = "cpu",
+                 weights_dir: str | Path = WEIGHTS_DIR, min_score: float | None = None) -> None:
+        from streamfer.tflite_torch import TfliteNet
+
+        self.spec = SPECS[variant]
+        self.path = Path(weights_dir) / self.spec.file
+        if not self.path.is_file():
+            raise FileNotFoundError(f"BlazeFace weights not found at {self.path} ({NPM_HINT})")
+        self.device = torch.device(device)
+        self.size = self.spec.size
+        self.min_score = self.spec.min_score if min_score is None else min_score
+        self.anchors = ssd_anchors(self.spec)
+        net = _Net(TfliteNet(self.path, gray_input=True)).eval().to(self.device)
+        example = torch.full((1, self.size, self.size), 128, dtype=torch.uint8,
+                             device=self.device)
+        # Traced (one graph, no Python per layer). Not passed through oneDNN's
+        # optimize_for_inference: on these small layers it doubled the CPU time (1.4 -> 3.9
+        # ms per 128 px input, one core).
+        with torch.inference_mode():
+            self.module = torch.jit.trace(net, example, check_trace=False)
+        self.warm_up()
+
+    def warm_up(self, batch: int = 1) -> None:
+        for _ in range(3):
+            self.infer(np.full((batch, self.size, self.size), 128, np.uint8))
+
+    @property
+    def description(self) -> str:
+        return f"BlazeFace {self.spec.name}-range ({self.path.name}, {self.device})"
+
+    def prepare(self, gray: np.ndarray, region: tuple[int, int, int] | None = None,
+                pad: float = 0.0) -> tuple[np.ndarray, Letterbox]:
+        """Letterbox `gray` (or the square `region` = (x0, y0, side) of it, or the whole image
+        with a margin of `pad` x its longer side added on each side) into the S x S input."""
+        s = self.size
+        x0 = y0 = 0.0
+        if region is not None:
+            rx, ry, side = region
+            gray, x0, y0 = _cut(gray, rx, ry, side), float(rx), float(ry)
+        h, w = gray.shape[:2]
+        margin = pad * max(h, w)
+        scale = s / (max(h, w) + 2 * margin)
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        small = cv2.resize(gray, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else
+                           cv2.INTER_LINEAR)
+        canvas = np.full((s, s), 128, np.uint8)
+        ox, oy = (s - nw) // 2, (s - nh) // 2
+        canvas[oy:oy + nh, ox:ox + nw] = small
+        return canvas, Letterbox(scale, ox, oy, x0, y0)
+
+    def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """N x S x S uint8 -> (N x A x 16 regressors, N x A scores), on this detector's device."""
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)
+            regress, scores = self.module(x)
+            return regress.float().cpu().numpy(), scores.float().cpu().numpy()
+
+    def decode(self, regress: np.ndarray, scores: np.ndarray, where: Letterbox,
+               bounds: tuple[int, int] | None = None) -> list[Detection]:
+        """One image's boxes (best first) in image pixels, clipped to `bounds` (h, w)."""
+        keep = np.flatnonzero(scores >= self.min_score)
+        if keep.size == 0:
+            return []
+        s = float(self.size)
+        r, a = regress[keep], self.anchors[keep]
+        cx, cy = r[:, 0] + a[:, 0] * s, r[:, 1] + a[:, 1] * s
+        boxes = np.stack([cx - r[:, 2] / 2, cy - r[:, 3] / 2, cx + r[:, 2] / 2,
+                          cy + r[:, 3] / 2], axis=1)
+        found = []
+        for b, score in weighted_nms(boxes, scores[keep]):
+            xa, ya = where.to_image(b[0], b[1])
+            xb, yb = where.to_image(b[2], b[3])
+            if bounds is not None:
+                xa, ya = max(0.0, xa), max(0.0, ya)
+                xb, yb = min(float(bounds[1]), xb), min(float(bounds[0]), yb)
+            if xb - xa >= 2 and yb - ya >= 2:
+                found.append(Detection(Box(round(xa), round(ya), round(xb - xa),
+                                           round(yb - ya)), score))
+        return found
+
+    def detect(self, gray: np.ndarray, region: tuple[int, int, int] | None = None,
+               pad: float = 0.0) -> list[Detection]:
+        """Every face in one image (or region of it), best first."""
+        x, where = self.prepare(gray, region, pad)
+        regress, scores = self.infer(x[None])
+        return self.decode(regress[0], scores[0], where, gray.shape[:2])
+
+    def detect_photo(self, gray: np.ndarray) -> list[Detection]:
+        """Every face in a photo, small ones included, best first.
+
+        The short-range model sees the image at 128 px, so it misses faces under ~15% of
+        the longer side (a group photo's). A photo is therefore also searched in square
+        tiles of half its longer side, overlapping by half a tile, all in one batch; a
+        tile's face cut by an inner tile edge is left to the neighbouring tile, and
+        overlapping faces from different searches keep the most confident (IoU > 0.3).
+        Tiles look for small faces, the job of MediaPipe's full-range model, so they use
+        that model's default threshold (0.6) rather than the short-range 0.5.
+        """
+        h, w = gray.shape[:2]
+        regions: list[tuple[int, int, int] | None] = [None]
+        tile = max(h, w) // 2
+        if tile >= 2 * self.size:
+            step = tile // 2
+            xs = sorted({*range(0, max(w - tile, 0), step), max(w - tile, 0)})
+            ys = sorted({*range(0, max(h - tile, 0), step), max(h - tile, 0)})
+            regions += [(x, y, tile) for y in ys for x in xs]
+        prepared = [self.prepare(gray, r) for r in regions]
+        regress, scores = self.infer(np.stack([x for x, _ in prepared]))
+        found: list[Detection] = []
+        for i, (region, (_, where)) in enumerate(zip(regions, prepared, strict=True)):
+            for d in self.decode(regress[i], scores[i], where, (h, w)):
+                if region is None or (d.score >= TILE_MIN_SCORE and
+                                      not _cut_by_inner_edge(d.box, region, h, w)):
+                    found.append(d)
+        found.sort(key=lambda d: -d.score)
+        kept: list[Detection] = []
+        for d in found:
+            b = np.array([d.box.x, d.box.y, d.box.x + d.box.w, d.box.y + d.box.h], float)
+            others = np.array([[k.box.x, k.box.y, k.box.x + k.box.w, k.box.y + k.box.h]
+                               for k in kept], float).reshape(-1, 4)
+            if not len(kept) or _iou(b, others).max() <= NMS_IOU:
+                kept.append(d)
+        return kept
+
+
+class HaarFallback:
+    """OpenCV's Haar cascade (faces.FaceDetector) behind the same `detect` call: used only
+    when BlazeFace's weights are absent. One face at most, score 1."""
+
+    name = "haar"
+
+    def __init__(self) -> None:
+        self.cascade = FaceDetector()
+
+    @property
+    def available(self) -> bool:
+        return self.cascade.available
+
+    @property
+    def description(self) -> str:
+        return ("OpenCV Haar cascade (fallback)" if self.available
+                else "none (no BlazeFace weights, no Haar cascade)")
+
+    def detect(self, gray: np.ndarray, region: tuple[int, int, int] | None = None,
+               pad: float = 0.0) -> list[Detection]:
+        x0 = y0 = 0
+        if region is not None:
+            x0, y0, side = region
+            gray = _cut(gray, x0, y0, side)
+        if pad:
+            p = round(pad * max(gray.shape[:2]))
+            gray = cv2.copyMakeBorder(gray, p, p, p, p, cv2.BORDER_REPLICATE)
+            x0, y0 = x0 - p, y0 - p
+        box = self.cascade.detect(gray)
+        if box is None:
+            return []
+        return [Detection(Box(box.x + x0, box.y + y0, box.w, box.h), 1.0)]
+
+    def detect_photo(self, gray: np.ndarray) -> list[Detection]:
+        return self.detect(gray)
+
+
+def _cut(gray: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
+    """The square (x0, y0, side) of `gray`, with edge pixels where it runs past the image."""
+    h, w = gray.shape[:2]
+    pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
+    if pad:
+        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0 = x0 + pad, y0 + pad
+    return gray[y0:y0 + side, x0:x0 + side]
+
+
+def _cut_by_inner_edge(box: Box, region: tuple[int, int, int], h: int, w: int,
+                       margin: int = 2) -> bool:
+    """Does `box` touch an edge of the tile `region` that lies inside the image?"""
+    x0, y0, side = region
+    return ((x0 > 0 and box.x <= x0 + margin) or (y0 > 0 and box.y <= y0 + margin) or
+            (x0 + side < w and box.x + box.w >= x0 + side - margin) or
+            (y0 + side < h and box.y + box.h >= y0 + side - margin))
+
+
+def track_region(box: Box, scale: float = TRACK_SCALE) -> tuple[int, int, int]:
+    """The square searched first in the next frame: `scale` x the last box, same centre."""
+    side = max(8, round(max(box.w, box.h) * scale))
+    return (round(box.x + box.w / 2 - side / 2), round(box.y + box.h / 2 - side / 2), side)
+
+
+def load_detector(device: str | torch.device = "cpu", variant: str = "short",
+                  weights_dir: str | Path = WEIGHTS_DIR) -> BlazeFace | HaarFallback:
+    """BlazeFace when its weights are installed, else the Haar cascade (with a warning)."""
+    try:
+        return BlazeFace(variant, device=device, weights_dir=weights_dir)
+    except FileNotFoundError as exc:
+        log.warning("%s; falling back to the Haar cascade", exc)
+        return HaarFallback()
+
+
+def largest_first(found: Sequence[Detection]) -> list[Detection]:
+    return sorted(found, key=lambda d: d.box.w * d.box.h, reverse=True)
