@@ -35,7 +35,6 @@ from streamfer.stream import FrameStream, Timeouts, deadline
 
 log = logging.getLogger(__name__)
 
-WINDOW = 2  # frames a client may keep unanswered: one in flight, one waiting
 
 
 @dataclass
@@ -54,7 +53,7 @@ class ServerState:
         suggested = min(c.suggested_fps, c.max_fps) if c.max_fps > 0 else c.suggested_fps
         return protocol.hello(model=p.name, classes=p.classes, input_size=p.input_size,
                               tta=p.tta, max_frame_bytes=c.max_frame_bytes, max_fps=c.max_fps,
-                              suggested_fps=suggested, window=WINDOW,
+                              suggested_fps=suggested, window=protocol.WINDOW,
                               framing={name: dict(f) for name, f in FRAMING.items()},
                               page_detector=self.page_detector.greeting()
                               if self.page_detector else None)

@@ -27,11 +27,10 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from streamfer.loadtest_frames import FrameSet
+from streamfer.protocol import TIMING_KEYS, WINDOW
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = 2
-TIMING_KEYS = ("decode", "queue", "inference", "total")
 
 
 @dataclass(frozen=True)
@@ -109,7 +108,7 @@ class Client:
         self.pending: dict[int, float] = {}
         self.drained = asyncio.Event()
         self.drained.set()
-        self.window = load.window or DEFAULT_WINDOW
+        self.window = load.window or WINDOW
         self.start = 0.0  # loop time of the first slot
         self.total = 0  # frame slots in the run
         self.slot = 0  # next slot on the clock
@@ -132,7 +131,7 @@ class Client:
             raise ConnectionError(f"expected the greeting, got {msg.data[:200]!r}")
         self.log.hello = hello
         if self.load.window is None:
-            self.window = int(hello.get("limits", {}).get("window", DEFAULT_WINDOW))
+            self.window = int(hello.get("limits", {}).get("window", WINDOW))
         return ws
 
     def _on_reply(self, reply: dict, now: float) -> None:

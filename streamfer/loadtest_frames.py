@@ -9,7 +9,6 @@ the page makes them: detect once, cut the face, encode a small grayscale JPEG.
 from __future__ import annotations
 
 import logging
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 
 from streamfer.faces import BadImage, FaceDetector, crop_face, decode_gray
+from streamfer.protocol import pack_frame
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,6 @@ FRAME_WIDTH = 320  # what the page sends: a 320 px wide camera frame
 CROP_SIDES = (48, 64, 80, 96)  # the page's crops are 48..96 px
 JPEG_QUALITY = 80
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-HEADER = struct.Struct(">BBHI")
-PROTOCOL_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -40,8 +38,7 @@ class FrameSet:
     def message(self, frame_id: int) -> bytes:
         """One binary WebSocket message: the 8-byte protocol header, then the image."""
         image = self.images[frame_id % len(self.images)]
-        return HEADER.pack(PROTOCOL_VERSION, 1 if self.is_crop else 0, 0,
-                           frame_id & 0xFFFFFFFF) + image
+        return pack_frame(frame_id, image, is_crop=self.is_crop)
 
     @property
     def mean_bytes(self) -> float:

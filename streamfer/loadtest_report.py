@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from streamfer.loadtest_client import TIMING_KEYS, RunLog
+from streamfer.loadtest_client import RunLog
+from streamfer.protocol import TIMING_KEYS
 
 MAX_LISTED_MISSING = 20
 

@@ -18,6 +18,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from streamfer.protocol import TIMING_KEYS
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -30,7 +32,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 # Seconds, 0.5 ms .. 2.5 s: the interesting range is a few ms to the 100 ms budget.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
                    1.0, 2.5)
-STAGES = ("decode", "queue", "inference", "total")
+STAGES = TIMING_KEYS
 
 
 class Metrics:

@@ -13,6 +13,9 @@ from typing import Any
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">BBHI")  # version, flags, reserved, frame id
 FLAG_CROP = 0x01
+WINDOW = 2  # frames a client may keep unanswered: one in flight, one waiting (the greeting's)
+# The stages a reply's `timings_ms` may name, in the order a frame meets them.
+TIMING_KEYS = ("decode", "track", "detect", "queue", "inference", "total")
 
 # Why a frame got no result (`status: "dropped"`, `reason`).
 SUPERSEDED = "superseded"
