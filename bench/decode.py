@@ -4,8 +4,8 @@ streamfer/faces.py decodes with cv2.imdecode(IMREAD_GRAYSCALE) on the claim that
 than Pillow; this measures it on the two payloads the page sends: a 320 px wide colour camera
 frame and a 96 px grayscale face crop, both made from scikit-image's astronaut.
 
-    python bench/decode.py                       # prints a table, writes bench/results/decode.json
-    python bench/decode.py --repeats 5 --number 50 --out /tmp/decode.json   # a quick check
+    python -m bench.decode                       # prints a table, writes bench/results/decode.json
+    python -m bench.decode --repeats 5 --number 50 --out /tmp/decode.json   # a quick check
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent))
+from bench.machine import machine_info
+from streamfer.faces import FaceDetector, crop_face
+from streamfer.loadtest_frames import encode_jpeg, to_width
 
-from bench.machine import machine_info  # noqa: E402
-from streamfer.faces import FaceDetector, crop_face  # noqa: E402
-from streamfer.loadtest_frames import encode_jpeg, to_width  # noqa: E402
+BENCH = Path(__file__).resolve().parent
+
 
 
 @dataclass(frozen=True)

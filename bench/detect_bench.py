@@ -1,6 +1,6 @@
 """Face detectors side by side: recall on webfaces-dev photos, CPU ms per 320 px frame.
 
-    python bench/detect_bench.py --data ../shared/datasets/webfaces-dev \\
+    python -m bench.detect_bench --data ../shared/datasets/webfaces-dev \\
         --out bench/results/detect.json
 
 webfaces-dev is evaluation only: nothing here is tuned on it (each detector runs with its

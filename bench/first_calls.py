@@ -8,28 +8,27 @@ times three successive calls at each of several batch sizes on a freshly loaded 
 one call of batch 1, so that CUDA's own start-up is not counted), then the same on a model
 warmed up as the server does it.
 
-    python bench/first_calls.py --device cuda       # bench/results/first_calls_cuda.json
-    python bench/first_calls.py --device cpu --threads 1
+    python -m bench.first_calls --device cuda       # bench/results/first_calls_cuda.json
+    python -m bench.first_calls --device cpu --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.machine import describe, machine_info
+from streamfer.config import ServeConfig
+from streamfer.model import Predictor
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.machine import describe, machine_info  # noqa: E402
-from streamfer.config import ServeConfig  # noqa: E402
-from streamfer.model import Predictor  # noqa: E402
 
 SIZES = (1, 2, 3, 5, 8, 13, 21, 32)
 

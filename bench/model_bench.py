@@ -8,9 +8,9 @@ core pays per face, the figure that sizes a deployment). On the CPU the model is
 the server runs it (frozen and fused at load, streamfer.model.optimized_for_cpu) and as
 loaded, side by side in one run.
 
-    python bench/model_bench.py                         # CPU (and CUDA when available)
-    python bench/model_bench.py --device cpu --threads 1 --max-batch 256 --repeats 7
-    python bench/model_bench.py --model /tmp/tiny.pt --max-batch 4 --repeats 2 --out-dir /tmp
+    python -m bench.model_bench                         # CPU (and CUDA when available)
+    python -m bench.model_bench --device cpu --threads 1 --max-batch 256 --repeats 7
+    python -m bench.model_bench --model /tmp/tiny.pt --max-batch 4 --repeats 2 --out-dir /tmp
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
+from bench.machine import describe, machine_info
+from streamfer.config import ServeConfig
+from streamfer.model import optimized_for_cpu
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.machine import describe, machine_info  # noqa: E402
-from streamfer.config import ServeConfig  # noqa: E402
-from streamfer.model import optimized_for_cpu  # noqa: E402
 
 MODES = ("centre", "mirror", "ten")
 # The server's defaults (streamfer.serve): the largest batch it fills when busy, and the

@@ -1,9 +1,9 @@
 """In-page face detectors in headless Chromium on this CPU: recall and milliseconds per frame
 on web photos composited into camera-like frames, and the framing calibration of their boxes.
 
-    python bench/page_detectors.py                       # 300 webfaces-dev photos x 6 variants
-    python bench/page_detectors.py --limit 1709          # every photo
-    python bench/page_detectors.py --calibrate           # BlazeFace's framing on FER2013 faces
+    python -m bench.page_detectors                       # 300 webfaces-dev photos x 6 variants
+    python -m bench.page_detectors --limit 1709          # every photo
+    python -m bench.page_detectors --calibrate           # BlazeFace's framing on FER2013 faces
 
 Frames (640x480, like a front camera's default stream): each webfaces-dev photo (evaluation
 only: nothing here is tuned on it) is pasted onto a background (skimage's coffee, rocket or a
@@ -44,13 +44,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bench.machine import describe, machine_info
+from streamfer import vendor
+from streamfer.faces import FaceDetector
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.machine import describe, machine_info  # noqa: E402
-from streamfer import vendor  # noqa: E402
-from streamfer.faces import FaceDetector  # noqa: E402
 
 W, H = 640, 480
 VARIANTS = ("centre", "large", "small", "offcentre", "rot+20", "rot-20")

@@ -3,8 +3,8 @@ camera showing a webfaces-dev photo (never trained or tuned on) in a camera scen
 server with the shipped model. How many of the frames the page sends are crops (the server's
 own /metrics count, by kind), and what the page shows.
 
-    python bench/page_stream.py                  # 5 seeded photos, 20 s each
-    python bench/page_stream.py --photos 10 --seconds 30 --detector server   # the old path
+    python -m bench.page_stream                  # 5 seeded photos, 20 s each
+    python -m bench.page_stream --photos 10 --seconds 30 --detector server   # the old path
 
 Each photo is pasted 300 px square into a 640x480 scene (tests/fakecam.py `scene`, the
 browser tests' own) with a few pixels of camera shake; the page runs as a phone user opens
@@ -25,7 +25,7 @@ import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # the browser test kit: browserkit, fakecam
 
 from browserkit import Server, counts, free_port, open_page, phone, prediction  # noqa: E402
 from fakecam import scene, shaking, write_y4m  # noqa: E402

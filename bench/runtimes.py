@@ -1,7 +1,7 @@
 """CPU runtimes for the same model, side by side: CPU time per face and accuracy.
 
-    python bench/runtimes.py                      # the shipped model, FER2013 PublicTest
-    python bench/runtimes.py --threads 1 --batches 1,8,16 --reps 60
+    python -m bench.runtimes                      # the shipped model, FER2013 PublicTest
+    python -m bench.runtimes --threads 1 --batches 1,8,16 --reps 60
 
 Runs, in one process and interleaved round by round (so a noisy machine slows all alike):
 the TorchScript file as loaded, frozen + fused (the server's default until the int8 path),

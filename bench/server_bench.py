@@ -6,9 +6,9 @@ the page's send window) to the largest N whose p99 round trip stays under the ta
 most 1% of frames lost. Prints each step, the two N and their ratio; writes JSON and a PNG
 (p99 against clients for both, and the latency histograms of each best step).
 
-    python bench/server_bench.py                                    # the full comparison
-    python bench/server_bench.py --server-cpus 0 --client-cpus 1    # pin server / load test
-    python bench/server_bench.py --model /tmp/tiny.pt --step-seconds 1 --max-clients 4
+    python -m bench.server_bench                                    # the full comparison
+    python -m bench.server_bench --server-cpus 0 --client-cpus 1    # pin server / load test
+    python -m bench.server_bench --model /tmp/tiny.pt --step-seconds 1 --max-clients 4
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.machine import describe, machine_info
+from bench.serverproc import parse_cpus, running_server
+from streamfer.loadtest import LoadTestConfig, ramp, run_once
+from streamfer.loadtest_frames import KINDS, load_frames
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.machine import describe, machine_info  # noqa: E402
-from bench.serverproc import parse_cpus, running_server  # noqa: E402
-from streamfer.loadtest import LoadTestConfig, ramp, run_once  # noqa: E402
-from streamfer.loadtest_frames import KINDS, load_frames  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "fer2013-5class.pt"
 CONFIGS = {"micro-batching (server default)": (), "one at a time (--max-batch 1)":

@@ -6,9 +6,9 @@ the same load is streamed (default 8 clients x 15 fps for 20 s); prints one row 
 -- round trips, throughput, losses, the server's own decode/queue/inference medians and batch
 sizes -- and writes JSON and a histogram PNG of all variants.
 
-    python bench/server_variants.py
-    python bench/server_variants.py --clients 16 --seconds 30 --server-cpus 0 --client-cpus 1
-    python bench/server_variants.py --model /tmp/tiny.pt --clients 2 --seconds 1
+    python -m bench.server_variants
+    python -m bench.server_variants --clients 16 --seconds 30 --server-cpus 0 --client-cpus 1
+    python -m bench.server_variants --model /tmp/tiny.pt --clients 2 --seconds 1
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.machine import describe, machine_info
+from bench.serverproc import parse_cpus, running_server
+from streamfer.loadtest import LoadTestConfig, loss_rate, run_once
+from streamfer.loadtest_frames import load_frames
+from streamfer.loadtest_report import save_histogram
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.machine import describe, machine_info  # noqa: E402
-from bench.serverproc import parse_cpus, running_server  # noqa: E402
-from streamfer.loadtest import LoadTestConfig, loss_rate, run_once  # noqa: E402
-from streamfer.loadtest_frames import load_frames  # noqa: E402
-from streamfer.loadtest_report import save_histogram  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "fer2013-5class.pt"
 # (label, frame kind, server TTA, extra server flags); the first row is the server's default

@@ -18,7 +18,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def bench(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT,
+    module = "bench." + script.removesuffix(".py")  # as the docs run them: python -m bench.NAME
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
