@@ -13,7 +13,6 @@ most 1% of frames lost. Prints each step, the two N and their ratio; writes JSON
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -22,70 +21,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.machine import describe, machine_info
-from bench.serverproc import parse_cpus, running_server
+from bench.serverproc import ServerRunConfig, parse_cpus, running_server
+from streamfer.cli import opt, parse
 from streamfer.loadtest import LoadTestConfig, ramp, run_once
 from streamfer.loadtest_frames import KINDS, load_frames
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
-
-DEFAULT_MODEL = ROOT / "models" / "fer2013-5class.pt"
 CONFIGS = {"micro-batching (server default)": (), "one at a time (--max-batch 1)":
            ("--max-batch", "1")}
 
 
 @dataclass(frozen=True)
-class ServerBenchConfig:
-    model: Path = DEFAULT_MODEL
-    fps: float = 15.0
-    kind: str = "crops"
-    images: Path | None = None
-    target_ms: float = 100.0
-    max_loss: float = 0.01
-    start_clients: int = 1
-    max_clients: int = 256
-    step_seconds: float = 5.0
-    pause: float = 1.0
-    warmup_seconds: float = 2.0
-    server_args: tuple[str, ...] = ()
-    server_cpus: str | None = None
-    client_cpus: str | None = None
-    out_dir: Path = BENCH / "results"
-    name: str = "server_ramp"
+class ServerBenchConfig(ServerRunConfig):
+    fps: float = opt(15.0, "frames per second per client")
+    kind: str = opt("crops", "crops (the page's own) or full frames (the server detects)", KINDS)
+    images: Path | None = opt(None, "folder of face photos or crops instead of the built-in "
+                              "astronaut")
+    target_ms: float = opt(100.0, "the p99 round trip a passing step stays within")
+    max_loss: float = opt(0.01, "most frames a passing step may lose")
+    start_clients: int = opt(1, "the ramp's first step")
+    max_clients: int = opt(256, "the ramp's upper bound")
+    step_seconds: float = opt(5.0, "length of each step")
+    pause: float = opt(1.0, "seconds between steps, so the server drains")
+    warmup_seconds: float = opt(2.0, "an unrecorded run with 2 clients first, so first-call "
+                                "costs (TorchScript's profiling runs, thread start-up) stay "
+                                "out of step 1")
+    name: str = opt("server_ramp", "results file stem")
 
 
 def parse_args(argv: list[str] | None = None) -> ServerBenchConfig:
-    d = ServerBenchConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=d.model)
-    p.add_argument("--fps", type=float, default=d.fps, help="frames per second per client")
-    p.add_argument("--kind", choices=KINDS, default=d.kind)
-    p.add_argument("--images", type=Path, default=None,
-                   help="folder of face photos or crops instead of the built-in astronaut")
-    p.add_argument("--target-ms", type=float, default=d.target_ms)
-    p.add_argument("--max-loss", type=float, default=d.max_loss)
-    p.add_argument("--start-clients", type=int, default=d.start_clients)
-    p.add_argument("--max-clients", type=int, default=d.max_clients)
-    p.add_argument("--step-seconds", type=float, default=d.step_seconds)
-    p.add_argument("--pause", type=float, default=d.pause)
-    p.add_argument("--warmup-seconds", type=float, default=d.warmup_seconds,
-                   help="an unrecorded run with 2 clients first, so first-call costs "
-                        "(TorchScript's profiling runs, thread start-up) stay out of step 1")
-    p.add_argument("--server-arg", action="append", default=[],
-                   help="extra flag for both servers, e.g. --server-arg=--device=cpu "
-                        "(repeatable)")
-    p.add_argument("--server-cpus", default=None, help="pin the server, e.g. 0 or 0-1")
-    p.add_argument("--client-cpus", default=None, help="pin this load generator, e.g. 1")
-    p.add_argument("--out-dir", type=Path, default=d.out_dir)
-    p.add_argument("--name", default=d.name, help="results file stem")
-    a = p.parse_args(argv)
-    if not a.model.is_file():
-        p.error(f"model not found: {a.model} (pass --model)")
-    return ServerBenchConfig(a.model, a.fps, a.kind, a.images, a.target_ms, a.max_loss,
-                             a.start_clients, a.max_clients, a.step_seconds, a.pause,
-                             a.warmup_seconds, tuple(a.server_arg), a.server_cpus,
-                             a.client_cpus, a.out_dir, a.name)
+    return parse(ServerBenchConfig, argv, prog="python -m bench.server_bench",
+                 description=__doc__.split("\n\n")[0])
 
 
 def save_plot(path: Path, results: dict[str, dict], rtts: dict[str, dict[str, list[float]]],
@@ -144,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         log_path = cfg.out_dir / f"{cfg.name}_server_{len(results)}.log"
         # The connection cap (default 64) would end a ramp with HTTP 503s, not latency.
         server_args = ("--max-connections", str(max(cfg.max_clients, 64)), *args,
-                       *cfg.server_args)
+                       *cfg.server_arg)
         with running_server(cfg.model, server_args,
                             cpus=parse_cpus(cfg.server_cpus), log_path=log_path) as server:
             print(f"\n== {label}: {server.url} {' '.join(server.args)} "

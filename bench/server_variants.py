@@ -13,7 +13,6 @@ sizes -- and writes JSON and a histogram PNG of all variants.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -22,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.machine import describe, machine_info
-from bench.serverproc import parse_cpus, running_server
+from bench.serverproc import ServerRunConfig, parse_cpus, running_server
+from streamfer.cli import opt, parse
 from streamfer.loadtest import LoadTestConfig, loss_rate, run_once
 from streamfer.loadtest_frames import load_frames
 from streamfer.loadtest_report import save_histogram
@@ -30,8 +30,6 @@ from streamfer.loadtest_report import save_histogram
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
-
-DEFAULT_MODEL = ROOT / "models" / "fer2013-5class.pt"
 # (label, frame kind, server TTA, extra server flags); the first row is the server's default
 # configuration. Full frames are searched by BlazeFace unless the row says Haar.
 VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
@@ -44,46 +42,30 @@ VARIANTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 
 
 @dataclass(frozen=True)
-class VariantsConfig:
-    model: Path = DEFAULT_MODEL
-    clients: int = 8
-    fps: float = 15.0
-    seconds: float = 20.0
-    warmup_seconds: float = 2.0
-    variants: tuple[str, ...] = tuple(v[0] for v in VARIANTS)
-    server_args: tuple[str, ...] = ()
-    server_cpus: str | None = None
-    client_cpus: str | None = None
-    out_dir: Path = BENCH / "results"
-    name: str = "server_variants"
+class VariantsConfig(ServerRunConfig):
+    clients: int = opt(8, "concurrent clients")
+    fps: float = opt(15.0, "frames per second per client")
+    seconds: float = opt(20.0, "how long each variant streams")
+    warmup_seconds: float = opt(2.0, "an unrecorded run first, so first-call costs stay out "
+                                "of the figures")
+    only: tuple[str, ...] = opt((), "run only these variants (repeatable): "
+                                + "; ".join(v[0] for v in VARIANTS))
+    name: str = opt("server_variants", "results file stem")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        known = [v[0] for v in VARIANTS]
+        if any(o not in known for o in self.only):
+            raise ValueError(f"--only must name one of {known}")
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return self.only or tuple(v[0] for v in VARIANTS)
 
 
 def parse_args(argv: list[str] | None = None) -> VariantsConfig:
-    d = VariantsConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=d.model)
-    p.add_argument("--clients", type=int, default=d.clients)
-    p.add_argument("--fps", type=float, default=d.fps)
-    p.add_argument("--seconds", type=float, default=d.seconds)
-    p.add_argument("--warmup-seconds", type=float, default=d.warmup_seconds,
-                   help="an unrecorded run first, so first-call costs stay out of the figures")
-    p.add_argument("--only", action="append", default=[],
-                   help=f"run only these variants (repeatable): {[v[0] for v in VARIANTS]}")
-    p.add_argument("--server-arg", action="append", default=[],
-                   help="extra flag for every server, e.g. --server-arg=--device=cpu")
-    p.add_argument("--server-cpus", default=None, help="pin the server, e.g. 0")
-    p.add_argument("--client-cpus", default=None, help="pin this load generator, e.g. 1")
-    p.add_argument("--out-dir", type=Path, default=d.out_dir)
-    p.add_argument("--name", default=d.name, help="results file stem")
-    a = p.parse_args(argv)
-    if not a.model.is_file():
-        p.error(f"model not found: {a.model} (pass --model)")
-    known = [v[0] for v in VARIANTS]
-    if any(o not in known for o in a.only):
-        p.error(f"--only must name one of {known}")
-    return VariantsConfig(a.model, a.clients, a.fps, a.seconds, a.warmup_seconds,
-                          tuple(a.only) or d.variants,
-                          tuple(a.server_arg), a.server_cpus, a.client_cpus, a.out_dir, a.name)
+    return parse(VariantsConfig, argv, prog="python -m bench.server_variants",
+                 description=__doc__.split("\n\n")[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         slug = "_".join([tta, kind, *(a.strip("-") for a in extra)])
         log_path = cfg.out_dir / f"{cfg.name}_{slug}.log"
-        with running_server(cfg.model, ("--tta", tta, *extra, *cfg.server_args),
+        with running_server(cfg.model, ("--tta", tta, *extra, *cfg.server_arg),
                             cpus=parse_cpus(cfg.server_cpus), log_path=log_path) as server:
             lt = LoadTestConfig(url=server.url, clients=cfg.clients, fps=cfg.fps,
                                 seconds=cfg.seconds, kind=kind)

@@ -22,7 +22,28 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamfer.cli import opt
+from streamfer.config import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class ServerRunConfig:
+    """What every server benchmark shares: the model, how its servers start, where results
+    go. Each benchmark's config extends it with its own settings (streamfer.cli builds the
+    flags from both)."""
+
+    model: Path = opt(DEFAULT_MODEL, "the model the servers run")
+    server_arg: tuple[str, ...] = opt((), "extra flag for every server, e.g. "
+                                      "--server-arg=--device=cpu (repeatable)")
+    server_cpus: str | None = opt(None, "pin the server, e.g. 0 or 0-1")
+    client_cpus: str | None = opt(None, "pin this load generator, e.g. 1")
+    out_dir: Path = opt(ROOT / "bench" / "results", "where the JSON and PNG go")
+
+    def __post_init__(self) -> None:
+        if not self.model.is_file():
+            raise ValueError(f"model not found: {self.model} (pass --model)")
 
 
 def free_port() -> int:

@@ -96,7 +96,10 @@ def build_parser(cls: type, *, prog: str, description: str | None,
             text += f" (default: {', '.join(default) if many else default})"
         if env_prefix:
             text += f" [env {env_name(env_prefix, f.name)}]"
-        kwargs: dict[str, Any] = {"help": text, "default": None if env_prefix else default}
+        # Unset (None) where the environment may fill it in, and for repeatable flags (argparse
+        # appends to its default; the dataclass's own default applies when none is given).
+        kwargs: dict[str, Any] = {"help": text,
+                                  "default": None if env_prefix or many else default}
         if f.metadata.get("metavar"):
             kwargs["metavar"] = f.metadata["metavar"]
         if base is bool:

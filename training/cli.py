@@ -27,7 +27,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, *, program: str, doc:
     """Parse `argv` (sys.argv[1:] when None) into `cls`; `check` returns an error or None."""
     p = build_parser(cls, prog=f"python -m {program}", description=doc)
     args = list(sys.argv[1:] if argv is None else argv)
-    cfg = cls(**vars(p.parse_args(args)))
+    cfg = cls(**{k: v for k, v in vars(p.parse_args(args)).items() if v is not None})
     problem = check(cfg) if check else None
     if problem:
         p.error(problem)
