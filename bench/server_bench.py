@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,17 @@ class ServerBenchConfig(ServerRunConfig):
     warmup_seconds: float = opt(2.0, "an unrecorded run with 2 clients first, so first-call "
                                 "costs (TorchScript's profiling runs, thread start-up) stay "
                                 "out of step 1")
+    variant: tuple[str, ...] = opt((), "ramp these servers instead of the default pair, each "
+                                   "'LABEL=--flag value ...' (repeatable), e.g. "
+                                   "--variant '2 processes=--processes 2'")
     name: str = opt("server_ramp", "results file stem")
+
+    def servers(self) -> dict[str, tuple[str, ...]]:
+        """Label -> server flags of each server to ramp, in order."""
+        if not self.variant:
+            return dict(CONFIGS)
+        return {label.strip(): tuple(shlex.split(args))
+                for label, _, args in (v.partition("=") for v in self.variant)}
 
 
 def parse_args(argv: list[str] | None = None) -> ServerBenchConfig:
@@ -108,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     frames = load_frames(cfg.kind, cfg.images)
     results: dict[str, dict] = {}
     rtts: dict[str, dict[str, list[float]]] = {}
-    for label, args in CONFIGS.items():
+    servers = cfg.servers()
+    for label, args in servers.items():
         log_path = cfg.out_dir / f"{cfg.name}_server_{len(results)}.log"
         # The connection cap (default 64) would end a ramp with HTTP 503s, not latency.
         server_args = ("--max-connections", str(max(cfg.max_clients, 64)), *args,
@@ -128,8 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         result["health"] = server.health
         results[label] = result
         rtts[label] = series
-    batched, single = (results[label]["best_clients"] for label in CONFIGS)
-    ratio = batched / single if single else None
+    first, second = (results[label]["best_clients"] for label in list(servers)[:2]) \
+        if len(servers) >= 2 else (None, None)
+    ratio = first / second if second else None
     print(f"\nlargest N with p99 < {cfg.target_ms:g} ms at {cfg.fps:g} fps ({cfg.kind}):")
     for label, res in results.items():
         capped = " (hit --max-clients)" if res["hit_max_clients"] else ""
@@ -137,14 +150,17 @@ def main(argv: list[str] | None = None) -> int:
         rtt = best.get("rtt_ms", {})
         print(f"  {label:34s} N = {res['best_clients']}{capped}  p50 {rtt.get('p50')} "
               f"p99 {rtt.get('p99')} ms  batch mean {best.get('batch', {}).get('mean')}")
-    print(f"  ratio {ratio:.2f}" if ratio else "  ratio: undefined (one at a time held no client)")
+    base = results[next(iter(servers))]["best_clients"]
+    for label, res in list(results.items())[1:]:
+        print(f"  {label} / {next(iter(servers))}: "
+              + (f"{res['best_clients'] / base:.2f}x" if base else "undefined (held no client)"))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     out = cfg.out_dir / f"{cfg.name}.json"
     out.write_text(json.dumps({
         "benchmark": "server_ramp", "model": str(cfg.model), "machine": info,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
         "best_clients": {label: r["best_clients"] for label, r in results.items()},
-        "ratio_batched_over_single": ratio, "results": results}, indent=2) + "\n")
+        "ratio_first_over_second": ratio, "results": results}, indent=2) + "\n")
     png = cfg.out_dir / f"{cfg.name}.png"
     save_plot(png, results, rtts, cfg.target_ms,
               f"{cfg.model.name}: {cfg.fps:g} fps/client, {cfg.kind}; {info['cpu']}, "

@@ -93,7 +93,7 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.App
     if predictor is None:
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
                               max_batch=config.max_batch, optimize=config.optimize,
-                              runtime=config.runtime)
+                              runtime=config.runtime, threads=config.threads)
     app = web.Application(client_max_size=config.max_request_bytes)
     app[STATE] = ServerState(config=config, predictor=predictor,
                              page_detector=vendor.find(config.web_dir))

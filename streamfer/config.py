@@ -89,8 +89,8 @@ class ServeConfig:
     keyfile: Path | None = opt(None, "TLS private key (PEM) for HTTPS")
     workers: int = opt(None, "decode/face-detection threads (default: the cores available)",
                        factory=lambda: available_cores())
-    threads: int = opt(0, "torch threads for inference (0: torch's own choice, usually one "
-                       "per core)")
+    threads: int = opt(0, "inference threads (0: one for the int8 runtime, torch's own choice "
+                       "-- one per core -- for the TorchScript)")
     optimize: bool = opt(True, "on the CPU, freeze the TorchScript model and let oneDNN fuse "
                          "its layers at load (--no-optimize runs the file as loaded)")
     runtime: str = opt("auto", "CPU inference: onnx-int8 runs models/NAME.int8.onnx (made by "

@@ -80,7 +80,8 @@ class Predictor:
     """
 
     def __init__(self, path: str | Path, *, device: str = "auto", tta: str | None = None,
-                 max_batch: int = 64, optimize: bool = True, runtime: str = "auto") -> None:
+                 max_batch: int = 64, optimize: bool = True, runtime: str = "auto",
+                 threads: int = 0) -> None:
         module, meta = load_metadata(path)
         self.path = Path(path)
         self.metadata = meta
@@ -96,16 +97,19 @@ class Predictor:
         if optimize and self.device.type == "cpu":
             self.module = optimized_for_cpu(self.module)
         self.optimized = self.module is not module
-        self.int8 = self._int8(runtime)
+        self.int8 = self._int8(runtime, threads)
         self.runtime = "onnx-int8" if self.int8 is not None else "torchscript"
         self._staging: torch.Tensor | None = None
         if self.device.type == "cuda":
             self._staging = torch.empty((max_batch, self.input_size, self.input_size),
                                         dtype=torch.uint8).pin_memory()
 
-    def _int8(self, runtime: str) -> onnx_int8.Int8Session | None:
+    def _int8(self, runtime: str, threads: int) -> onnx_int8.Int8Session | None:
         """The int8 ONNX derivative on the CPU when asked for (or 'auto' and it is there and
-        matches this model); otherwise None: the TorchScript runs."""
+        matches this model); otherwise None: the TorchScript runs. It runs on `threads`
+        threads, one when 0: a server's other cores are better spent on the decode threads,
+        the event loop and other processes than on splitting one small batch (one thread
+        held 47 clients where two held 23 on this 2-core machine: docs/BENCHMARKS.md)."""
         if runtime not in onnx_int8.RUNTIMES:
             raise ValueError(f"runtime must be one of {onnx_int8.RUNTIMES}")
         if runtime == "torchscript":
@@ -114,7 +118,7 @@ class Predictor:
             if runtime == "onnx-int8":
                 raise ModelError("--runtime onnx-int8 runs on the CPU only")
             return None
-        session, why = onnx_int8.load_for(self.path, self.tta, torch.get_num_threads())
+        session, why = onnx_int8.load_for(self.path, self.tta, threads or 1)
         if session is None:
             if runtime == "onnx-int8":
                 raise ModelError(f"--runtime onnx-int8: {why}")

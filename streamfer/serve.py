@@ -35,7 +35,7 @@ from aiohttp import web  # noqa: E402
 
 from streamfer import vendor  # noqa: E402
 from streamfer.app import STATE, close_streams, init_app  # noqa: E402
-from streamfer.config import HTTP_DRAIN_S, ServeConfig, parse_config  # noqa: E402
+from streamfer.config import HTTP_DRAIN_S, ServeConfig, available_cores, parse_config  # noqa: E402
 from streamfer.metrics import MULTIPROC_ENV  # noqa: E402
 from streamfer.model import ModelError  # noqa: E402
 from streamfer.tls import lan_addresses, self_signed, server_context  # noqa: E402
@@ -158,8 +158,10 @@ def serve_processes(config: ServeConfig) -> int:
     with tempfile.TemporaryDirectory(prefix="streamfer-metrics-") as metrics_dir, \
             tempfile.TemporaryDirectory(prefix="streamfer-tls-") as tls_dir:
         os.environ[MULTIPROC_ENV] = metrics_dir  # read by prometheus-client in each child
+        share = max(1, available_cores() // n)  # each process's share of the cores
         child = dataclasses.replace(
-            config, processes=1, threads=config.threads or max(1, (os.cpu_count() or 1) // n))
+            config, processes=1, threads=config.threads or share,
+            workers=share if config.workers == available_cores() else config.workers)
         if config.https:  # one certificate for all, made once
             named = [] if config.host in ("0.0.0.0", "::", "") else [config.host]
             certfile, keyfile = self_signed(tls_dir, hosts=named)
@@ -170,9 +172,9 @@ def serve_processes(config: ServeConfig) -> int:
                  for i in range(n)]
         for proc in procs:
             proc.start()
-        log.info("streamfer: %d processes sharing %s (pids %s), %d torch threads each%s",
-                 n, " ".join(urls(config, config.port)),
-                 " ".join(str(p.pid) for p in procs), child.threads,
+        log.info("streamfer: %d processes sharing %s (pids %s), %d inference and %d decode "
+                 "threads each%s", n, " ".join(urls(config, config.port)),
+                 " ".join(str(p.pid) for p in procs), child.threads, child.workers,
                  " (self-signed certificate: accept it once in the browser)"
                  if config.https else "")
         code = 0
