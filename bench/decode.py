@@ -26,7 +26,7 @@ from PIL import Image
 
 from bench.machine import machine_info
 from streamfer.faces import FaceDetector, crop_face
-from streamfer.loadtest_frames import encode_jpeg, to_width
+from streamfer.loadtest.frames import encode_jpeg, to_width
 
 BENCH = Path(__file__).resolve().parent
 

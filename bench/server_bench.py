@@ -24,8 +24,8 @@ from pathlib import Path
 from bench.machine import describe, machine_info
 from bench.serverproc import ServerRunConfig, parse_cpus, running_server
 from streamfer.cli import opt, parse
-from streamfer.loadtest import LoadTestConfig, ramp, run_once
-from streamfer.loadtest_frames import KINDS, load_frames
+from streamfer.loadtest.cli import LoadTestConfig, ramp, run_once
+from streamfer.loadtest.frames import KINDS, load_frames
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

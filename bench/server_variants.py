@@ -23,9 +23,9 @@ from pathlib import Path
 from bench.machine import describe, machine_info
 from bench.serverproc import ServerRunConfig, parse_cpus, running_server
 from streamfer.cli import opt, parse
-from streamfer.loadtest import LoadTestConfig, loss_rate, run_once
-from streamfer.loadtest_frames import load_frames
-from streamfer.loadtest_report import save_histogram
+from streamfer.loadtest.cli import LoadTestConfig, loss_rate, run_once
+from streamfer.loadtest.frames import load_frames
+from streamfer.loadtest.report import save_histogram
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

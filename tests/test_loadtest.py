@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 
 from bench.serverproc import running_server
-from streamfer.loadtest import LoadTestConfig, parse_args
-from streamfer.loadtest_frames import CROP_SIDES, FRAME_WIDTH, load_frames
+from streamfer.loadtest.cli import LoadTestConfig, parse_args
+from streamfer.loadtest.frames import CROP_SIDES, FRAME_WIDTH, load_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ("sent", "answered", "dropped", "errors", "throughput_fps", "rtt_ms")

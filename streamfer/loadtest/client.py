@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from streamfer.loadtest_frames import FrameSet
+from streamfer.loadtest.frames import FrameSet
 from streamfer.protocol import TIMING_KEYS, WINDOW
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamfer.cli import opt, parse
-from streamfer.loadtest_client import Load, run_load
-from streamfer.loadtest_frames import KINDS, FrameSet, load_frames
-from streamfer.loadtest_report import format_summary, rtts_ms, save_histogram, summarize
+from streamfer.loadtest.client import Load, run_load
+from streamfer.loadtest.frames import KINDS, FrameSet, load_frames
+from streamfer.loadtest.report import format_summary, rtts_ms, save_histogram, summarize
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +259,3 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = parse_args(argv)
     return asyncio.run(amain(cfg))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-

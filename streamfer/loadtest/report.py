@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamfer.loadtest_client import RunLog
+from streamfer.loadtest.client import RunLog
 from streamfer.protocol import TIMING_KEYS
 
 MAX_LISTED_MISSING = 20
