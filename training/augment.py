@@ -184,7 +184,7 @@ def _erase(x: torch.Tensor, aug: CameraAugment, gen: torch.Generator | None) -> 
     rows = (ar[None] >= y0[:, None]) & (ar[None] < (y0 + h)[:, None])
     cols = (ar[None] >= x0[:, None]) & (ar[None] < (x0 + w)[:, None])
     mask = (rows[:, :, None] & cols[:, None, :] & pick[:, None, None])[:, None]
-    fill = torch.rand(n, generator=gen)[:, None, None, None] * 255.0
+    fill = (torch.rand(n, generator=gen)[:, None, None, None] * 255.0).round()
     return torch.where(mask, fill, x)
 
 
