@@ -63,3 +63,32 @@ def test_each_row_runs_through_the_served_model(tmp_path: Path, tiny_model_path:
         assert r["images"] == n and out.is_file() and r["tta"] == "mirror"
         assert r["classes"] == list(D.PAPER5) and sum(r["support"].values()) == n
         assert 0 <= r["balanced_accuracy"] <= 1 and "--set " + name in r["command"]
+
+
+def test_calibrate_picks_tau_on_ferplus_valid_and_shifts_only_the_bias(
+        tmp_path: Path, tiny_model_path: Path) -> None:
+    import json
+
+    import torch
+
+    from training import calibrate
+
+    write_sets(tmp_path)
+    train = tmp_path / "ferplus" / "train"
+    train.mkdir()
+    (train / "label.csv").write_text(
+        (tmp_path / "ferplus" / "valid" / "label.csv").read_text())
+    out = tmp_path / "adjusted.pt"
+    r = calibrate.main([str(tiny_model_path), "--out", str(out), "--data-root",
+                        str(tmp_path / "ferplus"), "--taus", "0,1"])
+    assert set(r["scan"]) == {"0", "1"} and r["tau"] in (0.0, 1.0)
+    # prior: mean soft target over the train votes that pass the soft protocol
+    assert abs(sum(r["prior"].values()) - 1) < 1e-6 and r["prior"]["happiness"] > 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["logit_adjust"]["tau"] == r["tau"] and "FER+ valid" in meta["logit_adjust"][
+        "chosen_on"]
+    old, new = torch.jit.load(str(tiny_model_path)), torch.jit.load(str(out))
+    delta = new.net.full.bias - old.net.full.bias
+    prior = torch.tensor([max(r["prior"][c], 1e-6) for c in meta["classes"]])
+    torch.testing.assert_close(delta, -r["tau"] * prior.log())
+    torch.testing.assert_close(new.net.full.weight, old.net.full.weight)
