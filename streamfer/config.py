@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = PACKAGE_ROOT / "models" / "fer2013-5class.pt"
+DEFAULT_MODEL = PACKAGE_ROOT / "models" / "ferplus-5class.pt"  # docs/RESULTS.md: real faces
 DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
 TTA_CHOICES = ("ten", "mirror", "centre")
 ENV_PREFIX = "STREAMFER_"

@@ -1,8 +1,8 @@
 """One evaluation table, one command per row: an exported model run exactly as the server runs it.
 
-    python -m training.evaluate fer2013  --model models/fer2013-5class.pt   # PublicTest, original labels
-    python -m training.evaluate ferplus  --model models/fer2013-5class.pt   # FER+ valid, majority
-    python -m training.evaluate webfaces --model models/fer2013-5class.pt   # in the wild, whole photos
+    python -m training.evaluate fer2013  --model models/ferplus-5class.pt  # PublicTest, FER2013 labels
+    python -m training.evaluate ferplus  --model models/ferplus-5class.pt  # FER+ valid, majority
+    python -m training.evaluate webfaces --model models/ferplus-5class.pt  # in the wild, whole photos
     python -m training.evaluate agreement    # FER2013's labels vs the FER+ majority, PublicTest
 
 Every face goes through streamfer's own path: the server's decoder, `streamfer.faces.prepare`
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from streamfer.config import DEFAULT_MODEL
 from streamfer.faces import FaceDetector, equalize_faces, load_gray, prepare
 from streamfer.model import Predictor
 from training import data as D
@@ -38,7 +39,8 @@ class EvalConfig:
     set: str = opt("fer2013", "fer2013: PublicTest with FER2013's labels; ferplus: FER+ valid, "
                    "majority protocol; webfaces: webfaces-dev whole photos (balanced accuracy); "
                    "agreement: FER2013's labels vs the FER+ majority on PublicTest", SETS)
-    model: str = opt("models/fer2013-5class.pt", "exported TorchScript model")
+    model: str = opt(str(DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[1])),
+                     "exported TorchScript model (default: the server's)")
     classes: str = opt("", "score these classes (paper5, fer7, fer8, a list); default: the "
                        "model's own")
     datasets: str = opt("../shared/datasets", "folder holding fer2013/, ferplus/, webfaces-dev/")
