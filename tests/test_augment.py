@@ -63,7 +63,7 @@ def test_camera_views_shape_range_and_each_group_switches_off() -> None:
     # with every group off, a view is one of the paper's five crops, unchanged
     none = camera_views(faces, 44, CameraAugment.without(",".join(CAMERA_GROUPS)),
                         torch.Generator().manual_seed(1))
-    for view, face in zip(none, faces.float()):
+    for view, face in zip(none, faces.float(), strict=True):
         assert any(torch.equal(view, face[:, y:y + 44, x:x + 44])
                    for y, x in corner_offsets(48, 44))
     # each group on its own changes the views (flip: at least one mirrored)

@@ -159,7 +159,7 @@ def _jpeg(x: torch.Tensor, aug: CameraAugment, gen: torch.Generator | None) -> t
     out = x.clone()
     for i in pick.nonzero().flatten().tolist():
         img = x[i, 0].round().clamp(0, 255).to(torch.uint8).numpy()
-        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality[i])])
+        _, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality[i])])
         out[i, 0] = torch.from_numpy(cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)).float()
     return out
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     classes = tuple(Predictor(cfg.model, device="cpu", optimize=False).classes)
     _, votes = D.read_ferplus_votes(Path(cfg.data_root) / "train" / "label.csv")
     _, _, soft = D.ferplus_targets(votes, classes, cfg.labels)
-    prior = {c: float(p) for c, p in zip(classes, soft.mean(0))}
+    prior = {c: float(p) for c, p in zip(classes, soft.mean(0), strict=True)}
     val = D.load_ferplus(cfg.data_root, "valid", classes, "majority")
     scan: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
               "command": cfg.command}
     reexport(cfg.model, cfg.out, adjust)
     result = {"model": cfg.out, "tau": float(best), "prior": prior, "scan": scan,
-              "val_images": int(len(val)), "class_counts_val": val.counts(),
-              "train_prior_images": int(len(soft)), "command": cfg.command}
+              "val_images": len(val), "class_counts_val": val.counts(),
+              "train_prior_images": len(soft), "command": cfg.command}
     print(json.dumps({k: v for k, v in result.items() if k != "scan"}, indent=2))
     return result
 

@@ -36,7 +36,7 @@ CKPLUS7 = ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surp
 # FER+'s eight emotions, in label.csv's column order (unknown and NF, not-a-face, follow them).
 FERPLUS8 = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
             "contempt")
-FERPLUS_COLUMNS = FERPLUS8 + ("unknown", "not-a-face")
+FERPLUS_COLUMNS = (*FERPLUS8, "unknown", "not-a-face")
 # --classes: these names, or a comma list of class names.
 NAMED_SETS: dict[str, tuple[str, ...]] = {"paper5": PAPER5, "fer7": FER7, "ck7": CKPLUS7,
                                           "fer8": FERPLUS8}

@@ -1,8 +1,8 @@
 """One evaluation table, one command per row: an exported model run exactly as the server runs it.
 
-    python -m training.evaluate fer2013  --model models/ferplus-5class.pt  # PublicTest, FER2013 labels
-    python -m training.evaluate ferplus  --model models/ferplus-5class.pt  # FER+ valid, majority
-    python -m training.evaluate webfaces --model models/ferplus-5class.pt  # in the wild, whole photos
+    python -m training.evaluate fer2013  --model models/ferplus-5class.pt  # PublicTest
+    python -m training.evaluate ferplus  --model models/ferplus-5class.pt  # FER+ valid
+    python -m training.evaluate webfaces --model models/ferplus-5class.pt  # web photos
     python -m training.evaluate agreement    # FER2013's labels vs the FER+ majority, PublicTest
 
 Every face goes through streamfer's own path: the server's decoder, `streamfer.faces.prepare`
@@ -67,10 +67,10 @@ def scores(true: np.ndarray, pred: np.ndarray, classes: tuple[str, ...]) -> dict
     np.add.at(confusion, (true, pred), 1)
     support = confusion.sum(1)
     recall = np.divide(np.diag(confusion), support, out=np.zeros(k), where=support > 0)
-    return {"images": int(len(true)), "accuracy": float((true == pred).mean()),
+    return {"images": len(true), "accuracy": float((true == pred).mean()),
             "balanced_accuracy": float(recall[support > 0].mean()),
-            "recall": {c: round(float(r), 4) for c, r in zip(classes, recall)},
-            "support": {c: int(s) for c, s in zip(classes, support)},
+            "recall": {c: round(float(r), 4) for c, r in zip(classes, recall, strict=True)},
+            "support": {c: int(s) for c, s in zip(classes, support, strict=True)},
             "confusion": confusion.tolist()}
 
 

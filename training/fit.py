@@ -28,10 +28,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training import data as D
 from streamfer.faces import PREPROCESS_MODES, preprocess_faces
-from training.augment import AUGMENT_MODES, CAMERA_GROUPS, CameraAugment, camera_views, \
-    random_views
+from training import data as D
+from training.augment import AUGMENT_MODES, CAMERA_GROUPS, CameraAugment, camera_views, random_views
 from training.cli import opt, parse_config
 from training.export import TTA_MODES, Deployed, export
 from training.network import PRESETS, FERNet, count_parameters, preset
