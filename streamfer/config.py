@@ -36,7 +36,7 @@ def _data_root() -> Path:
 
 
 PACKAGE_ROOT = _data_root()
-DEFAULT_MODEL = PACKAGE_ROOT / "models" / "fer2013-5class.pt"
+DEFAULT_MODEL = PACKAGE_ROOT / "models" / "ferplus-5class.pt"  # docs/RESULTS.md: real faces
 DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
 TTA_CHOICES = ("ten", "mirror", "centre")
 DETECTOR_CHOICES = ("auto", "blazeface", "haar")

@@ -91,6 +91,28 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
                       cv2.INTER_LINEAR)
 
 
+# What a model does to each model-ready face before its own normalisation, named in its
+# metadata ("preprocess"; absent means "none"): the server applies it (streamfer/model.py) and
+# training applies the same function, so the file says what its training faces looked like.
+# "equalize-hist": per-face histogram equalisation, as the fer2013/ distribution's images are.
+PREPROCESS_MODES = ("none", "equalize-hist")
+
+
+def equalize_faces(faces: np.ndarray) -> np.ndarray:
+    """N x S x S uint8 faces, each histogram-equalised on its own (OpenCV's equalizeHist)."""
+    return np.stack([cv2.equalizeHist(np.ascontiguousarray(f)) for f in faces]) \
+        if len(faces) else faces.copy()
+
+
+def preprocess_faces(faces: np.ndarray, mode: str) -> np.ndarray:
+    """Apply a model's "preprocess" step (PREPROCESS_MODES) to N x S x S uint8 faces."""
+    if mode == "none":
+        return faces
+    if mode == "equalize-hist":
+        return equalize_faces(faces)
+    raise ValueError(f"unknown preprocess {mode!r}; known: {PREPROCESS_MODES}")
+
+
 NO_HAAR = ("this OpenCV build has no Haar cascades (OpenCV 5 dropped them), so the server "
            "cannot find faces in full frames: send face crops, or install "
            "'opencv-python-headless<5' on the server")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from streamfer import onnx_int8
+from streamfer.faces import PREPROCESS_MODES, preprocess_faces
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,11 @@ class Predictor:
         self.tta: str = tta or str(meta.get("tta_default", "mirror"))
         if self.tta not in self.tta_modes:
             raise ModelError(f"tta {self.tta!r} is not one of this model's {self.tta_modes}")
+        # What the model's training faces looked like; the server must feed it the same.
+        self.preprocess: str = str(meta.get("preprocess", "none"))
+        if self.preprocess not in PREPROCESS_MODES:
+            raise ModelError(f"{path}: metadata preprocess {self.preprocess!r} is not one of "
+                             f"{PREPROCESS_MODES}; a newer streamfer may be needed")
         self.device = resolve_device(device)
         self.module = module.to(self.device).eval()
         if optimize and self.device.type == "cpu":
@@ -130,10 +136,11 @@ class Predictor:
         if faces.ndim != 3 or faces.shape[1:] != (self.input_size, self.input_size):
             raise ValueError(f"expected N x {self.input_size} x {self.input_size} faces, "
                              f"got {faces.shape}")
+        faces = preprocess_faces(np.ascontiguousarray(faces, dtype=np.uint8), self.preprocess)
         if self.int8 is not None:
             return self.int8(faces)
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.uint8))
+            x = torch.from_numpy(faces)
             if self.device.type == "cuda":
                 n = x.shape[0]
                 if self._staging is not None and n <= self._staging.shape[0]:

@@ -48,3 +48,43 @@ def test_deployed_ten_crop_averages_the_ten_views() -> None:
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(dep.predict(x, "centre"), torch.softmax(net(views[4]), 1))
         torch.testing.assert_close(dep(x).sum(1), torch.ones(3))
+
+
+def test_camera_views_shape_range_and_each_group_switches_off() -> None:
+    import pytest
+
+    from training.augment import CAMERA_GROUPS, CameraAugment, camera_views
+
+    rng = torch.Generator().manual_seed(0)
+    faces = torch.randint(0, 256, (16, 1, 48, 48), generator=rng, dtype=torch.uint8)
+    every = camera_views(faces, 44, CameraAugment(), torch.Generator().manual_seed(1))
+    assert every.shape == (16, 1, 44, 44) and every.dtype == torch.float32
+    assert every.min() >= 0 and every.max() <= 255 and torch.equal(every, every.round())
+    # with every group off, a view is one of the paper's five crops, unchanged
+    none = camera_views(faces, 44, CameraAugment.without(",".join(CAMERA_GROUPS)),
+                        torch.Generator().manual_seed(1))
+    for view, face in zip(none, faces.float(), strict=True):
+        assert any(torch.equal(view, face[:, y:y + 44, x:x + 44])
+                   for y, x in corner_offsets(48, 44))
+    # each group on its own changes the views (flip: at least one mirrored)
+    for group in CAMERA_GROUPS:
+        aug = CameraAugment.without(",".join(g for g in CAMERA_GROUPS if g != group))
+        if group != "frame":
+            aug = CameraAugment(groups=frozenset({group}))
+        out = camera_views(faces, 44, aug, torch.Generator().manual_seed(2))
+        assert not torch.equal(out, none), group
+    with pytest.raises(ValueError, match="unknown camera augmentation"):
+        CameraAugment.without("jpg")
+
+
+def test_camera_views_equalise_after_the_degradations() -> None:
+    from streamfer.faces import equalize_faces
+    from training.augment import CameraAugment, camera_views
+
+    dark = (torch.arange(48 * 48).reshape(1, 1, 48, 48) % 60).to(torch.uint8).repeat(4, 1, 1, 1)
+    off = CameraAugment(groups=frozenset())
+    eq = camera_views(dark, 44, off, torch.Generator().manual_seed(0), equalize=True)
+    expect = torch.from_numpy(equalize_faces(dark[:, 0].numpy())).float()[:, None]
+    assert any(torch.equal(eq[0], expect[0, :, y:y + 44, x:x + 44])
+               for y, x in corner_offsets(48, 44))
+    assert eq.max() > 200  # a dark face spread over the whole range

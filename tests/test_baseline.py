@@ -86,3 +86,13 @@ def test_cli_train_then_test_split(texture_tree: Path, tmp_path: Path) -> None:
     assert metrics["test_images"] == 96
     assert metrics["accuracy"] > 0.85
     assert metrics["chosen_C"] in B.BaselineConfig().c_values()
+
+
+def test_classic_uniform_lbp_has_59_bins_per_cell() -> None:
+    images = np.random.default_rng(1).integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    x = B.lbp_features(images, 8, (1.0,), 6, "l1", progress=False, method="nri_uniform")
+    assert B.lbp_bins(8, "nri_uniform") == 59
+    assert x.shape == (2, 6 * 6 * 59) == (2, B.feature_length(8, (1.0,), 6, "nri_uniform"))
+    np.testing.assert_allclose(x.reshape(2, -1, 59).sum(-1), 1.0, rtol=1e-5)
+    # random pixels are mostly non-uniform patterns: the last bin holds the most
+    assert x.reshape(2, -1, 59).mean((0, 1)).argmax() == 58

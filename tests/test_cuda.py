@@ -18,7 +18,7 @@ import torch
 from test_fit import make_faces
 
 from streamfer.app import init_app
-from streamfer.config import ServeConfig
+from streamfer.config import DEFAULT_MODEL, ServeConfig
 from streamfer.model import Predictor
 from streamfer.protocol import pack_frame
 from training import fit
@@ -26,7 +26,7 @@ from training import fit
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODEL = ROOT / "models" / "fer2013-5class.pt"
+SHIPPED_MODEL = DEFAULT_MODEL  # the model the server runs by default
 
 
 def faces(n: int, seed: int) -> np.ndarray:

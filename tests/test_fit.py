@@ -169,3 +169,63 @@ def test_folds_split_across_runs_then_resumed_equal_one_whole_run(tmp_path: Path
     assert json.loads((split / "metrics.json").read_text())["accuracy"] == whole["accuracy"]
     with pytest.raises(SystemExit, match="numbered 0 to 2"):
         fit.main([*args, "--out", str(split), "--only-folds", "2-3"])
+
+
+def write_ferplus_tree(root: Path, per_class: int = 8) -> None:
+    """FER+-style train/valid folders: happy faces (columns) and sad ones (rows), with votes."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:48, 0:48]
+    for split in ("train", "valid"):
+        (root / split).mkdir(parents=True)
+        lines = []
+        for i in range(2 * per_class):
+            happy = i % 2 == 0
+            img = ((xx if happy else yy) * 2 + 20 + rng.normal(0, 10, (48, 48))).clip(0, 255)
+            name = f"fer{split[0]}{i:06d}.png"
+            cv2.imwrite(str(root / split / name), img.astype(np.uint8))
+            votes = [0, 7, 0, 2, 0, 0, 0, 0, 1, 0] if happy else [1, 0, 0, 8, 0, 0, 0, 0, 1, 0]
+            lines.append(f'{name},"(0, 0, 48, 48)",' + ",".join(map(str, votes)))
+        (root / split / "label.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_ferplus_soft_labels_camera_views_and_equalisation_reach_the_served_model(
+        tmp_path: Path) -> None:
+    from streamfer.faces import equalize_faces
+    from streamfer.model import Predictor
+
+    write_ferplus_tree(tmp_path / "ferplus")
+    model = tmp_path / "plus.pt"
+    metrics = fit.main(["--data", "ferplus", "--data-root", str(tmp_path / "ferplus"),
+                        "--classes", "happiness,sadness", "--labels", "soft",
+                        "--augment", "camera", "--camera-off", "jpeg",
+                        "--preprocess", "equalize-hist", "--net", "paper", "--epochs", "2",
+                        "--batch", "8", "--lr", "0.01", "--out", str(tmp_path / "run"),
+                        "--export", str(model)])
+    assert metrics["val_images"] == 16
+    meta = json.loads(model.with_suffix(".json").read_text())
+    assert meta["preprocess"] == "equalize-hist" and "soft labels" in meta["train_data"]
+    # the server's Predictor equalises each face, as training did, before the network
+    faces = np.random.default_rng(0).integers(40, 90, (3, 48, 48), dtype=np.uint8)
+    served = Predictor(model, device="cpu", optimize=False).forward(faces)
+    m = torch.jit.load(str(model))
+    with torch.no_grad():
+        direct = m.predict(torch.from_numpy(equalize_faces(faces))[:, None], meta["tta_default"])
+        raw = m.predict(torch.from_numpy(faces)[:, None], meta["tta_default"])
+    np.testing.assert_allclose(served, direct.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(served, raw.numpy(), atol=1e-4)
+
+
+def test_soft_targets_train_toward_the_vote_distribution(tmp_path: Path) -> None:
+    """Soft vs majority targets differ in the loss: with votes 7:2 the soft run's loss cannot
+    fall below the votes' entropy, the one-hot run's can."""
+    write_ferplus_tree(tmp_path / "ferplus")
+    runs = {}
+    for labels in ("soft", "majority"):
+        runs[labels] = fit.main(["--data", "ferplus", "--data-root", str(tmp_path / "ferplus"),
+                                 "--classes", "happiness,sadness", "--labels", labels,
+                                 "--augment", "none", "--net", "paper", "--epochs", "3",
+                                 "--batch", "8", "--lr", "0.01", "--dropout", "0",
+                                 "--out", str(tmp_path / labels)])
+    entropy = -(0.7 / 0.9 * np.log(0.7 / 0.9) + 0.2 / 0.9 * np.log(0.2 / 0.9))
+    assert runs["soft"]["history"]["train_loss"][-1] > 0.9 * entropy
+    assert runs["majority"]["history"]["train_loss"][-1] < runs["soft"]["history"]["train_loss"][-1]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from bench.serverproc import free_port
+from streamfer.config import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +61,7 @@ def test_a_non_editable_install_serves_the_page_and_predicts(
                 assert proc.poll() is None and time.monotonic() < deadline, (
                     (tmp_path / "server.log").read_text())
                 time.sleep(0.5)
-        assert health["model"] == "fer2013-5class"
+        assert health["model"] == DEFAULT_MODEL.stem and health["runtime"] == "onnx-int8"
         page = urllib.request.urlopen(base + "/", timeout=10).read()
         assert b"<html" in page.lower()
         _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))

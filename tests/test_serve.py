@@ -26,7 +26,7 @@ BOUND_S = 120.0  # a fresh Python importing torch on a busy machine; not a timin
 def test_defaults() -> None:
     config = parse_config([], env={})
     assert config == ServeConfig()
-    assert config.model == DEFAULT_MODEL == ROOT / "models" / "fer2013-5class.pt"
+    assert config.model == DEFAULT_MODEL == ROOT / "models" / "ferplus-5class.pt"
     assert (config.host, config.port, config.device) == ("0.0.0.0", 8080, "auto")
     assert config.max_message_bytes > config.max_frame_bytes
 

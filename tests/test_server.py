@@ -18,12 +18,12 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from streamfer.app import STATE, init_app, origin_allowed
-from streamfer.config import ServeConfig
+from streamfer.config import DEFAULT_MODEL, ServeConfig
 from streamfer.model import Predictor
 from streamfer.protocol import pack_frame
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODEL = ROOT / "models" / "fer2013-5class.pt"
+SHIPPED_MODEL = DEFAULT_MODEL  # the model the server runs by default
 BOUND_S = 30.0  # no single wait may take longer (the machine is busy; this is not a timing)
 
 T = TypeVar("T")

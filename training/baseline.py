@@ -16,7 +16,8 @@ training part with that C.
 Feature: scikit-image's 'uniform' LBP (rotation-invariant uniform patterns, Ojala's riu2:
 P + 2 codes for P neighbours at radius R) histogrammed over a cells x cells grid, each cell's
 histogram L1-normalised and (by default) square-rooted, so a linear SVM on it is an SVM with
-the Hellinger kernel. Length: cells * cells * (P + 2) * len(radii), see `feature_length`.
+the Hellinger kernel. Length: cells * cells * bins * len(radii), see `feature_length`; --lbp
+nri_uniform gives the classic 59-bin (P = 8) uniform-pattern histograms.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from training.report import save_confusion
 log = logging.getLogger("training.baseline")
 
 KERNELS = ("linear", "chi2", "rbf")
+LBP_METHODS = ("uniform", "nri_uniform")
 
 
 @dataclass
@@ -50,6 +52,9 @@ class BaselineConfig:
     classes: str = opt("paper5", "paper5 (the paper's five), fer7, ck7, or a comma list")
     size: int = opt(48, "image side the loaders require")
     points: int = opt(8, "LBP neighbours P")
+    lbp: str = opt("uniform", "LBP codes: 'uniform' (rotation-invariant, P + 2 bins) or "
+                   "'nri_uniform' (the classic uniform patterns, P(P-1) + 3 bins: 59 for P=8)",
+                   LBP_METHODS)
     radii: str = opt("1,2", "LBP radii, a comma list (their histograms concatenated)")
     cells: int = opt(7, "a grid of cells x cells histograms")
     norm: str = opt("sqrt", "per cell: L1 then square root (a linear SVM on it is a Hellinger "
@@ -86,9 +91,17 @@ def parse_args(argv: list[str] | None = None) -> BaselineConfig:
 # ---------------------------------------------------------------- features
 
 
-def feature_length(points: int = 8, radii: Sequence[float] = (1.0,), cells: int = 6) -> int:
-    """Length of one LBP feature vector: a (P + 2)-bin 'uniform' histogram per cell and radius."""
-    return cells * cells * (points + 2) * len(radii)
+def lbp_bins(points: int, method: str = "uniform") -> int:
+    """Histogram bins of one cell: P + 2 ('uniform', riu2), P(P-1) + 3 ('nri_uniform', u2)."""
+    if method not in LBP_METHODS:
+        raise ValueError(f"LBP method must be one of {LBP_METHODS}, not {method!r}")
+    return points + 2 if method == "uniform" else points * (points - 1) + 3
+
+
+def feature_length(points: int = 8, radii: Sequence[float] = (1.0,), cells: int = 6,
+                   method: str = "uniform") -> int:
+    """Length of one LBP feature vector: one histogram per cell and radius."""
+    return cells * cells * lbp_bins(points, method) * len(radii)
 
 
 def _cell_index(side: int, cells: int) -> np.ndarray:
@@ -99,18 +112,19 @@ def _cell_index(side: int, cells: int) -> np.ndarray:
 
 
 def lbp_features(images: np.ndarray, points: int = 8, radii: Sequence[float] = (1.0,),
-                 cells: int = 6, norm: str = "sqrt", progress: bool = True) -> np.ndarray:
+                 cells: int = 6, norm: str = "sqrt", progress: bool = True,
+                 method: str = "uniform") -> np.ndarray:
     """N x S x S uint8 faces -> N x feature_length float32 grid-of-cells LBP histograms."""
     from skimage.feature import local_binary_pattern
 
     n, side = len(images), images.shape[1]
-    bins = points + 2
+    bins = lbp_bins(points, method)
     cell = _cell_index(side, cells)
-    out = np.empty((n, feature_length(points, radii, cells)), np.float32)
+    out = np.empty((n, feature_length(points, radii, cells, method)), np.float32)
     per_radius = cells * cells * bins
     for i in tqdm(range(n), desc="LBP features", disable=not progress, mininterval=2):
         for j, r in enumerate(radii):
-            codes = local_binary_pattern(images[i], points, r, method="uniform").astype(np.int64)
+            codes = local_binary_pattern(images[i], points, r, method=method).astype(np.int64)
             hist = np.bincount(cell * bins + codes.ravel(), minlength=per_radius)
             out[i, j * per_radius:(j + 1) * per_radius] = hist
     if norm != "none":
@@ -196,7 +210,8 @@ def load(cfg: BaselineConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
 
 
 def features(cfg: BaselineConfig, faces: D.FaceSet) -> np.ndarray:
-    return lbp_features(faces.images, cfg.points, cfg.radii_list(), cfg.cells, cfg.norm)
+    return lbp_features(faces.images, cfg.points, cfg.radii_list(), cfg.cells, cfg.norm,
+                        method=cfg.lbp)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -213,9 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
     log.info("train %d images %s; test %s; LBP P=%d R=%s %dx%d cells (%d dims), %s SVM",
              len(train), train.counts(), len(test) if test is not None else "folds",
              cfg.points, radii, cfg.cells, cfg.cells,
-             feature_length(cfg.points, radii, cfg.cells), cfg.kernel)
+             feature_length(cfg.points, radii, cfg.cells, cfg.lbp), cfg.kernel)
     x = features(cfg, train)
-    feature = (f"uniform LBP P={cfg.points} R={','.join(f'{r:g}' for r in radii)}, "
+    feature = (f"{cfg.lbp} LBP P={cfg.points} R={','.join(f'{r:g}' for r in radii)}, "
                f"{cfg.cells}x{cfg.cells} cells, {cfg.norm} histograms, {x.shape[1]} dims")
     metrics: dict = {"config": asdict(cfg), "classes": list(train.classes), "feature": feature,
                      "images": len(train)}

@@ -1,7 +1,9 @@
-"""Loading labelled faces: FER2013 (folders or Kaggle CSV), CK+48, any class-folder tree.
+"""Loading labelled faces: FER2013 (folders or Kaggle CSV), FER+ crowd votes, CK+48, any
+class-folder tree.
 
 Every loader returns a FaceSet: uint8 images N x S x S, integer labels into a tuple of
-canonical class names, and (for CK+48) subject ids so folds can group by subject.
+canonical class names, (for CK+48) subject ids so folds can group by subject, and (for FER+)
+soft labels: each image's vote distribution over the chosen classes.
 Folder names differ between data sets (angry/anger, happy, sad/sadness); the one mapping
 to canonical names is CANONICAL below.
 """
@@ -31,10 +33,20 @@ CANONICAL: dict[str, str] = {
 PAPER5 = ("anger", "happiness", "sadness", "surprise", "neutral")
 FER7 = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 CKPLUS7 = ("anger", "contempt", "disgust", "fear", "happiness", "sadness", "surprise")
+# FER+'s eight emotions, in label.csv's column order (unknown and NF, not-a-face, follow them).
+FERPLUS8 = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear",
+            "contempt")
+FERPLUS_COLUMNS = (*FERPLUS8, "unknown", "not-a-face")
 # --classes: these names, or a comma list of class names.
-NAMED_SETS: dict[str, tuple[str, ...]] = {"paper5": PAPER5, "fer7": FER7, "ck7": CKPLUS7}
+NAMED_SETS: dict[str, tuple[str, ...]] = {"paper5": PAPER5, "fer7": FER7, "ck7": CKPLUS7,
+                                          "fer8": FERPLUS8}
 # --data: the layouts training.fit and training.baseline load (training.fit.load dispatches).
-DATA_KINDS = ("fer2013", "fer2013-csv", "ckplus", "folder")
+DATA_KINDS = ("fer2013", "fer2013-csv", "ferplus", "ckplus", "folder")
+# --labels for FER+: 'majority' keeps images where one chosen class has more than half of all
+# votes (the usual FER+ test protocol); 'soft' trains on the vote distribution over the chosen
+# classes (unknown and not-a-face dropped), keeping images where those classes hold more than
+# half of the votes (FER+'s 'probability' protocol, restricted to the chosen classes).
+LABEL_MODES = ("soft", "majority")
 # --fold-mode: grouped keeps each subject's images in one fold; stratified folds are random.
 FOLD_MODES = ("grouped", "stratified")
 # Kaggle fer2013.csv 'emotion' column: 0=Angry 1=Disgust 2=Fear 3=Happy 4=Sad 5=Surprise 6=Neutral
@@ -52,6 +64,7 @@ class FaceSet:
     classes: tuple[str, ...]
     groups: np.ndarray | None = None  # N subject ids (str), where known
     paths: list[str] = field(default_factory=list)
+    soft: np.ndarray | None = None  # N x C float32 label distributions (rows sum to 1)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,7 +72,8 @@ class FaceSet:
     def subset(self, index: np.ndarray) -> FaceSet:
         return FaceSet(self.images[index], self.labels[index], self.classes,
                        None if self.groups is None else self.groups[index],
-                       [self.paths[i] for i in index] if self.paths else [])
+                       [self.paths[i] for i in index] if self.paths else [],
+                       None if self.soft is None else self.soft[index])
 
     def counts(self) -> dict[str, int]:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
@@ -170,3 +184,78 @@ def load_fer2013_csv(path: str | Path, usage: str = "Training",
     if not images:
         raise ValueError(f"{path}: no rows with Usage={usage!r} in classes {wanted}")
     return FaceSet(np.stack(images), np.array(labels, np.int64), wanted)
+
+
+def read_ferplus_votes(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """FER+'s label.csv: (file names, N x 10 vote counts in FERPLUS_COLUMNS order)."""
+    names, votes = [], []
+    with Path(path).open(newline="") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if not row:
+                continue
+            if len(row) != 2 + len(FERPLUS_COLUMNS):
+                raise ValueError(f"{path}:{line}: expected file name, face box and "
+                                 f"{len(FERPLUS_COLUMNS)} vote counts, got {len(row)} fields")
+            try:
+                counts = [int(v) for v in row[2:]]
+            except ValueError:
+                raise ValueError(f"{path}:{line}: vote counts must be integers") from None
+            if min(counts) < 0 or sum(counts) == 0:
+                raise ValueError(f"{path}:{line}: vote counts must be >= 0 and not all 0")
+            names.append(row[0])
+            votes.append(counts)
+    if not names:
+        raise ValueError(f"{path}: no rows")
+    return names, np.array(votes, np.int64)
+
+
+def ferplus_targets(votes: np.ndarray, classes: Sequence[str] | str = PAPER5,
+                    labels: str = "majority") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kept row indices, integer labels, soft labels) from N x 10 FER+ vote counts.
+
+    A class's share is its votes over all of the image's votes (unknown and not-a-face count
+    in the total). 'majority': keep rows whose top chosen class has more than half of all
+    votes; its soft label is one-hot. 'soft': keep rows whose chosen classes hold more than
+    half of all votes together; the soft label is their votes renormalised, the integer label
+    its arg-max (ties go to the first of `classes`).
+    """
+    if labels not in LABEL_MODES:
+        raise ValueError(f"labels must be one of {LABEL_MODES}, not {labels!r}")
+    wanted = resolve_classes(classes)
+    missing = [c for c in wanted if c not in FERPLUS8]
+    if missing:
+        raise ValueError(f"FER+ has no votes for {missing}; its classes are {FERPLUS8}")
+    cols = [FERPLUS8.index(c) for c in wanted]
+    chosen = votes[:, cols].astype(np.float64)
+    total = votes.sum(1).astype(np.float64)
+    if labels == "majority":
+        top = chosen.max(1)
+        keep = np.flatnonzero(top * 2 > total)
+        y = chosen[keep].argmax(1)
+        soft = np.eye(len(wanted), dtype=np.float32)[y]
+    else:
+        keep = np.flatnonzero(chosen.sum(1) * 2 > total)
+        soft = (chosen[keep] / chosen[keep].sum(1, keepdims=True)).astype(np.float32)
+        y = soft.argmax(1)
+    return keep, y.astype(np.int64), soft
+
+
+def load_ferplus(root: str | Path, split: str = "train", classes: Sequence[str] | str = PAPER5,
+                 labels: str = "majority") -> FaceSet:
+    """FER+ (root/train, root/valid: FER2013's raw pixels as PNG + label.csv of ten votes).
+
+    `labels`: see LABEL_MODES; images the protocol leaves out are not loaded. The images are
+    FER2013's original pixels, not histogram-equalised like the fer2013/ folder's.
+    """
+    if split not in ("train", "valid"):
+        raise ValueError("FER+ split is 'train' (FER2013 Training) or 'valid' (PublicTest)")
+    folder = Path(root) / split
+    if not (folder / "label.csv").is_file():
+        raise FileNotFoundError(f"no FER+ label.csv in {folder}")
+    names, votes = read_ferplus_votes(folder / "label.csv")
+    keep, y, soft = ferplus_targets(votes, classes, labels)
+    if not len(keep):
+        raise ValueError(f"{folder}: no image passes the {labels!r} protocol for {classes}")
+    paths = [folder / names[i] for i in keep]
+    images = np.stack([_check(load_gray(p), p, 48) for p in paths])
+    return FaceSet(images, y, resolve_classes(classes), None, [str(p) for p in paths], soft)

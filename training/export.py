@@ -99,9 +99,13 @@ def export(deployed: Deployed, path: str | Path, metadata: dict) -> Path:
     return path
 
 
-def rebuild(source: str | Path) -> tuple[Deployed, dict]:
+def rebuild(source: str | Path, logit_adjust: dict | None = None) -> tuple[Deployed, dict]:
     """An exported model's eager wrapper and network, with its own weights, and its
-    metadata: what re-export and derived artefacts (training/quantize.py) start from."""
+    metadata: what re-export and derived artefacts (training/quantize.py) start from.
+    `logit_adjust` ({"tau": t, "prior": {class: share}}) shifts the output layer's bias by
+    -t log(prior): post-hoc logit adjustment (Menon et al., ICLR 2021), which trades a skewed
+    training prior (FER+ is a third neutral) for balanced per-class recall, at no cost per
+    face."""
     extra = {"metadata.json": ""}
     old = torch.jit.load(str(source), map_location="cpu", _extra_files=extra)
     meta = json.loads(extra["metadata.json"])
@@ -109,16 +113,25 @@ def rebuild(source: str | Path) -> tuple[Deployed, dict]:
     net_fields["conv_channels"] = tuple(net_fields["conv_channels"])
     net = FERNet(NetConfig(**net_fields))
     net.load_state_dict({k.removeprefix("net."): v for k, v in old.state_dict().items()})
+    if logit_adjust:
+        if meta.get("logit_adjust"):
+            raise ValueError(f"{source} is already logit-adjusted; adjust its source instead")
+        prior = torch.tensor([float(logit_adjust["prior"][c]) for c in meta["classes"]])
+        with torch.no_grad():
+            net.full.bias -= float(logit_adjust["tau"]) * prior.clamp_min(1e-6).log()
+        meta["logit_adjust"] = logit_adjust
     deployed = Deployed(net, int(meta["input"]["size"]), int(meta["crop"]), float(meta["mean"]),
                         float(meta["std"]), str(meta["tta_default"]))
     return deployed.eval(), meta
 
 
-def reexport(source: str | Path, target: str | Path | None = None) -> Path:
+def reexport(source: str | Path, target: str | Path | None = None,
+             logit_adjust: dict | None = None) -> Path:
     """Rebuild an exported model's wrapper around its own weights and metadata and save it
     again (in place by default): models exported by older versions of this file pick up
-    its fixes without retraining. The probabilities stay the same."""
-    deployed, meta = rebuild(source)
+    its fixes without retraining. The probabilities stay the same, unless `logit_adjust`
+    is given (see `rebuild`)."""
+    deployed, meta = rebuild(source, logit_adjust)
     keep = {k: v for k, v in meta.items() if k not in {
         "format", "input", "crop", "mean", "std", "tta_default", "tta_modes"}}
     return export(deployed, target or source, keep)

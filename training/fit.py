@@ -2,6 +2,8 @@
 
     python -m training.fit --data fer2013 --data-root ../shared/datasets/fer2013 --net paper
     python -m training.fit --data ckplus --data-root ../shared/datasets/CK+48 --folds 10
+    python -m training.fit --data ferplus --data-root ../shared/datasets/ferplus --labels soft \
+        --augment camera --preprocess equalize-hist --init models/fer2013-5class.pt --net deep
     torchrun --nproc_per_node=2 -m training.fit ...          # data-parallel (DDP)
 
 The paper's optimiser is SGD, batch 128, momentum 0.9, weight decay 0.0005 with the update
@@ -26,8 +28,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from streamfer.faces import PREPROCESS_MODES, preprocess_faces
 from training import data as D
-from training.augment import AUGMENT_MODES, random_views
+from training.augment import AUGMENT_MODES, CAMERA_GROUPS, CameraAugment, camera_views, random_views
 from training.cli import opt, parse_config
 from training.export import TTA_MODES, Deployed, export
 from training.network import PRESETS, FERNet, count_parameters, preset
@@ -44,7 +47,15 @@ class FitConfig:
                     "or any root/<class>/*.png tree", D.DATA_KINDS)
     data_root: str = opt("../shared/datasets/fer2013", "the data set's folder (or the .csv)")
     val_root: str = opt("", "--data folder: a second tree to validate on")
-    classes: str = opt("paper5", "paper5 (the paper's five), fer7, ck7, or a comma list")
+    classes: str = opt("paper5", "paper5 (the paper's five), fer7, ck7, fer8 (FER+'s eight), "
+                       "or a comma list")
+    labels: str = opt("soft", "FER+ training targets: the crowd's vote distribution over the "
+                      "classes, or the majority class only (validation is always majority)",
+                      D.LABEL_MODES)
+    preprocess: str = opt("none", "what every face goes through before the network, at "
+                          "training and (from the model's metadata) at serving: none, or "
+                          "per-face histogram equalisation as fer2013/'s images have",
+                          PREPROCESS_MODES)
     net: str = opt("paper", "network preset (training/network.py)", tuple(PRESETS))
     size: int = opt(48, "source image side; every image must have it")
     crop: int = opt(44, "network input side (the paper's 88 of 96 scaled to 44 of 48)")
@@ -59,7 +70,10 @@ class FitConfig:
     warmup: float = opt(1.0, "epochs of linear learning-rate warm-up before the cosine decay")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing (0: the paper's loss)")
     augment: str = opt("paper10", "training views: the paper's five crops x mirror, any shift "
-                       "x mirror, or the centre crop only", AUGMENT_MODES)
+                       "x mirror, the centre crop only, or camera-like views (training/"
+                       "augment.py: CameraAugment)", AUGMENT_MODES)
+    camera_off: str = opt("", "--augment camera without these groups (ablations), a comma "
+                          f"list of: {', '.join(CAMERA_GROUPS)}")
     tta: str = opt("mirror", "test-time views for validation and the exported default",
                    TTA_MODES)
     folds: int = opt(0, "k-fold cross-validation when > 1 (no validation set is needed)")
@@ -89,6 +103,11 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
     def check(cfg: FitConfig) -> str | None:
         if not 0 < cfg.crop <= cfg.size:
             return f"--crop {cfg.crop} must be between 1 and --size {cfg.size}"
+        if cfg.camera_off:
+            try:
+                CameraAugment.without(cfg.camera_off)
+            except ValueError as e:
+                return f"--camera-off: {e}"
         return D.classes_problem(cfg.classes)
 
     return parse_config(FitConfig, argv, program="training.fit", doc=__doc__, check=check)
@@ -103,6 +122,9 @@ def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
     if cfg.data == "fer2013-csv":
         return (D.load_fer2013_csv(cfg.data_root, "Training", classes),
                 D.load_fer2013_csv(cfg.data_root, "PublicTest", classes))
+    if cfg.data == "ferplus":
+        return (D.load_ferplus(cfg.data_root, "train", classes, cfg.labels),
+                D.load_ferplus(cfg.data_root, "valid", classes, "majority"))
     if cfg.data == "ckplus":
         return D.load_ckplus(cfg.data_root, classes), None
     if cfg.data == "folder":
@@ -197,7 +219,9 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
     net_cfg = preset(cfg.net, crop=cfg.crop, classes=len(train.classes), dropout=cfg.dropout,
                      zero_head=cfg.zero_head)
     net = FERNet(net_cfg).to(device)
-    mean, std = float(train.images.mean()), float(train.images.std())
+    seen_faces = preprocess_faces(train.images, cfg.preprocess)  # what the network sees
+    mean, std = float(seen_faces.mean()), float(seen_faces.std())
+    del seen_faces
     if cfg.init:
         mean, std = init_from(net, cfg.init, train.classes)
     deployed = Deployed(net, cfg.size, cfg.crop, mean, std, cfg.tta).to(device)
@@ -206,8 +230,17 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
         model = torch.nn.parallel.DistributedDataParallel(net)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
-    images = torch.from_numpy(train.images)[:, None]
+    camera = cfg.augment == "camera"
+    if camera:  # degradations come first, then the preprocessing, as on the serving path
+        images = torch.from_numpy(train.images)[:, None]
+        aug = CameraAugment.without(cfg.camera_off)
+    else:
+        images = torch.from_numpy(preprocess_faces(train.images, cfg.preprocess))[:, None]
     labels = torch.from_numpy(train.labels)
+    # Targets are distributions: FER+'s vote shares (--labels soft), else one-hot labels.
+    targets = torch.from_numpy(train.soft if train.soft is not None else
+                               np.eye(len(train.classes), dtype=np.float32)[train.labels])
+    val_images = None if val is None else preprocess_faces(val.images, cfg.preprocess)
     per_rank = cfg.batch // world  # the paper's batch of 128 is the global batch
     steps = len(train) // cfg.batch or 1
     if cfg.max_steps:
@@ -238,14 +271,22 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
                    leave=False, mininterval=5)
         for step in bar:
             idx = order[step * per_rank:(step + 1) * per_rank]
-            x = random_views(images[idx], cfg.crop, cfg.augment, gen).to(device).float()
-            x = (x - mean) / std
+            if camera:
+                x = camera_views(images[idx], cfg.crop, aug, gen,
+                                 equalize=cfg.preprocess == "equalize-hist")
+            else:
+                x = random_views(images[idx], cfg.crop, cfg.augment, gen)
+            x = (x.to(device).float() - mean) / std
             y = labels[idx].to(device)
+            target = targets[idx].to(device)
+            if cfg.label_smoothing:
+                target = target * (1 - cfg.label_smoothing) + cfg.label_smoothing / target.shape[1]
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, epoch * steps + step, steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            # cross-entropy against a distribution (= the usual loss for one-hot targets)
+            loss = -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -255,7 +296,7 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
         val_acc = float("nan")
         if val is not None and rank == 0:
-            val_acc = float((predict(deployed, val.images, cfg.tta, device).argmax(1)
+            val_acc = float((predict(deployed, val_images, cfg.tta, device).argmax(1)
                              == val.labels).mean())
         history["epoch"].append(epoch + 1)
         history["train_loss"].append(total_loss / seen)
@@ -354,10 +395,11 @@ def main(argv: list[str] | None = None) -> dict:
             fold_out.mkdir(exist_ok=True)
             deployed, _ = train_one(cfg, train.subset(tr), None, fold_out, device, rank, world)
             if rank == 0:
+                seen = preprocess_faces(train.images[te], cfg.preprocess)
                 for tta in TTA_MODES:  # the no-test-time-averaging ablation comes free
-                    p = predict(deployed, train.images[te], tta, device).argmax(1)
+                    p = predict(deployed, seen, tta, device).argmax(1)
                     tta_accs.setdefault(tta, []).append(float((p == train.labels[te]).mean()))
-                pred = predict(deployed, train.images[te], cfg.tta, device).argmax(1)
+                pred = predict(deployed, seen, cfg.tta, device).argmax(1)
                 accs.append(float((pred == train.labels[te]).mean()))
                 pooled_true += train.labels[te].tolist()
                 pooled_pred += pred.tolist()
@@ -384,7 +426,8 @@ def main(argv: list[str] | None = None) -> dict:
             save_curves(history, out / "curves.png", cfg.net)
             if val is not None:
                 metrics["val_images"] = len(val)
-                preds = {tta: predict(deployed, val.images, tta, device).argmax(1)
+                seen = preprocess_faces(val.images, cfg.preprocess)
+                preds = {tta: predict(deployed, seen, tta, device).argmax(1)
                          for tta in TTA_MODES}
                 for tta, p in preds.items():
                     metrics[f"val_accuracy_{tta}"] = float((p == val.labels).mean())
@@ -395,8 +438,10 @@ def main(argv: list[str] | None = None) -> dict:
             if cfg.export:
                 export(deployed, cfg.export, {
                     "name": Path(cfg.export).stem, "classes": list(train.classes),
+                    "preprocess": cfg.preprocess,
                     "network": deployed.net.cfg.to_dict(), "params": metrics["params"],
-                    "train_data": f"{cfg.data}:{cfg.data_root} ({len(train)} images)",
+                    "train_data": f"{cfg.data}:{cfg.data_root} ({len(train)} images"
+                                  + (f", {cfg.labels} labels)" if cfg.data == "ferplus" else ")"),
                     "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
                     "command": cfg.command,
                 })

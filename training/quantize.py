@@ -1,6 +1,6 @@
 """Derive the int8 ONNX model the server runs on the CPU (streamfer/onnx_int8.py).
 
-    python -m training.quantize --model models/fer2013-5class.pt \
+    python -m training.quantize --model models/ferplus-5class.pt \
         --data ../shared/datasets/fer2013/train
 
 Rebuilds the exported model's network and wrapper from its own weights (training/export.py),
@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from streamfer import onnx_int8
+from streamfer.faces import preprocess_faces
 from training.cli import opt, parse_config
 from training.export import Deployed, rebuild
 
@@ -38,7 +39,7 @@ QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 
 @dataclass
 class QuantizeConfig:
-    model: str = opt("models/fer2013-5class.pt", "the exported TorchScript model")
+    model: str = opt("models/ferplus-5class.pt", "the exported TorchScript model")
     data: str = opt("../shared/datasets/fer2013/train",
                     "folder of training face images for calibration (searched recursively)")
     count: int = opt(512, "calibration faces, drawn evenly across the sorted file list")
@@ -87,7 +88,9 @@ def quantize(cfg: QuantizeConfig) -> Path:
     model = Path(cfg.model)
     deployed, meta = rebuild(model)
     size = int(meta["input"]["size"])
+    # What the served model sees: its own preprocessing, as the Predictor applies it.
     faces = calibration_faces(Path(cfg.data), cfg.count, size)
+    faces = preprocess_faces(faces[:, 0], str(meta.get("preprocess", "none")))[:, None]
     target = Path(cfg.out) if cfg.out else onnx_int8.derived_path(model)
 
     class Reader(CalibrationDataReader):

@@ -1,0 +1,74 @@
+"""CPU cost per face of models as the server runs them, side by side in one process.
+
+Each model is loaded by `streamfer.model.Predictor` (frozen and fused for the CPU, its own
+preprocessing from the metadata, e.g. histogram equalisation, and its default test-time
+averaging), on one torch thread; every round times one `forward` call per model, in turn,
+so the machine's load hits all of them alike. Reports the median process CPU time and wall
+time per face for each batch size, and their ratio to the first model.
+
+    python bench/served_cost.py models/fer2013-5class.pt models/ferplus-5class.pt \
+        --out bench/results/served_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import describe, machine_info  # noqa: E402
+from streamfer.model import Predictor  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", type=Path)
+    p.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
+    p.add_argument("--rounds", type=int, default=30, help="timed rounds (median)")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    predictors = [Predictor(m, device="cpu") for m in a.models]
+    faces = np.random.default_rng(0).integers(0, 256, (256, 48, 48), dtype=np.uint8)
+    result: dict = {"machine": machine_info(), "threads": 1, "rounds": a.rounds, "rows": []}
+    for n in [int(b) for b in a.batches.split(",")]:
+        batch = faces[:n]
+        for pr in predictors:
+            for _ in range(3):
+                pr.forward(batch)  # warm-up: TorchScript profiles its first calls
+        cpu: list[list[float]] = [[] for _ in predictors]
+        wall: list[list[float]] = [[] for _ in predictors]
+        for _ in range(a.rounds):
+            for i, pr in enumerate(predictors):
+                c0, w0 = time.process_time(), time.perf_counter()
+                pr.forward(batch)
+                cpu[i].append((time.process_time() - c0) * 1e3 / n)
+                wall[i].append((time.perf_counter() - w0) * 1e3 / n)
+        base = statistics.median(cpu[0])
+        for i, pr in enumerate(predictors):
+            row = {"model": str(a.models[i]), "tta": pr.tta, "preprocess": pr.preprocess,
+                   "batch": n, "cpu_ms_per_face": statistics.median(cpu[i]),
+                   "wall_ms_per_face": statistics.median(wall[i]),
+                   "cpu_ratio_to_first": statistics.median(cpu[i]) / base}
+            result["rows"].append(row)
+            print(f"batch {n:3d}  {a.models[i].name:28s} {pr.tta:6s} {pr.preprocess:13s} "
+                  f"cpu {row['cpu_ms_per_face']:.2f} ms/face  wall {row['wall_ms_per_face']:.2f}"
+                  f"  x{row['cpu_ratio_to_first']:.2f}")
+    print(describe(result["machine"]))
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

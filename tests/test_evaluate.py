@@ -1,0 +1,94 @@
+"""training.evaluate: the table's rows through the served model, on trees written here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from training import data as D
+from training import evaluate as E
+
+FER_FOLDERS = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+# FER+ votes per image (neutral happiness surprise sadness anger disgust fear contempt unk NF)
+PLUS = [("happy", [0, 9, 0, 0, 0, 0, 0, 0, 1, 0]),    # agrees
+        ("sad", [8, 0, 0, 2, 0, 0, 0, 0, 0, 0]),      # FER+ says neutral
+        ("angry", [3, 0, 0, 3, 3, 0, 0, 0, 1, 0]),    # no majority
+        ("fear", [0, 0, 1, 0, 0, 0, 9, 0, 0, 0])]     # agrees, outside the paper's five
+
+
+def test_scores_balanced_accuracy_and_recall() -> None:
+    s = E.scores(np.array([0, 0, 0, 0, 1, 1]), np.array([0, 0, 0, 1, 1, 0]), ("a", "b"))
+    assert s["accuracy"] == 4 / 6 and s["balanced_accuracy"] == (0.75 + 0.5) / 2
+    assert s["recall"] == {"a": 0.75, "b": 0.5} and s["confusion"] == [[3, 1], [1, 1]]
+
+
+def write_sets(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for f in FER_FOLDERS:
+            (root / "fer2013" / split / f).mkdir(parents=True)
+    (root / "ferplus" / "valid").mkdir(parents=True)
+    lines = []
+    for i, (folder, votes) in enumerate(PLUS):
+        raw = (rng.random((48, 48)) * 90 + 30).astype(np.uint8)  # low contrast, like raw FER
+        cv2.imwrite(str(root / "ferplus" / "valid" / f"fer{i:07d}.png"), raw)
+        lines.append(f'fer{i:07d}.png,"(0, 0, 48, 48)",' + ",".join(map(str, votes)))
+        cv2.imwrite(str(root / "fer2013" / "test" / folder / f"PublicTest_{i}.jpg"),
+                    cv2.equalizeHist(raw), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    (root / "ferplus" / "valid" / "label.csv").write_text("\n".join(lines) + "\n")
+    for folder in ("angry", "happy", "neutral", "sad", "surprise"):
+        (root / "webfaces-dev" / folder).mkdir(parents=True)
+        photo = rng.integers(0, 256, (120, 100, 3), np.uint8)
+        cv2.imwrite(str(root / "webfaces-dev" / folder / "Someone_1.jpg"), photo)
+
+
+def test_agreement_pairs_equalised_jpegs_with_raw_votes(tmp_path: Path) -> None:
+    write_sets(tmp_path)
+    r = E.main(["agreement", "--datasets", str(tmp_path)])
+    assert r["matched"] == 4
+    # paper's five: happy agrees, sad does not, angry has no majority -> 1 of 3
+    assert r["paper5"] == {"images": 3, "with_majority": 2, "agreement": 1 / 3,
+                           "agreement_where_majority": 0.5}
+    assert r["fer7"]["images"] == 4 and r["fer7"]["agreement"] == 0.5
+
+
+def test_each_row_runs_through_the_served_model(tmp_path: Path, tiny_model_path: Path) -> None:
+    write_sets(tmp_path)
+    for name, n in (("fer2013", 3), ("ferplus", 2), ("webfaces", 5)):
+        out = tmp_path / f"{name}.json"
+        r = E.main([name, "--model", str(tiny_model_path), "--datasets", str(tmp_path),
+                    "--out", str(out)])
+        assert r["images"] == n and out.is_file() and r["tta"] == "mirror"
+        assert r["classes"] == list(D.PAPER5) and sum(r["support"].values()) == n
+        assert 0 <= r["balanced_accuracy"] <= 1 and "--set " + name in r["command"]
+
+
+def test_calibrate_picks_tau_on_ferplus_valid_and_shifts_only_the_bias(
+        tmp_path: Path, tiny_model_path: Path) -> None:
+    import json
+
+    import torch
+
+    from training import calibrate
+
+    write_sets(tmp_path)
+    train = tmp_path / "ferplus" / "train"
+    train.mkdir()
+    (train / "label.csv").write_text(
+        (tmp_path / "ferplus" / "valid" / "label.csv").read_text())
+    out = tmp_path / "adjusted.pt"
+    r = calibrate.main([str(tiny_model_path), "--out", str(out), "--data-root",
+                        str(tmp_path / "ferplus"), "--taus", "0,1"])
+    assert set(r["scan"]) == {"0", "1"} and r["tau"] in (0.0, 1.0)
+    # prior: mean soft target over the train votes that pass the soft protocol
+    assert abs(sum(r["prior"].values()) - 1) < 1e-6 and r["prior"]["happiness"] > 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["logit_adjust"]["tau"] == r["tau"] and "FER+ valid" in meta["logit_adjust"][
+        "chosen_on"]
+    old, new = torch.jit.load(str(tiny_model_path)), torch.jit.load(str(out))
+    delta = new.net.full.bias - old.net.full.bias
+    prior = torch.tensor([max(r["prior"][c], 1e-6) for c in meta["classes"]])
+    torch.testing.assert_close(delta, -r["tau"] * prior.log())
+    torch.testing.assert_close(new.net.full.weight, old.net.full.weight)

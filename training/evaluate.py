@@ -1,0 +1,196 @@
+"""One evaluation table, one command per row: an exported model run exactly as the server runs it.
+
+    python -m training.evaluate fer2013  --model models/ferplus-5class.pt  # PublicTest
+    python -m training.evaluate ferplus  --model models/ferplus-5class.pt  # FER+ valid
+    python -m training.evaluate webfaces --model models/ferplus-5class.pt  # web photos
+    python -m training.evaluate agreement    # FER2013's labels vs the FER+ majority, PublicTest
+
+Every face goes through streamfer's own path: the server's decoder, `streamfer.faces.prepare`
+for a client crop (webfaces: the whole photo is the crop), and `streamfer.model.Predictor`
+(on the CPU its int8 ONNX derivative when one was made from this very file, else the frozen,
+fused TorchScript; the model's own preprocessing and default test-time averaging).
+The classes scored are the model's: a row whose classes the model lacks says so and stops.
+webfaces-dev is for evaluation only; never select epochs or tune on it. Results print as JSON
+and, with --out, are saved there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from streamfer.config import DEFAULT_MODEL
+from streamfer.faces import FaceDetector, equalize_faces, load_gray, prepare
+from streamfer.model import Predictor
+from training import data as D
+from training.cli import opt, parse_config
+
+log = logging.getLogger("training.evaluate")
+
+SETS = ("fer2013", "ferplus", "webfaces", "agreement")
+
+
+@dataclass
+class EvalConfig:
+    set: str = opt("fer2013", "fer2013: PublicTest with FER2013's labels; ferplus: FER+ valid, "
+                   "majority protocol; webfaces: webfaces-dev whole photos (balanced accuracy); "
+                   "agreement: FER2013's labels vs the FER+ majority on PublicTest", SETS)
+    model: str = opt(str(DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[1])),
+                     "exported TorchScript model (default: the server's)")
+    classes: str = opt("", "score these classes (paper5, fer7, fer8, a list); default: the "
+                       "model's own")
+    datasets: str = opt("../shared/datasets", "folder holding fer2013/, ferplus/, webfaces-dev/")
+    tta: str = opt("", "test-time views (default: the model's own default, as the server)")
+    threads: int = opt(1, "torch threads (1: one core, as the server's inference thread)")
+    out: str = opt("", "also write the result here as JSON")
+
+
+def parse_args(argv: list[str] | None = None) -> EvalConfig:
+    def check(cfg: EvalConfig) -> str | None:
+        return D.classes_problem(cfg.classes) if cfg.classes else None
+
+    # positional set name for the short form: python -m training.evaluate ferplus ...
+    args = list(argv if argv is not None else __import__("sys").argv[1:])
+    if args and args[0] in SETS:
+        args = ["--set", args[0], *args[1:]]
+    return parse_config(EvalConfig, args, program="training.evaluate", doc=__doc__, check=check)
+
+
+def scores(true: np.ndarray, pred: np.ndarray, classes: tuple[str, ...]) -> dict:
+    """Accuracy, balanced accuracy (mean per-class recall), per-class recall, confusion."""
+    k = len(classes)
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (true, pred), 1)
+    support = confusion.sum(1)
+    recall = np.divide(np.diag(confusion), support, out=np.zeros(k), where=support > 0)
+    return {"images": len(true), "accuracy": float((true == pred).mean()),
+            "balanced_accuracy": float(recall[support > 0].mean()),
+            "recall": {c: round(float(r), 4) for c, r in zip(classes, recall, strict=True)},
+            "support": {c: int(s) for c, s in zip(classes, support, strict=True)},
+            "confusion": confusion.tolist()}
+
+
+def model_faces(predictor: Predictor, faces: D.FaceSet) -> np.ndarray:
+    """Predicted class index per face (model's class order mapped onto `faces.classes`)."""
+    columns = [predictor.classes.index(c) for c in faces.classes]
+    preds = []
+    for i in tqdm(range(0, len(faces), 64), desc="faces", leave=False, mininterval=5):
+        preds.append(predictor.forward(faces.images[i:i + 64])[:, columns].argmax(1))
+    return np.concatenate(preds)
+
+
+def load_photos(root: Path, classes: tuple[str, ...], size: int) -> D.FaceSet:
+    """webfaces-dev photos, each whole photo sent as the page sends a crop: decoded to gray by
+    the server's decoder and resized by `streamfer.faces.prepare(is_crop=True)`."""
+    detector = FaceDetector()
+    folders = {D.canonical(p.name): p for p in root.iterdir() if p.is_dir()}
+    images, labels, paths = [], [], []
+    for label, cls in enumerate(classes):
+        if cls not in folders:
+            raise FileNotFoundError(f"{root}: no folder for class {cls!r}")
+        for path in sorted(folders[cls].iterdir()):
+            if path.suffix.lower() in D.IMAGE_SUFFIXES:
+                face = prepare(path.read_bytes(), is_crop=True, size=size, detector=detector)
+                images.append(face.pixels)
+                labels.append(label)
+                paths.append(str(path))
+    return D.FaceSet(np.stack(images), np.array(labels, np.int64), classes, None, paths)
+
+
+def match_ferplus(fer: D.FaceSet, plus_root: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Pair each fer2013/test image with its FER+ valid twin by pixels.
+
+    The folders name images differently (Kaggle ids vs row numbers) and fer2013/'s are
+    histogram-equalised JPEGs, so FER+'s raw PNGs are equalised and each fer2013 image takes
+    the FER+ image it correlates with best (Pearson, over pixels); pairs below 0.95 are
+    dropped (a twin correlates at a median 0.998; FER2013 holds a few near-duplicates, which
+    may pair with either copy). Returns (fer index, FER+ row index into label.csv, stats)."""
+    names, _ = D.read_ferplus_votes(plus_root / "label.csv")
+    plus = equalize_faces(np.stack([load_gray(plus_root / n) for n in names]))
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), -1).astype(np.float32)
+        x = x - x.mean(1, keepdims=True)
+        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-6)
+
+    corr = unit(fer.images) @ unit(plus).T
+    best, top = corr.argmax(1), corr.max(1)
+    ok = top >= 0.95
+    return np.flatnonzero(ok), best[ok], {"fer2013_images": len(fer), "matched": int(ok.sum()),
+                                          "correlation_median": float(np.median(top[ok]))}
+
+
+def agreement(cfg: EvalConfig) -> dict:
+    """How often FER2013's PublicTest label is the FER+ crowd majority, per class set: over the
+    images FER2013 labels within the set (`agreement`), and over those of them that also have
+    a FER+ majority within the set (`agreement_where_majority`)."""
+    root = Path(cfg.datasets)
+    fer = D.load_fer2013(root / "fer2013", "test", D.FER7)
+    idx, rows, stats = match_ferplus(fer, root / "ferplus" / "valid")
+    _, votes = D.read_ferplus_votes(root / "ferplus" / "valid" / "label.csv")
+    votes = votes[rows]
+    fer_label = np.array([D.FER7[k] for k in fer.labels[idx]])
+    out: dict = {"set": "agreement", "protocol": "fer2013/test (PublicTest) paired with FER+ "
+                 "valid by pixels; FER+ majority = a class with more than half of all votes",
+                 **stats}
+    for name in ("paper5", "fer7"):
+        cls = D.NAMED_SETS[name]
+        base = np.isin(fer_label, cls)
+        keep, y, _ = D.ferplus_targets(votes, cls, "majority")
+        plus = np.full(len(votes), "", dtype=object)
+        plus[keep] = [cls[k] for k in y]
+        has = base & (plus != "")
+        same = base & (plus == fer_label)
+        out[name] = {"images": int(base.sum()), "with_majority": int(has.sum()),
+                     "agreement": float(same.sum() / base.sum()),
+                     "agreement_where_majority": float(same.sum() / has.sum())}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    if cfg.set == "agreement":
+        result = agreement(cfg)
+    else:
+        predictor = Predictor(cfg.model, device="cpu", tta=cfg.tta or None)
+        classes = D.resolve_classes(cfg.classes) if cfg.classes else tuple(predictor.classes)
+        lacking = [c for c in classes if c not in predictor.classes]
+        if lacking:
+            raise SystemExit(f"{cfg.model} has no output for {lacking}: it predicts "
+                             f"{predictor.classes}")
+        root = Path(cfg.datasets)
+        if cfg.set == "fer2013":
+            faces = D.load_fer2013(root / "fer2013", "test", classes)
+            protocol = "FER2013 PublicTest (fer2013/test), FER2013's original labels"
+        elif cfg.set == "ferplus":
+            faces = D.load_ferplus(root / "ferplus", "valid", classes, "majority")
+            protocol = ("FER+ valid (= PublicTest), majority: images with one class over half "
+                        "of all votes, that class in the chosen set")
+        else:
+            faces = load_photos(root / "webfaces-dev", classes, predictor.input_size)
+            protocol = ("webfaces-dev, each whole photo sent as a client crop (gray, resized), "
+                        "the model alone; evaluation only")
+        pred = model_faces(predictor, faces)
+        result = {"set": cfg.set, "model": cfg.model, "classes": list(classes),
+                  "tta": predictor.tta, "preprocess": predictor.preprocess,
+                  "protocol": protocol, **scores(faces.labels, pred, classes)}
+    result["command"] = cfg.command
+    text = json.dumps(result, indent=2)
+    print(text)
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
