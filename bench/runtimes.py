@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import torch
 
+from streamfer.config import DEFAULT_MODEL
 from streamfer.model import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +45,7 @@ def publictest(root: Path, classes: list[str], size: int) -> tuple[np.ndarray, n
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "fer2013-5class.pt")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads")
     p.add_argument("--batches", default="1,8,16", help="batch sizes to time")
     p.add_argument("--reps", type=int, default=40, help="timed rounds per batch size")
