@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from bench.machine import describe, machine_info
-from streamfer.config import ServeConfig
+from streamfer.config import DEFAULT_MODEL, ServeConfig
 from streamfer.model import Predictor
 
 BENCH = Path(__file__).resolve().parent
@@ -53,7 +53,7 @@ def calls(predictor: Predictor, sizes: tuple[int, ...], repeats: int = 3) -> dic
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "fer2013-5class.pt")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--max-batch", type=int, default=ServeConfig().max_batch)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")

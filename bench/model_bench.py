@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from bench.machine import describe, machine_info
-from streamfer.config import ServeConfig
+from streamfer.config import DEFAULT_MODEL, ServeConfig
 from streamfer.model import optimized_for_cpu
 
 BENCH = Path(__file__).resolve().parent
@@ -42,7 +42,7 @@ SERVER_DEFAULT_TTA = "mirror"
 
 @dataclass(frozen=True)
 class ModelBenchConfig:
-    model: Path = ROOT / "models" / "fer2013-5class.pt"
+    model: Path = DEFAULT_MODEL
     devices: tuple[str, ...] = ("cpu",)
     max_batch: int = 256
     modes: tuple[str, ...] = MODES

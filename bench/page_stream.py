@@ -31,12 +31,13 @@ from browserkit import Server, counts, free_port, open_page, phone, prediction  
 from fakecam import scene, shaking, write_y4m  # noqa: E402
 
 from bench.machine import describe, machine_info  # noqa: E402
+from streamfer.config import DEFAULT_MODEL  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/webfaces-dev"))
-    ap.add_argument("--model", default=str(ROOT / "models/fer2013-5class.pt"))
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--photos", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--detector", default="", help="the page's ?detector= (default: its own)")

@@ -6,7 +6,7 @@ averaging), on one torch thread; every round times one `forward` call per model,
 so the machine's load hits all of them alike. Reports the median process CPU time and wall
 time per face for each batch size, and their ratio to the first model.
 
-    python bench/served_cost.py models/fer2013-5class.pt models/ferplus-5class.pt \
+    python -m bench.served_cost models/fer2013-5class.pt models/ferplus-5class.pt \
         --out bench/results/served_cost.json
 """
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bench.serverproc import ROOT, running_server
+from bench.serverproc import running_server
+from streamfer.config import DEFAULT_MODEL
 
 LABELS = {"angry": "anger", "happy": "happiness", "neutral": "neutral", "sad": "sadness",
           "surprise": "surprise"}
@@ -59,7 +60,7 @@ def score(rows: list[tuple[str, str | None]]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="../shared/datasets/webfaces-dev")
-    ap.add_argument("--model", default=str(ROOT / "models" / "fer2013-5class.pt"))
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--detectors", default="haar,blazeface")
     ap.add_argument("--out", default="bench/results/webfaces_e2e.json")
     ap.add_argument("--limit", type=int, default=0)

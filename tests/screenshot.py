@@ -1,6 +1,6 @@
 """Make docs/screenshot.png: the phone page, live, with the astronaut as its camera.
 
-    python tests/screenshot.py [--model models/fer2013-5class.pt] [--out docs/screenshot.png]
+    python tests/screenshot.py [--model models/ferplus-5class.pt] [--out docs/screenshot.png]
 
 Starts the real server and headless Chromium exactly as tests/test_browser.py does, lets
 predictions stream for a few seconds, prints the page's counters, and saves a phone-viewport
@@ -23,6 +23,8 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 from skimage import data
 
+from streamfer.config import DEFAULT_MODEL
+
 
 def shrink(png: bytes, out: Path, budget: int = 480_000) -> None:
     """Save the PNG as is if it fits `budget` bytes, else as 256 colours (photos dominate)."""
@@ -36,7 +38,7 @@ def shrink(png: bytes, out: Path, budget: int = 480_000) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "fer2013-5class.pt")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     parser.add_argument("--seconds", type=float, default=6.0, help="streaming time before the shot")
     parser.add_argument("--scale", type=float, default=2.0, help="device pixels per CSS pixel")

@@ -29,11 +29,12 @@ import numpy as np
 import pytest
 
 from bench.serverproc import Server, running_server
+from streamfer.config import DEFAULT_MODEL
 from streamfer.protocol import HEADER, PROTOCOL_VERSION, pack_frame
 from tests.hostile import bomb_variants, get_json, memory_mb, raw_socket, ws_frame, ws_upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_MODEL = ROOT / "models" / "fer2013-5class.pt"
+SHIPPED_MODEL = DEFAULT_MODEL  # the server's default
 BOUND_S = 60.0
 RSS_GROWTH_MB = 300
 STATUSES = {"ok", "no_face", "dropped", "error"}

@@ -32,8 +32,11 @@ def test_a_non_editable_install_serves_the_page_and_predicts(
                     "--no-build-isolation", "-w", str(wheels), str(ROOT)], check=True,
                    timeout=300)
     (wheel,) = wheels.glob("streamfer-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix",
-                    str(prefix), str(wheel)], check=True, timeout=300)
+    # --ignore-installed: pip would otherwise uninstall the running environment's streamfer
+    # (the developer's editable install) to "upgrade" it, although the target is elsewhere.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--ignore-installed", "--prefix", str(prefix), str(wheel)],
+                   check=True, timeout=300)
     site = Path(sysconfig.get_path("purelib", vars={"base": str(prefix)}))
     env = {**os.environ, "PYTHONPATH": str(site)}
     where = subprocess.run(
