@@ -24,7 +24,7 @@ import torch
 
 from bench.machine import describe, machine_info
 from streamfer.config import DEFAULT_MODEL, ServeConfig
-from streamfer.model import Predictor
+from streamfer.model import DEVICES, Predictor
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--max-batch", type=int, default=ServeConfig().max_batch)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out-dir", type=Path, default=BENCH / "results")

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from bench.machine import describe, machine_info
+from streamfer import contract
 from streamfer.config import DEFAULT_MODEL, ServeConfig
 from streamfer.model import optimized_for_cpu
 
@@ -33,7 +34,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 
-MODES = ("centre", "mirror", "ten")
+MODES = tuple(reversed(contract.TTA_MODES))  # cheapest first
 # The server's defaults (streamfer.serve): the largest batch it fills when busy, and the
 # averaging (its default is the model's own `tta_default`, "mirror" for the shipped models).
 SERVER_DEFAULT_MAX_BATCH = ServeConfig().max_batch
@@ -161,10 +162,9 @@ def bench_device(model: torch.jit.ScriptModule, device: str, cfg: ModelBenchConf
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     torch.set_num_threads(cfg.threads)
-    extra = {"metadata.json": ""}
-    model = torch.jit.load(str(cfg.model), map_location="cpu", _extra_files=extra).eval()
-    meta = json.loads(extra["metadata.json"] or "{}")
-    size = int(meta.get("input", {}).get("size", 48))
+    model, meta = contract.read(cfg.model)
+    model = model.eval()
+    size = contract.input_size(meta)
     info = machine_info()
     print(f"model {cfg.model} ({meta.get('name')}), input {size} px, torch "
           f"{torch.__version__}, {cfg.threads} thread(s); {describe(info)}")

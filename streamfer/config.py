@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamfer.cli import opt, parse
+from streamfer.contract import TTA_MODES
 from streamfer.model import DEVICES
 from streamfer.onnx_int8 import RUNTIMES
 
@@ -38,7 +39,7 @@ def _data_root() -> Path:
 PACKAGE_ROOT = _data_root()
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "ferplus-5class.pt"  # docs/RESULTS.md: real faces
 DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
-TTA_CHOICES = ("ten", "mirror", "centre")
+TTA_CHOICES = TTA_MODES
 DETECTOR_CHOICES = ("auto", "blazeface", "haar")
 ENV_PREFIX = "STREAMFER_"
 HTTP_DRAIN_S = 2.0  # after the WebSockets: how long HTTP requests in progress may finish

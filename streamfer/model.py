@@ -7,24 +7,19 @@ metadata (class names, input size, test-time-averaging modes) rides inside as
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from streamfer import onnx_int8
+from streamfer import contract, onnx_int8
+from streamfer.contract import ModelError
 from streamfer.faces import PREPROCESS_MODES, preprocess_faces
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class ModelError(RuntimeError):
-    """The model file is missing, unreadable, or lacks the metadata the server needs."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -38,23 +33,7 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_metadata(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
-    """Load a TorchScript file (on CPU) and its embedded metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
-    extra = {"metadata.json": ""}
-    try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    except Exception as exc:
-        raise ModelError(f"{path} is not a loadable TorchScript file: {exc}") from exc
-    try:
-        meta = json.loads(extra["metadata.json"] or "{}")
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path}: metadata.json inside it is not JSON: {exc}") from exc
-    if not meta.get("classes"):
-        raise ModelError(f"{path}: metadata.json has no 'classes' list")
-    return module, meta
+load_metadata = contract.read  # the model file and its metadata (streamfer/contract.py)
 
 
 def optimized_for_cpu(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
@@ -88,8 +67,8 @@ class Predictor:
         self.metadata = meta
         self.name: str = str(meta.get("name") or self.path.stem)
         self.classes: list[str] = [str(c) for c in meta["classes"]]
-        self.input_size: int = int(meta.get("input", {}).get("size", 48))
-        self.tta_modes: list[str] = list(meta.get("tta_modes", ["ten", "mirror", "centre"]))
+        self.input_size: int = contract.input_size(meta)
+        self.tta_modes: list[str] = list(meta.get("tta_modes", contract.TTA_MODES))
         self.tta: str = tta or str(meta.get("tta_default", "mirror"))
         if self.tta not in self.tta_modes:
             raise ModelError(f"tta {self.tta!r} is not one of this model's {self.tta_modes}")

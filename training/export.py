@@ -17,16 +17,15 @@ load), so the wrapper calls the one aten kernel it needs directly.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from streamfer import contract
+from streamfer.contract import TTA_MODES
 from training.augment import corner_offsets
 from training.network import FERNet, NetConfig
-
-TTA_MODES = ("ten", "mirror", "centre")
 
 
 class Deployed(nn.Module):
@@ -78,10 +77,7 @@ class Deployed(nn.Module):
 
 def export(deployed: Deployed, path: str | Path, metadata: dict) -> Path:
     """Script and save `deployed` with its metadata inside and beside it; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {
-        "format": "streamfer-torchscript-1",
         "input": {"size": deployed.size, "channels": 1, "range": "0-255",
                   "dtype": "uint8 or float32"},
         "crop": deployed.crop,
@@ -92,11 +88,7 @@ def export(deployed: Deployed, path: str | Path, metadata: dict) -> Path:
         "network": deployed.net.cfg.to_dict(),  # enough to rebuild it (see reexport)
         **metadata,
     }
-    scripted = torch.jit.script(deployed.cpu().eval())
-    text = json.dumps(meta, indent=2, sort_keys=False)
-    torch.jit.save(scripted, str(path), _extra_files={"metadata.json": text})
-    path.with_suffix(".json").write_text(text + "\n")
-    return path
+    return contract.write(torch.jit.script(deployed.cpu().eval()), path, meta)
 
 
 def rebuild(source: str | Path, logit_adjust: dict | None = None) -> tuple[Deployed, dict]:
@@ -106,9 +98,7 @@ def rebuild(source: str | Path, logit_adjust: dict | None = None) -> tuple[Deplo
     -t log(prior): post-hoc logit adjustment (Menon et al., ICLR 2021), which trades a skewed
     training prior (FER+ is a third neutral) for balanced per-class recall, at no cost per
     face."""
-    extra = {"metadata.json": ""}
-    old = torch.jit.load(str(source), map_location="cpu", _extra_files=extra)
-    meta = json.loads(extra["metadata.json"])
+    old, meta = contract.read(source)
     net_fields = dict(meta["network"])
     net_fields["conv_channels"] = tuple(net_fields["conv_channels"])
     net = FERNet(NetConfig(**net_fields))
@@ -120,7 +110,7 @@ def rebuild(source: str | Path, logit_adjust: dict | None = None) -> tuple[Deplo
         with torch.no_grad():
             net.full.bias -= float(logit_adjust["tau"]) * prior.clamp_min(1e-6).log()
         meta["logit_adjust"] = logit_adjust
-    deployed = Deployed(net, int(meta["input"]["size"]), int(meta["crop"]), float(meta["mean"]),
+    deployed = Deployed(net, contract.input_size(meta), int(meta["crop"]), float(meta["mean"]),
                         float(meta["std"]), str(meta["tta_default"]))
     return deployed.eval(), meta
 

@@ -28,18 +28,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from streamfer import contract
+from streamfer.contract import TTA_MODES
 from streamfer.faces import PREPROCESS_MODES, preprocess_faces
+from streamfer.model import DEVICES
 from training import data as D
 from training.augment import AUGMENT_MODES, CAMERA_GROUPS, CameraAugment, camera_views, random_views
 from training.cli import opt, parse_config
-from training.export import TTA_MODES, Deployed, export
+from training.export import Deployed, export
 from training.network import PRESETS, FERNet, count_parameters, preset
 from training.report import save_confusion, save_curves
 
 log = logging.getLogger("training.fit")
-
-DEVICES = ("auto", "cpu", "cuda")
-
 
 @dataclass
 class FitConfig:
@@ -193,9 +193,7 @@ def init_from(net: FERNet, path: str, classes: tuple[str, ...]) -> tuple[float, 
     """Copy an exported model's weights into `net` (same preset); the output layer's rows are
     matched by class name, so FER2013's five classes seed CK+48's four or seven. Returns the
     exported normalisation, which the copied weights expect."""
-    extra = {"metadata.json": ""}
-    source = torch.jit.load(path, map_location="cpu", _extra_files=extra)
-    meta = json.loads(extra["metadata.json"])
+    source, meta = contract.read(path)
     state = {k.removeprefix("net."): v for k, v in source.state_dict().items()
              if k.startswith("net.")}
     own = net.state_dict()

@@ -1,0 +1,60 @@
+"""The model contract: the one reader and writer of an exported model file.
+
+An exported model is a TorchScript file whose `predict(faces, tta)` takes N x 1 x S x S faces
+(0-255) and returns N x C probabilities; `metadata.json` rides inside it (and beside it as
+NAME.json) with everything the server needs besides the weights: class names, input size,
+normalisation, the test-time-averaging modes and default, the preprocessing, the network
+config (so training can rebuild it), metrics and the command that made it. training/export.py
+writes it through `write`; the server, training, export and the benchmarks read it through
+`read`. Nothing here imports training code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "streamfer-torchscript-1"
+METADATA = "metadata.json"
+TTA_MODES = ("ten", "mirror", "centre")  # test-time averaging: 10 crops, centre + mirror, centre
+
+
+class ModelError(RuntimeError):
+    """The model file is missing, unreadable, or lacks the metadata the server needs."""
+
+
+def read(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a model file (on the CPU) and its metadata, or raise ModelError saying why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    extra = {METADATA: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise ModelError(f"{path} is not a loadable TorchScript file: {exc}") from exc
+    try:
+        meta = json.loads(extra[METADATA] or "{}")
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: {METADATA} inside it is not JSON: {exc}") from exc
+    if not meta.get("classes"):
+        raise ModelError(f"{path}: {METADATA} has no 'classes' list")
+    return module, meta
+
+
+def input_size(meta: dict[str, Any]) -> int:
+    """The side of the square faces the model takes."""
+    return int(meta.get("input", {}).get("size", 48))
+
+
+def write(scripted: torch.jit.ScriptModule, path: str | Path, meta: dict[str, Any]) -> Path:
+    """Save `scripted` with `meta` inside it and beside it (NAME.json); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=False)
+    torch.jit.save(scripted, str(path), _extra_files={METADATA: text})
+    path.with_suffix(".json").write_text(text + "\n")
+    return path
