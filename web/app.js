@@ -263,6 +263,13 @@ function main() {
   });
   document.getElementById("retry").addEventListener("click", startVideo);
   document.addEventListener("visibilitychange", render);
+  // Leaving the page closes the socket cleanly (1000), so the server frees the slot at once
+  // instead of waiting for its heartbeat; a page restored from the back-forward cache opens a
+  // new one.
+  window.addEventListener("pagehide", () => client.stop());
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted) client.start();
+  });
   window.addEventListener("resize", () => view.drawBox(null));
 
   client.addEventListener("hello", (event) => {

@@ -1,30 +1,25 @@
 // Everything the page shows, and the data-* attributes tests read. No logic about frames or
 // sockets lives here: app.js decides, this draws.
 
-const EMOJI = {
-  anger: "😠", angry: "😠",
-  disgust: "🤢", disgusted: "🤢",
-  fear: "😨", fearful: "😨",
-  happiness: "😄", happy: "😄",
-  sadness: "😢", sad: "😢",
-  surprise: "😮", surprised: "😮",
-  neutral: "😐",
-  contempt: "😒",
+// How each class the models know looks: its emoji and its bar colour.
+const LOOK = {
+  anger: ["😠", "#f05252"],
+  disgust: ["🤢", "#5bc878"],
+  fear: ["😨", "#a78bfa"],
+  happiness: ["😄", "#fbbf24"],
+  sadness: ["😢", "#60a5fa"],
+  surprise: ["😮", "#fb923c"],
+  neutral: ["😐", "#9ca3af"],
+  contempt: ["😒", "#f472b6"],
 };
+const UNKNOWN = ["🙂", "#9ca3af"];
 
-const COLOUR = {
-  anger: "#f05252", angry: "#f05252",
-  disgust: "#5bc878", disgusted: "#5bc878",
-  fear: "#a78bfa", fearful: "#a78bfa",
-  happiness: "#fbbf24", happy: "#fbbf24",
-  sadness: "#60a5fa", sad: "#60a5fa",
-  surprise: "#fb923c", surprised: "#fb923c",
-  neutral: "#9ca3af",
-  contempt: "#f472b6",
-};
+function colourFor(name) {
+  return (LOOK[name] ?? UNKNOWN)[1];
+}
 
 export function emojiFor(name) {
-  return EMOJI[name] ?? "🙂";
+  return (LOOK[name] ?? UNKNOWN)[0];
 }
 
 // What #status says for each state; app.js may add detail.
@@ -115,7 +110,7 @@ export class View {
       const li = this.doc.createElement("li");
       li.dataset.class = name;
       li.dataset.prob = "0";
-      li.style.setProperty("--colour", COLOUR[name] ?? "#9ca3af");
+      li.style.setProperty("--colour", colourFor(name));
       li.innerHTML =
         '<span class="label"><span class="e" aria-hidden="true"></span><span class="n"></span></span>' +
         '<span class="track"><span class="fill"></span></span><span class="pct">–</span>';
@@ -138,7 +133,7 @@ export class View {
     this.bars.classList.remove("stale");
     this.top.dataset.class = top;
     this.top.classList.remove("stale");
-    this.top.style.setProperty("--colour", COLOUR[top] ?? "#9ca3af");
+    this.top.style.setProperty("--colour", colourFor(top));
     this.topEmoji.textContent = emojiFor(top);
     this.topWord.textContent = top;
   }
