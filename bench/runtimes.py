@@ -18,31 +18,14 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
 from streamfer.config import DEFAULT_MODEL
 from streamfer.model import Predictor
+from training.data import load_folder
 
 ROOT = Path(__file__).resolve().parent.parent
-# FER2013 folder names for the model's class names (the paper's five).
-FOLDERS = {"anger": "angry", "happiness": "happy", "sadness": "sad", "surprise": "surprise",
-           "neutral": "neutral", "fear": "fear", "disgust": "disgust"}
-
-
-def publictest(root: Path, classes: list[str], size: int) -> tuple[np.ndarray, np.ndarray]:
-    faces, labels = [], []
-    for i, name in enumerate(classes):
-        for f in sorted((root / FOLDERS[name]).glob("*.jpg")):
-            img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
-            if img.shape != (size, size):
-                img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-            faces.append(img)
-            labels.append(i)
-    return np.stack(faces), np.asarray(labels)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
@@ -81,7 +64,8 @@ def main() -> None:
         print(f"batch {n:3d}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in row.items())
               + f"  (fused / int8 = {base / row['onnx-int8']:.2f}x)")
     if str(a.test) and a.test.is_dir():
-        faces, labels = publictest(a.test, first.classes, size)
+        test = load_folder(a.test, first.classes, size)  # FER2013's folder names mapped
+        faces, labels = test.images, test.labels
         preds = {}
         for name in ("torchscript frozen + fused", "onnx-int8"):
             pred = runtimes[name]

@@ -116,7 +116,7 @@ class Predictor:
             raise ValueError(f"expected N x {self.input_size} x {self.input_size} faces, "
                              f"got {faces.shape}")
         faces = preprocess_faces(np.ascontiguousarray(faces, dtype=np.uint8), self.preprocess)
-        if self.int8 is not None:
+        if self.int8 is not None and self.int8.tta == self.tta:  # its averaging is baked in
             return self.int8(faces)
         with torch.inference_mode():
             x = torch.from_numpy(faces)

@@ -38,7 +38,7 @@ def test_predictor_on_cuda_matches_cpu_through_the_staging_buffer(
     # Full float32 on the GPU for this comparison: cuDNN's default TF32 convolutions differ
     # from the CPU by ~3e-4, which is rounding, not the mixed-up batch this test looks for.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    cpu = Predictor(SHIPPED_MODEL, device="cpu")
+    cpu = Predictor(SHIPPED_MODEL, device="cpu", runtime="torchscript")  # the float reference
     gpu = Predictor(SHIPPED_MODEL, device="cuda", max_batch=4)
     assert gpu.device.type == "cuda" and gpu._staging is not None
     assert gpu._staging.is_pinned()

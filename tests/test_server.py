@@ -566,8 +566,8 @@ def test_the_cpu_optimised_model_gives_the_same_probabilities(tiny_model_path: P
     for path in (SHIPPED_MODEL, tiny_model_path):
         if not path.is_file():
             continue
-        fast = Predictor(path, device="cpu")
-        plain = Predictor(path, device="cpu", optimize=False)
+        fast = Predictor(path, device="cpu", runtime="torchscript")
+        plain = Predictor(path, device="cpu", optimize=False, runtime="torchscript")
         assert fast.optimized and not plain.optimized
         for tta in fast.tta_modes:
             fast.tta = plain.tta = tta

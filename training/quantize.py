@@ -19,19 +19,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from streamfer import onnx_int8
-from streamfer.faces import preprocess_faces
+from streamfer.faces import load_gray, preprocess_faces, resize_square
 from training.cli import opt, parse_config
+from training.data import IMAGE_SUFFIXES
 from training.export import Deployed, rebuild
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Only the layers that cost: normalisation, the views, softmax and the average over views stay
 # float, so the probabilities keep full precision (quantised, they came in steps of 1/255).
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
@@ -65,15 +64,7 @@ def calibration_faces(folder: Path, count: int, size: int) -> np.ndarray:
     if not files:
         raise SystemExit(f"no images under {folder}")
     picks = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).astype(int)]
-    faces = []
-    for f in picks:
-        img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
-        if img is None:
-            continue
-        if img.shape != (size, size):
-            img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-        faces.append(img)
-    return np.stack(faces)[:, None]
+    return np.stack([resize_square(load_gray(f), size) for f in picks])[:, None]
 
 
 def quantize(cfg: QuantizeConfig) -> Path:
