@@ -2,26 +2,36 @@
 on web photos composited into camera-like frames, and the framing calibration of their boxes.
 
     python -m bench.page_detectors                       # 300 webfaces-dev photos x 6 variants
-    python -m bench.page_detectors --limit 1709          # every photo
-    python -m bench.page_detectors --calibrate           # BlazeFace's framing on FER2013 faces
+    python -m bench.page_detectors --limit 0             # every photo
+    python -m bench.page_detectors --calibrate           # the page's BlazeFace framing on FER2013
 
 Frames (640x480, like a front camera's default stream): each webfaces-dev photo (evaluation
 only: nothing here is tuned on it) is pasted onto a background (skimage's coffee, rocket or a
 gray gradient, in turn) as `centre` (photo 300 px square in the middle), `large` (440 px, a
 selfie held close), `small` (160 px), `offcentre` (300 px, at a seeded random place near an
-edge) and `rot+20` / `rot-20` (`centre` turned about the photo's centre). `short@320`: the
-frame is drawn into a 320 px wide canvas first (the network sees 128x128 anyway).
+edge) and `rot+20` / `rot-20` (`centre` turned about the photo's centre).
 webfaces-dev photos show one face in the middle of the photo, so a face counts as found when
 a detected box is centred within the middle half of the pasted photo and its side is 15-130%
 of the photo's.
+
+Detectors (`--models`, side by side in one run), each `NAME[/WHERE][@WIDTH]`:
+- `short`, `full`: @mediapipe/face_detection's BlazeFace as the page runs it; `/cpu` runs the
+  network in the package's wasm runtime (XNNPACK; its `useCpuInference` option, what the page
+  uses: streamfer.vendor.INFERENCE), `/webgl` on WebGL (the package's default off iOS);
+- `tasks/cpu`, `tasks/gpu`: @mediapipe/tasks-vision's FaceDetector (installed in a scratch
+  folder, `--tasks-vision`) on `--tasks-model` (default: the short-range .tflite of
+  @mediapipe/face_detection); a detector that fails to load is reported with its error;
+- `faceapi-tiny/webgl`, `faceapi-tiny/cpu`: @vladmandic/face-api's TinyFaceDetector
+  (`--faceapi`);
+- `@WIDTH`: the frame is drawn into a canvas WIDTH px wide first.
 The page fetches each frame, draws it into a canvas and times only the detector's call;
 the server's Haar cascade (streamfer.faces.FaceDetector) runs on the same frames in Python
 for comparison. Prints a table and writes JSON to bench/results/page_detectors.json.
 
-`--calibrate` measures how FER2013 frames a face relative to BlazeFace's box, exactly as
-training/framing.py does for the Haar cascade (Training faces enlarged to 192 px and padded
-with 25% edge pixels; medians of image side / box side and of the centre offsets), and writes
-bench/results/page_framing_blazeface.json: streamfer/faces.py FRAMING["blazeface"] holds it.
+`--calibrate` measures how FER2013 frames a face relative to the page's BlazeFace box, exactly
+as training/framing.py does for the server's detectors (Training faces enlarged to 192 px and
+padded with 25% edge pixels; medians of image side / box side and of the centre offsets), and
+writes bench/results/page_framing_blazeface.json: streamfer/faces.py FRAMING["blazeface"].
 
 The detectors come from web/node_modules (`cd web && npm ci`), served by streamfer.vendor as
 the real server serves them. Chromium: /usr/bin/chromium (headless, software WebGL).
@@ -29,7 +39,6 @@ the real server serves them. Chromium: /usr/bin/chromium (headless, software Web
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -46,10 +55,49 @@ import numpy as np
 
 from bench.machine import describe, machine_info
 from streamfer import vendor
+from streamfer.cli import opt, parse
 from streamfer.faces import FaceDetector
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+
+
+SHARED = ROOT.parent / "shared" / "datasets"
+
+
+@dataclass(frozen=True)
+class PageDetectorsConfig:
+    """This benchmark's settings (streamfer.cli builds its flags from them)."""
+
+    data: Path = opt(SHARED / "webfaces-dev", "webfaces-dev photos (evaluation only)")
+    limit: int = opt(300, "photos (seeded sample); 0: all")
+    models: tuple[str, ...] = opt(("short/webgl", "short/cpu"), "detectors to run side by "
+                                  "side, each NAME[/WHERE][@WIDTH] (module docstring); "
+                                  "repeatable or comma-separated")
+    faceapi: Path | None = opt(None, "a folder holding an npm install of @vladmandic/face-api, "
+                               "for faceapi-tiny/webgl or faceapi-tiny/cpu")
+    tasks_vision: Path | None = opt(None, "a folder holding an npm install of "
+                                    "@mediapipe/tasks-vision, for tasks/cpu or tasks/gpu")
+    tasks_model: Path | None = opt(None, "the .tflite tasks-vision's FaceDetector loads "
+                                   "(default: @mediapipe/face_detection's short range)")
+    haar: bool = opt(True, "also the server's Haar cascade on the same frames, in Python")
+    calibrate: bool = opt(False, "measure the page's BlazeFace framing on FER2013 instead")
+    fer_root: Path = opt(SHARED / "fer2013", "FER2013 folder (for --calibrate)")
+    fer_limit: int = opt(2000, "FER2013 Training faces for --calibrate")
+    seed: int = opt(0, "seed of the photo sample and the off-centre placements")
+    out: Path | None = opt(None, "the JSON (default: bench/results/page_detectors.json, or "
+                           "page_framing_blazeface.json with --calibrate)")
+
+    def __post_init__(self) -> None:
+        for spec in self.specs():
+            parse_spec(spec)
+        if any(s.startswith("faceapi") for s in self.specs()) and not self.faceapi:
+            raise ValueError("faceapi-tiny needs --faceapi FOLDER")
+        if any(s.startswith("tasks") for s in self.specs()) and not self.tasks_vision:
+            raise ValueError("tasks needs --tasks-vision FOLDER")
+
+    def specs(self) -> list[str]:
+        return [s.strip() for m in self.models for s in m.split(",") if s.strip()]
 
 
 W, H = 640, 480
@@ -61,9 +109,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run",
 HARNESS = """<!doctype html><html><head><meta charset="utf-8">
 <script src="%(script)s"></script></head><body><script>
 // window.detect(canvas) -> boxes [x, y, w, h] in canvas pixels
-async function startBlazeFace(model) {
+async function startBlazeFace(model, where) {
   const fd = new FaceDetection({ locateFile: (f) => "%(base)s" + f });
-  fd.setOptions({ model });  // (minDetectionConfidence aborts this build's graph; default 0.5)
+  // (minDetectionConfidence aborts this build's graph; default 0.5)
+  fd.setOptions({ model, useCpuInference: where === "cpu" });
   let last = null;
   fd.onResults((r) => { last = r; });
   await fd.initialize();
@@ -74,6 +123,16 @@ async function startBlazeFace(model) {
       b.width * canvas.width, b.height * canvas.height]);
   };
 }
+async function startTasks(where) {  // @mediapipe/tasks-vision's FaceDetector (--tasks-vision)
+  const { FaceDetector, FilesetResolver } = await import("/tasks/vision_bundle.mjs");
+  const fileset = await FilesetResolver.forVisionTasks("/tasks/wasm");
+  const det = await FaceDetector.createFromOptions(fileset, {
+    baseOptions: { modelAssetPath: "%(tasks_model)s", delegate: where.toUpperCase() },
+    runningMode: "IMAGE",
+  });
+  window.detect = async (canvas) => det.detect(canvas).detections.map(({ boundingBox: b }) =>
+    [b.originX, b.originY, b.width, b.height]);
+}
 async function startFaceApi(backend) {  // @vladmandic/face-api's TinyFaceDetector (--faceapi)
   const faceapi = await import("/faceapi/dist/face-api.esm.js");
   await faceapi.tf.setBackend(backend);
@@ -83,10 +142,11 @@ async function startFaceApi(backend) {  // @vladmandic/face-api's TinyFaceDetect
   window.detect = async (canvas) => (await faceapi.detectAllFaces(canvas, options))
     .map((d) => [d.box.x, d.box.y, d.box.width, d.box.height]);
 }
-window.startDetector = async (name) => {
+window.startDetector = async (name, where) => {
   const t0 = performance.now();
-  if (name.startsWith("faceapi-tiny/")) await startFaceApi(name.split("/")[1]);
-  else await startBlazeFace(name);
+  if (name === "faceapi-tiny") await startFaceApi(where);
+  else if (name === "tasks") await startTasks(where);
+  else await startBlazeFace(name, where);
   return performance.now() - t0;
 };
 window.runFrames = async (first, count, width) => {
@@ -171,11 +231,15 @@ def found(boxes: list[list[float]], rect: tuple[float, float, float]) -> bool:
 
 class Site:
     """An aiohttp server on a free 127.0.0.1 port, in a thread: the harness, the frames (JPEG,
-    quality 95) and the vendored detector, served by streamfer.vendor."""
+    quality 95) and the vendored detector, served by streamfer.vendor (and the scratch installs
+    of other candidates, when given)."""
 
-    def __init__(self, package: vendor.VendorPackage, faceapi: str = "") -> None:
+    def __init__(self, package: vendor.VendorPackage, faceapi: Path | None = None,
+                 tasks_vision: Path | None = None, tasks_model: Path | None = None) -> None:
         self.package = package
         self.faceapi = faceapi
+        self.tasks_vision = tasks_vision
+        self.tasks_model = tasks_model
         self.frames: list[bytes] = []
         self.port = 0
         self._ready = threading.Event()
@@ -194,7 +258,10 @@ class Site:
     def _run(self) -> None:
         from aiohttp import web
 
-        page = HARNESS % {"script": self.package.url + vendor.SCRIPT, "base": self.package.url}
+        tasks_model = ("/tasks-model.tflite" if self.tasks_model
+                       else "/" + self.package.url + "face_detection_short_range.tflite")
+        page = HARNESS % {"script": self.package.url + vendor.SCRIPT, "base": self.package.url,
+                          "tasks_model": tasks_model}
 
         async def index(_: web.Request) -> web.Response:
             return web.Response(text=page, content_type="text/html")
@@ -210,6 +277,11 @@ class Site:
             vendor.add_routes(app, self.package)
             if self.faceapi:
                 app.router.add_static("/faceapi", self.faceapi)
+            if self.tasks_vision:
+                app.router.add_static("/tasks", self.tasks_vision)
+            if self.tasks_model:
+                model = self.tasks_model
+                app.router.add_get("/tasks-model.tflite", lambda _: web.FileResponse(model))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -222,10 +294,30 @@ class Site:
         self._loop.run_until_complete(main())
 
 
+def parse_spec(spec: str) -> tuple[str, str, int]:
+    """`NAME[/WHERE][@WIDTH]` (see the module's docstring) -> (name, where, width or 0)."""
+    head, _, width = spec.partition("@")
+    name, _, where = head.partition("/")
+    if name in ("short", "full"):
+        where = where or vendor.INFERENCE
+        if where not in ("cpu", "webgl"):
+            raise ValueError(f"{spec}: BlazeFace runs on cpu or webgl")
+    elif name == "tasks":
+        if where not in ("cpu", "gpu"):
+            raise ValueError(f"{spec}: tasks-vision's delegates are cpu and gpu")
+    elif name == "faceapi-tiny":
+        if where not in ("cpu", "webgl"):
+            raise ValueError(f"{spec}: face-api's backends here are cpu and webgl")
+    else:
+        raise ValueError(f"{spec}: unknown detector (short, full, tasks, faceapi-tiny)")
+    return name, where, int(width or 0)
+
+
 def run_in_chromium(url: str, spec: str, count: int, chunk: int = 60) -> dict[str, Any]:
-    """`spec`: a BlazeFace model, "short" or "full", or "faceapi-tiny/BACKEND" (webgl, cpu),
-    optionally "@WIDTH": frames are drawn into a canvas WIDTH px wide before detection."""
-    model, _, width = spec.partition("@")
+    """Run `spec`'s detector (parse_spec) on frames 0..count-1 of the site at `url`. A
+    detector that fails to load gives {"error": its message} instead of frames."""
+    name, where, width = parse_spec(spec)
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     results: list[dict] = []
@@ -233,11 +325,17 @@ def run_in_chromium(url: str, spec: str, count: int, chunk: int = 60) -> dict[st
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(url)
-        init_ms = page.evaluate("m => startDetector(m)", model)
+        try:
+            init_ms = page.evaluate("([n, w]) => startDetector(n, w)", [name, where])
+        except PlaywrightError as exc:
+            browser.close()
+            error = str(exc).split("\n=== Source Location Trace")[0].strip()
+            print(f"  {spec}: failed to load: {error}", flush=True)
+            return {"error": error}
         t0 = time.time()
         for first in range(0, count, chunk):
             results += page.evaluate("([a, n, w]) => runFrames(a, n, w)",
-                                     [first, min(chunk, count - first), int(width or 0)])
+                                     [first, min(chunk, count - first), width])
             print(f"  {spec}: {len(results)}/{count} frames, {time.time() - t0:.0f} s",
                   flush=True)
         browser.close()
@@ -257,6 +355,8 @@ def haar(frames: list[Frame]) -> dict[str, Any]:
 
 
 def score(frames: list[Frame], run: dict[str, Any]) -> dict[str, Any]:
+    if "error" in run:
+        return {"error": run["error"]}
     by_kind: dict[str, list[bool]] = defaultdict(list)
     for f, r in zip(frames, run["frames"], strict=True):
         by_kind[f.kind].append(found(r["boxes"], f.rect))
@@ -284,27 +384,26 @@ def load_photos(root: Path, limit: int, seed: int) -> list[tuple[str, np.ndarray
     return out
 
 
-def benchmark(args: argparse.Namespace, package: vendor.VendorPackage) -> dict[str, Any]:
-    photos = load_photos(Path(args.data), args.limit, args.seed)
+def benchmark(args: PageDetectorsConfig, package: vendor.VendorPackage) -> dict[str, Any]:
+    photos = load_photos(args.data, args.limit, args.seed)
     bgs = backgrounds()
     rng = np.random.default_rng(args.seed)
     frames = [f for i, (name, img) in enumerate(photos)
               for f in camera_frames(img, name, bgs[i % len(bgs)], rng)]
     print(f"{len(photos)} photos -> {len(frames)} frames", flush=True)
-    site = Site(package, args.faceapi)
+    site = Site(package, args.faceapi, args.tasks_vision, args.tasks_model)
     site.set_frames([f.image for f in frames])
     url = site.start()
     rows = {}
-    for spec in args.models.split(","):
-        name = spec if spec.startswith("faceapi") else f"blazeface-{spec}"
-        rows[f"{name} (page)"] = score(frames, run_in_chromium(url, spec, len(frames)))
+    for spec in args.specs():
+        rows[f"{spec} (page)"] = score(frames, run_in_chromium(url, spec, len(frames)))
     if args.haar:
         rows["haar (server, Python)"] = score(frames, haar(frames))
     return {"photos": len(photos), "frames": len(frames), "variants": list(VARIANTS),
             "rows": rows}
 
 
-def calibrate(args: argparse.Namespace, package: vendor.VendorPackage) -> dict[str, Any]:
+def calibrate(args: PageDetectorsConfig, package: vendor.VendorPackage) -> dict[str, Any]:
     from training import data as D
 
     faces = D.load_fer2013(args.fer_root, "train", "fer7")
@@ -317,7 +416,10 @@ def calibrate(args: argparse.Namespace, package: vendor.VendorPackage) -> dict[s
         images.append(cv2.cvtColor(padded, cv2.COLOR_GRAY2RGB))
     site = Site(package)
     site.set_frames(images)
-    run = run_in_chromium(site.start(), vendor.MODEL, len(images))
+    spec = f"{vendor.MODEL}/{vendor.INFERENCE}"  # as the page runs it
+    run = run_in_chromium(site.start(), spec, len(images))
+    if "error" in run:
+        raise SystemExit(f"{spec} failed to load: {run['error']}")
     measured = []
     centre = pad + up / 2
     for r in run["frames"]:
@@ -332,7 +434,7 @@ def calibrate(args: argparse.Namespace, package: vendor.VendorPackage) -> dict[s
         q1, med, q3 = np.percentile(v, [25, 50, 75])
         return {"median": float(med), "q1": float(q1), "q3": float(q3)}
 
-    return {"images": len(images), "detected": len(measured),
+    return {"detector": spec, "images": len(images), "detected": len(measured),
             "detection_rate": len(measured) / len(images), "scale": summary(arr[:, 0]),
             "shift_y": summary(arr[:, 1]), "shift_x": summary(arr[:, 2]),
             "FRAME_SCALE": round(float(np.median(arr[:, 0])), 3),
@@ -340,23 +442,13 @@ def calibrate(args: argparse.Namespace, package: vendor.VendorPackage) -> dict[s
             "ms_median": statistics.median(r["ms"] for r in run["frames"])}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/webfaces-dev"))
-    ap.add_argument("--limit", type=int, default=300, help="photos (seeded sample); 0: all")
-    ap.add_argument("--models", default="short,short@320",
-                    help="BlazeFace models, comma-separated, each optionally @input width")
-    ap.add_argument("--faceapi", default="", help="a folder holding an npm install of "
-                    "@vladmandic/face-api, to measure its TinyFaceDetector too: add "
-                    "faceapi-tiny/webgl or faceapi-tiny/cpu to --models")
-    ap.add_argument("--no-haar", dest="haar", action="store_false",
-                    help="skip the server's Haar cascade on the same frames")
-    ap.add_argument("--calibrate", action="store_true", help="measure BlazeFace's framing")
-    ap.add_argument("--fer-root", default=str(ROOT.parent / "shared/datasets/fer2013"))
-    ap.add_argument("--fer-limit", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="")
-    args = ap.parse_args()
+def parse_args(argv: list[str] | None = None) -> PageDetectorsConfig:
+    return parse(PageDetectorsConfig, argv, prog="python -m bench.page_detectors",
+                 description=__doc__.split("\n\n")[0])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     package = vendor.find(ROOT / "web")
     if package is None:
         raise SystemExit(vendor.MISSING)
@@ -364,8 +456,8 @@ def main() -> None:
     result = calibrate(args, package) if args.calibrate else benchmark(args, package)
     result.update(package=f"{vendor.PACKAGE}@{package.version}", seconds=time.time() - t0,
                   machine=machine_info(), command=" ".join(sys.argv))
-    out = Path(args.out or BENCH / "results" / ("page_framing_blazeface.json" if args.calibrate
-                                                else "page_detectors.json"))
+    out = args.out or BENCH / "results" / ("page_framing_blazeface.json" if args.calibrate
+                                           else "page_detectors.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(describe(result["machine"]))
@@ -379,6 +471,9 @@ def main() -> None:
         f"{v:>9}" for v in VARIANTS)
     print(head)
     for name, row in result["rows"].items():
+        if "error" in row:
+            print(f"{name:26} failed to load: {row['error']}")
+            continue
         print(f"{name:26} {100 * row['recall']:6.1f}% {row['ms_median']:7.1f} "
               f"{row['ms_p90']:7.1f}  " + " ".join(
                   f"{100 * row['recall_by_variant'][v]:8.1f}%" for v in VARIANTS))

@@ -22,6 +22,12 @@ PACKAGE = "@mediapipe/face_detection"
 NAME = "blazeface"  # what the page, `?detector=` and the greeting call this detector
 SCRIPT = "face_detection.js"
 MODEL = "short"  # BlazeFace short range: faces within ~2 m, i.e. a selfie (docs/BENCHMARKS.md)
+# Where the page runs the network: "cpu" (the wasm runtime's XNNPACK, the package's own
+# `useCpuInference` option, its default on iOS) or "webgl" (its default elsewhere). The tiny
+# 128x128 network costs more as WebGL draws and a GPU->CPU readback than as SIMD wasm: in
+# headless Chromium here (software WebGL) 18 ms against 100 ms a frame, same boxes
+# (docs/BENCHMARKS.md section 4b).
+INFERENCE = "cpu"
 # Served with these types; files of any other kind in the package are not served.
 CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -52,7 +58,7 @@ class VendorPackage:
     def greeting(self) -> dict[str, Any]:
         """What the page needs to load it (the greeting's `page_detector`)."""
         return {"name": NAME, "base": self.url, "script": self.url + SCRIPT, "model": MODEL,
-                "package": f"{PACKAGE}@{self.version}"}
+                "inference": INFERENCE, "package": f"{PACKAGE}@{self.version}"}
 
 
 def find(web_dir: Path) -> VendorPackage | None:

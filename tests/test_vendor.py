@@ -48,6 +48,7 @@ async def test_serves_the_installed_package(aiohttp_client: Any, predictor: Pred
         hello = await asyncio.wait_for(ws.receive_json(), BOUND_S)
     info = hello["page_detector"]
     assert info["name"] == "blazeface" and info["model"] == "short"
+    assert info["inference"] == "cpu"  # the network on the CPU: no WebGL readback per frame
     assert info["package"] == f"@mediapipe/face_detection@{INSTALLED.version}"
     assert info["script"] == info["base"] + "face_detection.js"
     # One framing table, the server's own, for the page to crop with.

@@ -72,7 +72,10 @@ function loadScript(src) {
  * (the greeting's `page_detector`: nothing comes from a CDN). It runs on the main thread: this
  * package's loader cannot start in a Worker (it importScripts() its graph file, which is not a
  * script), so the page calls it only at the send rate, one frame at a time, and the <video>
- * keeps playing on the browser's own threads. docs/BENCHMARKS.md has its recall and speed.
+ * keeps playing on the browser's own threads. The greeting's `inference` says where the
+ * network runs: "cpu" (the package's wasm runtime, its `useCpuInference` option) costs a
+ * fraction of "webgl"'s draws and readback for so small a network. docs/BENCHMARKS.md has its
+ * recall and speed.
  */
 export class BlazeFaceDetector {
   static async load(info, framing) {
@@ -83,7 +86,7 @@ export class BlazeFaceDetector {
     const impl = new globalThis.FaceDetection({ locateFile: (file) => info.base + file });
     // (minDetectionConfidence must stay unset: setting it aborts this build's graph; the
     // default is 0.5.)
-    impl.setOptions({ model: info.model || "short" });
+    impl.setOptions({ model: info.model || "short", useCpuInference: info.inference === "cpu" });
     const detector = new BlazeFaceDetector(impl, framing);
     const ready = (async () => {
       await impl.initialize();
