@@ -330,6 +330,7 @@ def run_in_chromium(url: str, spec: str, count: int, chunk: int = 60) -> dict[st
         except PlaywrightError as exc:
             browser.close()
             error = str(exc).split("\n=== Source Location Trace")[0].strip()
+            error = error.removeprefix("Page.evaluate: ").removeprefix("Error: ")
             print(f"  {spec}: failed to load: {error}", flush=True)
             return {"error": error}
         t0 = time.time()

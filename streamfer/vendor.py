@@ -25,8 +25,8 @@ MODEL = "short"  # BlazeFace short range: faces within ~2 m, i.e. a selfie (docs
 # Where the page runs the network: "cpu" (the wasm runtime's XNNPACK, the package's own
 # `useCpuInference` option, its default on iOS) or "webgl" (its default elsewhere). The tiny
 # 128x128 network costs more as WebGL draws and a GPU->CPU readback than as SIMD wasm: in
-# headless Chromium here (software WebGL) 18 ms against 100 ms a frame, same boxes
-# (docs/BENCHMARKS.md section 4b).
+# headless Chromium here (software WebGL) a median 14.6 against 93.8 ms a frame, same faces
+# found, same boxes (docs/BENCHMARKS.md section 4b).
 INFERENCE = "cpu"
 # Served with these types; files of any other kind in the package are not served.
 CONTENT_TYPES = {

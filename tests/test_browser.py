@@ -194,6 +194,8 @@ def stream_scene(server: Server, playwright: Any, video: Path, name: str) -> dic
     what the page counted and showed, and what the server read, by kind."""
     before = {k: server.frames_by_kind(k) for k in ("crop", "full")}
     with phone(playwright, video) as context:
+        console: list[str] = []
+        context.on("console", lambda msg: console.append(msg.text))
         page = open_page(context, server.url)
         wait_state(page, "streaming")
         wait_count(page, "ok", 8)
@@ -204,7 +206,7 @@ def stream_scene(server: Server, playwright: Any, video: Path, name: str) -> dic
         note_hidden = page.is_hidden("#detector-note")
         errors = page.errors
     return {"counts": page_counts, "shown": shown, "detector": detector, "errors": errors,
-            "note_hidden": note_hidden,
+            "note_hidden": note_hidden, "console": console,
             **{k: server.frames_by_kind(k) - before[k] for k in ("crop", "full")}}
 
 
@@ -214,6 +216,9 @@ def check_crops_and_expression(seen: dict[str, Any], classes: list[str]) -> None
     received = seen["crop"] + seen["full"]  # what the server read from this page, by kind
     assert received >= seen["counts"]["sent"] >= 8  # (later frames still reach the server)
     assert seen["detector"] == "blazeface"
+    # Its network runs in the wasm runtime on the CPU (the greeting's inference: "cpu"), not
+    # as WebGL draws: the runtime says so when it starts.
+    assert any("XNNPACK delegate for CPU" in m for m in seen["console"]), seen["console"]
     assert seen["crop"] >= CROP_SHARE * received, seen
     shown = seen["shown"]
     assert shown["top"] in classes  # an expression is shown ...

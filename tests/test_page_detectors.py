@@ -1,0 +1,69 @@
+"""bench/page_detectors.py, the in-page detector benchmark: its flags, and a real run in
+headless Chromium on a face it must find, with the page's network on the CPU and on WebGL.
+
+Needs /usr/bin/chromium, the `playwright` package and `(cd web && npm ci)`; skips without
+them. The face is scikit-image's astronaut, so it runs in CI without ../shared.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+
+from bench import page_detectors as bench
+from streamfer import vendor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_flags_come_from_the_config() -> None:
+    args = bench.parse_args([])
+    assert args.specs() == ["short/webgl", "short/cpu"] and args.haar and not args.calibrate
+    args = bench.parse_args(["--models", "short/cpu,short/cpu@320", "--models", "full",
+                             "--no-haar", "--limit", "3"])
+    assert args.specs() == ["short/cpu", "short/cpu@320", "full"]
+    assert (args.haar, args.limit) == (False, 3)
+    assert bench.parse_spec("short") == ("short", vendor.INFERENCE, 0)
+    assert bench.parse_spec("short/webgl@320") == ("short", "webgl", 320)
+
+
+@pytest.mark.parametrize("argv", [["--models", "short/gpu"], ["--models", "blaze"],
+                                  ["--models", "tasks/cpu"], ["--models", "faceapi-tiny/cpu"]])
+def test_bad_detectors_are_usage_errors(argv: list[str], capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(argv)
+    assert exc.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.browser
+def test_cpu_and_webgl_inference_find_the_same_face(tmp_path: Path, astronaut_rgb: Any,
+                                                    capsys: Any) -> None:
+    """The page's BlazeFace, network on the CPU (what the page runs) and on WebGL, on the six
+    camera-like variants of one photo: both find the face wherever it is findable."""
+    pytest.importorskip("playwright.sync_api")
+    if not Path(bench.CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {bench.CHROMIUM}")
+    if vendor.find(ROOT / "web") is None:
+        pytest.skip(vendor.MISSING)
+    face = astronaut_rgb[20:320, 110:410]  # her face in the middle, as in a webfaces photo
+    (tmp_path / "photos" / "happy").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "photos" / "happy" / "astronaut.jpg"),
+                cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "result.json"
+    bench.main(["--data", str(tmp_path / "photos"), "--limit", "1", "--no-haar",
+                "--models", "short/cpu,short/webgl", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["frames"] == 6
+    rows = result["rows"]
+    assert set(rows) == {"short/cpu (page)", "short/webgl (page)"}
+    for row in rows.values():
+        assert row["frames"] == 6 and row["ms_median"] > 0
+        assert row["recall"] >= 5 / 6, row  # (the 160 px `small` one may be missed)
+    assert rows["short/cpu (page)"]["recall_by_variant"] == \
+        rows["short/webgl (page)"]["recall_by_variant"]
+    assert "short/cpu (page)" in capsys.readouterr().out  # the table is printed
