@@ -1,15 +1,14 @@
-"""Real server + headless Chromium phone, shared by tests/test_browser.py and
-tests/screenshot.py.
+"""Real server + headless Chromium phone, shared by tests/test_browser.py, bench/page_stream.py
+and bench/screenshot.py.
 
 The server is the real `python -m streamfer.serve` in a subprocess on a free 127.0.0.1 port;
 the browser is the system Chromium (not Playwright's download) driven by Playwright, in a
-phone-sized viewport, with a fake camera that plays a .y4m video (see tests/fakecam.py).
+phone-sized viewport, with a fake camera that plays a .y4m video (see bench/fakecam.py).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -45,12 +44,6 @@ PHONE: dict[str, Any] = {
     "(KHTML, like Gecko) Chrome/126.0.0.0 Mobile Safari/537.36",
 }
 SERVER_START_S = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
