@@ -28,7 +28,7 @@ from bench.machine import describe, machine_info
 from streamfer import contract
 from streamfer.cli import opt, parse
 from streamfer.config import DEFAULT_MODEL, ServeConfig
-from streamfer.model import optimized_for_cpu
+from streamfer.model import DEVICES, optimized_for_cpu
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -47,8 +47,7 @@ CPU_VARIANTS = ("optimized", "as-loaded")
 @dataclass(frozen=True)
 class ModelBenchConfig:
     model: Path = opt(DEFAULT_MODEL, "the TorchScript model to time")
-    device: str = opt("auto", "cpu, cuda, or auto (cpu, plus cuda when available)",
-                      ("auto", "cpu", "cuda"))
+    device: str = opt("auto", "cpu, cuda, or auto (cpu, plus cuda when available)", DEVICES)
     max_batch: int = opt(256, "largest batch; sizes are the powers of two up to it")
     modes: tuple[str, ...] = opt(MODES, "comma-separated TTA modes", MODES, comma=True)
     repeats: int = opt(7, "timed repeats (median)")
