@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.machine import describe, machine_info
 from streamfer.cli import opt
 from streamfer.config import DEFAULT_MODEL
 
@@ -44,6 +45,16 @@ class ServerRunConfig:
     def __post_init__(self) -> None:
         if not self.model.is_file():
             raise ValueError(f"model not found: {self.model} (pass --model)")
+
+    def pin_client(self) -> tuple[dict, str]:
+        """Pin this load generator to --client-cpus; the machine's description for the
+        results, and a line that says it and where each side runs."""
+        cpus = parse_cpus(self.client_cpus)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        info = machine_info()
+        return info, (f"{describe(info)}; server cpus {self.server_cpus or 'any'}, "
+                      f"load-test cpus {self.client_cpus or 'any'}")
 
 
 def free_port() -> int:
