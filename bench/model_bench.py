@@ -27,8 +27,9 @@ import torch
 from bench.machine import describe, machine_info
 from streamfer import contract
 from streamfer.cli import opt, parse
-from streamfer.config import DEFAULT_MODEL, ServeConfig
+from streamfer.config import ServeConfig
 from streamfer.model import DEVICES, optimized_for_cpu
+from streamfer.paths import DEFAULT_MODEL
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

@@ -28,7 +28,7 @@ from bench.fakecam import scene, shaking, write_y4m
 from bench.machine import describe, machine_info
 from bench.serverproc import free_port
 from streamfer.cli import opt, parse
-from streamfer.config import DEFAULT_MODEL
+from streamfer.paths import DEFAULT_MODEL
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

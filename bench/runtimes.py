@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from streamfer.cli import opt, parse
-from streamfer.config import DEFAULT_MODEL
 from streamfer.model import Predictor
+from streamfer.paths import DEFAULT_MODEL
 from training.data import load_folder
 
 ROOT = Path(__file__).resolve().parent.parent

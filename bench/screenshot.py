@@ -25,7 +25,7 @@ from bench.browserkit import ROOT, Server, counts, open_page, phone, prediction
 from bench.fakecam import face_frames, write_y4m
 from bench.serverproc import free_port
 from streamfer.cli import opt, parse
-from streamfer.config import DEFAULT_MODEL
+from streamfer.paths import DEFAULT_MODEL
 
 
 def shrink(png: bytes, out: Path, budget: int = 480_000) -> None:

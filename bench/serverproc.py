@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.machine import describe, machine_info
 from streamfer.cli import opt
-from streamfer.config import DEFAULT_MODEL
+from streamfer.paths import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 

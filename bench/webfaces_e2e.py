@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from bench.serverproc import running_server
 from streamfer.cli import opt, parse
-from streamfer.config import DEFAULT_MODEL, DETECTOR_CHOICES
+from streamfer.config import DETECTOR_CHOICES
+from streamfer.paths import DEFAULT_MODEL
 
 LABELS = {"angry": "anger", "happy": "happiness", "neutral": "neutral", "sad": "sadness",
           "surprise": "surprise"}
