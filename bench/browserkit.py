@@ -106,7 +106,7 @@ class Server:
         return values
 
     def replies(self, status: str) -> float:
-        """Frames the server answered with `status` (streamfer/metrics.py: streamfer_replies)."""
+        """Frames the server answered with `status` (the counter streamfer_replies)."""
         return self.metrics().get(f'streamfer_replies_total{{status="{status}"}}', 0.0)
 
     def frames_by_kind(self, kind: str) -> float:
