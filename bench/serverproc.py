@@ -119,7 +119,7 @@ def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | No
             cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         try:
-            health = _wait_healthy(proc, port, start_timeout, log_path, tls)
+            health = wait_healthy(proc, port, start_timeout, log_path, tls)
             scheme = "wss" if tls else "ws"
             yield Server(f"{scheme}://127.0.0.1:{port}/ws", health, tuple(args), log_path,
                          proc)
@@ -133,8 +133,10 @@ def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | No
                     proc.wait(timeout=5)
 
 
-def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float, log_path: Path,
-                  tls: bool) -> dict:
+def wait_healthy(proc: subprocess.Popen, port: int, timeout: float, log_path: Path,
+                 tls: bool = False) -> dict:
+    """The server's /healthz once it answers; a clear error (with its log's tail) when the
+    process exits or does not answer within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/healthz"
     context = None
