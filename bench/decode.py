@@ -10,7 +10,6 @@ frame and a 96 px grayscale face crop, both made from scikit-image's astronaut.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import platform
@@ -25,32 +24,28 @@ import numpy as np
 from PIL import Image
 
 from bench.machine import machine_info
+from streamfer.cli import opt, parse
 from streamfer.faces import FaceDetector, crop_face
 from streamfer.loadtest.frames import encode_jpeg, to_width
 
 BENCH = Path(__file__).resolve().parent
 
 
-
 @dataclass(frozen=True)
 class DecodeConfig:
-    repeats: int = 15
-    number: int = 200
-    threads: int = 1
-    out: Path = BENCH / "results" / "decode.json"
+    repeats: int = opt(15, "timed repeats (median)")
+    number: int = opt(200, "decodes per repeat")
+    threads: int = opt(1, "cv2.setNumThreads")
+    out: Path = opt(BENCH / "results" / "decode.json", "results JSON")
+
+    def __post_init__(self) -> None:
+        if self.repeats < 1 or self.number < 1:
+            raise ValueError("--repeats and --number must be >= 1")
 
 
 def parse_args(argv: list[str] | None = None) -> DecodeConfig:
-    d = DecodeConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--repeats", type=int, default=d.repeats, help="timed repeats (median)")
-    p.add_argument("--number", type=int, default=d.number, help="decodes per repeat")
-    p.add_argument("--threads", type=int, default=d.threads, help="cv2.setNumThreads")
-    p.add_argument("--out", type=Path, default=d.out, help="results JSON")
-    a = p.parse_args(argv)
-    if a.repeats < 1 or a.number < 1:
-        p.error("--repeats and --number must be >= 1")
-    return DecodeConfig(a.repeats, a.number, a.threads, a.out)
+    return parse(DecodeConfig, argv, prog="python -m bench.decode",
+                 description=__doc__.split("\n\n")[0])
 
 
 def payloads() -> dict[str, bytes]:

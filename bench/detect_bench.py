@@ -18,10 +18,10 @@ photo, so a shared machine's noise falls on all of them alike.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from streamfer.cli import opt, parse
 from streamfer.detect import TIGHT_PAD, BlazeFace, HaarFallback
 from streamfer.faces import load_gray
 
@@ -43,12 +44,16 @@ def variants() -> dict:
             "blazeface": short.detect, "blazeface+pad": with_retry(short)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="../shared/datasets/webfaces-dev")
-    ap.add_argument("--out", default="bench/results/detect.json")
-    ap.add_argument("--limit", type=int, default=0, help="photos (0: all)")
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class DetectBenchConfig:
+    data: str = opt("../shared/datasets/webfaces-dev", "webfaces-dev folder (CLASS/*.jpg)")
+    out: str = opt("bench/results/detect.json", "results JSON")
+    limit: int = opt(0, "photos (0: all)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(DetectBenchConfig, argv, prog="python -m bench.detect_bench",
+                 description=__doc__.split("\n")[0])
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     paths = sorted(Path(args.data).glob("*/*.jpg"))

@@ -14,17 +14,19 @@ warmed up as the server does it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.machine import describe, machine_info
-from streamfer.config import DEFAULT_MODEL, ServeConfig
+from streamfer.cli import opt, parse
+from streamfer.config import ServeConfig
 from streamfer.model import DEVICES, Predictor
+from streamfer.paths import DEFAULT_MODEL
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -50,15 +52,17 @@ def calls(predictor: Predictor, sizes: tuple[int, ...], repeats: int = 3) -> dic
     return out
 
 
+@dataclass(frozen=True)
+class FirstCallsConfig:
+    model: Path = opt(DEFAULT_MODEL, "the TorchScript model to load")
+    device: str = opt("auto", "where the model runs", DEVICES)
+    max_batch: int = opt(ServeConfig().max_batch, "the largest batch timed and warmed up")
+    threads: int = opt(0, "torch threads (0: torch's default)")
+    out_dir: Path = opt(BENCH / "results", "where first_calls_DEVICE.json goes")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--max-batch", type=int, default=ServeConfig().max_batch)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--out-dir", type=Path, default=BENCH / "results")
-    a = p.parse_args(argv)
+    a = parse(FirstCallsConfig, argv, prog="python -m bench.first_calls", description=__doc__)
     if a.threads:
         torch.set_num_threads(a.threads)
     sizes = tuple(n for n in SIZES if n <= a.max_batch)

@@ -15,7 +15,6 @@ loaded, side by side in one run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -27,8 +26,10 @@ import torch
 
 from bench.machine import describe, machine_info
 from streamfer import contract
-from streamfer.config import DEFAULT_MODEL, ServeConfig
-from streamfer.model import optimized_for_cpu
+from streamfer.cli import opt, parse
+from streamfer.config import ServeConfig
+from streamfer.model import DEVICES, optimized_for_cpu
+from streamfer.paths import DEFAULT_MODEL
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -41,66 +42,49 @@ SERVER_DEFAULT_MAX_BATCH = ServeConfig().max_batch
 SERVER_DEFAULT_TTA = "mirror"
 
 
+CPU_VARIANTS = ("optimized", "as-loaded")
+
+
 @dataclass(frozen=True)
 class ModelBenchConfig:
-    model: Path = DEFAULT_MODEL
-    devices: tuple[str, ...] = ("cpu",)
-    max_batch: int = 256
-    modes: tuple[str, ...] = MODES
-    repeats: int = 7
-    warmup: int = 2
-    min_seconds: float = 0.2
-    threads: int = 1
-    server_batch: int = SERVER_DEFAULT_MAX_BATCH
-    server_tta: str = SERVER_DEFAULT_TTA
-    out_dir: Path = BENCH / "results"
-    cpu_variants: tuple[str, ...] = ("optimized", "as-loaded")
+    model: Path = opt(DEFAULT_MODEL, "the TorchScript model to time")
+    device: str = opt("auto", "cpu, cuda, or auto (cpu, plus cuda when available)", DEVICES)
+    max_batch: int = opt(256, "largest batch; sizes are the powers of two up to it")
+    modes: tuple[str, ...] = opt(MODES, "comma-separated TTA modes", MODES, comma=True)
+    repeats: int = opt(7, "timed repeats (median)")
+    warmup: int = opt(2, "untimed calls first")
+    min_seconds: float = opt(0.2, "each repeat loops calls until at least this long (small "
+                             "batches)")
+    threads: int = opt(1, "torch.set_num_threads (the server's worker uses 1 by default)")
+    server_batch: int = opt(SERVER_DEFAULT_MAX_BATCH, "the server's max batch, for the "
+                            "CPU-per-face line")
+    server_tta: str = opt(SERVER_DEFAULT_TTA, "the server's averaging, for the CPU-per-face "
+                          "line", MODES)
+    out_dir: Path = opt(BENCH / "results", "where model_DEVICE.json goes")
+    cpu_variants: tuple[str, ...] = opt(CPU_VARIANTS, "on the CPU, time the model as the "
+                                        "server runs it (optimized: frozen and fused at load, "
+                                        "the default) and/or as loaded, side by side",
+                                        CPU_VARIANTS, comma=True)
+
+    def __post_init__(self) -> None:
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: CUDA is not available")
+        if not self.model.is_file():
+            raise ValueError(f"model not found: {self.model} (train and export one, or pass "
+                             "--model)")
+        if self.max_batch < 1 or self.repeats < 1 or self.threads < 1:
+            raise ValueError("--max-batch, --repeats and --threads must be >= 1")
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        if self.device == "auto":
+            return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+        return (self.device,)
 
 
 def parse_args(argv: list[str] | None = None) -> ModelBenchConfig:
-    d = ModelBenchConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=d.model)
-    p.add_argument("--device", default="auto",
-                   help="cpu, cuda, or auto (cpu, plus cuda when available)")
-    p.add_argument("--max-batch", type=int, default=d.max_batch,
-                   help="largest batch; sizes are the powers of two up to it")
-    p.add_argument("--modes", default=",".join(d.modes), help="comma-separated TTA modes")
-    p.add_argument("--repeats", type=int, default=d.repeats, help="timed repeats (median)")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed calls first")
-    p.add_argument("--min-seconds", type=float, default=d.min_seconds,
-                   help="each repeat loops calls until at least this long (small batches)")
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="torch.set_num_threads (the server's worker uses 1 by default)")
-    p.add_argument("--server-batch", type=int, default=d.server_batch,
-                   help="the server's max batch, for the CPU-per-face line")
-    p.add_argument("--server-tta", choices=MODES, default=d.server_tta)
-    p.add_argument("--out-dir", type=Path, default=d.out_dir)
-    p.add_argument("--cpu-variants", default=",".join(d.cpu_variants),
-                   help="on the CPU, time the model as the server runs it (optimized: frozen "
-                        "and fused at load, the default) and/or as loaded, side by side")
-    a = p.parse_args(argv)
-    if a.device == "auto":
-        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
-    elif a.device in ("cpu", "cuda"):
-        devices = (a.device,)
-    else:
-        p.error("--device must be cpu, cuda or auto")
-    if "cuda" in devices and not torch.cuda.is_available():
-        p.error("--device cuda: CUDA is not available")
-    modes = tuple(m for m in a.modes.split(",") if m)
-    if not modes or any(m not in MODES for m in modes):
-        p.error(f"--modes must be a comma-separated subset of {MODES}")
-    if not a.model.is_file():
-        p.error(f"model not found: {a.model} (train and export one, or pass --model)")
-    if a.max_batch < 1 or a.repeats < 1 or a.threads < 1:
-        p.error("--max-batch, --repeats and --threads must be >= 1")
-    variants = tuple(v for v in a.cpu_variants.split(",") if v)
-    if not variants or any(v not in d.cpu_variants for v in variants):
-        p.error(f"--cpu-variants must be a comma-separated subset of {d.cpu_variants}")
-    return ModelBenchConfig(a.model, devices, a.max_batch, modes, a.repeats, a.warmup,
-                            a.min_seconds, a.threads, a.server_batch, a.server_tta, a.out_dir,
-                            variants)
+    return parse(ModelBenchConfig, argv, prog="python -m bench.model_bench",
+                 description=__doc__.split("\n\n")[0])
 
 
 def batch_sizes(max_batch: int) -> list[int]:

@@ -6,44 +6,49 @@ own /metrics count, by kind), and what the page shows.
     python -m bench.page_stream                  # 5 seeded photos, 20 s each
     python -m bench.page_stream --photos 10 --seconds 30 --detector server   # the old path
 
-Each photo is pasted 300 px square into a 640x480 scene (tests/fakecam.py `scene`, the
+Each photo is pasted 300 px square into a 640x480 scene (bench/fakecam.py `scene`, the
 browser tests' own) with a few pixels of camera shake; the page runs as a phone user opens
 it. Prints one row per photo and writes bench/results/page_stream.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from bench.browserkit import Server, counts, open_page, phone, prediction
+from bench.fakecam import scene, shaking, write_y4m
+from bench.machine import describe, machine_info
+from bench.serverproc import free_port
+from streamfer.cli import opt, parse
+from streamfer.paths import DEFAULT_MODEL
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the browser test kit: browserkit, fakecam
-
-from browserkit import Server, counts, free_port, open_page, phone, prediction  # noqa: E402
-from fakecam import scene, shaking, write_y4m  # noqa: E402
-
-from bench.machine import describe, machine_info  # noqa: E402
-from streamfer.config import DEFAULT_MODEL  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/webfaces-dev"))
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
-    ap.add_argument("--photos", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--detector", default="", help="the page's ?detector= (default: its own)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default=str(BENCH / "results/page_stream.json"))
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class PageStreamConfig:
+    data: str = opt(str(ROOT.parent / "shared/datasets/webfaces-dev"),
+                    "webfaces-dev folder (CLASS/*.jpg)")
+    model: str = opt(str(DEFAULT_MODEL), "the model the server runs")
+    photos: int = opt(5, "photos, drawn with --seed")
+    seconds: float = opt(20.0, "how long the page streams each photo")
+    detector: str = opt("", "the page's ?detector= (empty: the page's own)")
+    seed: int = opt(1, "seeds the choice of photos")
+    out: str = opt(str(BENCH / "results/page_stream.json"), "results JSON")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(PageStreamConfig, argv, prog="python -m bench.page_stream",
+                 description=__doc__.split("\n\n")[0])
     from playwright.sync_api import sync_playwright
 
     paths = sorted(Path(args.data).glob("*/*.jpg"))

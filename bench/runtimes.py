@@ -13,29 +13,36 @@ labels) and how often the two agree. Prints a table and saves JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from streamfer.config import DEFAULT_MODEL
+from streamfer.cli import opt, parse
 from streamfer.model import Predictor
+from streamfer.paths import DEFAULT_MODEL
 from training.data import load_folder
 
 ROOT = Path(__file__).resolve().parent.parent
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads")
-    p.add_argument("--batches", default="1,8,16", help="batch sizes to time")
-    p.add_argument("--reps", type=int, default=40, help="timed rounds per batch size")
-    p.add_argument("--test", type=Path, default=ROOT.parent / "shared" / "datasets" /
-                   "fer2013" / "test", help="FER2013 PublicTest folder ('' to skip accuracy)")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "runtimes.json")
-    a = p.parse_args()
+
+
+@dataclass(frozen=True)
+class RuntimesConfig:
+    model: Path = opt(DEFAULT_MODEL, "the TorchScript model (its int8 derivative beside it)")
+    threads: int = opt(1, "torch / ONNX Runtime threads")
+    batches: str = opt("1,8,16", "batch sizes to time")
+    reps: int = opt(40, "timed rounds per batch size")
+    test: Path = opt(ROOT.parent / "shared" / "datasets" / "fer2013" / "test",
+                     "FER2013 PublicTest folder ('' to skip accuracy)")
+    out: Path = opt(ROOT / "bench" / "results" / "runtimes.json", "results JSON")
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse(RuntimesConfig, argv, prog="python -m bench.runtimes",
+              description=__doc__.split("\n\n")[0])
     torch.set_num_threads(a.threads)
     runtimes = {
         "torchscript as loaded": Predictor(a.model, device="cpu", optimize=False,

@@ -6,42 +6,42 @@ averaging), on one torch thread; every round times one `forward` call per model,
 so the machine's load hits all of them alike. Reports the median process CPU time and wall
 time per face for each batch size, and their ratio to the first model.
 
-    python -m bench.served_cost models/fer2013-5class.pt models/ferplus-5class.pt \
+    python -m bench.served_cost models/fer2013-5class.pt models/ferplus-5class.pt \\
         --out bench/results/served_cost.json
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.machine import describe, machine_info  # noqa: E402
-from streamfer.model import Predictor  # noqa: E402
+from bench.machine import describe, machine_info
+from streamfer.cli import opt, parse
+from streamfer.model import Predictor
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="+", type=Path)
-    p.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
-    p.add_argument("--rounds", type=int, default=30, help="timed rounds (median)")
-    p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
-    a = p.parse_args()
+@dataclass(frozen=True)
+class ServedCostConfig:
+    models: tuple[Path, ...] = opt((), "the models (.pt) to compare; ratios are to the first",
+                                   positional=True)
+    batches: tuple[int, ...] = opt((1, 16), "comma-separated batch sizes", comma=True)
+    rounds: int = opt(30, "timed rounds (median)")
+    out: Path | None = opt(None, "also write the figures as JSON")
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = parse(ServedCostConfig, argv, prog="python -m bench.served_cost", description=__doc__)
     torch.set_num_threads(1)
     predictors = [Predictor(m, device="cpu") for m in a.models]
     faces = np.random.default_rng(0).integers(0, 256, (256, 48, 48), dtype=np.uint8)
     result: dict = {"machine": machine_info(), "threads": 1, "rounds": a.rounds, "rows": []}
-    for n in [int(b) for b in a.batches.split(",")]:
+    for n in a.batches:
         batch = faces[:n]
         for pr in predictors:
             for _ in range(3):

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.machine import describe, machine_info
 from bench.serverproc import ServerRunConfig, parse_cpus, running_server
 from streamfer.cli import opt, parse
 from streamfer.loadtest.cli import LoadTestConfig, ramp, run_once
@@ -110,12 +108,8 @@ def save_plot(path: Path, results: dict[str, dict], rtts: dict[str, dict[str, li
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    client_cpus = parse_cpus(cfg.client_cpus)
-    if client_cpus:
-        os.sched_setaffinity(0, client_cpus)
-    info = machine_info()
-    print(f"{describe(info)}; server cpus {cfg.server_cpus or 'any'}, "
-          f"load-test cpus {cfg.client_cpus or 'any'}", flush=True)
+    info, line = cfg.pin_client()
+    print(line, flush=True)
     frames = load_frames(cfg.kind, cfg.images)
     results: dict[str, dict] = {}
     rtts: dict[str, dict[str, list[float]]] = {}

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.machine import describe, machine_info
 from bench.serverproc import ServerRunConfig, parse_cpus, running_server
 from streamfer.cli import opt, parse
 from streamfer.loadtest.cli import LoadTestConfig, loss_rate, run_once
@@ -70,12 +68,8 @@ def parse_args(argv: list[str] | None = None) -> VariantsConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
-    client_cpus = parse_cpus(cfg.client_cpus)
-    if client_cpus:
-        os.sched_setaffinity(0, client_cpus)
-    info = machine_info()
-    print(f"{describe(info)}; server cpus {cfg.server_cpus or 'any'}, "
-          f"load-test cpus {cfg.client_cpus or 'any'}; load {cfg.clients} clients x "
+    info, line = cfg.pin_client()
+    print(f"{line}; load {cfg.clients} clients x "
           f"{cfg.fps:g} fps for {cfg.seconds:g} s", flush=True)
     frame_sets = {kind: load_frames(kind) for kind in {v[1] for v in VARIANTS}}
     rows, series = [], {}

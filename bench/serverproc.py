@@ -22,8 +22,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.machine import describe, machine_info
 from streamfer.cli import opt
-from streamfer.config import DEFAULT_MODEL
+from streamfer.paths import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +45,16 @@ class ServerRunConfig:
     def __post_init__(self) -> None:
         if not self.model.is_file():
             raise ValueError(f"model not found: {self.model} (pass --model)")
+
+    def pin_client(self) -> tuple[dict, str]:
+        """Pin this load generator to --client-cpus; the machine's description for the
+        results, and a line that says it and where each side runs."""
+        cpus = parse_cpus(self.client_cpus)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        info = machine_info()
+        return info, (f"{describe(info)}; server cpus {self.server_cpus or 'any'}, "
+                      f"load-test cpus {self.client_cpus or 'any'}")
 
 
 def free_port() -> int:
@@ -108,7 +119,7 @@ def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | No
             cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         try:
-            health = _wait_healthy(proc, port, start_timeout, log_path, tls)
+            health = wait_healthy(proc, port, start_timeout, log_path, tls)
             scheme = "wss" if tls else "ws"
             yield Server(f"{scheme}://127.0.0.1:{port}/ws", health, tuple(args), log_path,
                          proc)
@@ -122,8 +133,10 @@ def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | No
                     proc.wait(timeout=5)
 
 
-def _wait_healthy(proc: subprocess.Popen, port: int, timeout: float, log_path: Path,
-                  tls: bool) -> dict:
+def wait_healthy(proc: subprocess.Popen, port: int, timeout: float, log_path: Path,
+                 tls: bool = False) -> dict:
+    """The server's /healthz once it answers; a clear error (with its log's tail) when the
+    process exits or does not answer within `timeout` seconds."""
     deadline = time.monotonic() + timeout
     url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/healthz"
     context = None

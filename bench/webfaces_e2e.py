@@ -1,6 +1,6 @@
 """End to end on webfaces-dev through the real server's /api/predict, per face detector.
 
-    python bench/webfaces_e2e.py --data ../shared/datasets/webfaces-dev \\
+    python -m bench.webfaces_e2e --data ../shared/datasets/webfaces-dev \\
         --out bench/results/webfaces_e2e.json
 
 Starts `python -m streamfer.serve` (shipped model, CPU) once per `--detectors` entry on a
@@ -14,18 +14,20 @@ share of photos with a face, and balanced accuracy over those photos only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from bench.serverproc import running_server
-from streamfer.config import DEFAULT_MODEL
+from streamfer.cli import opt, parse
+from streamfer.config import DETECTOR_CHOICES
+from streamfer.paths import DEFAULT_MODEL
 
 LABELS = {"angry": "anger", "happy": "happiness", "neutral": "neutral", "sad": "sadness",
           "surprise": "surprise"}
@@ -57,20 +59,25 @@ def score(rows: list[tuple[str, str | None]]) -> dict:
             "balanced_accuracy_faces_found": float(np.mean(list(recall_found.values())))}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default="../shared/datasets/webfaces-dev")
-    ap.add_argument("--model", default=str(DEFAULT_MODEL))
-    ap.add_argument("--detectors", default="haar,blazeface")
-    ap.add_argument("--out", default="bench/results/webfaces_e2e.json")
-    ap.add_argument("--limit", type=int, default=0)
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class WebfacesE2EConfig:
+    data: str = opt("../shared/datasets/webfaces-dev", "webfaces-dev folder (CLASS/*.jpg)")
+    model: str = opt(str(DEFAULT_MODEL), "the model the server runs")
+    detectors: tuple[str, ...] = opt(("haar", "blazeface"), "one server per detector, in turn",
+                                     DETECTOR_CHOICES, comma=True)
+    out: str = opt("bench/results/webfaces_e2e.json", "results JSON")
+    limit: int = opt(0, "photos, spread over the folder (0: all)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(WebfacesE2EConfig, argv, prog="python -m bench.webfaces_e2e",
+                 description=__doc__.split("\n")[0])
     paths = sorted(p for p in Path(args.data).glob("*/*.jpg") if p.parent.name in LABELS)
     if args.limit:
         paths = paths[:: max(1, len(paths) // args.limit)][: args.limit]
     result = {"data": args.data, "model": args.model, "protocol": __doc__.split("\n\n")[2],
               "detectors": {}}
-    for det in args.detectors.split(","):
+    for det in args.detectors:
         with running_server(Path(args.model), ["--device", "cpu", "--detector", det],
                             log_path=Path(f"/tmp/webfaces_e2e_{det}.log")) as server:
             url = server.url.replace("ws://", "http://").replace("/ws", "/api/predict")

@@ -7,6 +7,8 @@ from it: adding a setting is one line. Types come from the annotations:
 
 - `bool` -> `--flag / --no-flag`;
 - `tuple[str, ...]` -> a repeatable flag (the environment variable: a comma-separated list);
+  with `opt(..., comma=True)` one flag taking a comma-separated list instead (`--modes a,b`),
+  each item checked against the choices; with `positional=True` the command's arguments;
 - `X | None` -> an `X` that may be left unset;
 - `int`, `float`, `str`, `Path` -> that type.
 
@@ -32,10 +34,12 @@ FALSE = ("0", "false", "no", "off", "")
 
 
 def opt(default: Any, text: str, choices: Sequence[str] | None = None, *,
-        factory: Callable[[], Any] | None = None, metavar: str | None = None) -> Any:
+        factory: Callable[[], Any] | None = None, metavar: str | None = None,
+        comma: bool = False, positional: bool = False) -> Any:
     """A config field with its --help text (and its allowed values, for a string).
     `factory` computes the default when the config is made (e.g. from the CPU count)."""
-    meta = {"help": text, "choices": tuple(choices) if choices else None, "metavar": metavar}
+    meta = {"help": text, "choices": tuple(choices) if choices else None, "metavar": metavar,
+            "comma": comma, "positional": positional}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -69,6 +73,18 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _comma_list(base: type, choices: Sequence[str] | None) -> Callable[[str], tuple]:
+    """argparse `type` for a comma-separated list flag: `a,b` -> (a, b), items checked."""
+    def convert(raw: str) -> tuple:
+        items = tuple(base(part.strip()) for part in raw.split(",") if part.strip())
+        if not items or (choices and any(item not in choices for item in items)):
+            allowed = f" of {', '.join(choices)}" if choices else ""
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list{allowed}, "
+                                             f"got {raw!r}")
+        return items
+    return convert
+
+
 def env_name(prefix: str, name: str) -> str:
     return prefix + name.upper()
 
@@ -92,8 +108,12 @@ def build_parser(cls: type, *, prog: str, description: str | None,
     for f, base, many, _optional in _settings(cls):
         default = _default(f)
         text = f.metadata["help"]
+        if f.metadata.get("positional"):
+            p.add_argument(f.name, nargs="+" if many else None, type=base, help=text)
+            continue
         if default is not None:
-            text += f" (default: {', '.join(default) if many else default})"
+            sep = "," if f.metadata.get("comma") else ", "
+            text += f" (default: {sep.join(map(str, default)) if many else default})"
         if env_prefix:
             text += f" [env {env_name(env_prefix, f.name)}]"
         # Unset (None) where the environment may fill it in, and for repeatable flags (argparse
@@ -104,6 +124,8 @@ def build_parser(cls: type, *, prog: str, description: str | None,
             kwargs["metavar"] = f.metadata["metavar"]
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif many and f.metadata.get("comma"):
+            kwargs.update(type=_comma_list(base, f.metadata.get("choices")))
         elif many:
             kwargs.update(action="append", type=base)
         else:
@@ -145,7 +167,7 @@ def parse(cls: type[T], argv: Sequence[str] | None, *, prog: str, description: s
                 except ValueError as exc:
                     parser.error(f"{name}={raw!r}: {exc}")
                 choices = f.metadata.get("choices")
-                if choices and value not in choices:
+                if choices and any(v not in choices for v in (value if many else (value,))):
                     parser.error(f"{name}={raw!r}: must be one of {', '.join(choices)}")
         if value is not None:
             values[f.name] = tuple(value) if many else value

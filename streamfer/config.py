@@ -15,30 +15,8 @@ from streamfer.cli import opt, parse
 from streamfer.contract import TTA_MODES
 from streamfer.model import DEVICES
 from streamfer.onnx_int8 import RUNTIMES
+from streamfer.paths import DEFAULT_MODEL, DEFAULT_WEB_DIR
 
-DATA_DIRS = ("models", "web")  # shipped beside the package: the models, the phone page
-
-
-def _data_root() -> Path:
-    """Where models/ and web/ are: the checkout (an editable install, or running from it),
-    else the copies that `pip install .` puts under <prefix>/share/streamfer
-    (pyproject.toml's data-files), the prefix found from this file's own place."""
-    import sys
-
-    here = Path(__file__).resolve()
-    checkout = here.parent.parent
-    if all((checkout / d).is_dir() for d in DATA_DIRS):
-        return checkout
-    # <prefix>/lib/pythonX.Y/site-packages/streamfer/config.py -> <prefix>/share/streamfer
-    for prefix in (here.parents[4] if len(here.parents) > 4 else None, Path(sys.prefix)):
-        if prefix is not None and (prefix / "share" / "streamfer" / "models").is_dir():
-            return prefix / "share" / "streamfer"
-    return checkout  # nothing installed: the defaults name the checkout's folders
-
-
-PACKAGE_ROOT = _data_root()
-DEFAULT_MODEL = PACKAGE_ROOT / "models" / "ferplus-5class.pt"  # docs/RESULTS.md: real faces
-DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
 TTA_CHOICES = TTA_MODES
 DETECTOR_CHOICES = ("auto", "blazeface", "haar")
 ENV_PREFIX = "STREAMFER_"
@@ -95,7 +73,7 @@ class ServeConfig:
     optimize: bool = opt(True, "on the CPU, freeze the TorchScript model and let oneDNN fuse "
                          "its layers at load (--no-optimize runs the file as loaded)")
     runtime: str = opt("auto", "CPU inference: onnx-int8 runs models/NAME.int8.onnx (made by "
-                       "python -m training.quantize; 1.5-1.9x less CPU per face) with ONNX "
+                       "python -m training.quantize; less CPU per face: bench.runtimes) with ONNX "
                        "Runtime; auto uses it on the CPU when it was made from this very model "
                        "file, else the TorchScript", RUNTIMES)
     read_timeout_s: float = opt(15.0, "HTTP: a request's headers must arrive within this many "

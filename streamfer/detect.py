@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 import torch
 
-from streamfer.config import PACKAGE_ROOT
 from streamfer.faces import Box, FaceDetector
+from streamfer.paths import PACKAGE_ROOT
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,6 @@ FRAMING: dict[str, dict[str, float]] = {
     "blazeface": {"scale": 1.2, "shift_y": -0.073},
     "shape": {"scale": 1.03, "shift_y": 0.0},
 }
-FRAME_SCALE = FRAMING["haar"]["scale"]  # the Haar cascade's framing, as before the table
-FRAME_SHIFT_Y = FRAMING["haar"]["shift_y"]
 
 
 @dataclass(frozen=True)
@@ -165,12 +163,18 @@ class FaceDetector:
 
 
 def crop_face(gray: np.ndarray, box: Box, size: int, detector: str = "haar") -> np.ndarray:
-    """Cut the training framing around a box drawn by `detector` (a FRAMING key), padding
-    with edge pixels if needed."""
+    """Cut the training framing around a box drawn by `detector` (a FRAMING key)."""
     framing = FRAMING[detector]
-    side = max(box.w, box.h) * framing["scale"]
+    return crop_at(gray, box, size, framing["scale"], framing["shift_y"])
+
+
+def crop_at(gray: np.ndarray, box: Box, size: int, scale: float, shift_y: float) -> np.ndarray:
+    """The crop geometry, once: a square `scale` box sides wide, its centre `shift_y` of its
+    side below the box centre, padded with edge pixels if needed, resized to `size`
+    (training.framing calls it with trial constants)."""
+    side = max(box.w, box.h) * scale
     cx = box.x + box.w / 2.0
-    cy = box.y + box.h / 2.0 + framing["shift_y"] * side
+    cy = box.y + box.h / 2.0 + shift_y * side
     x0, y0 = round(cx - side / 2.0), round(cy - side / 2.0)
     s = max(1, round(side))
     pad = max(0, -x0, -y0, x0 + s - gray.shape[1], y0 + s - gray.shape[0])

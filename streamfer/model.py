@@ -39,8 +39,8 @@ load_metadata = contract.read  # the model file and its metadata (streamfer/cont
 def optimized_for_cpu(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     """The module frozen (weights become constants, batch norm folds into the convolutions)
     and passed through `torch.jit.optimize_for_inference` (oneDNN's fused, pre-packed conv
-    kernels). On the shipped model this took a third to a half off the CPU time per face,
-    with the same probabilities to 1e-5 (docs/BENCHMARKS.md). Where a TorchScript pass fails
+    kernels): less CPU time per face with the same probabilities (`python -m
+    bench.model_bench` times both side by side; docs/BENCHMARKS.md). Where a TorchScript pass fails
     on some model or torch version, the module runs as loaded, with a warning.
     """
     try:
@@ -93,8 +93,8 @@ class Predictor:
         """The int8 ONNX derivative on the CPU when asked for (or 'auto' and it is there and
         matches this model); otherwise None: the TorchScript runs. It runs on `threads`
         threads, one when 0: a server's other cores are better spent on the decode threads,
-        the event loop and other processes than on splitting one small batch (one thread
-        held 47 clients where two held 23 on this 2-core machine: docs/BENCHMARKS.md)."""
+        the event loop and other processes than on splitting one small batch (one thread held
+        more clients than two on a 2-core machine: docs/BENCHMARKS.md, section 9)."""
         if runtime not in onnx_int8.RUNTIMES:
             raise ValueError(f"runtime must be one of {onnx_int8.RUNTIMES}")
         if runtime == "torchscript":

@@ -7,9 +7,9 @@ quantised to int8 by ONNX Runtime (QDQ, per-channel weights, calibrated on train
 It records the SHA-256 of the .pt it came from, so a server never runs a derivative of
 another model: a stale or foreign file is ignored (with a log line) and the TorchScript runs.
 
-ONNX Runtime's int8 kernels cost about half the CPU time of the frozen, fused TorchScript
-per face on an AVX2 core (bench/runtimes.py; docs/BENCHMARKS.md); the accuracy cost is
-measured by the same script.
+ONNX Runtime's int8 kernels cost less CPU time per face than the frozen, fused TorchScript
+on an AVX2 core; `python -m bench.runtimes` measures both, and the accuracy cost, side by
+side (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations

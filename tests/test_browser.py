@@ -23,19 +23,19 @@ from typing import Any
 
 import cv2
 import pytest
-from browserkit import (
+
+from bench.browserkit import (
     CHROMIUM,
     INSECURE_HOST,
     ROOT,
     Server,
     counts,
-    free_port,
     open_page,
     phone,
     prediction,
 )
-from fakecam import dark_frames, face_frames, gradient_frames, scene, shaking, write_y4m
-
+from bench.fakecam import dark_frames, face_frames, gradient_frames, scene, shaking, write_y4m
+from bench.serverproc import free_port
 from streamfer import vendor
 from streamfer.faces import FaceDetector
 

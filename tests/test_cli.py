@@ -1,14 +1,16 @@
-"""The training programs' command lines, built from their config dataclasses."""
+"""The training programs' and benchmarks' command lines, built from their config dataclasses."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
-from dataclasses import fields
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
 
 import pytest
 
+from streamfer.cli import opt
 from training import baseline, fit, framing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,3 +82,49 @@ def test_the_help_of_a_real_invocation() -> None:
     assert done.returncode == 0, done.stderr
     assert "--fold-mode {grouped,stratified}" in done.stdout
     assert "SGD, batch 128, momentum 0.9" in done.stdout  # the module docstring, kept
+
+
+# -- streamfer.cli's list flags, and the benchmarks' command lines ------------------------------
+
+BENCHMARKS = ["decode", "detect_bench", "first_calls", "model_bench", "page_stream", "runtimes",
+              "screenshot", "served_cost", "webfaces_e2e"]
+
+
+def _config_of(module) -> type:
+    (cls,) = [v for name, v in vars(module).items() if name.endswith("Config")
+              and isinstance(v, type) and is_dataclass(v) and v.__module__ == module.__name__]
+    return cls
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_benchmark_setting_is_a_documented_flag(name: str) -> None:
+    from streamfer.cli import build_parser
+
+    module = importlib.import_module(f"bench.{name}")
+    config = _config_of(module)
+    shown = "".join(build_parser(config, prog=name, description=None).format_help().split())
+    for f in fields(config):
+        assert f.metadata.get("help"), f"{config.__name__}.{f.name} has no help text"
+        flag = f.name if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
+        assert flag in shown and "".join(f.metadata["help"].split()) in shown
+
+
+@dataclass(frozen=True)
+class _Lists:
+    models: tuple[Path, ...] = opt((), "models", positional=True)
+    modes: tuple[str, ...] = opt(("a", "b"), "modes", ("a", "b", "c"), comma=True)
+    batches: tuple[int, ...] = opt((1, 16), "batch sizes", comma=True)
+
+
+def test_comma_lists_and_positional_arguments(capsys) -> None:
+    from streamfer.cli import parse
+
+    cfg = parse(_Lists, ["x.pt", "y.pt", "--modes", "c,a", "--batches", "2,8,32"], prog="t",
+                description=None)
+    assert cfg == _Lists((Path("x.pt"), Path("y.pt")), ("c", "a"), (2, 8, 32))
+    assert parse(_Lists, ["x.pt"], prog="t", description=None).modes == ("a", "b")
+    for argv, said in ((["x.pt", "--modes", "a,z"], "of a, b, c, got 'a,z'"),
+                       (["x.pt", "--batches", "1,x"], "--batches"), ([], "models")):
+        with pytest.raises(SystemExit):
+            parse(_Lists, argv, prog="t", description=None)
+        assert said in capsys.readouterr().err

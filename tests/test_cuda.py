@@ -18,8 +18,9 @@ import torch
 from test_fit import make_faces
 
 from streamfer.app import init_app
-from streamfer.config import DEFAULT_MODEL, ServeConfig
+from streamfer.config import ServeConfig
 from streamfer.model import Predictor
+from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
 from training import fit
 

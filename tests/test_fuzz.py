@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from bench.serverproc import Server, running_server
-from streamfer.config import DEFAULT_MODEL
+from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import HEADER, PROTOCOL_VERSION, pack_frame
 from tests.hostile import bomb_variants, get_json, memory_mb, raw_socket, ws_frame, ws_upgrade
 

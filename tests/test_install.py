@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from bench.serverproc import free_port
-from streamfer.config import DEFAULT_MODEL
+from streamfer.paths import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def test_a_non_editable_install_serves_the_page_and_predicts(
     site = Path(sysconfig.get_path("purelib", vars={"base": str(prefix)}))
     env = {**os.environ, "PYTHONPATH": str(site)}
     where = subprocess.run(
-        [sys.executable, "-c", "import streamfer.config as c; print(c.__file__); "
+        [sys.executable, "-c", "import streamfer.paths as c; print(c.__file__); "
          "print(c.DEFAULT_MODEL); print(c.DEFAULT_WEB_DIR)"],
         cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
     module, model, web = (Path(line) for line in where.stdout.split())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from bench.serverproc import running_server
+from streamfer import protocol
 from streamfer.loadtest.cli import LoadTestConfig, parse_args
 from streamfer.loadtest.frames import CROP_SIDES, FRAME_WIDTH, load_frames
 
@@ -55,9 +55,9 @@ def test_crops_are_small_gray_jpegs_flagged_as_crops() -> None:
     sides = set()
     for i, image in enumerate(frames.images):
         msg = frames.message(len(frames.images) * 7 + i)  # cycles through the set
-        version, flags, reserved, fid = struct.unpack(">BBHI", msg[:8])
+        version, flags, reserved, fid = protocol.HEADER.unpack_from(msg)
         assert (version, flags, reserved, fid) == (1, 1, 0, len(frames.images) * 7 + i)
-        assert msg[8:] == image and image[:2] == b"\xff\xd8"  # JPEG
+        assert msg[protocol.HEADER.size:] == image and image[:2] == b"\xff\xd8"  # JPEG
         gray = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_UNCHANGED)
         assert gray.ndim == 2 and gray.shape[0] == gray.shape[1]
         sides.add(gray.shape[0])
@@ -68,8 +68,8 @@ def test_frames_are_320_px_colour_jpegs_without_the_crop_flag() -> None:
     frames = load_frames("frames")
     assert not frames.is_crop
     msg = frames.message(2**32 + 5)  # ids wrap at 32 bits as the header's field does
-    assert struct.unpack(">BBHI", msg[:8]) == (1, 0, 0, 5)
-    img = cv2.imdecode(np.frombuffer(msg[8:], np.uint8), cv2.IMREAD_UNCHANGED)
+    assert protocol.HEADER.unpack_from(msg) == (1, 0, 0, 5)
+    img = cv2.imdecode(np.frombuffer(msg[protocol.HEADER.size:], np.uint8), cv2.IMREAD_UNCHANGED)
     assert img.shape == (FRAME_WIDTH, FRAME_WIDTH, 3)  # the astronaut is square
 
 
@@ -112,7 +112,7 @@ def fake_server(answer, body: dict = OK_BODY) -> web.Application:
         await ws.prepare(request)
         await ws.send_json(HELLO)
         async for msg in ws:
-            frame_id = struct.unpack(">BBHI", msg.data[:8])[3]
+            frame_id = protocol.parse_frame(msg.data)[0].frame_id
             if answer(frame_id):
                 await ws.send_json({"type": "result", "id": frame_id, **body})
         return ws

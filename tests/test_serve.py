@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from streamfer.config import DEFAULT_MODEL, ServeConfig, parse_config
+from streamfer.config import ServeConfig, parse_config
+from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
 from streamfer.serve import running
 from streamfer.tls import self_signed

@@ -18,8 +18,9 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from streamfer.app import STATE, init_app, origin_allowed
-from streamfer.config import DEFAULT_MODEL, ServeConfig
+from streamfer.config import ServeConfig
 from streamfer.model import Predictor
+from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from streamfer.config import DEFAULT_MODEL
 from streamfer.faces import FaceDetector, equalize_faces, load_gray, prepare
 from streamfer.model import Predictor
+from streamfer.paths import DEFAULT_MODEL
 from training import data as D
 from training.cli import opt, parse_config
 

@@ -16,13 +16,14 @@ load), so the wrapper calls the one aten kernel it needs directly.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from streamfer import contract
+from streamfer.cli import opt, parse
 from streamfer.contract import TTA_MODES
 from training.augment import corner_offsets
 from training.network import FERNet, NetConfig
@@ -127,9 +128,13 @@ def reexport(source: str | Path, target: str | Path | None = None,
     return export(deployed, target or source, keep)
 
 
+@dataclass(frozen=True)
+class ReexportConfig:
+    model: Path = opt(Path(), "an exported .pt file", positional=True)
+    out: Path | None = opt(None, "where to write (default: in place)")
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=reexport.__doc__)
-    p.add_argument("model", type=Path, help="an exported .pt file")
-    p.add_argument("--out", type=Path, default=None, help="where to write (default: in place)")
-    a = p.parse_args()
+    a = parse(ReexportConfig, None, prog="python -m training.export",
+              description=reexport.__doc__)
     print(reexport(a.model, a.out))

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from streamfer.faces import FRAMING, Box, FaceDetector, resize_square
+from streamfer.faces import FRAMING, Box, FaceDetector, crop_at
 from training.cli import opt, parse_config
 
 log = logging.getLogger("training.framing")
@@ -121,19 +121,6 @@ def measure(images: np.ndarray, cfg: FramingConfig) -> dict:
             "shift_x": summarise(arr[:, 2])}
 
 
-def crop_with(gray: np.ndarray, box: Box, size: int, scale: float, shift_y: float) -> np.ndarray:
-    """`streamfer.faces.crop_face`'s geometry with explicit constants (to try new values)."""
-    side = max(box.w, box.h) * scale
-    cx = box.x + box.w / 2.0
-    cy = box.y + box.h / 2.0 + shift_y * side
-    x0, y0, s = round(cx - side / 2.0), round(cy - side / 2.0), max(1, round(side))
-    pad = max(0, -x0, -y0, x0 + s - gray.shape[1], y0 + s - gray.shape[0])
-    if pad:
-        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0 = x0 + pad, y0 + pad
-    return resize_square(gray[y0:y0 + s, x0:x0 + s], size)
-
-
 def save_preview(path: Path, astronaut_gray: np.ndarray, fer: np.ndarray, scale: float,
                  shift_y: float, cfg: FramingConfig) -> None:
     """Astronaut crops (current and measured framing) beside FER faces, 4x enlarged."""
@@ -146,9 +133,9 @@ def save_preview(path: Path, astronaut_gray: np.ndarray, fer: np.ndarray, scale:
     if box is None:
         raise RuntimeError("no face found on the astronaut")
     now = FRAMING[cfg.detector]
-    tiles = [(crop_with(astronaut_gray, box, 48, now["scale"], now["shift_y"]),
+    tiles = [(crop_at(astronaut_gray, box, 48, now["scale"], now["shift_y"]),
               f"astronaut, current\nscale {now['scale']:g} shift {now['shift_y']:g}"),
-             (crop_with(astronaut_gray, box, 48, scale, shift_y),
+             (crop_at(astronaut_gray, box, 48, scale, shift_y),
               f"astronaut, measured\nscale {scale:.3f} shift {shift_y:.3f}")]
     tiles += [(img, "FER2013 Training") for img in fer]
     fig, axes = plt.subplots(1, len(tiles), figsize=(2.0 * len(tiles), 2.5))

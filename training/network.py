@@ -52,15 +52,6 @@ PRESETS: dict[str, dict] = {
         "local_channels": 64,
         "batchnorm": True,
     },
-    # Wider instead of deeper: the paper's two conv stages at twice the channels, two 3x3
-    # convs per stage, batch norm (an ablation beside "deep"; never shipped).
-    "wide": {
-        "conv_channels": (64, 128),
-        "conv_kernel": 3,
-        "convs_per_stage": 2,
-        "local_channels": 64,
-        "batchnorm": True,
-    },
 }
 
 

@@ -5,9 +5,9 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
+from streamfer.cli import opt, parse
 
 
 def confusion(true: Sequence[int], pred: Sequence[int], n: int) -> np.ndarray:
@@ -80,12 +82,20 @@ def save_comparison(runs: dict[str, dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+@dataclass(frozen=True)
+class CompareConfig:
+    runs: tuple[Path, ...] = opt((), "run folders holding metrics.json", positional=True)
+    out: Path | None = opt(None, "PNG to write (required)")
+    title: str = opt("", "the figure's title")
+
+    def __post_init__(self) -> None:
+        if self.out is None:
+            raise ValueError("--out is required")
+
+
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=save_comparison.__doc__)
-    p.add_argument("runs", nargs="+", type=Path, help="run folders holding metrics.json")
-    p.add_argument("--out", type=Path, required=True, help="PNG to write")
-    p.add_argument("--title", default="")
-    a = p.parse_args()
+    a = parse(CompareConfig, None, prog="python -m training.report",
+              description=save_comparison.__doc__)
     save_comparison({r.name: json.loads((r / "metrics.json").read_text())["history"]
                      for r in a.runs}, a.out, a.title)
     print(a.out)

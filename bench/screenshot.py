@@ -1,6 +1,6 @@
 """Make docs/screenshot.png: the phone page, live, with the astronaut as its camera.
 
-    python tests/screenshot.py [--model models/ferplus-5class.pt] [--out docs/screenshot.png]
+    python -m bench.screenshot [--model models/ferplus-5class.pt] [--out docs/screenshot.png]
 
 Starts the real server and headless Chromium exactly as tests/test_browser.py does, lets
 predictions stream for a few seconds, prints the page's counters, and saves a phone-viewport
@@ -9,21 +9,23 @@ screenshot (390x844 CSS px; saved at 2x to keep the file small).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from browserkit import ROOT, Server, counts, free_port, open_page, phone, prediction
-from fakecam import face_frames, write_y4m
 from PIL import Image
 from playwright.sync_api import sync_playwright
 from skimage import data
 
-from streamfer.config import DEFAULT_MODEL
+from bench.browserkit import ROOT, Server, counts, open_page, phone, prediction
+from bench.fakecam import face_frames, write_y4m
+from bench.serverproc import free_port
+from streamfer.cli import opt, parse
+from streamfer.paths import DEFAULT_MODEL
 
 
 def shrink(png: bytes, out: Path, budget: int = 480_000) -> None:
@@ -36,14 +38,18 @@ def shrink(png: bytes, out: Path, budget: int = 480_000) -> None:
                    ).save(out, optimize=True)
 
 
+@dataclass(frozen=True)
+class ScreenshotConfig:
+    model: Path = opt(DEFAULT_MODEL, "the model the server runs")
+    out: Path = opt(ROOT / "docs" / "screenshot.png", "the PNG to write")
+    seconds: float = opt(6.0, "streaming time before the shot")
+    scale: float = opt(2.0, "device pixels per CSS pixel")
+    landscape: bool = opt(False, "844x390 instead of 390x844")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
-    parser.add_argument("--seconds", type=float, default=6.0, help="streaming time before the shot")
-    parser.add_argument("--scale", type=float, default=2.0, help="device pixels per CSS pixel")
-    parser.add_argument("--landscape", action="store_true", help="844x390 instead of 390x844")
-    args = parser.parse_args(argv)
+    args = parse(ScreenshotConfig, argv, prog="python -m bench.screenshot",
+                 description=__doc__.splitlines()[0])
 
     with tempfile.TemporaryDirectory(prefix="streamfer-shot-") as tmp:
         video = write_y4m(Path(tmp) / "astronaut.y4m", face_frames(data.astronaut()))

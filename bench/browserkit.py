@@ -1,24 +1,24 @@
-"""Real server + headless Chromium phone, shared by tests/test_browser.py and
-tests/screenshot.py.
+"""Real server + headless Chromium phone, shared by tests/test_browser.py, bench/page_stream.py
+and bench/screenshot.py.
 
 The server is the real `python -m streamfer.serve` in a subprocess on a free 127.0.0.1 port;
 the browser is the system Chromium (not Playwright's download) driven by Playwright, in a
-phone-sized viewport, with a fake camera that plays a .y4m video (see tests/fakecam.py).
+phone-sized viewport, with a fake camera that plays a .y4m video (see bench/fakecam.py).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.serverproc import wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("STREAMFER_CHROMIUM", "/usr/bin/chromium"))
@@ -47,12 +47,6 @@ PHONE: dict[str, Any] = {
 SERVER_START_S = 60.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Server:
     """`python -m streamfer.serve` on 127.0.0.1:`port`; start() returns once /healthz answers."""
@@ -73,18 +67,11 @@ class Server:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
                                          stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + SERVER_START_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "healthz", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"server not up in {SERVER_START_S} s:\n{self.tail()}")
+        try:
+            wait_healthy(self.proc, self.port, SERVER_START_S, self.log)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         """SIGTERM (the server shuts down gracefully), SIGKILL if it hangs."""
@@ -113,7 +100,7 @@ class Server:
         return values
 
     def replies(self, status: str) -> float:
-        """Frames the server answered with `status` (streamfer/metrics.py: streamfer_replies)."""
+        """Frames the server answered with `status` (the counter streamfer_replies)."""
         return self.metrics().get(f'streamfer_replies_total{{status="{status}"}}', 0.0)
 
     def frames_by_kind(self, kind: str) -> float:

@@ -1,4 +1,5 @@
-"""Fake camera videos for the browser test: Chromium plays a .y4m file as its camera.
+"""Fake camera videos for the browser tests and bench/page_stream.py: Chromium plays a
+.y4m file as its camera.
 
 Chromium's fake capture device (`--use-fake-device-for-media-stream
 --use-file-for-fake-video-capture=FILE`) reads YUV4MPEG2 with 4:2:0 planes and loops it. The
