@@ -4,6 +4,8 @@
         --data ../shared/datasets/fer2013/train
 
 Rebuilds the exported model's network and wrapper from its own weights (training/export.py),
+rewrites the network into the same function in a form ONNX Runtime's int8 kernels run whole
+(`ServedNet`: batch norm folded, each locally connected layer one grouped convolution),
 exports it to ONNX with its default test-time averaging baked in and a dynamic batch
 dimension, then lets ONNX Runtime quantise it statically: int8 weights per output channel,
 uint8 activations, QDQ format, activation ranges calibrated on `--count` training faces drawn
@@ -13,6 +15,7 @@ records the SHA-256 of the .pt it came from; re-run this after every export.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -21,19 +24,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from streamfer import onnx_int8
 from streamfer.faces import load_gray, preprocess_faces, resize_square
 from training.cli import opt, parse_config
 from training.data import IMAGE_SUFFIXES
 from training.export import Deployed, rebuild
+from training.network import FERNet, LocallyConnected2d
 
 log = logging.getLogger(__name__)
 
-# Only the layers that cost: normalisation, the views, softmax and the average over views stay
-# float, so the probabilities keep full precision (quantised, they came in steps of 1/255).
-QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+# Everything from the first convolution to the logits runs on uint8 tensors: the layers, and the
+# ReLUs, pools, gathers and reshapes between them (left in float, each cost a dequantise and a
+# requantise, and the float gathers and transposes cost more than the int8 convolutions
+# beside them). Normalisation, the views, softmax and the average over views stay float, so
+# the probabilities keep full precision (quantised, they came in steps of 1/255).
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu", "MaxPool", "Gather", "Transpose", "Reshape"]
 
 
 @dataclass
@@ -47,12 +56,97 @@ class QuantizeConfig:
     command: str = ""
 
 
+class _LocalAsGroupedConv(nn.Module):
+    """A locally connected layer (its batch norm folded in) + ReLU as one grouped 1x1 conv.
+
+    Works on faces laid out N x L x C (L = positions, channels last), which it returns for the
+    next layer. The k x k taps at each position are one Gather of a constant index (taps that
+    fall outside the map point anywhere and get zero weights: no padding), the patches form a
+    1 x (L*k*k*C) x N x 1 image, and a convolution with L groups applies each position's own
+    weights: the batch lies along the height, so each group is one GEMM over the whole batch
+    with its int8 weights read once. ONNX Runtime's NHWC int8 convolution sees exactly the
+    memory this layout already has (the transposes here cancel with its own). The unfold +
+    batched matmul of training/network.py exported as float MatMuls with dequantised weights,
+    float gathers and transposes: two thirds of the int8 model's time.
+    """
+
+    def __init__(self, lc: LocallyConnected2d, bn: nn.BatchNorm2d | None) -> None:
+        super().__init__()
+        k, s, pad, c = lc.kernel, lc.size, lc.padding, lc.in_channels
+        positions, _, out = lc.weight.shape
+        weight = lc.weight.detach().reshape(positions, c, k * k, out).clone()  # unfold's order
+        bias = lc.bias.detach().t()  # L x O
+        if bn is not None:
+            scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            weight = weight * scale
+            bias = (bias - bn.running_mean) * scale + bn.bias.detach()
+        index = torch.empty(positions, k * k, dtype=torch.long)
+        for y in range(s):
+            for x in range(s):
+                for tap in range(k * k):
+                    yy, xx = y + tap // k - pad, x + tap % k - pad
+                    inside = 0 <= yy < s and 0 <= xx < s
+                    index[y * s + x, tap] = yy * s + xx if inside else y * s + x
+                    if not inside:
+                        weight[y * s + x, :, tap] = 0
+        self.positions, self.fan_in = positions, k * k * c
+        self.register_buffer("index", index.reshape(-1))
+        self.register_buffer("weight", weight.permute(0, 3, 2, 1).reshape(  # taps, channels
+            positions * out, self.fan_in, 1, 1).contiguous())
+        self.register_buffer("bias", bias.reshape(-1).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # N x L x C -> N x L x O
+        n = x.shape[0]
+        patches = torch.index_select(x, 1, self.index)  # N x L*k*k x C
+        patches = patches.reshape(1, n, 1, self.positions * self.fan_in).permute(0, 3, 1, 2)
+        y = torch.relu(F.conv2d(patches, self.weight, self.bias, groups=self.positions))
+        return y.permute(0, 2, 3, 1).reshape(n, self.positions, -1)
+
+
+class ServedNet(nn.Module):
+    """FERNet's function, rewritten for ONNX Runtime's int8 CPU kernels (see
+    `_LocalAsGroupedConv`): batch norm folded into the convolutions, the locally connected
+    layers in a channels-last layout, the full layer's columns reordered to match it. Dropout
+    is dropped (evaluation only). Same logits as the network to float rounding
+    (tests/test_onnx_int8.py)."""
+
+    def __init__(self, net: FERNet) -> None:
+        super().__init__()
+        head: list[nn.Module] = []
+        local: list[nn.Module] = []
+        layers = [m for m in net.eval().features if not isinstance(m, nn.Dropout)]
+        for i, m in enumerate(layers):
+            after = layers[i + 1] if i + 1 < len(layers) else None
+            bn = after if isinstance(after, nn.BatchNorm2d) else None
+            if isinstance(m, LocallyConnected2d):
+                local.append(_LocalAsGroupedConv(m, bn))
+                self.side, self.channels = m.size, m.out_channels
+            elif isinstance(m, nn.Conv2d):
+                head.append(fuse_conv_bn_eval(m, bn) if bn is not None else copy.deepcopy(m))
+            elif isinstance(m, (nn.ReLU, nn.MaxPool2d)) and not local:
+                head.append(copy.deepcopy(m))
+            elif not isinstance(m, (nn.BatchNorm2d, nn.ReLU)):
+                raise ValueError(f"ServedNet does not know {type(m).__name__} here")
+        self.head, self.local = nn.Sequential(*head), nn.Sequential(*local)
+        weight = net.full.weight.detach()  # columns in flatten's (channel, position) order
+        self.register_buffer("full_weight", weight.reshape(-1, self.channels, self.side ** 2)
+                             .transpose(1, 2).reshape(weight.shape[0], -1).contiguous())
+        self.register_buffer("full_bias", net.full.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(x)
+        n, c = x.shape[0], x.shape[1]
+        x = self.local(x.permute(0, 2, 3, 1).reshape(n, -1, c))
+        return F.linear(x.reshape(n, -1), self.full_weight, self.full_bias)
+
+
 class _Baked(nn.Module):
     """The wrapper with its default test-time averaging fixed: faces in, probabilities out."""
 
     def __init__(self, deployed: Deployed) -> None:
         super().__init__()
-        self.deployed = deployed
+        self.deployed = Deployed(ServedNet(deployed.net), deployed.size, deployed.crop,
+                                 deployed.mean, deployed.std, deployed.tta).eval()
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         return self.deployed.predict(faces, self.deployed.tta)
