@@ -53,6 +53,14 @@ class QuantizeConfig:
     count: int = opt(512, "calibration faces, drawn evenly across the sorted file list")
     batch: int = opt(32, "calibration batch size")
     out: str = opt("", "where to write (default: models/NAME.int8.onnx beside the model)")
+    # The alternatives bench.runtimes --candidates measures beside the shipped choice (the
+    # defaults); docs/BENCHMARKS.md section 7 has the figures.
+    graph: str = opt("served", "'served': the network rewritten for int8 kernels (ServedNet); "
+                     "'as-trained': its own unfold + batched matmul", ["served", "as-trained"])
+    format: str = opt("qdq", "ONNX Runtime's quantised-model format", ["qdq", "qoperator"])
+    per_channel: bool = opt(True, "int8 weight scales per output channel (else per tensor)")
+    reduce_range: bool = opt(False, "7-bit weights (avoids u8 x s8 saturation on AVX2 "
+                             "without VNNI)")
     command: str = ""
 
 
@@ -143,10 +151,11 @@ class ServedNet(nn.Module):
 class _Baked(nn.Module):
     """The wrapper with its default test-time averaging fixed: faces in, probabilities out."""
 
-    def __init__(self, deployed: Deployed) -> None:
+    def __init__(self, deployed: Deployed, rewrite: bool = True) -> None:
         super().__init__()
-        self.deployed = Deployed(ServedNet(deployed.net), deployed.size, deployed.crop,
-                                 deployed.mean, deployed.std, deployed.tta).eval()
+        self.deployed = Deployed(ServedNet(deployed.net) if rewrite else deployed.net,
+                                 deployed.size, deployed.crop, deployed.mean, deployed.std,
+                                 deployed.tta).eval()
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         return self.deployed.predict(faces, self.deployed.tta)
@@ -159,6 +168,17 @@ def calibration_faces(folder: Path, count: int, size: int) -> np.ndarray:
         raise SystemExit(f"no images under {folder}")
     picks = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).astype(int)]
     return np.stack([resize_square(load_gray(f), size) for f in picks])[:, None]
+
+
+def export_onnx(deployed: Deployed, path: Path, rewrite: bool = True) -> Path:
+    """The float ONNX export that is quantised: N x 1 x S x S uint8 faces -> N x C
+    probabilities with the model's default averaging, a dynamic batch dimension."""
+    example = torch.full((4, 1, deployed.size, deployed.size), 128, dtype=torch.uint8)
+    torch.onnx.export(
+        _Baked(deployed, rewrite), (example,), str(path), input_names=[onnx_int8.INPUT],
+        output_names=[onnx_int8.OUTPUT], dynamo=True, external_data=False,
+        dynamic_shapes={"faces": {0: torch.export.Dim("n", min=1, max=4096)}})
+    return path
 
 
 def quantize(cfg: QuantizeConfig) -> Path:
@@ -188,22 +208,21 @@ def quantize(cfg: QuantizeConfig) -> Path:
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
-        example = torch.from_numpy(faces[:4])
-        torch.onnx.export(
-            _Baked(deployed), (example,), str(fp32), input_names=[onnx_int8.INPUT],
-            output_names=[onnx_int8.OUTPUT], dynamo=True, external_data=False,
-            dynamic_shapes={"faces": {0: torch.export.Dim("n", min=1, max=4096)}})
+        export_onnx(deployed, fp32, rewrite=cfg.graph == "served")
         quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        per_channel=True, op_types_to_quantize=QUANTIZED_OPS)
+        quantize_static(str(prepared), str(target), Reader(),
+                        quant_format=QuantFormat.QDQ if cfg.format == "qdq" else
+                        QuantFormat.QOperator, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
+                        reduce_range=cfg.reduce_range, op_types_to_quantize=QUANTIZED_OPS)
     import onnx
     import onnxruntime
 
     quantized = onnx.load(str(target))
     info = {"calibration": cfg.data, "faces": len(faces), "onnxruntime":
             onnxruntime.__version__, "torch": torch.__version__, "source": model.name,
-            "command": cfg.command}
+            "graph": cfg.graph, "format": cfg.format, "per_channel": cfg.per_channel,
+            "reduce_range": cfg.reduce_range, "command": cfg.command}
     for key, value in ((onnx_int8.META_SOURCE, onnx_int8.sha256(model)),
                        (onnx_int8.META_TTA, deployed.tta),
                        (onnx_int8.META_INFO, json.dumps(info))):
