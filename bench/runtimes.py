@@ -45,11 +45,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime threads")
     p.add_argument("--batches", default="1,8,16", help="batch sizes to time")
     p.add_argument("--reps", type=int, default=40, help="timed rounds per batch size")
-    p.add_argument("--test", type=Path, default=ROOT.parent / "shared" / "datasets" /
-                   "fer2013" / "test", help="FER2013 PublicTest folder ('' to skip accuracy)")
+    p.add_argument("--test", default=str(ROOT.parent / "shared" / "datasets" / "fer2013" /
+                   "test"), help="FER2013 PublicTest folder ('' to skip accuracy)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "runtimes.json")
     p.add_argument("--candidates", action="store_true",
                    help="also time the alternatives issue 14 weighed (see above)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print ONNX Runtime's time per operator type for the int8 file")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     served = Predictor(a.model, device="cpu", runtime="onnx-int8", threads=a.threads)
@@ -61,7 +63,8 @@ def main() -> None:
     }
     tmp = tempfile.TemporaryDirectory()
     if a.candidates:
-        runtimes.update(candidates(served, a.test.parent / "train", Path(tmp.name), a.threads))
+        runtimes.update(candidates(served, Path(a.test).parent / "train",
+                                   Path(tmp.name), a.threads))
     size = served.input_size
     rng = np.random.default_rng(0)
     result: dict = {"model": a.model.name, "tta": served.tta, "threads": a.threads,
@@ -87,8 +90,11 @@ def main() -> None:
         print(f"batch {n:3d}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in row.items())
               + f"  (fused / int8 = {row[FUSED] / row[INT8]:.2f}x)")
     result["load_after"] = _load()
-    if str(a.test) and a.test.is_dir():
-        test = load_folder(a.test, served.classes, size)  # FER2013's folder names mapped
+    if a.profile:
+        result["int8_profile_us"] = profile(served, [int(b) for b in a.batches.split(",")],
+                                            a.reps, a.threads)
+    if a.test and Path(a.test).is_dir():
+        test = load_folder(Path(a.test), served.classes, size)  # FER2013's folder names mapped
         faces, labels = test.images, test.labels
         preds = {}
         for name, run in runtimes.items():
@@ -188,6 +194,39 @@ def candidates(served: Predictor, calibration: Path, tmp: Path,
         torch.export.export(_Baked(deployed, False).eval(), (example,), dynamic_shapes=dims),
         package_path=str(tmp / "model.pt2"))
     out["torch.export + AOTInductor fp32"] = torch_run(torch._inductor.aoti_load_package(package))
+    return out
+
+
+def profile(served: Predictor, batches: list[int], reps: int, threads: int) -> dict:
+    """ONNX Runtime's own per-node timings of the int8 derivative (SessionOptions
+    .enable_profiling), summed per operator type: microseconds per run, median over runs."""
+    import onnxruntime as ort
+
+    from streamfer import onnx_int8
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in batches:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            options.enable_profiling, options.profile_file_prefix = True, f"{tmp}/b{n}"
+            session = ort.InferenceSession(str(onnx_int8.derived_path(served.path)), options,
+                                           providers=["CPUExecutionProvider"])
+            x = np.full((n, 1, served.input_size, served.input_size), 128, np.uint8)
+            for _ in range(reps + 5):
+                session.run(None, {onnx_int8.INPUT: x})
+            events = json.loads(Path(session.end_profiling()).read_text())
+            runs = [e["dur"] for e in events if e.get("name") == "model_run"][5:]
+            per_op: dict[str, float] = {}
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                    op = e["args"]["op_name"]
+                    per_op[op] = per_op.get(op, 0.0) + e["dur"] / (reps + 5)
+            row = {"model_run": float(np.median(runs)),
+                   **{k: round(v, 1) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}}
+            out[str(n)] = row
+            print(f"int8 profile, batch {n}: model run {row['model_run']:.0f} us; "
+                  + ", ".join(f"{k} {v:.0f}" for k, v in list(row.items())[1:7]))
     return out
 
 
