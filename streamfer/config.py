@@ -95,7 +95,7 @@ class ServeConfig:
     optimize: bool = opt(True, "on the CPU, freeze the TorchScript model and let oneDNN fuse "
                          "its layers at load (--no-optimize runs the file as loaded)")
     runtime: str = opt("auto", "CPU inference: onnx-int8 runs models/NAME.int8.onnx (made by "
-                       "python -m training.quantize; 1.5-1.9x less CPU per face) with ONNX "
+                       "python -m training.quantize; 3.6-4.2x less CPU per face) with ONNX "
                        "Runtime; auto uses it on the CPU when it was made from this very model "
                        "file, else the TorchScript", RUNTIMES)
     read_timeout_s: float = opt(15.0, "HTTP: a request's headers must arrive within this many "
