@@ -127,13 +127,17 @@ class ServedNet(nn.Module):
             after = layers[i + 1] if i + 1 < len(layers) else None
             bn = after if isinstance(after, nn.BatchNorm2d) else None
             if isinstance(m, LocallyConnected2d):
+                then = layers[i + 2] if bn is not None and i + 2 < len(layers) else after
+                if not isinstance(then, nn.ReLU):  # the grouped conv applies it
+                    raise ValueError("ServedNet expects a ReLU after each locally connected "
+                                     "layer (and its batch norm)")
                 local.append(_LocalAsGroupedConv(m, bn))
                 self.side, self.channels = m.size, m.out_channels
             elif isinstance(m, nn.Conv2d):
                 head.append(fuse_conv_bn_eval(m, bn) if bn is not None else copy.deepcopy(m))
             elif isinstance(m, (nn.ReLU, nn.MaxPool2d)) and not local:
                 head.append(copy.deepcopy(m))
-            elif not isinstance(m, (nn.BatchNorm2d, nn.ReLU)):
+            elif not isinstance(m, (nn.BatchNorm2d, nn.ReLU)):  # those were folded in above
                 raise ValueError(f"ServedNet does not know {type(m).__name__} here")
         self.head, self.local = nn.Sequential(*head), nn.Sequential(*local)
         weight = net.full.weight.detach()  # columns in flatten's (channel, position) order
