@@ -7,9 +7,10 @@ quantised to int8 by ONNX Runtime (QDQ, per-channel weights, calibrated on train
 It records the SHA-256 of the .pt it came from, so a server never runs a derivative of
 another model: a stale or foreign file is ignored (with a log line) and the TorchScript runs.
 
-ONNX Runtime's int8 kernels cost less CPU time per face than the frozen, fused TorchScript
-on an AVX2 core; `python -m bench.runtimes` measures both, and the accuracy cost, side by
-side (docs/BENCHMARKS.md).
+The derivative runs the whole network on int8 kernels (the locally connected layers as
+grouped convolutions, training/quantize.py): about a quarter of the CPU time per face of the
+frozen, fused TorchScript on an AVX2 core, at every batch size from 1 to 16 (bench/runtimes.py;
+docs/BENCHMARKS.md §7, which also gives the accuracy change: within 0.1 points).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class Int8Session:
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Worker threads wait asleep, not spinning: the server's other threads need the cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
         meta = self.session.get_modelmeta().custom_metadata_map

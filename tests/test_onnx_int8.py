@@ -13,7 +13,8 @@ import torch
 
 from streamfer import onnx_int8
 from streamfer.model import ModelError, Predictor
-from training.quantize import QuantizeConfig, quantize
+from training.network import FERNet, NetConfig
+from training.quantize import QuantizeConfig, ServedNet, quantize
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +51,32 @@ def test_the_derivative_runs_by_default_and_agrees_with_the_torchscript(
         assert a.shape == b.shape == (n, 5) and a.dtype == np.float32
         np.testing.assert_allclose(a.sum(1), 1.0, atol=1e-4)
         assert np.abs(a - b).max() < 0.05  # int8 rounding, not another model
+
+
+@pytest.mark.parametrize("cfg", [
+    NetConfig(crop=44, classes=5, conv_channels=(8, 8), local_channels=4),  # the paper's shape
+    NetConfig(crop=44, classes=3, conv_channels=(4, 8, 8), conv_kernel=3, convs_per_stage=2,
+              local_channels=6, batchnorm=True),  # the shipped models' shape, smaller
+])
+def test_the_graph_that_is_quantised_computes_the_network(cfg: NetConfig) -> None:
+    """The export rewrites the network (batch norm folded, locally connected layers as
+    grouped convolutions over positions, the full layer's columns reordered): same logits."""
+    torch.manual_seed(0)
+    net = FERNet(cfg).eval()
+    with torch.no_grad():  # batch-norm statistics that are not the identity
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        for m in net.modules():
+            if hasattr(m, "bias") and isinstance(m.bias, torch.nn.Parameter):
+                m.bias.uniform_(-0.2, 0.2)  # LC biases start at zero: give them values
+        x = torch.randn(7, 1, cfg.crop, cfg.crop)
+        want, got = net(x), ServedNet(net)(x)
+    assert got.shape == want.shape == (7, cfg.classes)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_a_derivative_of_another_model_file_is_never_run(

@@ -4,6 +4,8 @@
         --data ../shared/datasets/fer2013/train
 
 Rebuilds the exported model's network and wrapper from its own weights (training/export.py),
+rewrites the network into the same function in a form ONNX Runtime's int8 kernels run whole
+(`ServedNet`: batch norm folded, each locally connected layer one grouped convolution),
 exports it to ONNX with its default test-time averaging baked in and a dynamic batch
 dimension, then lets ONNX Runtime quantise it statically: int8 weights per output channel,
 uint8 activations, QDQ format, activation ranges calibrated on `--count` training faces drawn
@@ -13,6 +15,7 @@ records the SHA-256 of the .pt it came from; re-run this after every export.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import tempfile
@@ -21,19 +24,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from streamfer import onnx_int8
 from streamfer.faces import load_gray, preprocess_faces, resize_square
 from training.cli import opt, parse_config
 from training.data import IMAGE_SUFFIXES
 from training.export import Deployed, rebuild
+from training.network import FERNet, LocallyConnected2d
 
 log = logging.getLogger(__name__)
 
-# Only the layers that cost: normalisation, the views, softmax and the average over views stay
-# float, so the probabilities keep full precision (quantised, they came in steps of 1/255).
-QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
+# Everything from the first convolution to the logits runs on uint8 tensors: the layers, and the
+# ReLUs, pools, gathers and reshapes between them (left in float, each cost a dequantise and a
+# requantise, and the float gathers and transposes cost more than the int8 convolutions
+# beside them). Normalisation, the views, softmax and the average over views stay float, so
+# the probabilities keep full precision (quantised, they came in steps of 1/255).
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu", "MaxPool", "Gather", "Transpose", "Reshape"]
 
 
 @dataclass
@@ -44,15 +53,113 @@ class QuantizeConfig:
     count: int = opt(512, "calibration faces, drawn evenly across the sorted file list")
     batch: int = opt(32, "calibration batch size")
     out: str = opt("", "where to write (default: models/NAME.int8.onnx beside the model)")
+    # The alternatives bench.runtimes --candidates measures beside the shipped choice (the
+    # defaults); docs/BENCHMARKS.md section 7 has the figures.
+    graph: str = opt("served", "'served': the network rewritten for int8 kernels (ServedNet); "
+                     "'as-trained': its own unfold + batched matmul", ["served", "as-trained"])
+    format: str = opt("qdq", "ONNX Runtime's quantised-model format", ["qdq", "qoperator"])
+    per_channel: bool = opt(True, "int8 weight scales per output channel (else per tensor)")
+    reduce_range: bool = opt(False, "7-bit weights (avoids u8 x s8 saturation on AVX2 "
+                             "without VNNI)")
     command: str = ""
+
+
+class _LocalAsGroupedConv(nn.Module):
+    """A locally connected layer (its batch norm folded in) + ReLU as one grouped 1x1 conv.
+
+    Works on faces laid out N x L x C (L = positions, channels last), which it returns for the
+    next layer. The k x k taps at each position are one Gather of a constant index (taps that
+    fall outside the map point anywhere and get zero weights: no padding), the patches form a
+    1 x (L*k*k*C) x N x 1 image, and a convolution with L groups applies each position's own
+    weights: the batch lies along the height, so each group is one GEMM over the whole batch
+    with its int8 weights read once. ONNX Runtime's NHWC int8 convolution sees exactly the
+    memory this layout already has (the transposes here cancel with its own). The unfold +
+    batched matmul of training/network.py exported as float MatMuls with dequantised weights,
+    float gathers and transposes: two thirds of the int8 model's time.
+    """
+
+    def __init__(self, lc: LocallyConnected2d, bn: nn.BatchNorm2d | None) -> None:
+        super().__init__()
+        k, s, pad, c = lc.kernel, lc.size, lc.padding, lc.in_channels
+        positions, _, out = lc.weight.shape
+        weight = lc.weight.detach().reshape(positions, c, k * k, out).clone()  # unfold's order
+        bias = lc.bias.detach().t()  # L x O
+        if bn is not None:
+            scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            weight = weight * scale
+            bias = (bias - bn.running_mean) * scale + bn.bias.detach()
+        index = torch.empty(positions, k * k, dtype=torch.long)
+        for y in range(s):
+            for x in range(s):
+                for tap in range(k * k):
+                    yy, xx = y + tap // k - pad, x + tap % k - pad
+                    inside = 0 <= yy < s and 0 <= xx < s
+                    index[y * s + x, tap] = yy * s + xx if inside else y * s + x
+                    if not inside:
+                        weight[y * s + x, :, tap] = 0
+        self.positions, self.fan_in = positions, k * k * c
+        self.register_buffer("index", index.reshape(-1))
+        self.register_buffer("weight", weight.permute(0, 3, 2, 1).reshape(  # taps, channels
+            positions * out, self.fan_in, 1, 1).contiguous())
+        self.register_buffer("bias", bias.reshape(-1).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # N x L x C -> N x L x O
+        n = x.shape[0]
+        patches = torch.index_select(x, 1, self.index)  # N x L*k*k x C
+        patches = patches.reshape(1, n, 1, self.positions * self.fan_in).permute(0, 3, 1, 2)
+        y = torch.relu(F.conv2d(patches, self.weight, self.bias, groups=self.positions))
+        return y.permute(0, 2, 3, 1).reshape(n, self.positions, -1)
+
+
+class ServedNet(nn.Module):
+    """FERNet's function, rewritten for ONNX Runtime's int8 CPU kernels (see
+    `_LocalAsGroupedConv`): batch norm folded into the convolutions, the locally connected
+    layers in a channels-last layout, the full layer's columns reordered to match it. Dropout
+    is dropped (evaluation only). Same logits as the network to float rounding
+    (tests/test_onnx_int8.py)."""
+
+    def __init__(self, net: FERNet) -> None:
+        super().__init__()
+        head: list[nn.Module] = []
+        local: list[nn.Module] = []
+        layers = [m for m in net.eval().features if not isinstance(m, nn.Dropout)]
+        for i, m in enumerate(layers):
+            after = layers[i + 1] if i + 1 < len(layers) else None
+            bn = after if isinstance(after, nn.BatchNorm2d) else None
+            if isinstance(m, LocallyConnected2d):
+                then = layers[i + 2] if bn is not None and i + 2 < len(layers) else after
+                if not isinstance(then, nn.ReLU):  # the grouped conv applies it
+                    raise ValueError("ServedNet expects a ReLU after each locally connected "
+                                     "layer (and its batch norm)")
+                local.append(_LocalAsGroupedConv(m, bn))
+                self.side, self.channels = m.size, m.out_channels
+            elif isinstance(m, nn.Conv2d):
+                head.append(fuse_conv_bn_eval(m, bn) if bn is not None else copy.deepcopy(m))
+            elif isinstance(m, (nn.ReLU, nn.MaxPool2d)) and not local:
+                head.append(copy.deepcopy(m))
+            elif not isinstance(m, (nn.BatchNorm2d, nn.ReLU)):  # those were folded in above
+                raise ValueError(f"ServedNet does not know {type(m).__name__} here")
+        self.head, self.local = nn.Sequential(*head), nn.Sequential(*local)
+        weight = net.full.weight.detach()  # columns in flatten's (channel, position) order
+        self.register_buffer("full_weight", weight.reshape(-1, self.channels, self.side ** 2)
+                             .transpose(1, 2).reshape(weight.shape[0], -1).contiguous())
+        self.register_buffer("full_bias", net.full.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(x)
+        n, c = x.shape[0], x.shape[1]
+        x = self.local(x.permute(0, 2, 3, 1).reshape(n, -1, c))
+        return F.linear(x.reshape(n, -1), self.full_weight, self.full_bias)
 
 
 class _Baked(nn.Module):
     """The wrapper with its default test-time averaging fixed: faces in, probabilities out."""
 
-    def __init__(self, deployed: Deployed) -> None:
+    def __init__(self, deployed: Deployed, rewrite: bool = True) -> None:
         super().__init__()
-        self.deployed = deployed
+        self.deployed = Deployed(ServedNet(deployed.net) if rewrite else deployed.net,
+                                 deployed.size, deployed.crop, deployed.mean, deployed.std,
+                                 deployed.tta).eval()
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         return self.deployed.predict(faces, self.deployed.tta)
@@ -65,6 +172,17 @@ def calibration_faces(folder: Path, count: int, size: int) -> np.ndarray:
         raise SystemExit(f"no images under {folder}")
     picks = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).astype(int)]
     return np.stack([resize_square(load_gray(f), size) for f in picks])[:, None]
+
+
+def export_onnx(deployed: Deployed, path: Path, rewrite: bool = True) -> Path:
+    """The float ONNX export that is quantised: N x 1 x S x S uint8 faces -> N x C
+    probabilities with the model's default averaging, a dynamic batch dimension."""
+    example = torch.full((4, 1, deployed.size, deployed.size), 128, dtype=torch.uint8)
+    torch.onnx.export(
+        _Baked(deployed, rewrite), (example,), str(path), input_names=[onnx_int8.INPUT],
+        output_names=[onnx_int8.OUTPUT], dynamo=True, external_data=False,
+        dynamic_shapes={"faces": {0: torch.export.Dim("n", min=1, max=4096)}})
+    return path
 
 
 def quantize(cfg: QuantizeConfig) -> Path:
@@ -94,22 +212,21 @@ def quantize(cfg: QuantizeConfig) -> Path:
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
-        example = torch.from_numpy(faces[:4])
-        torch.onnx.export(
-            _Baked(deployed), (example,), str(fp32), input_names=[onnx_int8.INPUT],
-            output_names=[onnx_int8.OUTPUT], dynamo=True, external_data=False,
-            dynamic_shapes={"faces": {0: torch.export.Dim("n", min=1, max=4096)}})
+        export_onnx(deployed, fp32, rewrite=cfg.graph == "served")
         quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        per_channel=True, op_types_to_quantize=QUANTIZED_OPS)
+        quantize_static(str(prepared), str(target), Reader(),
+                        quant_format=QuantFormat.QDQ if cfg.format == "qdq" else
+                        QuantFormat.QOperator, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
+                        reduce_range=cfg.reduce_range, op_types_to_quantize=QUANTIZED_OPS)
     import onnx
     import onnxruntime
 
     quantized = onnx.load(str(target))
     info = {"calibration": cfg.data, "faces": len(faces), "onnxruntime":
             onnxruntime.__version__, "torch": torch.__version__, "source": model.name,
-            "command": cfg.command}
+            "graph": cfg.graph, "format": cfg.format, "per_channel": cfg.per_channel,
+            "reduce_range": cfg.reduce_range, "command": cfg.command}
     for key, value in ((onnx_int8.META_SOURCE, onnx_int8.sha256(model)),
                        (onnx_int8.META_TTA, deployed.tta),
                        (onnx_int8.META_INFO, json.dumps(info))):
