@@ -286,6 +286,7 @@ function main() {
   });
   client.addEventListener("state", onConnection);
   client.start();
+  showTiming(); // the counters exist from the start, not only after the first tick
   setInterval(showTiming, 500);
 
   startVideo();
