@@ -12,7 +12,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -38,6 +38,9 @@ from streamfer.faces import (
 )
 from streamfer.imagecheck import check_image
 from streamfer.photos import decode_photo
+
+if TYPE_CHECKING:
+    from streamfer.inference_worker import WorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,8 @@ class FramePipeline:
     default), or, given `detect_batcher` (CUDA), as a batched stage on the GPU before the
     expression model: decode threads only letterbox the frames and decode the boxes."""
 
-    def __init__(self, *, batcher: MicroBatcher[np.ndarray, np.ndarray], classes: list[str],
-                 input_size: int, decode_pool: Executor, detector: Detector,
+    def __init__(self, *, batcher: MicroBatcher[np.ndarray, np.ndarray] | WorkerClient,
+                 classes: list[str], input_size: int, decode_pool: Executor, detector: Detector,
                  deadline_s: float, detect_batcher: DetectBatcher | None = None) -> None:
         self.batcher = batcher
         self.classes = classes
