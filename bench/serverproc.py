@@ -76,9 +76,30 @@ class Server:
         return self.proc.pid if self.proc is not None else 0
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) the server process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time (user + system) the server has used so far: its process and the live
+        processes it started (--processes, --inference-worker) (Linux /proc)."""
+        stats = _proc_stats()
+        total, todo = 0, [self.pid]
+        while todo:
+            pid = todo.pop()
+            if pid in stats:
+                total += stats[pid][1]
+            todo += [c for c, (ppid, _) in stats.items() if ppid == pid]
+        return total / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, user + system clock ticks) of every process (Linux /proc)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # it has just exited
+            continue
+        out[int(d.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return out
 
 
 def _tail(path: Path, n: int = 30) -> str:
