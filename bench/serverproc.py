@@ -111,8 +111,10 @@ def _tail(path: Path, n: int = 30) -> str:
 
 @contextlib.contextmanager
 def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | None = None,
-                   log_path: Path, start_timeout: float = 60.0) -> Iterator[Server]:
-    """Run the server until the block ends; yields once /healthz answers.
+                   log_path: Path, start_timeout: float = 60.0,
+                   root: Path | None = None) -> Iterator[Server]:
+    """Run the server until the block ends; yields once /healthz answers. `root`: run the
+    server of another checkout (e.g. the code before a change), not this one.
 
     With "--https" among `args` the server makes a self-signed certificate, which the health
     check accepts unverified; the URL is then wss://.
@@ -122,11 +124,12 @@ def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | No
     cmd = [sys.executable, "-m", "streamfer.serve", "--model", str(model),
            "--host", "127.0.0.1", "--port", str(port), *args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = ROOT if root is None else root.resolve()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+            cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         try:
             health = _wait_healthy(proc, port, start_timeout, log_path, tls)
