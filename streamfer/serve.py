@@ -132,6 +132,9 @@ async def serve(config: ServeConfig, *, reuse_port: bool = False,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # one of --processes N: if the parent is killed, stop too
+        loop.add_reader(parent.sentinel, stop.set)
     async with running(config, reuse_port=reuse_port, worker=worker):
         await stop.wait()
         log.info("shutting down: answering frames in flight, then closing sockets")

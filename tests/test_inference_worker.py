@@ -103,8 +103,12 @@ class Server:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()  # its children stop when they see their parent gone
+                self.proc.wait(10)
         self._log.close()
 
 
