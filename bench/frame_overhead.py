@@ -6,8 +6,10 @@ Each variant is the real server (`python -m streamfer.serve`, one process) on a 
 split into the model's share and the rest. The model's share is the batches the replies
 report, each priced by this process timing `Predictor.forward` on a batch of that size (the
 same model, runtime and threads as the server; median of `--rounds`), so the remainder is
-the WebSocket, decode, thread hops, batching, JSON and metrics per frame. Variants run in
-turn, `--repeats` times, so the machine's load hits all alike; medians are quoted.
+the WebSocket, decode, thread hops, batching, JSON and metrics per frame. A server that
+counts its model's CPU itself (`streamfer_inference_cpu_seconds_total` in /metrics: the
+inference thread's CPU time in forward) also gets that split, measured where it ran. Variants
+run in turn, `--repeats` times, so the machine's load hits all alike; medians are quoted.
 
 A variant may run another checkout of the server (`--tree LABEL=DIR`), e.g. the code before
 a change, extracted with `git archive`, so before and after are measured in one run:
@@ -20,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shlex
 import statistics
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +87,15 @@ def forward_prices(model: Path, sizes: set[int], rounds: int) -> dict[int, float
     return prices
 
 
+def inference_cpu_s(ws_url: str) -> float | None:
+    """The server's own count of its model's CPU seconds, if it keeps one."""
+    base = ws_url.replace("ws://", "http://").removesuffix("/ws")
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(r"^streamfer_inference_cpu_seconds_total (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(OverheadConfig, argv, prog="python -m bench.frame_overhead",
                 description=__doc__.split("\n\n")[0])
@@ -102,12 +115,14 @@ def main(argv: list[str] | None = None) -> int:
                                     seconds=cfg.seconds, kind=cfg.kind)
                 if cfg.warmup_seconds > 0:
                     asyncio.run(run_once(lt, frames, seconds=cfg.warmup_seconds))
-                cpu0 = server.cpu_seconds()
+                cpu0, model0 = server.cpu_seconds(), inference_cpu_s(server.url)
                 summary, _ = asyncio.run(run_once(lt, frames))
-                cpu = server.cpu_seconds() - cpu0
+                cpu, model1 = server.cpu_seconds() - cpu0, inference_cpu_s(server.url)
+            in_server = None if model0 is None or model1 is None else model1 - model0
             runs[label].append({"run": r, "cpu_s": cpu, "sent": summary["sent"],
                                 "answered": summary["answered"], "ok": summary["ok"],
                                 "batch_counts": summary["batch"]["counts"],
+                                "model_cpu_s_in_server": in_server,
                                 "rtt_ms": summary["rtt_ms"]})
             print(f"  run {r + 1}: {label:32s} {summary['answered']} replies, server CPU "
                   f"{1000 * cpu / max(1, summary['answered']):.2f} ms/frame, p99 "
@@ -126,18 +141,25 @@ def main(argv: list[str] | None = None) -> int:
         total = statistics.median(t for t, _ in per)
         model = statistics.median(m for _, m in per)
         outside = statistics.median(t - m for t, m in per)
+        measured = [1000 * (run["cpu_s"] - run["model_cpu_s_in_server"]) / max(1, run["answered"])
+                    for run in rs if run["model_cpu_s_in_server"] is not None]
         rows.append({"variant": label, "flags": list(servers[label]),
                      "tree": str(trees.get(label, "")), "server_cpu_ms_per_frame": total,
                      "model_cpu_ms_per_frame": model, "outside_model_cpu_ms_per_frame": outside,
+                     "outside_model_in_server_ms_per_frame":
+                     statistics.median(measured) if measured else None,
                      "runs": rs})
     base = rows[0]["outside_model_cpu_ms_per_frame"]
     print(f"\n{'variant':32s} {'server CPU':>11s} {'model':>7s} {'outside':>8s} {'ratio':>6s}"
-          "   (ms per frame, medians)")
+          f" {'outside*':>9s}   (ms per frame, medians; * the model's CPU as the server "
+          "counted it)")
     for row in rows:
+        measured = row["outside_model_in_server_ms_per_frame"]
         print(f"{row['variant']:32s} {row['server_cpu_ms_per_frame']:11.2f} "
               f"{row['model_cpu_ms_per_frame']:7.2f} "
               f"{row['outside_model_cpu_ms_per_frame']:8.2f} "
-              f"{row['outside_model_cpu_ms_per_frame'] / base:6.2f}")
+              f"{row['outside_model_cpu_ms_per_frame'] / base:6.2f} "
+              f"{'-' if measured is None else f'{measured:.2f}':>9s}")
     print("forward() CPU ms by batch size: "
           + ", ".join(f"{n}: {1000 * s:.2f}" for n, s in sorted(prices.items())))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)

@@ -138,7 +138,7 @@ async def _resources(app: web.Application) -> Any:
     else:
         assert isinstance(predictor, Predictor)
         batcher, device = MicroBatcher(
-            lambda faces: predictor.forward(np.stack(faces)),
+            state.metrics.timed_forward(lambda faces: predictor.forward(np.stack(faces))),
             max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
             queue_limit=config.queue_limit, on_batch=state.metrics.observe_batch), \
             predictor.device

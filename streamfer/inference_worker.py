@@ -135,8 +135,9 @@ class _Worker:
         self.slots = [Slots(SharedMemory(name, create=True, size=size), count, p.input_size,
                             len(p.classes)) for name in names]
         self.batcher: MicroBatcher[tuple[int, np.ndarray], np.ndarray] = MicroBatcher(
-            self._forward, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-            queue_limit=config.queue_limit, on_batch=self.metrics.observe_batch)
+            self.metrics.timed_forward(self._forward), max_batch=config.max_batch,
+            max_wait_ms=config.max_wait_ms, queue_limit=config.queue_limit,
+            on_batch=self.metrics.observe_batch)
         self.expected: dict[tuple[int, int], Expected[Any, Any]] = {}
         self.open = set(range(len(links)))
         self.tasks: set[asyncio.Task[None]] = set()
