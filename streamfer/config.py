@@ -41,7 +41,6 @@ DEFAULT_MODEL = PACKAGE_ROOT / "models" / "ferplus-5class.pt"  # docs/RESULTS.md
 DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
 TTA_CHOICES = TTA_MODES
 DETECTOR_CHOICES = ("auto", "blazeface", "haar")
-EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 ENV_PREFIX = "STREAMFER_"
 HTTP_DRAIN_S = 2.0  # after the WebSockets: how long HTTP requests in progress may finish
 PROG = "python -m streamfer.serve"
@@ -121,8 +120,6 @@ class ServeConfig:
                                  "context) and batches the faces of every serving process; "
                                  "these then only decode, detect and crop (shared memory "
                                  "between them; the GPU machine's layout, docs/DEPLOY.md)")
-    event_loop: str = opt("auto", "uvloop (libuv: less server CPU per frame) or asyncio's own "
-                          "loop; auto: uvloop when installed", EVENT_LOOPS)
     web_dir: Path = opt(DEFAULT_WEB_DIR, "the phone page's folder")
     log_level: str = opt("INFO", "logging level (DEBUG, INFO, WARNING, ERROR)")
 
@@ -151,8 +148,6 @@ class ServeConfig:
                 problems.append(f"{name} must be > 0")
         if self.workers < 1:
             problems.append("workers must be >= 1")
-        if self.event_loop not in EVENT_LOOPS:
-            problems.append(f"event_loop must be one of {', '.join(EVENT_LOOPS)}")
         if self.runtime not in RUNTIMES:
             problems.append(f"runtime must be one of {', '.join(RUNTIMES)}")
         if self.processes < 1:

@@ -140,22 +140,6 @@ async def serve(config: ServeConfig, *, reuse_port: bool = False,
         log.info("shutting down: answering frames in flight, then closing sockets")
 
 
-def use_event_loop(config: ServeConfig) -> str:
-    """Make asyncio.run use the --event-loop in this process; returns the one in use. uvloop
-    runs aiohttp's callbacks, socket reads and thread wake-ups in C (libuv)."""
-    if config.event_loop in ("auto", "uvloop"):
-        try:
-            import uvloop
-        except ImportError:
-            if config.event_loop == "uvloop":
-                raise ModelError("--event-loop uvloop: uvloop is not installed") from None
-        else:
-            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-            return "uvloop"
-    asyncio.set_event_loop_policy(None)
-    return "asyncio"
-
-
 def _setup_logging(config: ServeConfig) -> None:
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -167,7 +151,6 @@ def _serve_one(config: ServeConfig, reuse_port: bool = False, link: Connection |
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        log.debug("event loop: %s", use_event_loop(config))
         worker = None
         if link is not None:
             worker = WorkerClient(link)
@@ -190,7 +173,6 @@ def _inference_child(config: ServeConfig, links: list[Connection], names: list[s
     _setup_logging(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    use_event_loop(config)
     raise SystemExit(serve_worker(config, links, names))
 
 
