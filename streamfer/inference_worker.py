@@ -14,7 +14,8 @@ probabilities, cut into `slots` fixed slots (a face of S x S uint8, then C float
 front-end owns the slots it allocates until their reply comes back, so nothing is copied
 through the pipe and no slot is written by two processes at once.
 
-Messages (tuples; a few microseconds each to pickle):
+Messages (tuples; a few microseconds each to pickle), sent as one list per event-loop turn
+(`_Outbox`): a batch's answers, or a crop's EXPECT and SUBMIT, cost one write and one wake-up:
 
   front-end -> worker   (EXPECT, slot)            a face is being decoded: the forming batch
                                                   may wait for it (the flush policy's rule 2)
@@ -44,7 +45,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
@@ -109,6 +110,28 @@ class Slots:
         self.shm.close()
 
 
+class _Outbox:
+    """The messages for one pipe, sent as one list at the end of the event loop's turn."""
+
+    def __init__(self, link: Connection, broken: Callable[[Exception], None]) -> None:
+        self.link = link
+        self.broken = broken
+        self.msgs: list[tuple[Any, ...]] = []
+
+    def put(self, msg: tuple[Any, ...]) -> None:
+        self.msgs.append(msg)
+        if len(self.msgs) == 1:
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        msgs, self.msgs = self.msgs, []
+        if msgs:
+            try:
+                self.link.send(msgs)
+            except (OSError, ValueError) as exc:  # the other end is gone (or ours closed)
+                self.broken(exc)
+
+
 # --- the inference process --------------------------------------------------------------
 
 
@@ -139,6 +162,8 @@ class _Worker:
             max_wait_ms=config.max_wait_ms, queue_limit=config.queue_limit,
             on_batch=self.metrics.observe_batch)
         self.expected: dict[tuple[int, int], Expected[Any, Any]] = {}
+        self.outboxes = [_Outbox(link, lambda _, i=i: self._closed(i))
+                         for i, link in enumerate(links)]
         self.open = set(range(len(links)))
         self.tasks: set[asyncio.Task[None]] = set()
         self.all_closed = asyncio.Event()
@@ -177,7 +202,8 @@ class _Worker:
         link = self.links[i]
         try:
             while link.poll():
-                self._handle(i, link.recv())
+                for msg in link.recv():
+                    self._handle(i, msg)
         except (EOFError, OSError):
             self._closed(i)
 
@@ -220,10 +246,7 @@ class _Worker:
                 self.slots[i].probs[slot] = ran.value
                 reply = (RAN, slot, ran.batch, ran.inference_s)
         if i in self.open:
-            try:
-                self.links[i].send(reply)
-            except OSError:
-                self._closed(i)
+            self.outboxes[i].put(reply)
 
 
 def serve_worker(config: ServeConfig, links: list[Connection], names: list[str]) -> int:
@@ -292,6 +315,8 @@ class WorkerClient:
         self._why = "the inference worker is not running"
         self._closed = False
         self._reading = False
+        self._outbox = _Outbox(link, lambda exc: self._gone(
+            f"the inference worker's pipe broke ({exc})"))
         self._drained: asyncio.Event | None = None
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> ModelInfo:
@@ -339,6 +364,7 @@ class WorkerClient:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), timeout)
         self._stop_reading()
+        self._outbox.flush()
         self.link.close()
         self._gone("this front-end is shutting down")
         if self.slots is not None:
@@ -369,12 +395,8 @@ class WorkerClient:
         self._free_slots.append(slot)
 
     def _send(self, msg: tuple[Any, ...]) -> None:
-        if not self._alive:
-            return
-        try:
-            self.link.send(msg)
-        except OSError as exc:
-            self._gone(f"the inference worker's pipe broke ({exc.strerror})")
+        if self._alive:
+            self._outbox.put(msg)
 
     async def _submit(self, face: np.ndarray, deadline: float | None, slot: int | None
                       ) -> Ran[np.ndarray] | Dropped:
@@ -414,7 +436,8 @@ class WorkerClient:
     def _readable(self) -> None:
         try:
             while self.link.poll():
-                self._answer(self.link.recv())
+                for msg in self.link.recv():
+                    self._answer(msg)
         except (EOFError, OSError):
             self._gone("the inference worker exited")
 

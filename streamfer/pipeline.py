@@ -1,9 +1,9 @@
 """One frame from encoded bytes to its reply body, shared by /ws and /api/predict.
 
 decode + face detection run in a thread pool (OpenCV releases the GIL; the event loop must
-keep reading sockets) -- except a small crop, which decodes faster than the hop to a thread
-and back (INLINE_CROP_PIXELS) -- then the face joins the micro-batcher's queue. Whatever happens, the
-caller gets exactly one reply body (protocol.ok / no_face / dropped / error).
+keep reading sockets) -- except a small crop, which decodes faster than the hop to a
+thread and back (INLINE_CROP_PIXELS) -- then the face joins the micro-batcher's queue.
+Whatever happens, the caller gets exactly one reply body (protocol.ok / no_face / dropped / error).
 """
 
 from __future__ import annotations
