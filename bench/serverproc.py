@@ -87,9 +87,30 @@ class Server:
         return self.proc.pid if self.proc is not None else 0
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) the server process has used so far (Linux /proc)."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time (user + system) the server has used so far: its process and the live
+        processes it started (--processes, --inference-worker) (Linux /proc)."""
+        stats = _proc_stats()
+        total, todo = 0, [self.pid]
+        while todo:
+            pid = todo.pop()
+            if pid in stats:
+                total += stats[pid][1]
+            todo += [c for c, (ppid, _) in stats.items() if ppid == pid]
+        return total / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, user + system clock ticks) of every process (Linux /proc)."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rpartition(")")[2].split()
+        except OSError:  # it has just exited
+            continue
+        out[int(d.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return out
 
 
 def _tail(path: Path, n: int = 30) -> str:
@@ -101,8 +122,10 @@ def _tail(path: Path, n: int = 30) -> str:
 
 @contextlib.contextmanager
 def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | None = None,
-                   log_path: Path, start_timeout: float = 60.0) -> Iterator[Server]:
-    """Run the server until the block ends; yields once /healthz answers.
+                   log_path: Path, start_timeout: float = 60.0,
+                   root: Path | None = None) -> Iterator[Server]:
+    """Run the server until the block ends; yields once /healthz answers. `root`: run the
+    server of another checkout (e.g. the code before a change), not this one.
 
     With "--https" among `args` the server makes a self-signed certificate, which the health
     check accepts unverified; the URL is then wss://.
@@ -112,11 +135,12 @@ def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | No
     cmd = [sys.executable, "-m", "streamfer.serve", "--model", str(model),
            "--host", "127.0.0.1", "--port", str(port), *args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    root = ROOT if root is None else root.resolve()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+        p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+            cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         try:
             health = wait_healthy(proc, port, start_timeout, log_path, tls)

@@ -28,6 +28,7 @@ from streamfer.batcher import MicroBatcher
 from streamfer.config import ServeConfig
 from streamfer.detect import BlazeFace, HaarFallback, load_detector
 from streamfer.faces import FRAMING, NO_HAAR
+from streamfer.inference_worker import ModelInfo, WorkerClient
 from streamfer.metrics import Metrics
 from streamfer.model import Predictor
 from streamfer.pipeline import DetectBatcher, FramePipeline
@@ -40,13 +41,14 @@ log = logging.getLogger(__name__)
 @dataclass
 class ServerState:
     config: ServeConfig
-    predictor: Predictor
+    predictor: Predictor | ModelInfo  # ModelInfo: the model is the inference worker's
     metrics: Metrics = field(default_factory=Metrics)
     streams: set[FrameStream] = field(default_factory=set)
     pending_upgrades: int = 0
     closing: bool = False
     pipeline: FramePipeline | None = None  # set while the app runs (see _resources)
     page_detector: vendor.VendorPackage | None = None  # the in-page detector's files, if installed
+    worker: WorkerClient | None = None  # --inference-worker: the model runs there
 
     def hello(self) -> dict[str, Any]:
         c, p = self.config, self.predictor
@@ -88,15 +90,20 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
         return False
 
 
-def init_app(config: ServeConfig, predictor: Predictor | None = None) -> web.Application:
-    """The app for `config`; pass `predictor` to share one loaded model between apps."""
-    if predictor is None:
+def init_app(config: ServeConfig, predictor: Predictor | None = None, *,
+             worker: WorkerClient | None = None) -> web.Application:
+    """The app for `config`; pass `predictor` to share one loaded model between apps, or
+    `worker` (ready: streamfer.inference_worker) to leave inference to the inference worker."""
+    if worker is not None:
+        assert worker.model is not None, "wait_ready() first"
+        predictor = worker.model
+    elif predictor is None:
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
                               max_batch=config.max_batch, optimize=config.optimize,
                               runtime=config.runtime, threads=config.threads)
     app = web.Application(client_max_size=config.max_request_bytes)
     app[STATE] = ServerState(config=config, predictor=predictor,
-                             page_detector=vendor.find(config.web_dir))
+                             page_detector=vendor.find(config.web_dir), worker=worker)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(_write_deadline)
@@ -125,14 +132,20 @@ async def _resources(app: web.Application) -> Any:
     config, predictor = state.config, state.predictor
     loop = asyncio.get_running_loop()
     pool = ThreadPoolExecutor(config.workers, thread_name_prefix="streamfer-decode")
-    batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
-        lambda faces: predictor.forward(np.stack(faces)),
-        max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-        queue_limit=config.queue_limit, on_batch=state.metrics.observe_batch)
+    batcher: MicroBatcher[np.ndarray, np.ndarray] | WorkerClient
+    if state.worker is not None:  # the worker's batcher (warmed up there) serves this one
+        batcher, device = state.worker, "cpu"
+    else:
+        assert isinstance(predictor, Predictor)
+        batcher, device = MicroBatcher(
+            state.metrics.timed_forward(lambda faces: predictor.forward(np.stack(faces))),
+            max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+            queue_limit=config.queue_limit, on_batch=state.metrics.observe_batch), \
+            predictor.device
+        await loop.run_in_executor(None, predictor.warm_up, config.max_batch)
     state.metrics.track_queue(lambda: len(batcher))
-    await loop.run_in_executor(None, predictor.warm_up, config.max_batch)
     batcher.start()
-    detector = await loop.run_in_executor(None, make_detector, config, predictor.device)
+    detector = await loop.run_in_executor(None, make_detector, config, device)
     detect_batcher = None
     if isinstance(detector, BlazeFace) and (config.detect_batch if config.detect_batch
                                             is not None else detector.device.type == "cuda"):
@@ -368,14 +381,20 @@ async def post_only(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     p = state.predictor
+    down = state.worker is not None and not state.worker.alive
+    status = "shutting_down" if state.closing else "inference_worker_down" if down else "ok"
     return web.json_response(
-        {"status": "shutting_down" if state.closing else "ok", "model": p.name,
+        {"status": status,
+         **({"error": state.worker.why_not} if down and state.worker is not None else {}),
+         "model": p.name,
          "device": str(p.device), "runtime": p.runtime, "classes": p.classes, "tta": p.tta,
          "face_detection": state.pipeline is not None and
          getattr(state.pipeline.detector, "available", True),
          "face_detector": state.pipeline.detector.description if state.pipeline else None,
-         "connections": len(state.streams), "pid": os.getpid()},
-        status=503 if state.closing else 200)
+         "connections": len(state.streams), "pid": os.getpid(),
+         **({"inference_worker": state.worker.model.pid} if state.worker is not None and
+            state.worker.model is not None else {})},
+        status=503 if state.closing or down else 200)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -127,12 +127,17 @@ class MicroBatcher(Generic[T, R]):
 
         Leaving the block without `submit` (no face, bad image, cancelled) withdraws it.
         """
-        self._incoming += 1
-        expected = Expected(self)
+        expected = self.announce()
         try:
             yield expected
         finally:
             expected.release()
+
+    def announce(self) -> Expected[T, R]:
+        """`expecting` without the block, for a frame announced by another process
+        (streamfer.inference_worker): the caller must `release` or `submit` it."""
+        self._incoming += 1
+        return Expected(self)
 
     async def submit(self, item: T, *, deadline: float | None = None) -> Ran[R] | Dropped:
         """Queue one item; resolves when its batch has run, or at once when it is shed."""

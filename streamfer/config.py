@@ -94,6 +94,10 @@ class ServeConfig:
                          "batcher and torch threads (cores / processes unless --threads), the "
                          "kernel spreads connections over them (SO_REUSEPORT, Linux), /metrics "
                          "sums them")
+    inference_worker: bool = opt(False, "one inference process owns the model (and the CUDA "
+                                 "context) and batches the faces of every serving process; "
+                                 "these then only decode, detect and crop (shared memory "
+                                 "between them; the GPU machine's layout, docs/DEPLOY.md)")
     web_dir: Path = opt(DEFAULT_WEB_DIR, "the phone page's folder")
     log_level: str = opt("INFO", "logging level (DEBUG, INFO, WARNING, ERROR)")
 
@@ -126,8 +130,9 @@ class ServeConfig:
             problems.append(f"runtime must be one of {', '.join(RUNTIMES)}")
         if self.processes < 1:
             problems.append("processes must be >= 1")
-        if self.processes > 1 and self.port == 0:
-            problems.append("processes > 1 needs a fixed port (they share it)")
+        if (self.processes > 1 or self.inference_worker) and self.port == 0:
+            problems.append("processes > 1 needs a fixed port (they share it)"
+                            if self.processes > 1 else "inference_worker needs a fixed port")
         if self.tta is not None and self.tta not in TTA_CHOICES:
             problems.append(f"tta must be one of {TTA_CHOICES}")
         if self.device not in DEVICES:

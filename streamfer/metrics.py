@@ -12,8 +12,9 @@ all of them (gauges: the sum over the live processes).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -21,6 +22,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from streamfer.protocol import TIMING_KEYS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def multiprocess() -> bool:
@@ -56,6 +59,11 @@ class Metrics:
         self.batch_seconds = Histogram("streamfer_batch_inference_seconds",
                                        "Model time per batch", buckets=LATENCY_BUCKETS,
                                        registry=r)
+        self.inference_cpu = Counter(
+            "streamfer_inference_cpu_seconds", "CPU time of the inference thread in the "
+            "model's forward (its own thread only: a runtime's extra threads are not "
+            "counted); the process's CPU less this is what serving costs besides the model",
+            registry=r)
         self.latency = Histogram("streamfer_frame_latency_seconds",
                                  "Per-frame time by stage (decode = decode + face detection; "
                                  "total = receipt to reply)", ["stage"],
@@ -75,6 +83,16 @@ class Metrics:
 
     def observe_kind(self, is_crop: bool) -> None:
         self.frames_by_kind.labels("crop" if is_crop else "full").inc()
+
+    def timed_forward(self, forward: Callable[[T], R]) -> Callable[[T], R]:
+        """`forward`, counting its CPU time (on the calling thread) in inference_cpu."""
+        def timed(x: T) -> R:
+            start = time.thread_time()
+            try:
+                return forward(x)
+            finally:
+                self.inference_cpu.inc(time.thread_time() - start)
+        return timed
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -1,8 +1,9 @@
 """One frame from encoded bytes to its reply body, shared by /ws and /api/predict.
 
 decode + face detection run in a thread pool (OpenCV releases the GIL; the event loop must
-keep reading sockets), then the face joins the micro-batcher's queue. Whatever happens, the
-caller gets exactly one reply body (protocol.ok / no_face / dropped / error).
+keep reading sockets) -- except a small crop, which decodes faster than the hop to a
+thread and back (INLINE_CROP_PIXELS) -- then the face joins the micro-batcher's queue.
+Whatever happens, the caller gets exactly one reply body (protocol.ok / no_face / dropped / error).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -39,9 +40,16 @@ from streamfer.faces import (
 from streamfer.imagecheck import check_image
 from streamfer.photos import decode_photo
 
+if TYPE_CHECKING:
+    from streamfer.inference_worker import WorkerClient
+
 log = logging.getLogger(__name__)
 
 MAX_FACES = 16  # faces answered per photo on /api/predict, largest first
+# A crop this small (the page sends 48-96 px) decodes in ~10 us: on the event loop that is
+# cheaper than a hop to a decode thread and back (~30 us of CPU alone, two thread wake-ups
+# and GIL hand-offs, more under load); larger images still go to the decode threads.
+INLINE_CROP_PIXELS = 128 * 128
 Detector = BlazeFace | HaarFallback
 
 @dataclass
@@ -71,8 +79,8 @@ class FramePipeline:
     default), or, given `detect_batcher` (CUDA), as a batched stage on the GPU before the
     expression model: decode threads only letterbox the frames and decode the boxes."""
 
-    def __init__(self, *, batcher: MicroBatcher[np.ndarray, np.ndarray], classes: list[str],
-                 input_size: int, decode_pool: Executor, detector: Detector,
+    def __init__(self, *, batcher: MicroBatcher[np.ndarray, np.ndarray] | WorkerClient,
+                 classes: list[str], input_size: int, decode_pool: Executor, detector: Detector,
                  deadline_s: float, detect_batcher: DetectBatcher | None = None) -> None:
         self.batcher = batcher
         self.classes = classes
@@ -82,9 +90,11 @@ class FramePipeline:
         self.deadline_s = deadline_s
         self.detect_batcher = detect_batcher
 
-    def _decode(self, data: bytes, photo: bool) -> tuple[np.ndarray, int]:
-        """Grayscale pixels and the photo's DCT reduction factor (1 for frames)."""
-        check_image(data)  # before OpenCV allocates anything: refuses decompression bombs
+    def _decode(self, data: bytes, photo: bool, checked: bool = False) -> tuple[np.ndarray, int]:
+        """Grayscale pixels and the photo's DCT reduction factor (1 for frames).
+        `checked`: check_image has passed it already."""
+        if not checked:
+            check_image(data)  # before OpenCV allocates anything: refuses decompression bombs
         try:
             if photo:
                 return decode_photo(data)
@@ -120,9 +130,9 @@ class FramePipeline:
         return found
 
     def _prepare(self, data: bytes, is_crop: bool, photo: bool,
-                 track: FaceTrack | None) -> Found:
+                 track: FaceTrack | None, checked: bool = False) -> Found:
         """Decode + detect + crop, all in one decode thread (the CPU path)."""
-        gray, scale = self._decode(data, photo)
+        gray, scale = self._decode(data, photo, checked)
         if is_crop:
             h, w = gray.shape[:2]
             return Found([(Face(resize_square(gray, self.input_size), Box(0, 0, w, h)), None)],
@@ -181,7 +191,9 @@ class FramePipeline:
         with self.batcher.expecting() as slot:
             started = time.monotonic()
             try:
-                if self.detect_batcher is not None:
+                if is_crop and not photo and _pixels(data) <= INLINE_CROP_PIXELS:
+                    found = self._prepare(data, True, False, None, checked=True)
+                elif self.detect_batcher is not None:
                     found = await self._prepare_batched(data, is_crop, photo, track, deadline)
                 else:
                     found = await loop.run_in_executor(self.decode_pool, self._prepare, data,
@@ -204,9 +216,12 @@ class FramePipeline:
                     decode=decoded - started, **found.seconds, total=decoded - received))
             (first, _), rest = found.faces[0], found.faces[1:]
             try:
-                outcomes = await asyncio.gather(
-                    slot.submit(first.pixels, deadline=deadline),
-                    *(self.batcher.submit(f.pixels, deadline=deadline) for f, _ in rest))
+                if rest:
+                    outcomes = await asyncio.gather(
+                        slot.submit(first.pixels, deadline=deadline),
+                        *(self.batcher.submit(f.pixels, deadline=deadline) for f, _ in rest))
+                else:  # a frame's one face: no gather (a task and a future less per frame)
+                    outcomes = [await slot.submit(first.pixels, deadline=deadline)]
             except InferenceFailed as exc:
                 return protocol.error(str(exc), protocol.INTERNAL)
         outcome = outcomes[0]
@@ -227,6 +242,12 @@ class FramePipeline:
 
     def _probs(self, outcome: Ran[np.ndarray]) -> dict[str, float]:
         return {c: round(float(p), 5) for c, p in zip(self.classes, outcome.value, strict=True)}
+
+
+def _pixels(data: bytes) -> int:
+    """The image's pixel count from its header (check_image: raises BadImage)."""
+    w, h = check_image(data)
+    return w * h
 
 
 def _scaled(box: Box, scale: int) -> list[int]:

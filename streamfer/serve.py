@@ -7,6 +7,11 @@ connections over them), so a machine's cores all run inference instead of one Py
 loop feeding one batcher. This process then only starts them, forwards SIGINT/SIGTERM, waits
 for their graceful shutdown, and stops them all if one dies. Each has its own model,
 batcher and torch threads (cores / N unless --threads); /metrics sums them.
+
+`--inference-worker` adds one inference process that owns the model (and the CUDA context)
+and batches the faces of all N front-ends (streamfer/inference_worker.py): the layout for a
+GPU machine. The front-ends go first at shutdown (they need the model to answer their frames
+in flight); the worker stops once they have all gone. A dead worker stops them all too.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from streamfer.imagecheck import limit_opencv
@@ -36,6 +43,7 @@ from aiohttp import web  # noqa: E402
 from streamfer import vendor  # noqa: E402
 from streamfer.app import STATE, close_streams, init_app  # noqa: E402
 from streamfer.config import HTTP_DRAIN_S, ServeConfig, available_cores, parse_config  # noqa: E402
+from streamfer.inference_worker import WorkerClient, serve_worker, shm_name  # noqa: E402
 from streamfer.metrics import MULTIPROC_ENV  # noqa: E402
 from streamfer.model import ModelError  # noqa: E402
 from streamfer.tls import lan_addresses, self_signed, server_context  # noqa: E402
@@ -69,10 +77,12 @@ def urls(config: ServeConfig, port: int) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def running(config: ServeConfig, *, reuse_port: bool = False
+async def running(config: ServeConfig, *, reuse_port: bool = False,
+                  worker: WorkerClient | None = None
                   ) -> AsyncIterator[tuple[web.AppRunner, list[str]]]:
     """Start the server for `config`; yields (runner, urls); shuts down gracefully on exit.
-    `reuse_port`: share the port with the other processes of `--processes N`."""
+    `reuse_port`: share the port with the other processes of `--processes N`; `worker`: the
+    inference worker's link (`--inference-worker`)."""
     with tempfile.TemporaryDirectory(prefix="streamfer-tls-") as tmp:
         ssl_ctx: ssl.SSLContext | None = None
         if config.https:
@@ -81,7 +91,7 @@ async def running(config: ServeConfig, *, reuse_port: bool = False
             ssl_ctx = server_context(certfile, keyfile)
         elif config.certfile is not None and config.keyfile is not None:
             ssl_ctx = server_context(config.certfile, config.keyfile)
-        app = init_app(config)
+        app = init_app(config, worker=worker)
         # keepalive_timeout: aiohttp closes a connection whose next request's headers are not
         # complete this long after it opened or after the previous reply (slow-loris headers).
         runner = web.AppRunner(app, shutdown_timeout=HTTP_DRAIN_S, access_log=None,
@@ -115,13 +125,17 @@ async def running(config: ServeConfig, *, reuse_port: bool = False
             log.debug("stopped")
 
 
-async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:
+async def serve(config: ServeConfig, *, reuse_port: bool = False,
+                worker: WorkerClient | None = None) -> None:
     """Run until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running(config, reuse_port=reuse_port):
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # one of --processes N: if the parent is killed, stop too
+        loop.add_reader(parent.sentinel, stop.set)
+    async with running(config, reuse_port=reuse_port, worker=worker):
         await stop.wait()
         log.info("shutting down: answering frames in flight, then closing sockets")
 
@@ -132,21 +146,34 @@ def _setup_logging(config: ServeConfig) -> None:
     logging.getLogger("aiohttp.server").addFilter(OneLineForCutClients())
 
 
-def _serve_one(config: ServeConfig, reuse_port: bool = False) -> int:
+def _serve_one(config: ServeConfig, reuse_port: bool = False, link: Connection | None = None
+               ) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        asyncio.run(serve(config, reuse_port=reuse_port))
+        worker = None
+        if link is not None:
+            worker = WorkerClient(link)
+            worker.wait_ready()
+        asyncio.run(serve(config, reuse_port=reuse_port, worker=worker))
     except ModelError as exc:
         log.error("%s", exc)
         return 2
     return 0
 
 
-def _child(config: ServeConfig) -> None:
+def _child(config: ServeConfig, link: Connection | None = None) -> None:
     """One of `--processes N` (a fresh interpreter: multiprocessing's spawn)."""
     _setup_logging(config)
-    raise SystemExit(_serve_one(config, reuse_port=True))
+    raise SystemExit(_serve_one(config, reuse_port=True, link=link))
+
+
+def _inference_child(config: ServeConfig, links: list[Connection], names: list[str]) -> None:
+    """The inference worker of `--inference-worker`."""
+    _setup_logging(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    raise SystemExit(serve_worker(config, links, names))
 
 
 def serve_processes(config: ServeConfig) -> int:
@@ -168,17 +195,40 @@ def serve_processes(config: ServeConfig) -> int:
             child = dataclasses.replace(child, https=False, certfile=Path(certfile),
                                         keyfile=Path(keyfile))
         spawn = multiprocessing.get_context("spawn")
-        procs = [spawn.Process(target=_child, args=(child,), name=f"streamfer-{i}")
+        inference, names, links = None, [], [None] * n
+        if config.inference_worker:  # one pipe and one shared-memory block per front-end
+            pipes = [spawn.Pipe() for _ in range(n)]
+            links = [front for front, _ in pipes]
+            names = [shm_name(os.getpid(), i) for i in range(n)]
+            inference = spawn.Process(target=_inference_child, name="streamfer-inference",
+                                      args=(config, [back for _, back in pipes], names))
+            inference.start()
+        procs = [spawn.Process(target=_child, args=(child, links[i]), name=f"streamfer-{i}")
                  for i in range(n)]
         for proc in procs:
             proc.start()
+        for link in links:  # the children hold the ends now: a death shows as EOF there
+            if link is not None:
+                link.close()
+        if config.inference_worker:
+            for _, back in pipes:
+                back.close()
         log.info("streamfer: %d processes sharing %s (pids %s), %d inference and %d decode "
-                 "threads each%s", n, " ".join(urls(config, config.port)),
-                 " ".join(str(p.pid) for p in procs), child.threads, child.workers,
+                 "threads each%s%s", n, " ".join(urls(config, config.port)),
+                 " ".join(str(p.pid) for p in procs),
+                 0 if inference else child.threads, child.workers,
+                 f"; one inference worker (pid {inference.pid}) batches for all"
+                 if inference else "",
                  " (self-signed certificate: accept it once in the browser)"
                  if config.https else "")
         code = 0
         while not stop.wait(0.25):
+            if inference is not None and not inference.is_alive():
+                code = 1
+                log.error("the inference worker (pid %s) exited with code %s: stopping the "
+                          "front-ends (their frames get internal errors meanwhile)",
+                          inference.pid, inference.exitcode)
+                break
             dead = [p for p in procs if not p.is_alive()]
             if dead:
                 code = next((p.exitcode for p in dead if p.exitcode), 0) or 1
@@ -196,13 +246,22 @@ def serve_processes(config: ServeConfig) -> int:
                 log.error("server process %s did not stop: killing it", proc.pid)
                 proc.kill()
                 proc.join(5.0)
+        if inference is not None:  # it stops by itself once every front-end has gone
+            inference.join(max(5.0, deadline - time.monotonic()))
+            if inference.is_alive():
+                log.error("the inference worker %s did not stop: killing it", inference.pid)
+                inference.kill()
+                inference.join(5.0)
+            for name in names:  # left behind by a worker that died
+                with contextlib.suppress(FileNotFoundError):
+                    shared_memory.SharedMemory(name).unlink()
     return code
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv)
     _setup_logging(config)
-    if config.processes > 1:
+    if config.processes > 1 or config.inference_worker:
         raise SystemExit(serve_processes(config))
     code = _serve_one(config)
     if code:

@@ -103,3 +103,26 @@ def test_server_variants(tiny_model_path: Path, tmp_path: Path) -> None:
         assert r["tta"] == r["server_tta"]  # the server's greeting confirms the mode
     assert rows["frames, mirror"]["kind"] == "frames"
     assert (tmp_path / "server_variants.png").read_bytes()[:8] == PNG
+
+
+@pytest.mark.slow
+def test_frame_overhead_splits_server_cpu_into_model_and_the_rest(tiny_model_path: Path,
+                                                                   tmp_path: Path) -> None:
+    proc = bench("frame_overhead.py", "--model", str(tiny_model_path), "--clients", "2",
+                 "--seconds", "1.5", "--fps", "10", "--repeats", "1", "--rounds", "5",
+                 "--warmup-seconds", "0.3", "--out-dir", str(tmp_path),
+                 "--variant", "here=", "--variant", "one at a time=--max-batch 1",
+                 "--tree", f"here={ROOT}", "--server-arg=--device=cpu")
+    result = json.loads((tmp_path / "frame_overhead.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert list(rows) == ["here", "one at a time"]
+    assert rows["here"]["tree"] == str(ROOT) and rows["one at a time"]["flags"] == [
+        "--max-batch", "1"]
+    for r in rows.values():
+        run = r["runs"][0]
+        assert run["answered"] == run["sent"] > 0 and run["cpu_s"] > 0
+        assert r["model_cpu_ms_per_frame"] > 0
+        assert r["outside_model_cpu_ms_per_frame"] == pytest.approx(
+            r["server_cpu_ms_per_frame"] - r["model_cpu_ms_per_frame"], abs=1e-6)
+    assert set(rows["one at a time"]["runs"][0]["batch_counts"]) == {"1"}
+    assert "outside" in proc.stdout

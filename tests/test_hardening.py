@@ -117,6 +117,9 @@ async def test_png_bombs_get_a_4xx_fast_with_flat_memory(
             reply = await asyncio.wait_for(ws.receive_json(), BOUND_S)
             ws_s = time.monotonic() - t0
             assert reply["id"] == 1 and reply["code"] == "bad_image", reply
+            await ws.send_bytes(pack_frame(3, data, is_crop=True))  # a crop decodes inline
+            reply = await asyncio.wait_for(ws.receive_json(), BOUND_S)
+            assert reply["id"] == 3 and reply["code"] == "bad_image", reply
             await ws.send_bytes(pack_frame(2, crop_jpeg, is_crop=True))  # the socket goes on
             assert (await asyncio.wait_for(ws.receive_json(), BOUND_S))["status"] == "ok"
     after = memory_mb(server.proc.pid)
