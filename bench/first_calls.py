@@ -24,9 +24,9 @@ import torch
 
 from bench.machine import describe, machine_info
 from streamfer.cli import opt, parse
-from streamfer.config import ServeConfig
 from streamfer.model import DEVICES, Predictor
 from streamfer.paths import DEFAULT_MODEL
+from streamfer.server.config import ServeConfig
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

@@ -27,16 +27,16 @@ import torch
 from bench.machine import describe, machine_info
 from streamfer import contract
 from streamfer.cli import opt, parse
-from streamfer.config import ServeConfig
 from streamfer.model import DEVICES, optimized_for_cpu
 from streamfer.paths import DEFAULT_MODEL
+from streamfer.server.config import ServeConfig
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 
 MODES = tuple(reversed(contract.TTA_MODES))  # cheapest first
-# The server's defaults (streamfer.serve): the largest batch it fills when busy, and the
+# The server's defaults (streamfer.server.serve): the largest batch it fills when busy, and the
 # averaging (its default is the model's own `tta_default`, "mirror" for the shipped models).
 SERVER_DEFAULT_MAX_BATCH = ServeConfig().max_batch
 SERVER_DEFAULT_TTA = "mirror"

@@ -17,7 +17,7 @@ of the photo's.
 Detectors (`--models`, side by side in one run), each `NAME[/WHERE][@WIDTH]`:
 - `short`, `full`: @mediapipe/face_detection's BlazeFace as the page runs it; `/cpu` runs the
   network in the package's wasm runtime (XNNPACK; its `useCpuInference` option, what the page
-  uses: streamfer.vendor.INFERENCE), `/webgl` on WebGL (the package's default off iOS);
+  uses: streamfer.server.vendor.INFERENCE), `/webgl` on WebGL (the package's default off iOS);
 - `tasks/cpu`, `tasks/gpu`: @mediapipe/tasks-vision's FaceDetector (installed in a scratch
   folder, `--tasks-vision`) on `--tasks-model` (default: the short-range .tflite of
   @mediapipe/face_detection); a detector that fails to load is reported with its error;
@@ -33,7 +33,7 @@ as training/framing.py does for the server's detectors (Training faces enlarged 
 padded with 25% edge pixels; medians of image side / box side and of the centre offsets), and
 writes bench/results/page_framing_blazeface.json: streamfer/faces.py FRAMING["blazeface"].
 
-The detectors come from web/node_modules (`cd web && npm ci`), served by streamfer.vendor as
+The detectors come from web/node_modules (`cd web && npm ci`), served by streamfer.server.vendor as
 the real server serves them. Chromium: /usr/bin/chromium (headless, software WebGL).
 """
 
@@ -54,9 +54,9 @@ import cv2
 import numpy as np
 
 from bench.machine import describe, machine_info
-from streamfer import vendor
 from streamfer.cli import opt, parse
 from streamfer.faces import FaceDetector
+from streamfer.server import vendor
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -231,8 +231,8 @@ def found(boxes: list[list[float]], rect: tuple[float, float, float]) -> bool:
 
 class Site:
     """An aiohttp server on a free 127.0.0.1 port, in a thread: the harness, the frames (JPEG,
-    quality 95) and the vendored detector, served by streamfer.vendor (and the scratch installs
-    of other candidates, when given)."""
+    quality 95) and the vendored detector, served by streamfer.server.vendor (and the scratch
+    installs of other candidates, when given)."""
 
     def __init__(self, package: vendor.VendorPackage, faceapi: Path | None = None,
                  tasks_vision: Path | None = None, tasks_model: Path | None = None) -> None:

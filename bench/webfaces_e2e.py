@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 from bench.serverproc import running_server
 from streamfer.cli import opt, parse
-from streamfer.config import DETECTOR_CHOICES
 from streamfer.paths import DEFAULT_MODEL
+from streamfer.server.config import DETECTOR_CHOICES
 
 LABELS = {"angry": "anger", "happy": "happiness", "neutral": "neutral", "sad": "sadness",
           "surprise": "surprise"}

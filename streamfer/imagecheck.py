@@ -11,7 +11,7 @@ declare 30000 x 30000 pixels, which OpenCV would decode into ~1 GB. Two guards, 
   Pillow gives up on those while libpng only warns and decodes on).
 - `limit_opencv` sets OpenCV's own limit, OPENCV_IO_MAX_IMAGE_PIXELS, which OpenCV reads once,
   when cv2 is first imported; so the server calls it before importing anything that imports
-  cv2 (streamfer/serve.py). It holds whatever a file's metadata says.
+  cv2 (streamfer/server/serve.py). It holds whatever a file's metadata says.
 
 Everything that decodes untrusted bytes (/ws frames, /api/predict uploads) calls
 `check_image` first.

@@ -78,7 +78,7 @@ def hello(*, model: str, classes: list[str], input_size: int, tta: str, max_fram
 
     `framing` (detector name -> {scale, shift_y}, streamfer.faces.FRAMING) tells a page how to
     cut a crop from its detector's box exactly as the training faces were framed;
-    `page_detector` (streamfer.vendor) says where the in-page detector's files are, or is
+    `page_detector` (streamfer.server.vendor) says where the in-page detector's files are, or is
     None when this server has none installed.
     """
     return {

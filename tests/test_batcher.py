@@ -16,8 +16,8 @@ from typing import TypeVar
 
 import pytest
 
-from streamfer.batcher import Dropped, InferenceFailed, MicroBatcher, Ran
-from streamfer.flow import LatestGate, RateLimiter
+from streamfer.server.batcher import Dropped, InferenceFailed, MicroBatcher, Ran
+from streamfer.server.flow import LatestGate, RateLimiter
 
 T = TypeVar("T")
 LONG_MS = 60_000.0  # a fill wait no test may sit through: reaching it means the policy broke

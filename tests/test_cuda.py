@@ -17,11 +17,11 @@ import pytest
 import torch
 from test_fit import make_faces
 
-from streamfer.app import init_app
-from streamfer.config import ServeConfig
 from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
+from streamfer.server.app import init_app
+from streamfer.server.config import ServeConfig
 from training import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

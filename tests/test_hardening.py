@@ -142,11 +142,11 @@ def test_the_server_process_caps_opencv_itself() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OPENCV_IO_MAX_IMAGE_PIXELS", None)
     out = {}
-    for first in ("streamfer.serve", "numpy"):
+    for first in ("streamfer.server.serve", "numpy"):
         run = subprocess.run([sys.executable, "-c", probe.format(first=first)], env=env,
                              capture_output=True, text=True, timeout=120, cwd=ROOT)
         out[first] = run.stdout.strip()
-    assert out == {"streamfer.serve": "refused", "numpy": "decoded"}, out
+    assert out == {"streamfer.server.serve": "refused", "numpy": "decoded"}, out
 
 
 # -- 2, 3: a client that never reads ---------------------------------------------------------

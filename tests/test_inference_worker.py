@@ -32,9 +32,9 @@ import numpy as np
 import pytest
 
 from bench.serverproc import free_port
-from streamfer.config import DEFAULT_MODEL, ServeConfig
 from streamfer.faces import decode_gray, resize_square
 from streamfer.protocol import pack_frame
+from streamfer.server.config import DEFAULT_MODEL, ServeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 60.0  # no single wait may take longer (a busy machine; not a timing)
@@ -241,8 +241,8 @@ def test_a_dead_worker_is_reported_not_waited_for(server: Server) -> None:
 
 async def test_front_end_says_not_ready_and_answers_errors_when_the_worker_dies(
         aiohttp_client: Any, astronaut_rgb: np.ndarray) -> None:
-    from streamfer.app import init_app
-    from streamfer.inference_worker import WorkerClient, serve_worker, shm_name
+    from streamfer.server.app import init_app
+    from streamfer.server.inference_worker import WorkerClient, serve_worker, shm_name
 
     config = ServeConfig(model=DEFAULT_MODEL, host="127.0.0.1", port=0, device="cpu",
                          workers=1, web_dir=ROOT / "no-such-web-dir")

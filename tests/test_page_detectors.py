@@ -15,7 +15,7 @@ import cv2
 import pytest
 
 from bench import page_detectors as bench
-from streamfer import vendor
+from streamfer.server import vendor
 
 ROOT = Path(__file__).resolve().parent.parent
 

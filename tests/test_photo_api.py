@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from test_server import Client, MakeClient, assert_ok, bound, config, connect, recv
 
-from streamfer.app import init_app
 from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.model import Predictor
 from streamfer.protocol import pack_frame
+from streamfer.server.app import init_app
 
 pytestmark = pytest.mark.skipif(
     not (WEIGHTS_DIR / SPECS["short"].file).is_file(),

@@ -1,4 +1,4 @@
-"""Phone photos (streamfer.photos): EXIF orientation as Pillow applies it, JPEGs decoded at
+"""Phone photos (streamfer.server.photos): EXIF orientation as Pillow applies it, JPEGs decoded at
 reduced size by libjpeg, and size limits judged on what is actually decoded."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from streamfer.faces import BadImage
-from streamfer.photos import decode_photo, orient, photo_header, reduction
+from streamfer.server.photos import decode_photo, orient, photo_header, reduction
 
 
 def jpeg(img: Image.Image, orientation: int = 1, quality: int = 90) -> bytes:

@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from streamfer.config import ServeConfig, parse_config
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
-from streamfer.serve import running
-from streamfer.tls import self_signed
+from streamfer.server.config import ServeConfig, parse_config
+from streamfer.server.serve import running
+from streamfer.server.tls import self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 120.0  # a fresh Python importing torch on a busy machine; not a timing

@@ -17,11 +17,11 @@ import torch
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from streamfer.app import STATE, init_app, origin_allowed
-from streamfer.config import ServeConfig
 from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
+from streamfer.server.app import STATE, init_app, origin_allowed
+from streamfer.server.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = DEFAULT_MODEL  # the model the server runs by default

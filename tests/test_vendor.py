@@ -1,4 +1,4 @@
-"""The in-page detector's files, served from web/node_modules by streamfer.vendor, and the
+"""The in-page detector's files, served from web/node_modules by streamfer.server.vendor, and the
 server without them (no npm, or before `npm ci`): it still starts and says so.
 """
 
@@ -16,11 +16,11 @@ import aiohttp
 import pytest
 import torch
 
-from streamfer import vendor
-from streamfer.app import init_app
-from streamfer.config import ServeConfig
 from streamfer.faces import FRAMING
 from streamfer.model import Predictor
+from streamfer.server import vendor
+from streamfer.server.app import init_app
+from streamfer.server.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALLED = vendor.find(ROOT / "web")

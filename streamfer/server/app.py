@@ -23,16 +23,17 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from streamfer import protocol, vendor
-from streamfer.batcher import MicroBatcher
-from streamfer.config import ServeConfig
+from streamfer import protocol
 from streamfer.detect import BlazeFace, HaarFallback, load_detector
 from streamfer.faces import FRAMING, NO_HAAR
-from streamfer.inference_worker import ModelInfo, WorkerClient
-from streamfer.metrics import Metrics
 from streamfer.model import Predictor
-from streamfer.pipeline import DetectBatcher, FramePipeline
-from streamfer.stream import FrameStream, Timeouts, deadline
+from streamfer.server import vendor
+from streamfer.server.batcher import MicroBatcher
+from streamfer.server.config import ServeConfig
+from streamfer.server.inference_worker import ModelInfo, WorkerClient
+from streamfer.server.metrics import Metrics
+from streamfer.server.pipeline import DetectBatcher, FramePipeline
+from streamfer.server.stream import FrameStream, Timeouts, deadline
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
 def init_app(config: ServeConfig, predictor: Predictor | None = None, *,
              worker: WorkerClient | None = None) -> web.Application:
     """The app for `config`; pass `predictor` to share one loaded model between apps, or
-    `worker` (ready: streamfer.inference_worker) to leave inference to the inference worker."""
+    `worker` (ready: streamfer.server.inference_worker) to leave inference to that worker."""
     if worker is not None:
         assert worker.model is not None, "wait_ready() first"
         predictor = worker.model
@@ -186,7 +187,7 @@ async def close_streams(app: web.Application) -> None:
     flight are answered, frames read meanwhile get dropped/shutting_down, then each socket
     closes with 1001 (going away); a socket still open at the deadline is cut.
 
-    streamfer.serve runs this before aiohttp's own shutdown, whose first step stops reading
+    streamfer.server.serve runs this before aiohttp's own shutdown, whose first step stops reading
     every connection (frames arriving then would get no reply); as an on_shutdown hook it
     also covers apps run by other runners (tests), and does nothing the second time."""
     state = app[STATE]

@@ -5,7 +5,7 @@ connections' faces; on a GPU machine that is N CUDA contexts and N small batches
 GPU wants one big one, and on a many-core machine the Python front-end (WebSocket, decode,
 face detection) is the limit long before the model is. Here the front-ends do everything
 up to the 48x48 face, and one process owns the model (and the CUDA context on `--device
-cuda`) and runs the server's one micro-batcher (streamfer/batcher.py, its flush policy
+cuda`) and runs the server's one micro-batcher (streamfer/server/batcher.py, its flush policy
 unchanged) over the faces of every front-end.
 
 The mechanism is the standard library's: one `multiprocessing.Pipe` per front-end for small
@@ -28,7 +28,7 @@ Messages (tuples; a few microseconds each to pickle), sent as one list per event
                         (DROPPED, slot, reason)   protocol.DROP_REASONS (deadline, overloaded)
                         (FAILED, slot, message)   forward() raised
 
-Lifecycle (streamfer.serve starts it): the worker ignores SIGINT/SIGTERM and stops when every
+Lifecycle (streamfer.server.serve starts it): the worker ignores SIGINT/SIGTERM and stops when every
 front-end has closed its pipe, after answering what they sent -- so a graceful shutdown of
 the front-ends (which need the model to answer their frames in flight) comes first. A dead
 worker closes its pipe ends: each front-end fails its frames in flight and every later one
@@ -54,11 +54,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from prometheus_client import Histogram
 
-from streamfer.batcher import Dropped, Expected, InferenceFailed, MicroBatcher, Ran
 from streamfer.protocol import OVERLOADED, SHUTTING_DOWN
+from streamfer.server.batcher import Dropped, Expected, InferenceFailed, MicroBatcher, Ran
 
 if TYPE_CHECKING:
-    from streamfer.config import ServeConfig
+    from streamfer.server.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +139,8 @@ class _Worker:
     """The inference process's event loop: every front-end's pipe, one MicroBatcher."""
 
     def __init__(self, config: ServeConfig, links: list[Connection], names: list[str]) -> None:
-        from streamfer.metrics import Metrics
         from streamfer.model import Predictor
+        from streamfer.server.metrics import Metrics
 
         self.config = config
         self.links = links
@@ -302,8 +302,8 @@ class RemoteExpected:
 
 
 class WorkerClient:
-    """A front-end's inference: the same calls as streamfer.batcher.MicroBatcher (what
-    streamfer.pipeline uses), served by the inference worker's one batcher."""
+    """A front-end's inference: the same calls as streamfer.server.batcher.MicroBatcher (what
+    streamfer.server.pipeline uses), served by the inference worker's one batcher."""
 
     def __init__(self, link: Connection) -> None:
         self.link = link

@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 
 from streamfer import protocol
-from streamfer.batcher import Dropped, InferenceFailed, MicroBatcher, Ran
 from streamfer.detect import (
     TIGHT_PAD,
     BlazeFace,
@@ -38,10 +37,11 @@ from streamfer.faces import (
     resize_square,
 )
 from streamfer.imagecheck import check_image
-from streamfer.photos import decode_photo
+from streamfer.server.batcher import Dropped, InferenceFailed, MicroBatcher, Ran
+from streamfer.server.photos import decode_photo
 
 if TYPE_CHECKING:
-    from streamfer.inference_worker import WorkerClient
+    from streamfer.server.inference_worker import WorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ Detector = BlazeFace | HaarFallback
 class FaceTrack:
     """One connection's memory of where its face was: the next frame is searched first in a
     region around it (streamfer.detect.track_region), the whole frame only if that fails.
-    Owned by the connection (streamfer.stream.FrameStream); frames of one connection run
+    Owned by the connection (streamfer.server.stream.FrameStream); frames of one connection run
     one at a time, so it needs no lock."""
 
     box: Box | None = None

@@ -26,9 +26,9 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from streamfer import protocol
-from streamfer.flow import LatestGate, RateLimiter
-from streamfer.metrics import Metrics
-from streamfer.pipeline import FaceTrack, FramePipeline
+from streamfer.server.flow import LatestGate, RateLimiter
+from streamfer.server.metrics import Metrics
+from streamfer.server.pipeline import FaceTrack, FramePipeline
 
 if sys.version_info >= (3, 11):
     from asyncio import timeout as deadline

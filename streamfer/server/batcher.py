@@ -135,7 +135,7 @@ class MicroBatcher(Generic[T, R]):
 
     def announce(self) -> Expected[T, R]:
         """`expecting` without the block, for a frame announced by another process
-        (streamfer.inference_worker): the caller must `release` or `submit` it."""
+        (streamfer.server.inference_worker): the caller must `release` or `submit` it."""
         self._incoming += 1
         return Expected(self)
 

@@ -1,0 +1,5 @@
+"""The server: the aiohttp app, the WebSocket stream, the micro-batcher and its settings.
+
+Run it with `python -m streamfer.serve`. Nothing outside streamfer/server/ and bench/ imports
+from here: training and the load test use the shared modules of streamfer/ only.
+"""

@@ -1,0 +1,272 @@
+"""`python -m streamfer.serve`: run the server until SIGINT/SIGTERM, then shut down gracefully.
+
+Startup logs one line with the model, device, classes and the URL(s) to open on a phone.
+
+`--processes N` runs N serving processes on one port (SO_REUSEPORT: the kernel spreads new
+connections over them), so a machine's cores all run inference instead of one Python event
+loop feeding one batcher. This process then only starts them, forwards SIGINT/SIGTERM, waits
+for their graceful shutdown, and stops them all if one dies. Each has its own model,
+batcher and torch threads (cores / N unless --threads); /metrics sums them.
+
+`--inference-worker` adds one inference process that owns the model (and the CUDA context)
+and batches the faces of all N front-ends (streamfer/server/inference_worker.py): the layout for a
+GPU machine. The front-ends go first at shutdown (they need the model to answer their frames
+in flight); the worker stops once they have all gone. A dead worker stops them all too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import logging
+import multiprocessing
+import os
+import signal
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from streamfer.imagecheck import limit_opencv
+
+limit_opencv()  # OpenCV reads its pixel limit once, at import: set it before anything imports cv2
+
+import torch  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+from streamfer.model import ModelError  # noqa: E402
+from streamfer.server import vendor  # noqa: E402
+from streamfer.server.app import STATE, close_streams, init_app  # noqa: E402
+from streamfer.server.config import HTTP_DRAIN_S, ServeConfig, available_cores, parse_config  # noqa: E402
+from streamfer.server.inference_worker import WorkerClient, serve_worker, shm_name  # noqa: E402
+from streamfer.server.metrics import MULTIPROC_ENV  # noqa: E402
+from streamfer.server.tls import lan_addresses, self_signed, server_context  # noqa: E402
+
+log = logging.getLogger("streamfer.server.serve")
+
+
+class OneLineForCutClients(logging.Filter):
+    """When the write deadline (TCP_USER_TIMEOUT, see app._write_deadline) drops a client in
+    the middle of a response, aiohttp logs the ETIMEDOUT with a traceback; one INFO line is
+    enough (hundreds of such clients must not flood the log)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
+            record.msg, record.args = "a client stopped taking its response: cut (%s)", (
+                exc.strerror,)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def urls(config: ServeConfig, port: int) -> list[str]:
+    """Where a browser can reach the server: LAN addresses first when bound to all."""
+    scheme = "https" if config.tls else "http"
+    if config.host in ("0.0.0.0", "::", ""):
+        hosts = [*lan_addresses(), "localhost"]
+    else:
+        hosts = [config.host]
+    return [f"{scheme}://{h if ':' not in h else f'[{h}]'}:{port}/" for h in hosts]
+
+
+@contextlib.asynccontextmanager
+async def running(config: ServeConfig, *, reuse_port: bool = False,
+                  worker: WorkerClient | None = None
+                  ) -> AsyncIterator[tuple[web.AppRunner, list[str]]]:
+    """Start the server for `config`; yields (runner, urls); shuts down gracefully on exit.
+    `reuse_port`: share the port with the other processes of `--processes N`; `worker`: the
+    inference worker's link (`--inference-worker`)."""
+    with tempfile.TemporaryDirectory(prefix="streamfer-tls-") as tmp:
+        ssl_ctx: ssl.SSLContext | None = None
+        if config.https:
+            named = [] if config.host in ("0.0.0.0", "::", "") else [config.host]
+            certfile, keyfile = self_signed(tmp, hosts=named)
+            ssl_ctx = server_context(certfile, keyfile)
+        elif config.certfile is not None and config.keyfile is not None:
+            ssl_ctx = server_context(config.certfile, config.keyfile)
+        app = init_app(config, worker=worker)
+        # keepalive_timeout: aiohttp closes a connection whose next request's headers are not
+        # complete this long after it opened or after the previous reply (slow-loris headers).
+        runner = web.AppRunner(app, shutdown_timeout=HTTP_DRAIN_S, access_log=None,
+                               keepalive_timeout=config.read_timeout_s)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx,
+                               reuse_port=reuse_port or None)
+            await site.start()
+            port = runner.addresses[0][1]
+            where = urls(config, port)
+            p = app[STATE].predictor
+            page = app[STATE].page_detector
+            pipe = app[STATE].pipeline
+            log.info("streamfer: model %s on %s (%s), classes %s, tta %s, faces by %s, "
+                     "serving %s%s; %s", p.name, p.device, p.runtime, ",".join(p.classes), p.tta,
+                     pipe.detector.description if pipe else "?", " ".join(where),
+                     " (self-signed certificate: accept it once in the browser)"
+                     if config.https else "",
+                     f"in-page face detector {vendor.NAME} ({vendor.PACKAGE}@{page.version})"
+                     if page else vendor.MISSING)
+            yield runner, where
+        finally:
+            # Stop listening, then shut the WebSockets down while their frames are still read
+            # and answered; aiohttp's own shutdown then stops reading every connection.
+            for site in list(runner.sites):
+                await site.stop()
+            await close_streams(app)
+            log.debug("WebSockets closed; stopping HTTP")
+            await runner.cleanup()
+            log.debug("stopped")
+
+
+async def serve(config: ServeConfig, *, reuse_port: bool = False,
+                worker: WorkerClient | None = None) -> None:
+    """Run until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # one of --processes N: if the parent is killed, stop too
+        loop.add_reader(parent.sentinel, stop.set)
+    async with running(config, reuse_port=reuse_port, worker=worker):
+        await stop.wait()
+        log.info("shutting down: answering frames in flight, then closing sockets")
+
+
+def _setup_logging(config: ServeConfig) -> None:
+    logging.basicConfig(level=config.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(OneLineForCutClients())
+
+
+def _serve_one(config: ServeConfig, reuse_port: bool = False, link: Connection | None = None
+               ) -> int:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        worker = None
+        if link is not None:
+            worker = WorkerClient(link)
+            worker.wait_ready()
+        asyncio.run(serve(config, reuse_port=reuse_port, worker=worker))
+    except ModelError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+def _child(config: ServeConfig, link: Connection | None = None) -> None:
+    """One of `--processes N` (a fresh interpreter: multiprocessing's spawn)."""
+    _setup_logging(config)
+    raise SystemExit(_serve_one(config, reuse_port=True, link=link))
+
+
+def _inference_child(config: ServeConfig, links: list[Connection], names: list[str]) -> None:
+    """The inference worker of `--inference-worker`."""
+    _setup_logging(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    raise SystemExit(serve_worker(config, links, names))
+
+
+def serve_processes(config: ServeConfig) -> int:
+    """Run `config.processes` serving processes on one port until SIGINT/SIGTERM."""
+    n = config.processes
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(prefix="streamfer-metrics-") as metrics_dir, \
+            tempfile.TemporaryDirectory(prefix="streamfer-tls-") as tls_dir:
+        os.environ[MULTIPROC_ENV] = metrics_dir  # read by prometheus-client in each child
+        share = max(1, available_cores() // n)  # each process's share of the cores
+        child = dataclasses.replace(
+            config, processes=1, threads=config.threads or share,
+            workers=share if config.workers == available_cores() else config.workers)
+        if config.https:  # one certificate for all, made once
+            named = [] if config.host in ("0.0.0.0", "::", "") else [config.host]
+            certfile, keyfile = self_signed(tls_dir, hosts=named)
+            child = dataclasses.replace(child, https=False, certfile=Path(certfile),
+                                        keyfile=Path(keyfile))
+        spawn = multiprocessing.get_context("spawn")
+        inference, names, links = None, [], [None] * n
+        if config.inference_worker:  # one pipe and one shared-memory block per front-end
+            pipes = [spawn.Pipe() for _ in range(n)]
+            links = [front for front, _ in pipes]
+            names = [shm_name(os.getpid(), i) for i in range(n)]
+            inference = spawn.Process(target=_inference_child, name="streamfer-inference",
+                                      args=(config, [back for _, back in pipes], names))
+            inference.start()
+        procs = [spawn.Process(target=_child, args=(child, links[i]), name=f"streamfer-{i}")
+                 for i in range(n)]
+        for proc in procs:
+            proc.start()
+        for link in links:  # the children hold the ends now: a death shows as EOF there
+            if link is not None:
+                link.close()
+        if config.inference_worker:
+            for _, back in pipes:
+                back.close()
+        log.info("streamfer: %d processes sharing %s (pids %s), %d inference and %d decode "
+                 "threads each%s%s", n, " ".join(urls(config, config.port)),
+                 " ".join(str(p.pid) for p in procs),
+                 0 if inference else child.threads, child.workers,
+                 f"; one inference worker (pid {inference.pid}) batches for all"
+                 if inference else "",
+                 " (self-signed certificate: accept it once in the browser)"
+                 if config.https else "")
+        code = 0
+        while not stop.wait(0.25):
+            if inference is not None and not inference.is_alive():
+                code = 1
+                log.error("the inference worker (pid %s) exited with code %s: stopping the "
+                          "front-ends (their frames get internal errors meanwhile)",
+                          inference.pid, inference.exitcode)
+                break
+            dead = [p for p in procs if not p.is_alive()]
+            if dead:
+                code = next((p.exitcode for p in dead if p.exitcode), 0) or 1
+                log.error("server process %s exited with code %s: stopping the others",
+                          dead[0].pid, dead[0].exitcode)
+                break
+        log.info("shutting down %d processes", n)
+        for proc in procs:
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + config.shutdown_timeout_s + 15.0
+        for proc in procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                log.error("server process %s did not stop: killing it", proc.pid)
+                proc.kill()
+                proc.join(5.0)
+        if inference is not None:  # it stops by itself once every front-end has gone
+            inference.join(max(5.0, deadline - time.monotonic()))
+            if inference.is_alive():
+                log.error("the inference worker %s did not stop: killing it", inference.pid)
+                inference.kill()
+                inference.join(5.0)
+            for name in names:  # left behind by a worker that died
+                with contextlib.suppress(FileNotFoundError):
+                    shared_memory.SharedMemory(name).unlink()
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    config = parse_config(argv)
+    _setup_logging(config)
+    if config.processes > 1 or config.inference_worker:
+        raise SystemExit(serve_processes(config))
+    code = _serve_one(config)
+    if code:
+        raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()
