@@ -154,6 +154,14 @@ def loadtest(url: str, *args: str) -> subprocess.Popen:
                             text=True)
 
 
+def mixed_batches(text: str) -> float:
+    """How many of the worker's batches held faces from more than one front-end (/metrics)."""
+    count = float(re.search(r"^streamfer_batch_frontends_count (\S+)$", text, re.M).group(1))
+    single = float(re.search(r'^streamfer_batch_frontends_bucket\{le="1.0"\} (\S+)$', text,
+                             re.M).group(1))
+    return count - single
+
+
 def frames_received(base: str) -> float:
     m = re.search(r'^streamfer_frames_received_total\{source="ws"\} (\S+)$',
                   metrics(base), re.M)
@@ -167,9 +175,15 @@ def test_front_ends_share_one_batcher_with_the_in_process_answers(
 
     server.pids(2)
     images = crops(astronaut_rgb)
-    # 16 sockets: the kernel spreads them over both front-ends (all on one: p = 2^-15).
-    replies = asyncio.run(send_all(f"ws://127.0.0.1:{server.port}/ws", images, 16, 4))
-    assert len(replies) == 64
+    # 16 sockets: the kernel spreads them over both front-ends (all on one: p = 2^-15). Whether
+    # a batch catches faces of both depends on timing (the int8 model answers a batch in about
+    # a millisecond), so rounds of 16 x 4 go on until one does, at most 8 of them.
+    replies: list[tuple[int, dict[str, Any]]] = []
+    for _ in range(8):
+        replies += asyncio.run(send_all(f"ws://127.0.0.1:{server.port}/ws", images, 16, 4))
+        if mixed_batches(metrics(server.base)) > 0:
+            break
+    assert len(replies) % 64 == 0 and replies
 
     predictor = Predictor(DEFAULT_MODEL, device="cpu")  # the in-process path, same runtime
     size = predictor.input_size
@@ -182,12 +196,9 @@ def test_front_ends_share_one_batcher_with_the_in_process_answers(
         assert reply["timings_ms"]["inference"] > 0
 
     text = metrics(server.base)
-    count = float(re.search(r"^streamfer_batch_frontends_count (\S+)$", text, re.M).group(1))
-    single = float(re.search(r'^streamfer_batch_frontends_bucket\{le="1.0"\} (\S+)$', text,
-                             re.M).group(1))
     sizes = float(re.search(r"^streamfer_batch_size_sum (\S+)$", text, re.M).group(1))
-    assert sizes == 64  # every face went through the worker's batcher, once
-    assert count - single > 0, text  # some batches held faces from both front-ends
+    assert sizes == len(replies)  # every face went through the worker's batcher, once
+    assert mixed_batches(text) > 0, text  # some batches held faces from both front-ends
     assert max(r["batch"] for _, r in replies) > 1
 
 
