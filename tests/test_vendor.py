@@ -20,7 +20,7 @@ from streamfer.faces import FRAMING
 from streamfer.model import Predictor
 from streamfer.server import vendor
 from streamfer.server.app import init_app
-from streamfer.server.config import ServeConfig
+from streamfer.server.config import ServeConfig, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALLED = vendor.find(ROOT / "web")
@@ -36,6 +36,23 @@ def predictor(tiny_model_path: Path) -> Predictor:
 def config(tiny_model_path: Path, web_dir: Path) -> ServeConfig:
     return ServeConfig(model=tiny_model_path, host="127.0.0.1", port=0, device="cpu",
                        workers=1, web_dir=web_dir)
+
+
+@pytest.mark.skipif(INSTALLED is None, reason="web/node_modules not installed: "
+                    "`(cd web && npm ci)`")
+async def test_the_operator_picks_where_phones_run_the_network(
+        aiohttp_client: Any, predictor: Predictor, tiny_model_path: Path) -> None:
+    chosen = parse_config(["--page-inference", "webgl", "--model", str(tiny_model_path),
+                           "--web-dir", str(ROOT / "web"), "--device", "cpu"], env={})
+    assert chosen.page_inference == "webgl"
+    assert parse_config(["--model", str(tiny_model_path)],
+                        env={"STREAMFER_PAGE_INFERENCE": "webgl"}).page_inference == "webgl"
+    with pytest.raises(SystemExit):
+        parse_config(["--page-inference", "gpu"], env={})
+    client = await aiohttp_client(init_app(chosen, predictor))
+    async with client.ws_connect("/ws") as ws:
+        hello = await asyncio.wait_for(ws.receive_json(), BOUND_S)
+    assert hello["page_detector"]["inference"] == "webgl"
 
 
 @pytest.mark.skipif(INSTALLED is None, reason="web/node_modules not installed: "

@@ -104,7 +104,8 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None, *,
                               runtime=config.runtime, threads=config.threads)
     app = web.Application(client_max_size=config.max_request_bytes)
     app[STATE] = ServerState(config=config, predictor=predictor,
-                             page_detector=vendor.find(config.web_dir), worker=worker)
+                             page_detector=vendor.find(config.web_dir, config.page_inference),
+                             worker=worker)
     app.cleanup_ctx.append(_resources)
     app.on_shutdown.append(close_streams)
     app.on_response_prepare.append(_write_deadline)

@@ -16,6 +16,7 @@ from streamfer.contract import TTA_MODES
 from streamfer.model import DEVICES
 from streamfer.onnx_int8 import RUNTIMES
 from streamfer.paths import DEFAULT_MODEL, DEFAULT_WEB_DIR
+from streamfer.server.vendor import INFERENCE, INFERENCES
 
 TTA_CHOICES = TTA_MODES
 DETECTOR_CHOICES = ("auto", "blazeface", "haar")
@@ -99,6 +100,10 @@ class ServeConfig:
                                  "these then only decode, detect and crop (shared memory "
                                  "between them; the GPU machine's layout, docs/DEPLOY.md)")
     web_dir: Path = opt(DEFAULT_WEB_DIR, "the phone page's folder")
+    page_inference: str = opt(INFERENCE, "where phones run the in-page face detector's "
+                              "network: cpu (wasm SIMD; cheaper than webgl's draws and "
+                              "readback for so small a network, docs/BENCHMARKS.md 4b) or webgl "
+                              "(the phone's GPU)", INFERENCES)
     log_level: str = opt("INFO", "logging level (DEBUG, INFO, WARNING, ERROR)")
 
     def __post_init__(self) -> None:

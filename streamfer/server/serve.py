@@ -111,7 +111,8 @@ async def running(config: ServeConfig, *, reuse_port: bool = False,
                      pipe.detector.description if pipe else "?", " ".join(where),
                      " (self-signed certificate: accept it once in the browser)"
                      if config.https else "",
-                     f"in-page face detector {vendor.NAME} ({vendor.PACKAGE}@{page.version})"
+                     f"in-page face detector {vendor.NAME} ({vendor.PACKAGE}@{page.version}, "
+                     f"network on the phone's {page.inference})"
                      if page else vendor.MISSING)
             yield runner, where
         finally:

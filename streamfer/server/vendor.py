@@ -26,8 +26,10 @@ MODEL = "short"  # BlazeFace short range: faces within ~2 m, i.e. a selfie (docs
 # `useCpuInference` option, its default on iOS) or "webgl" (its default elsewhere). The tiny
 # 128x128 network costs more as WebGL draws and a GPU->CPU readback than as SIMD wasm: in
 # headless Chromium here (software WebGL) a median 14.6 against 93.8 ms a frame, same faces
-# found, same boxes (docs/BENCHMARKS.md section 4b).
-INFERENCE = "cpu"
+# found, same boxes (docs/BENCHMARKS.md section 4b). The operator picks with --page-inference
+# (a fleet of phones whose GPUs beat their CPUs may prefer webgl).
+INFERENCES = ("cpu", "webgl")
+INFERENCE = "cpu"  # the default
 # Served with these types; files of any other kind in the package are not served.
 CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
@@ -49,6 +51,7 @@ class VendorPackage:
     folder: Path
     version: str
     files: frozenset[str]
+    inference: str = INFERENCE  # where phones run the network (one of INFERENCES)
 
     @property
     def url(self) -> str:
@@ -58,11 +61,12 @@ class VendorPackage:
     def greeting(self) -> dict[str, Any]:
         """What the page needs to load it (the greeting's `page_detector`)."""
         return {"name": NAME, "base": self.url, "script": self.url + SCRIPT, "model": MODEL,
-                "inference": INFERENCE, "package": f"{PACKAGE}@{self.version}"}
+                "inference": self.inference, "package": f"{PACKAGE}@{self.version}"}
 
 
-def find(web_dir: Path) -> VendorPackage | None:
-    """The installed package under `web_dir`/node_modules, or None (not installed)."""
+def find(web_dir: Path, inference: str = INFERENCE) -> VendorPackage | None:
+    """The installed package under `web_dir`/node_modules, or None (not installed); phones
+    run its network where `inference` says (one of INFERENCES)."""
     folder = web_dir / "node_modules" / PACKAGE
     try:
         version = str(json.loads((folder / "package.json").read_text())["version"])
@@ -70,7 +74,7 @@ def find(web_dir: Path) -> VendorPackage | None:
                           if p.is_file() and p.suffix in CONTENT_TYPES)
     except (OSError, ValueError, KeyError):
         return None
-    return VendorPackage(folder, version, files) if SCRIPT in files else None
+    return VendorPackage(folder, version, files, inference) if SCRIPT in files else None
 
 
 def add_routes(app: web.Application, package: VendorPackage) -> None:
