@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.machine import cpu_model, machine_info
 from streamfer.cli import opt, parse
 from streamfer.faces import preprocess_faces
 from streamfer.model import Predictor
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     size = served.input_size
     rng = np.random.default_rng(0)
     result: dict = {"model": a.model.name, "tta": served.tta, "threads": a.threads,
-                    "cpu": _cpu_name(), "load_before": _load(), "ms_per_face": {},
+                    "cpu": cpu_model(), "load_before": machine_info()["loadavg_1m"],
+                    "ms_per_face": {},
                     "fused_over": {}, "accuracy": {}, "agreement_with_fused": {}}
     for n in [int(b) for b in a.batches.split(",")]:
         faces = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         result["fused_over"][str(n)] = {k: round(row[FUSED] / v, 2) for k, v in row.items()}
         print(f"batch {n:3d}: " + "  ".join(f"{k} {v:.2f} ms" for k, v in row.items())
               + f"  (fused / int8 = {row[FUSED] / row[INT8]:.2f}x)")
-    result["load_after"] = _load()
+    result["load_after"] = machine_info()["loadavg_1m"]
     if a.profile:
         result["int8_profile_us"] = profile(served, [int(b) for b in a.batches.split(",")],
                                             a.reps, a.threads)
@@ -234,23 +236,6 @@ def profile(served: Predictor, batches: list[int], reps: int, threads: int) -> d
             print(f"int8 profile, batch {n}: model run {row['model_run']:.0f} us; "
                   + ", ".join(f"{k} {v:.0f}" for k, v in list(row.items())[1:7]))
     return out
-
-
-def _load() -> float:
-    try:
-        return float(Path("/proc/loadavg").read_text().split()[0])
-    except OSError:
-        return float("nan")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":
