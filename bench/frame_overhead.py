@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shlex
 import statistics
 import sys
 import time
@@ -33,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.machine import describe, machine_info
-from bench.serverproc import ServerRunConfig, parse_cpus, running_server
+from bench.serverproc import ServerRunConfig, parse_cpus, running_server, variant_flags
 from streamfer.cli import opt, parse
 from streamfer.loadtest.cli import LoadTestConfig, run_once
 from streamfer.loadtest.frames import KINDS, load_frames
@@ -56,10 +54,7 @@ class OverheadConfig(ServerRunConfig):
     name: str = opt("frame_overhead", "results file stem")
 
     def servers(self) -> dict[str, tuple[str, ...]]:
-        if not self.variant:
-            return {"server defaults": ()}
-        return {label.strip(): tuple(shlex.split(args))
-                for label, _, args in (v.partition("=") for v in self.variant)}
+        return variant_flags(self.variant) if self.variant else {"server defaults": ()}
 
     def trees(self) -> dict[str, Path]:
         return {label.strip(): Path(d) for label, _, d in (t.partition("=") for t in self.tree)}
@@ -99,8 +94,8 @@ def inference_cpu_s(ws_url: str) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(OverheadConfig, argv, prog="python -m bench.frame_overhead",
                 description=__doc__.split("\n\n")[0])
-    info = machine_info()
-    print(f"{describe(info)}; {cfg.clients} clients x {cfg.fps:g} fps of {cfg.kind} for "
+    info, line = cfg.pin_client()  # honours --client-cpus like the other server benchmarks
+    print(f"{line}; {cfg.clients} clients x {cfg.fps:g} fps of {cfg.kind} for "
           f"{cfg.seconds:g} s, {cfg.repeats} runs each", flush=True)
     frames = load_frames(cfg.kind)
     servers, trees = cfg.servers(), cfg.trees()

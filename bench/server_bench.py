@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.serverproc import ServerRunConfig, parse_cpus, running_server
+from bench.serverproc import ServerRunConfig, parse_cpus, running_server, variant_flags
 from streamfer.cli import opt, parse
 from streamfer.loadtest.cli import LoadTestConfig, ramp, run_once
 from streamfer.loadtest.frames import KINDS, load_frames
@@ -54,10 +53,7 @@ class ServerBenchConfig(ServerRunConfig):
 
     def servers(self) -> dict[str, tuple[str, ...]]:
         """Label -> server flags of each server to ramp, in order."""
-        if not self.variant:
-            return dict(CONFIGS)
-        return {label.strip(): tuple(shlex.split(args))
-                for label, _, args in (v.partition("=") for v in self.variant)}
+        return variant_flags(self.variant) if self.variant else dict(CONFIGS)
 
 
 def parse_args(argv: list[str] | None = None) -> ServerBenchConfig:

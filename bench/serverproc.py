@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import ssl
@@ -55,6 +56,12 @@ class ServerRunConfig:
         info = machine_info()
         return info, (f"{describe(info)}; server cpus {self.server_cpus or 'any'}, "
                       f"load-test cpus {self.client_cpus or 'any'}")
+
+
+def variant_flags(variants: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """`--variant 'LABEL=--flag value ...'` values -> {LABEL: server flags}, in order."""
+    return {label.strip(): tuple(shlex.split(args))
+            for label, _, args in (v.partition("=") for v in variants)}
 
 
 def free_port() -> int:
