@@ -33,8 +33,9 @@ import pytest
 
 from bench.serverproc import free_port
 from streamfer.faces import decode_gray, resize_square
+from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
-from streamfer.server.config import DEFAULT_MODEL, ServeConfig
+from streamfer.server.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 60.0  # no single wait may take longer (a busy machine; not a timing)

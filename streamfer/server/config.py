@@ -133,6 +133,8 @@ class ServeConfig:
             problems.append("workers must be >= 1")
         if self.runtime not in RUNTIMES:
             problems.append(f"runtime must be one of {', '.join(RUNTIMES)}")
+        if self.page_inference not in INFERENCES:
+            problems.append(f"page_inference must be one of {', '.join(INFERENCES)}")
         if self.processes < 1:
             problems.append("processes must be >= 1")
         if (self.processes > 1 or self.inference_worker) and self.port == 0:
