@@ -100,6 +100,14 @@ def result(frame_id: int | None, body: dict[str, Any]) -> dict[str, Any]:
     return {"type": "result", "id": frame_id, **body}
 
 
+def closing() -> dict[str, Any]:
+    """Sent once when the server begins a graceful shutdown: send no more frames. Frames
+    already sent are still answered; then the server closes the socket (1001). Without it a
+    frame on the wire when the server's close frame goes out could get no reply at all: after
+    a close frame WebSocket allows no more messages (RFC 6455, 5.5.1)."""
+    return {"type": "closing"}
+
+
 def timings(**seconds: float) -> dict[str, float]:
     """Stage durations in seconds -> the reply's `timings_ms` (0.01 ms resolution)."""
     return {name: round(s * 1000.0, 2) for name, s in seconds.items()}

@@ -285,12 +285,16 @@ async def test_every_frame_sent_before_the_close_frame_gets_one_reply(
             ws = await session.ws_connect(srv.url)
             await asyncio.wait_for(ws.receive_json(), BOUND_S)
             closed_at: list[float] = []
+            notices: list[dict[str, Any]] = []
 
             async def reader() -> None:
                 async for msg in ws:
                     if msg.type is aiohttp.WSMsgType.TEXT:
                         r = msg.json()
-                        replies.setdefault(r["id"], []).append(r)
+                        if r["type"] == "closing":  # this client keeps sending regardless
+                            notices.append(r)
+                        else:
+                            replies.setdefault(r["id"], []).append(r)
                 closed_at.append(time.monotonic())
 
             async def send(fid: int, image: bytes, is_crop: bool) -> None:
@@ -319,6 +323,7 @@ async def test_every_frame_sent_before_the_close_frame_gets_one_reply(
                 await asyncio.sleep(0.005)
             await asyncio.wait_for(reading, BOUND_S)
             assert ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
+            assert notices == [{"type": "closing"}]  # said once, before the close frame
         code = srv.proc.wait(timeout=BOUND_S)
     assert code == 0
     close = closed_at[0]

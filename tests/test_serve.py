@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from cryptography import x509
 
+from streamfer import protocol
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
 from streamfer.server.config import ServeConfig, parse_config
@@ -151,6 +152,7 @@ async def test_the_command_serves_until_sigterm(tiny_model_path: Path,
                 await ws.send_bytes(pack_frame(1, crop_jpeg, is_crop=True))
                 assert (await asyncio.wait_for(ws.receive_json(), 30))["status"] == "ok"
                 proc.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(ws.receive_json(), 30) == protocol.closing()
                 msg = await asyncio.wait_for(ws.receive(), 30)
                 assert msg.type is aiohttp.WSMsgType.CLOSE
                 assert msg.data == aiohttp.WSCloseCode.GOING_AWAY

@@ -17,6 +17,7 @@ import torch
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from streamfer import protocol
 from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
@@ -339,7 +340,9 @@ async def test_graceful_shutdown_answers_frames_then_closes_1001(
             await asyncio.sleep(0.005)
         closing = asyncio.ensure_future(server.close())
         try:
-            replies = {r["id"]: r for r in [await recv(ws) for _ in range(2)]}
+            messages = [await recv(ws) for _ in range(3)]
+            assert [m for m in messages if m["type"] == "closing"] == [protocol.closing()]
+            replies = {r["id"]: r for r in messages if r["type"] == "result"}
             assert set(replies) == {1, 2}
             assert replies[1]["status"] == "ok"  # it was in flight: answered
             assert replies[2]["status"] in ("ok", "dropped")

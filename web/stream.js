@@ -122,6 +122,12 @@ export class StreamClient extends EventTarget {
       this._emit("hello", { hello: msg, limits: this.limits });
       return;
     }
+    if (msg.type === "closing") {
+      // The server is shutting down: send nothing more (canSend needs a greeting); it answers
+      // what was sent, closes, and the page reconnects as after any close.
+      this.hello = null;
+      return;
+    }
     if (msg.type !== "result") return;
     const pending = msg.id === null || msg.id === undefined ? undefined : this.inflight.get(msg.id);
     let rttMs = null;

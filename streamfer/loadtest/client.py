@@ -7,6 +7,9 @@ client). Every reply is matched to its frame by id; frames still unanswered a gr
 after the clock stops are "missing" -- the protocol promises one reply per frame, never
 silence, so any missing reply is a server bug.
 
+A server shutting down says so first (protocol.closing): the client then sends nothing more
+on that connection and waits for the replies to what it sent.
+
 With `reconnect`, a connection the server side loses (a replica killed behind a load
 balancer, say) is opened again, as the page does: the frames it left unanswered are counted
 as lost on the disconnect -- reported, not missing -- and the clock goes on.
@@ -113,6 +116,7 @@ class Client:
         self.total = 0  # frame slots in the run
         self.slot = 0  # next slot on the clock
         self.frame_id = 0  # next frame id (ids stay unique across reconnects)
+        self.server_closing = False  # this connection's server sent its closing notice
 
     async def connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         """Open the socket and read the greeting (which sets the send window)."""
@@ -137,6 +141,9 @@ class Client:
     def _on_reply(self, reply: dict, now: float) -> None:
         fid = reply.get("id")
         status = reply.get("status")
+        if reply.get("type") == "closing":  # the server is shutting down: send no more
+            self.server_closing = True
+            return
         if reply.get("type") != "result":
             self.log.protocol[f"unexpected message type {reply.get('type')!r}"] += 1
             return
@@ -196,7 +203,7 @@ class Client:
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.wait({reader}, timeout=delay)
-            if reader.done() or ws.closed:
+            if reader.done() or ws.closed or self.server_closing:
                 return False
             # A client that fell whole periods behind its clock skips the slots it missed
             # instead of bursting to catch up (a camera does not queue frames).
@@ -257,16 +264,19 @@ class Client:
         self.start = start
         self.total = max(1, round(self.load.seconds * self.load.fps))
         while True:
+            self.server_closing = False
             reader = asyncio.create_task(self._read(ws))
             try:
                 finished = await self._send(ws, reader)
-                if finished:
+                if finished or self.server_closing:  # a closing server answers what was sent
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self.drained.wait(), self.load.grace)
-                elif self.load.reconnect and self.slot < self.total:
-                    # Give replies already on the wire a moment, then write off the rest.
+                if not finished and self.load.reconnect and self.slot < self.total:
+                    # Give replies already on the wire a moment (a closing server closes
+                    # once it has answered), then write off the rest.
                     with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(reader, 0.5)
+                        await asyncio.wait_for(
+                            reader, self.load.grace if self.server_closing else 0.5)
             finally:
                 lost = ws.closed or reader.done()
                 written_off = self.load.reconnect and lost

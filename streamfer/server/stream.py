@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 
 CLOSE_FRAME_S = 1.0  # at shutdown: a client that does not take the close frame by then is cut
+# At shutdown, after the closing notice: how long no frame may have arrived before the close
+# frame goes out (frames the client sent before it read the notice land within a round trip).
+CROSSING_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class FrameStream:
         self._worker: asyncio.Task[None] | None = None
         self._pong = asyncio.Event()
         self._parked = asyncio.Event()  # set while serve() waits for a message, none queued
+        self._read_at = 0.0  # time.monotonic() of the last message read
         self._shut_down = False
 
     async def send_hello(self, hello: dict[str, Any]) -> bool:
@@ -97,7 +101,7 @@ class FrameStream:
                     self._parked.clear()
                 if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                     break
-                received = time.monotonic()
+                received = self._read_at = time.monotonic()
                 if msg.type is WSMsgType.PING:
                     await self._write(self.ws.pong(msg.data), "pong")
                 elif msg.type is WSMsgType.PONG:
@@ -199,13 +203,17 @@ class FrameStream:
         await self._write(self.ws.send_json(protocol.result(frame_id, body)), "reply")
 
     async def shut_down(self, timeout: float) -> None:
-        """Server shutdown: answer the waiting frame, let the one in flight finish, answer
-        every frame read meanwhile (dropped/shutting_down), then close 1001. The caller
-        bounds the whole (see app.close_streams); a client that does not read is cut."""
+        """Server shutdown: tell the client (protocol.closing: send no more), answer the
+        waiting frame, let the one in flight finish, answer every frame read meanwhile
+        (dropped/shutting_down), then close 1001. The caller bounds the whole (see
+        app.close_streams); a client that does not read is cut."""
         if self._shut_down:
             return
         self._shut_down = True
         self.closing = True
+        noticed = time.monotonic()
+        if not self.ws.closed and self.cut_reason is None:
+            await self._write(self.ws.send_json(protocol.closing()), "closing notice")
         waiting = self.gate.take_waiting()
         if waiting is not None:
             await self._send(waiting.frame_id, protocol.dropped(protocol.SHUTTING_DOWN))
@@ -214,14 +222,20 @@ class FrameStream:
                 await asyncio.wait_for(asyncio.shield(self._worker), timeout)
             except asyncio.TimeoutError:
                 log.warning("a frame was still in flight after %.1f s of shutdown", timeout)
-        # Close only once the reader has answered everything it has read: it is parked on
-        # an empty queue (close() synchronously marks the socket closed, so a frame read
-        # after that could no longer be answered).
-        loop = asyncio.get_running_loop()
-        until = loop.time() + min(1.0, timeout)
-        while not self._parked.is_set() and loop.time() < until and not self.ws.closed:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._parked.wait(), until - loop.time())
+        # Close only once the reader has answered everything it has read (it is parked on
+        # an empty queue: close() synchronously marks the socket closed, so a frame read after
+        # that could no longer be answered) and no frame has come for CROSSING_S since the
+        # notice (frames the client sent before reading it).
+        until = time.monotonic() + min(1.0, timeout)
+        while not self.ws.closed and (now := time.monotonic()) < until:
+            if not self._parked.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._parked.wait(), until - now)
+                continue
+            quiet_at = max(noticed, self._read_at) + CROSSING_S
+            if now >= quiet_at:
+                break
+            await asyncio.sleep(min(quiet_at, until) - now)
         if not self.ws.closed and self.cut_reason is None:  # a reading client takes it at once
             await self._write(self.ws.close(code=WSCloseCode.GOING_AWAY,
                                             message=b"server shutting down"), "close frame",
