@@ -7,8 +7,9 @@ Starts `python -m streamfer.serve` (shipped model, CPU) once per `--detectors` e
 free loopback port, posts every photo as a user would (multipart `image`), and scores the
 largest face's `top` against the folder's label. webfaces-dev is evaluation only: one number
 per configuration, nothing chosen on it. Protocol: the paper's five classes (angry->anger,
-happy->happiness, neutral, sad->sadness, surprise); a photo where the server finds no face
-counts as wrong (it is what a user gets); balanced accuracy = mean per-class recall; also the
+happy->happiness, neutral, sad->sadness, surprise); a photo where the server finds no face,
+or which it refuses (an error reply; its code and file are listed under "errors"), counts as
+wrong (it is what a user gets); balanced accuracy = mean per-class recall; also the
 share of photos with a face, and balanced accuracy over those photos only.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
@@ -40,8 +42,11 @@ def post(url: str, data: bytes) -> dict:
         f"\r\n--{boundary}--\r\n".encode()
     req = urllib.request.Request(url, body, {"Content-Type":
                                              f"multipart/form-data; boundary={boundary}"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read())
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as e:  # an error reply (e.g. 400 unreadable image) is JSON too
+        return json.loads(e.read())
 
 
 def score(rows: list[tuple[str, str | None]]) -> dict:
@@ -81,12 +86,14 @@ def main(argv: list[str] | None = None) -> None:
         with running_server(Path(args.model), ["--device", "cpu", "--detector", det],
                             log_path=Path(f"/tmp/webfaces_e2e_{det}.log")) as server:
             url = server.url.replace("ws://", "http://").replace("/ws", "/api/predict")
-            rows, t0 = [], time.time()
+            rows, t0, errors = [], time.time(), {}
             for path in tqdm(paths, desc=det, mininterval=5):
                 reply = post(url, path.read_bytes())
                 rows.append((LABELS[path.parent.name],
                              reply.get("top") if reply.get("status") == "ok" else None))
-            result["detectors"][det] = {**score(rows), "face_detector":
+                if reply.get("status") == "error":  # counted as wrong, as a user gets it
+                    errors.setdefault(reply.get("code", "?"), []).append(str(path))
+            result["detectors"][det] = {**score(rows), "errors": errors, "face_detector":
                                         server.health.get("face_detector"),
                                         "seconds": time.time() - t0}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

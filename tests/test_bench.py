@@ -126,3 +126,28 @@ def test_frame_overhead_splits_server_cpu_into_model_and_the_rest(tiny_model_pat
             r["server_cpu_ms_per_frame"] - r["model_cpu_ms_per_frame"], abs=1e-6)
     assert set(rows["one at a time"]["runs"][0]["batch_counts"]) == {"1"}
     assert "outside" in proc.stdout
+
+
+def test_webfaces_e2e_scores_every_photo_and_lists_the_refused(tiny_model_path: Path,
+                                                               tmp_path: Path) -> None:
+    """Each photo goes through the real server's /api/predict; a file the server refuses (a
+    WebP named .jpg, as webfaces-dev holds one) counts as wrong and is listed, not a crash."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for folder in ("angry", "happy", "neutral", "sad", "surprise"):
+        (tmp_path / "web" / folder).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "web" / folder / "Someone_1.jpg"),
+                    rng.integers(0, 256, (120, 100, 3), np.uint8))
+    ok, webp = cv2.imencode(".webp", rng.integers(0, 256, (64, 64, 3), np.uint8))
+    assert ok
+    (tmp_path / "web" / "sad" / "not_a_jpeg.jpg").write_bytes(webp.tobytes())
+    out = tmp_path / "e2e.json"
+    bench("webfaces_e2e.py", "--model", str(tiny_model_path), "--data", str(tmp_path / "web"),
+          "--detectors", "haar", "--out", str(out))
+    r = json.loads(out.read_text())["detectors"]["haar"]
+    assert r["photos"] == 6 and set(r["per_class_recall"]) == {
+        "anger", "happiness", "neutral", "sadness", "surprise"}
+    assert [Path(p).name for p in r["errors"]["bad_image"]] == ["not_a_jpeg.jpg"]
+    assert r["with_face"] <= 5 / 6

@@ -229,3 +229,55 @@ def test_soft_targets_train_toward_the_vote_distribution(tmp_path: Path) -> None
     entropy = -(0.7 / 0.9 * np.log(0.7 / 0.9) + 0.2 / 0.9 * np.log(0.2 / 0.9))
     assert runs["soft"]["history"]["train_loss"][-1] > 0.9 * entropy
     assert runs["majority"]["history"]["train_loss"][-1] < runs["soft"]["history"]["train_loss"][-1]
+
+
+def test_distillation_targets_are_the_teachers_served_ensemble(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--teacher: the cached targets are the geometric mean of what each teacher answers as
+    the server runs it (its own preprocessing), on the student's classes; a student trained at
+    weight 1 cannot fit below the targets' entropy; adjusted or class-lacking teachers are
+    refused."""
+    from streamfer.model import Predictor
+    from training import data as D
+    from training import distill
+    from training.export import reexport
+
+    write_ferplus_tree(tmp_path / "ferplus")
+    common = ["--data", "ferplus", "--data-root", str(tmp_path / "ferplus"), "--augment",
+              "none", "--net", "paper", "--batch", "8", "--lr", "0.01"]
+    teachers = []
+    for i, (classes, prep) in enumerate([("happiness,sadness", "none"),
+                                         ("sadness,neutral,happiness", "equalize-hist")]):
+        teachers.append(tmp_path / f"t{i}.pt")
+        fit.main([*common, "--classes", classes, "--preprocess", prep, "--epochs", "1",
+                  "--seed", str(i), "--out", str(tmp_path / f"t{i}"), "--export",
+                  str(teachers[-1])])
+    student = fit.main([*common, "--classes", "happiness,sadness", "--epochs", "3",
+                        "--dropout", "0", "--teacher", ",".join(map(str, teachers)),
+                        "--teacher-weight", "1", "--out", str(tmp_path / "s"), "--export",
+                        str(tmp_path / "s.pt")])
+    train = D.load_ferplus(tmp_path / "ferplus", "train", ("happiness", "sadness"), "soft")
+    probs = []
+    for t in teachers:
+        p = Predictor(t, device="cpu", runtime="torchscript")
+        out = p.forward(train.images)[:, [p.classes.index("happiness"), p.classes.index("sadness")]]
+        probs.append(out / out.sum(1, keepdims=True))
+    expected = np.exp(np.mean(np.log(probs), 0))
+    expected /= expected.sum(1, keepdims=True)
+    cached = distill.ensemble_targets(teachers, train.images, ("happiness", "sadness"),
+                                      tmp_path / "s" / "teachers")  # as the run stored them
+    assert len(list((tmp_path / "s" / "teachers").glob("teacher-*.npy"))) == 2
+    np.testing.assert_allclose(cached, expected, rtol=1e-4, atol=1e-5)
+    entropy = float(-(expected * np.log(expected)).sum(1).mean())
+    assert student["history"]["train_loss"][-1] >= entropy - 1e-4
+    meta = json.loads((tmp_path / "s.json").read_text())
+    assert "distilled from" in meta["train_data"]
+    with pytest.raises(ValueError, match="no output for"):
+        distill.ensemble_targets([teachers[0]], train.images, ("happiness", "neutral"))
+    adjusted = reexport(teachers[0], tmp_path / "adj.pt",
+                        {"tau": 1.0, "prior": {"happiness": 0.7, "sadness": 0.3}})
+    with pytest.raises(ValueError, match="logit-adjusted"):
+        distill.ensemble_targets([adjusted], train.images, ("happiness", "sadness"))
+    with pytest.raises(SystemExit):
+        fit.main([*common, "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")])
+    assert "--teacher: no such model file" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     python -m training.evaluate fer2013  --model models/ferplus-5class.pt  # PublicTest
     python -m training.evaluate ferplus  --model models/ferplus-5class.pt  # FER+ valid
     python -m training.evaluate webfaces --model models/ferplus-5class.pt  # web photos
+    python -m training.evaluate ckplus   --model models/ferplus-5class.pt  # CK+48, zero-shot
     python -m training.evaluate agreement    # FER2013's labels vs the FER+ majority, PublicTest
 
 Every face goes through streamfer's own path: the server's decoder, `streamfer.faces.prepare`
@@ -29,22 +30,26 @@ from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_MODEL
 from training import data as D
 from training.cli import opt, parse_config
+from training.distill import geometric_mean
 
 log = logging.getLogger("training.evaluate")
 
-SETS = ("fer2013", "ferplus", "webfaces", "agreement")
+SETS = ("fer2013", "ferplus", "webfaces", "ckplus", "agreement")
 
 
 @dataclass
 class EvalConfig:
     set: str = opt("fer2013", "fer2013: PublicTest with FER2013's labels; ferplus: FER+ valid, "
                    "majority protocol; webfaces: webfaces-dev whole photos (balanced accuracy); "
+                   "ckplus: every CK+48 peak frame of the model's classes, zero-shot; "
                    "agreement: FER2013's labels vs the FER+ majority on PublicTest", SETS)
     model: str = opt(str(DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[1])),
-                     "exported TorchScript model (default: the server's)")
+                     "exported TorchScript model (default: the server's); a comma list scores "
+                     "their ensemble as training.distill combines teachers (geometric mean)")
     classes: str = opt("", "score these classes (paper5, fer7, fer8, a list); default: the "
                        "model's own")
-    datasets: str = opt("../shared/datasets", "folder holding fer2013/, ferplus/, webfaces-dev/")
+    datasets: str = opt("../shared/datasets", "folder holding fer2013/, ferplus/, webfaces-dev/, "
+                        "CK+48/")
     tta: str = opt("", "test-time views (default: the model's own default, as the server)")
     threads: int = opt(1, "torch threads (1: one core, as the server's inference thread)")
     out: str = opt("", "also write the result here as JSON")
@@ -75,7 +80,28 @@ def scores(true: np.ndarray, pred: np.ndarray, classes: tuple[str, ...]) -> dict
             "confusion": confusion.tolist()}
 
 
-def model_faces(predictor: Predictor, faces: D.FaceSet) -> np.ndarray:
+class Ensemble:
+    """Several served models as one: each runs as the server runs it (its own preprocessing
+    and views), and their probabilities over the first model's classes are combined by
+    `training.distill`'s rule, the normalised geometric mean. For scoring a distillation
+    teacher; the server runs one model."""
+
+    def __init__(self, members: list[Predictor]) -> None:
+        self.members = members
+        self.classes = [c for c in members[0].classes if all(c in m.classes for m in members)]
+        self.input_size = members[0].input_size
+        self.tta = "+".join(sorted({m.tta for m in members}))
+        self.preprocess = "+".join(sorted({m.preprocess for m in members}))
+
+    def forward(self, faces: np.ndarray) -> np.ndarray:
+        answers = []
+        for m in self.members:
+            p = m.forward(faces)[:, [m.classes.index(c) for c in self.classes]]
+            answers.append(p / p.sum(1, keepdims=True))
+        return geometric_mean(answers)
+
+
+def model_faces(predictor: Predictor | Ensemble, faces: D.FaceSet) -> np.ndarray:
     """Predicted class index per face (model's class order mapped onto `faces.classes`)."""
     columns = [predictor.classes.index(c) for c in faces.classes]
     preds = []
@@ -161,13 +187,18 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.set == "agreement":
         result = agreement(cfg)
     else:
-        predictor = Predictor(cfg.model, device="cpu", tta=cfg.tta or None)
+        paths = [p.strip() for p in cfg.model.split(",") if p.strip()]
+        predictors = [Predictor(p, device="cpu", tta=cfg.tta or None) for p in paths]
+        predictor = predictors[0] if len(predictors) == 1 else Ensemble(predictors)
         classes = D.resolve_classes(cfg.classes) if cfg.classes else tuple(predictor.classes)
         lacking = [c for c in classes if c not in predictor.classes]
         if lacking:
             raise SystemExit(f"{cfg.model} has no output for {lacking}: it predicts "
                              f"{predictor.classes}")
         root = Path(cfg.datasets)
+        if cfg.set == "ckplus":  # CK+48 has no neutral: score the classes it shares
+            have = {D.canonical(p.name) for p in (root / "CK+48").iterdir() if p.is_dir()}
+            classes = tuple(c for c in classes if c in have)
         if cfg.set == "fer2013":
             faces = D.load_fer2013(root / "fer2013", "test", classes)
             protocol = "FER2013 PublicTest (fer2013/test), FER2013's original labels"
@@ -175,6 +206,11 @@ def main(argv: list[str] | None = None) -> dict:
             faces = D.load_ferplus(root / "ferplus", "valid", classes, "majority")
             protocol = ("FER+ valid (= PublicTest), majority: images with one class over half "
                         "of all votes, that class in the chosen set")
+        elif cfg.set == "ckplus":
+            faces = D.load_ckplus(root / "CK+48", classes)
+            protocol = ("CK+48, every peak frame of the classes the model shares with it "
+                        "(no neutral), the model alone, never trained on CK+: zero-shot on "
+                        "posed faces of 118 subjects; the arg-max over those classes")
         else:
             faces = load_photos(root / "webfaces-dev", classes, predictor.input_size)
             protocol = ("webfaces-dev, each whole photo sent as a client crop (gray, resized), "

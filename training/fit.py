@@ -35,6 +35,7 @@ from streamfer.model import DEVICES
 from training import data as D
 from training.augment import AUGMENT_MODES, CAMERA_GROUPS, CameraAugment, camera_views, random_views
 from training.cli import opt, parse_config
+from training.distill import ensemble_targets, parse_teachers
 from training.export import Deployed, export
 from training.network import PRESETS, FERNet, count_parameters, preset
 from training.report import save_confusion, save_curves
@@ -69,6 +70,11 @@ class FitConfig:
     weight_decay: float = opt(5e-4, "L2 weight decay (the paper's)")
     warmup: float = opt(1.0, "epochs of linear learning-rate warm-up before the cosine decay")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing (0: the paper's loss)")
+    teacher: str = opt("", "distil: a comma list of exported, unadjusted models whose "
+                       "ensemble (geometric mean, each run as served on the clean training "
+                       "face) joins the training targets (training/distill.py)")
+    teacher_weight: float = opt(0.5, "with --teacher, the ensemble's share of each target; "
+                                "the rest is --labels")
     augment: str = opt("paper10", "training views: the paper's five crops x mirror, any shift "
                        "x mirror, the centre crop only, or camera-like views (training/"
                        "augment.py: CameraAugment)", AUGMENT_MODES)
@@ -108,6 +114,13 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
                 CameraAugment.without(cfg.camera_off)
             except ValueError as e:
                 return f"--camera-off: {e}"
+        if not 0 <= cfg.teacher_weight <= 1:
+            return f"--teacher-weight {cfg.teacher_weight} must be between 0 and 1"
+        if cfg.teacher:
+            try:
+                parse_teachers(cfg.teacher)
+            except FileNotFoundError as e:
+                return str(e)
         return D.classes_problem(cfg.classes)
 
     return parse_config(FitConfig, argv, program="training.fit", doc=__doc__, check=check)
@@ -238,6 +251,10 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
     # Targets are distributions: FER+'s vote shares (--labels soft), else one-hot labels.
     targets = torch.from_numpy(train.soft if train.soft is not None else
                                np.eye(len(train.classes), dtype=np.float32)[train.labels])
+    if cfg.teacher:
+        taught = ensemble_targets(parse_teachers(cfg.teacher), train.images, train.classes,
+                                  out / "teachers" if rank == 0 else None)
+        targets = (1 - cfg.teacher_weight) * targets + cfg.teacher_weight * torch.from_numpy(taught)
     val_images = None if val is None else preprocess_faces(val.images, cfg.preprocess)
     per_rank = cfg.batch // world  # the paper's batch of 128 is the global batch
     steps = len(train) // cfg.batch or 1
@@ -439,7 +456,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "preprocess": cfg.preprocess,
                     "network": deployed.net.cfg.to_dict(), "params": metrics["params"],
                     "train_data": f"{cfg.data}:{cfg.data_root} ({len(train)} images"
-                                  + (f", {cfg.labels} labels)" if cfg.data == "ferplus" else ")"),
+                                  + (f", {cfg.labels} labels" if cfg.data == "ferplus" else "")
+                                  + (f", distilled from {cfg.teacher} at weight "
+                                     f"{cfg.teacher_weight:g})" if cfg.teacher else ")"),
                     "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
                     "command": cfg.command,
                 })
