@@ -23,7 +23,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from streamfer.model import Predictor
 
@@ -49,9 +48,14 @@ def teacher_probs(path: Path, images: np.ndarray, classes: tuple[str, ...],
     if lacking:
         raise ValueError(f"--teacher {path} has no output for {lacking}: it predicts "
                          f"{predictor.classes}")
-    columns = [predictor.classes.index(c) for c in classes]
-    out = np.concatenate([predictor.forward(images[i:i + batch])[:, columns]
-                          for i in range(0, len(images), batch)])
+    return np.concatenate([answers_over(predictor, images[i:i + batch], classes)
+                           for i in range(0, len(images), batch)])
+
+
+def answers_over(predictor: Predictor, faces: np.ndarray,
+                 classes: tuple[str, ...] | list[str]) -> np.ndarray:
+    """A served model's probabilities for `faces` on `classes` only (by name), renormalised."""
+    out = predictor.forward(faces)[:, [predictor.classes.index(c) for c in classes]]
     return out / out.sum(1, keepdims=True)
 
 
@@ -79,9 +83,7 @@ def ensemble_targets(paths: list[Path], images: np.ndarray, classes: tuple[str, 
             probs = np.load(stored)
             log.info("teacher %s: answers from %s", path, stored)
         else:
-            threads = torch.get_num_threads()  # loading a model must not change it
             probs = teacher_probs(path, images, classes)
-            torch.set_num_threads(threads)
             log.info("teacher %s: %d faces", path, len(probs))
             if stored is not None:  # atomically: another run may share the folder
                 stored.parent.mkdir(parents=True, exist_ok=True)

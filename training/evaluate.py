@@ -30,7 +30,7 @@ from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_MODEL
 from training import data as D
 from training.cli import opt, parse_config
-from training.distill import geometric_mean
+from training.distill import answers_over, geometric_mean
 
 log = logging.getLogger("training.evaluate")
 
@@ -94,11 +94,7 @@ class Ensemble:
         self.preprocess = "+".join(sorted({m.preprocess for m in members}))
 
     def forward(self, faces: np.ndarray) -> np.ndarray:
-        answers = []
-        for m in self.members:
-            p = m.forward(faces)[:, [m.classes.index(c) for c in self.classes]]
-            answers.append(p / p.sum(1, keepdims=True))
-        return geometric_mean(answers)
+        return geometric_mean([answers_over(m, faces, self.classes) for m in self.members])
 
 
 def model_faces(predictor: Predictor | Ensemble, faces: D.FaceSet) -> np.ndarray:
