@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.augment import corner_offsets, random_views
+from training.augment import corner_offsets, mixup, random_views
 from training.export import Deployed
 from training.network import FERNet, NetConfig
 
@@ -88,3 +88,24 @@ def test_camera_views_equalise_after_the_degradations() -> None:
     assert any(torch.equal(eq[0], expect[0, :, y:y + 44, x:x + 44])
                for y, x in corner_offsets(48, 44))
     assert eq.max() > 200  # a dark face spread over the whole range
+
+
+def test_mixup_blends_each_face_and_its_target_with_the_same_partner_and_weight() -> None:
+    """Face k is a flat image of value 10k labelled class k: after mixup, every pixel of face k
+    must equal the target-weighted sum of 10 x class, so images and targets share one weight
+    and one partner per face."""
+    n = 8
+    x = (torch.arange(n, dtype=torch.float32) * 10)[:, None, None, None].expand(n, 1, 4, 4)
+    t = torch.eye(n)
+    assert mixup(x, t, 0.0, torch.Generator().manual_seed(0))[0] is x  # off
+    weights = []
+    for seed in range(6):
+        mx, mt = mixup(x, t, 0.4, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(mt.sum(1), torch.ones(n))
+        expect = (mt * torch.arange(n) * 10).sum(1)
+        torch.testing.assert_close(mx[:, 0, 0, 0], expect)
+        assert torch.all(mx == mx[:, :, :1, :1])  # still flat: one weight per image
+        weights.append(float(mt.max(1).values.min()))
+        again = mixup(x, t, 0.4, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(again[0], mx)  # the generator decides it all
+    assert len({round(w, 4) for w in weights}) > 1  # the weight is drawn, not fixed

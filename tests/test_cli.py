@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from streamfer.cli import opt
-from training import baseline, fit, framing
+from training import baseline, fit, framing, tradeoff
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = [(fit, fit.FitConfig), (baseline, baseline.BaselineConfig),
-            (framing, framing.FramingConfig)]
+            (framing, framing.FramingConfig), (tradeoff, tradeoff.TradeoffConfig)]
 
 
 @pytest.mark.parametrize(("module", "config"), PROGRAMS, ids=lambda p: getattr(p, "__name__", ""))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from training import data as D
 from training import evaluate as E
@@ -115,3 +116,35 @@ def test_a_comma_list_scores_the_ensemble_as_distillation_combines_teachers(
     faces = np.random.default_rng(3).integers(0, 256, (4, 48, 48), np.uint8)
     np.testing.assert_allclose(E.Ensemble([p, p]).forward(faces), p.forward(faces),
                                rtol=1e-4, atol=1e-6)
+
+
+def test_tradeoff_scans_tau_through_the_served_model_and_draws_the_bars(
+        tmp_path: Path, tiny_model_path: Path) -> None:
+    """At tau 0 the scan scores what training.evaluate scores; with FER+ train holding no
+    surprise vote, any tau > 0 lifts surprise by tau x 13.8 nats, so the untrained model
+    then answers surprise for every face: FER+ accuracy 0, web balanced accuracy 1/5."""
+    import json
+
+    from training import tradeoff
+
+    write_sets(tmp_path)
+    (tmp_path / "ferplus" / "train").mkdir()
+    (tmp_path / "ferplus" / "train" / "label.csv").write_text(
+        (tmp_path / "ferplus" / "valid" / "label.csv").read_text())
+    out = tmp_path / "fig" / "tradeoff.png"
+    m = str(tiny_model_path)
+    r = tradeoff.main(["--models", f"{m},{m}+{m}", "--names", "one,pair", "--taus", "0,1",
+                       "--datasets", str(tmp_path), "--out", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(out.with_suffix(".json").read_text())["curves"] == r["curves"]
+    for name in ("one", "pair"):
+        at0, at1 = r["curves"][name]
+        for s in ("ferplus", "webfaces", "fer2013"):
+            e = E.main([s, "--model", m, "--datasets", str(tmp_path)])
+            assert at0[s]["accuracy"] == e["accuracy"]
+            assert at0[s]["balanced_accuracy"] == e["balanced_accuracy"]
+        assert at1["ferplus"]["accuracy"] == 0.0
+        assert at1["webfaces"]["balanced_accuracy"] == 0.2
+        assert at1["webfaces"]["recall"]["surprise"] == 1.0
+    with pytest.raises(SystemExit):
+        tradeoff.parse_args(["--models", m, "--names", "a,b"])

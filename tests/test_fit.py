@@ -231,6 +231,24 @@ def test_soft_targets_train_toward_the_vote_distribution(tmp_path: Path) -> None
     assert runs["majority"]["history"]["train_loss"][-1] < runs["soft"]["history"]["train_loss"][-1]
 
 
+def test_mixup_trains_toward_blended_targets(tmp_path: Path) -> None:
+    """With one-hot targets a network can drive its loss towards zero; mixup's blended
+    targets have entropy, so the same run with --mixup must end at a higher training loss,
+    and a negative --mixup is refused."""
+    write_ferplus_tree(tmp_path / "ferplus")
+    losses = {}
+    for alpha in ("0", "1"):
+        run = fit.main(["--data", "ferplus", "--data-root", str(tmp_path / "ferplus"),
+                        "--classes", "happiness,sadness", "--labels", "majority",
+                        "--augment", "none", "--net", "paper", "--epochs", "3", "--batch", "8",
+                        "--lr", "0.01", "--dropout", "0", "--mixup", alpha,
+                        "--out", str(tmp_path / f"mix{alpha}")])
+        losses[alpha] = run["history"]["train_loss"][-1]
+    assert losses["1"] > losses["0"] + 0.05
+    with pytest.raises(SystemExit):
+        fit.parse_args(["--mixup", "-0.2"])
+
+
 def test_distillation_targets_are_the_teachers_served_ensemble(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--teacher: the cached targets are the geometric mean of what each teacher answers as

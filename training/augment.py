@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -226,3 +227,18 @@ def camera_views(images: torch.Tensor, crop: int, aug: CameraAugment,
     if "erase" in g:
         x = _erase(x, aug, generator)
     return x
+
+
+def mixup(x: torch.Tensor, target: torch.Tensor, alpha: float,
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al., ICLR 2018): blend the batch with a shuffled copy of itself, the
+    images and the target distributions alike, at one weight lam ~ Beta(alpha, alpha) per
+    batch. It trains the network to answer in proportion between faces, a regulariser for
+    noisy labels; alpha <= 0 returns the batch unchanged."""
+    if alpha <= 0:
+        return x, target
+    # Beta draws come from numpy, seeded from the epoch's generator so runs repeat exactly.
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    return lam * x + (1 - lam) * x[perm], lam * target + (1 - lam) * target[perm]

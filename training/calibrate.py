@@ -62,14 +62,21 @@ def parse_args(argv: list[str] | None = None) -> CalibrateConfig:
                         check=check)
 
 
+def training_prior(data_root: str | Path, classes: tuple[str, ...],
+                   labels: str) -> tuple[dict[str, float], int]:
+    """The mean training target over FER+ train under a label protocol: the class prior the
+    network absorbed, which logit adjustment divides out. Also the number of images."""
+    _, votes = D.read_ferplus_votes(Path(data_root) / "train" / "label.csv")
+    _, _, soft = D.ferplus_targets(votes, classes, labels)
+    return {c: float(p) for c, p in zip(classes, soft.mean(0), strict=True)}, len(soft)
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(cfg.threads)
     classes = tuple(Predictor(cfg.model, device="cpu", optimize=False).classes)
-    _, votes = D.read_ferplus_votes(Path(cfg.data_root) / "train" / "label.csv")
-    _, _, soft = D.ferplus_targets(votes, classes, cfg.labels)
-    prior = {c: float(p) for c, p in zip(classes, soft.mean(0), strict=True)}
+    prior, prior_images = training_prior(cfg.data_root, classes, cfg.labels)
     val = D.load_ferplus(cfg.data_root, "valid", classes, "majority")
     scan: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     reexport(cfg.model, cfg.out, adjust)
     result = {"model": cfg.out, "tau": float(best), "prior": prior, "scan": scan,
               "val_images": len(val), "class_counts_val": val.counts(),
-              "train_prior_images": len(soft), "command": cfg.command}
+              "train_prior_images": prior_images, "command": cfg.command}
     print(json.dumps({k: v for k, v in result.items() if k != "scan"}, indent=2))
     return result
 

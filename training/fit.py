@@ -33,7 +33,14 @@ from streamfer.contract import TTA_MODES
 from streamfer.faces import PREPROCESS_MODES, preprocess_faces
 from streamfer.model import DEVICES
 from training import data as D
-from training.augment import AUGMENT_MODES, CAMERA_GROUPS, CameraAugment, camera_views, random_views
+from training.augment import (
+    AUGMENT_MODES,
+    CAMERA_GROUPS,
+    CameraAugment,
+    camera_views,
+    mixup,
+    random_views,
+)
 from training.cli import opt, parse_config
 from training.distill import ensemble_targets, parse_teachers
 from training.export import Deployed, export
@@ -70,6 +77,8 @@ class FitConfig:
     weight_decay: float = opt(5e-4, "L2 weight decay (the paper's)")
     warmup: float = opt(1.0, "epochs of linear learning-rate warm-up before the cosine decay")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing (0: the paper's loss)")
+    mixup: float = opt(0.0, "mixup's Beta(a, a) parameter: blend each batch with a shuffled "
+                       "copy, images and targets alike (training/augment.py: mixup; 0: off)")
     teacher: str = opt("", "distil: a comma list of exported, unadjusted models whose "
                        "ensemble (geometric mean, each run as served on the clean training "
                        "face) joins the training targets (training/distill.py)")
@@ -116,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
                 return f"--camera-off: {e}"
         if not 0 <= cfg.teacher_weight <= 1:
             return f"--teacher-weight {cfg.teacher_weight} must be between 0 and 1"
+        if cfg.mixup < 0:
+            return f"--mixup {cfg.mixup} must be >= 0 (0: off)"
         if cfg.teacher:
             try:
                 parse_teachers(cfg.teacher)
@@ -296,6 +307,7 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
             target = targets[idx].to(device)
             if cfg.label_smoothing:
                 target = target * (1 - cfg.label_smoothing) + cfg.label_smoothing / target.shape[1]
+            x, target = mixup(x, target, cfg.mixup, gen)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, epoch * steps + step, steps)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

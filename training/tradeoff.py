@@ -1,0 +1,176 @@
+"""What logit adjustment trades: FER+ valid accuracy against web-photo balanced accuracy.
+
+    python -m training.tradeoff --models runs/a/model.pt,runs/b/model.pt+runs/c/model.pt \\
+        --out docs/figures/tau-tradeoff.png
+
+FER+ valid is a third neutral; webfaces-dev is balanced. Subtracting tau x log(training prior)
+from a model's logits (`training.calibrate`) moves answers from the common classes to the rare
+ones: plain FER+ accuracy falls while the balanced accuracy on web photos rises, up to a
+point. This scans tau for each model (a "+" joins models into an ensemble, combined as
+`training.evaluate` does), each run exactly as the server runs it, and draws one curve per
+model against the issue's two bars. It explains a choice; it does not make one: the shipped
+tau is chosen on FER+ valid alone (`training.calibrate`), and webfaces-dev stays evaluation
+only. Also scores FER2013 PublicTest (original labels), the third bar tau moves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamfer.model import Predictor
+from training import data as D
+from training.calibrate import training_prior
+from training.cli import opt, parse_config
+from training.evaluate import Ensemble, load_photos, model_faces, scores
+from training.export import reexport
+
+log = logging.getLogger("training.tradeoff")
+
+# The issue's bars, drawn on the figure.
+FERPLUS_BAR, WEB_BAR = 0.90, 0.70
+
+
+@dataclass
+class TradeoffConfig:
+    models: str = opt("", "comma list of exported, unadjusted models; a+b is their ensemble")
+    names: str = opt("", "comma list of legend names (default: each file's folder)")
+    taus: str = opt("0,0.25,0.5,0.75,1,1.25,1.5", "tau values to scan, a comma list")
+    labels: str = opt("soft", "the label protocol the models were trained with (their prior "
+                      "is its mean training target on FER+ train)", D.LABEL_MODES)
+    datasets: str = opt("../shared/datasets", "folder holding ferplus/, fer2013/, webfaces-dev/")
+    threads: int = opt(1, "torch threads")
+    out: str = opt("docs/figures/tau-tradeoff.png", "the figure; its figures go beside it "
+                   "as .json")
+
+
+def parse_args(argv: list[str] | None = None) -> TradeoffConfig:
+    def check(cfg: TradeoffConfig) -> str | None:
+        specs = [s for s in cfg.models.split(",") if s.strip()]
+        if not specs:
+            return "--models: at least one exported model is needed"
+        for spec in specs:
+            for p in spec.split("+"):
+                if not Path(p.strip()).is_file():
+                    return f"--models: no such file {p.strip()!r}"
+        if cfg.names and len(cfg.names.split(",")) != len(specs):
+            return f"--names: {len(cfg.names.split(','))} names for {len(specs)} models"
+        try:
+            [float(t) for t in cfg.taus.split(",")]
+        except ValueError:
+            return f"--taus {cfg.taus!r}: expected numbers, e.g. 0,0.5,1"
+        return None
+
+    return parse_config(TradeoffConfig, argv, program="training.tradeoff", doc=__doc__,
+                        check=check)
+
+
+def adjusted(paths: list[Path], tau: float, prior: dict[str, float],
+             tmp: Path) -> Predictor | Ensemble:
+    """The model (or ensemble) with every member's output bias shifted by tau x log prior."""
+    members = []
+    for i, path in enumerate(paths):
+        target = tmp / f"m{i}-tau{tau:g}.pt"
+        reexport(path, target, {"tau": tau, "prior": prior})
+        members.append(Predictor(target, device="cpu"))
+    return members[0] if len(members) == 1 else Ensemble(members)
+
+
+def scan(paths: list[Path], taus: list[float], sets: dict[str, D.FaceSet],
+         labels: str, ferplus_root: Path) -> list[dict]:
+    """One row per tau: accuracy, balanced accuracy and lowest recall on each set."""
+    classes = tuple(Predictor(paths[0], device="cpu", optimize=False).classes)
+    prior, _ = training_prior(ferplus_root, classes, labels)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for tau in taus:
+            model = adjusted(paths, tau, prior, Path(tmp))
+            row: dict = {"tau": tau}
+            for name, faces in sets.items():
+                s = scores(faces.labels, model_faces(model, faces), faces.classes)
+                row[name] = {"accuracy": s["accuracy"], "balanced_accuracy":
+                             s["balanced_accuracy"], "min_recall": min(s["recall"].values()),
+                             "recall": s["recall"]}
+            log.info("%s tau %g: FER+ %.4f, web balanced %.4f (min %.2f), FER2013 %.4f",
+                     "+".join(p.parent.name for p in paths), tau, row["ferplus"]["accuracy"],
+                     row["webfaces"]["balanced_accuracy"], row["webfaces"]["min_recall"],
+                     row["fer2013"]["accuracy"])
+            rows.append(row)
+    return rows
+
+
+def plot(curves: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    for name, rows in curves.items():
+        x = [100 * r["ferplus"]["accuracy"] for r in rows]
+        y = [100 * r["webfaces"]["balanced_accuracy"] for r in rows]
+        line, = ax.plot(x, y, "o-", label=name)
+        for r, xi, yi in zip(rows, x, y, strict=True):
+            ax.annotate(f"{r['tau']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color=line.get_color())
+    ax.axvline(100 * FERPLUS_BAR, ls="--", c="gray")
+    ax.axhline(100 * WEB_BAR, ls="--", c="gray")
+    ax.fill_between([100 * FERPLUS_BAR, 100], 100 * WEB_BAR, 100, color="green", alpha=0.08,
+                    label="both bars met")
+    xs = [100 * r["ferplus"]["accuracy"] for rows in curves.values() for r in rows]
+    ys = [100 * r["webfaces"]["balanced_accuracy"] for rows in curves.values() for r in rows]
+    ax.set_xlim(min(xs) - 1, max(max(xs), 100 * FERPLUS_BAR) + 1)
+    ax.set_ylim(min(ys) - 1, max(max(ys), 100 * WEB_BAR) + 1)
+    ax.set_xlabel("FER+ valid, 5 classes, majority: accuracy (%)")
+    ax.set_ylabel("webfaces-dev, whole photos: balanced accuracy (%)")
+    ax.set_title("Logit adjustment: each point one tau (labels), as served")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    specs = [[Path(p.strip()) for p in s.split("+")] for s in cfg.models.split(",") if s.strip()]
+    names = ([n.strip() for n in cfg.names.split(",")] if cfg.names else
+             ["+".join(p.parent.name for p in spec) for spec in specs])
+    taus = [float(t) for t in cfg.taus.split(",")]
+    root = Path(cfg.datasets)
+    curves: dict[str, list[dict]] = {}
+    loaded: dict[tuple, dict[str, D.FaceSet]] = {}
+    for name, spec in zip(names, specs, strict=True):
+        first = Predictor(spec[0], device="cpu", optimize=False)
+        key = (tuple(first.classes), first.input_size)
+        if key not in loaded:  # the sets, once per class list
+            classes = key[0]
+            loaded[key] = {
+                "ferplus": D.load_ferplus(root / "ferplus", "valid", classes, "majority"),
+                "webfaces": load_photos(root / "webfaces-dev", classes, first.input_size),
+                "fer2013": D.load_fer2013(root / "fer2013", "test", classes)}
+        curves[name] = scan(spec, taus, loaded[key], cfg.labels, root / "ferplus")
+    out = Path(cfg.out)
+    plot(curves, out)
+    result = {"models": dict(zip(names, [[str(p) for p in s] for s in specs], strict=True)),
+              "protocol": "FER+ valid majority (accuracy), webfaces-dev whole photos "
+                          "(balanced accuracy, evaluation only), FER2013 PublicTest original "
+                          "labels; every model run through streamfer.model.Predictor with "
+                          "its output bias shifted by tau x log(FER+ train prior)",
+              "bars": {"ferplus_accuracy": FERPLUS_BAR, "webfaces_balanced": WEB_BAR},
+              "curves": curves, "command": cfg.command}
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    log.info("wrote %s and %s", out, out.with_suffix(".json"))
+    return result
+
+
+if __name__ == "__main__":
+    main()
