@@ -52,14 +52,31 @@ def parse_args(argv: list[str] | None = None) -> CalibrateConfig:
     def check(cfg: CalibrateConfig) -> str | None:
         if not cfg.model or not cfg.out:
             return "a model and --out are needed"
-        try:
-            [float(t) for t in cfg.taus.split(",")]
-        except ValueError:
-            return f"--taus {cfg.taus!r}: expected numbers, e.g. 0,0.5,1"
-        return None
+        return taus_problem(cfg.taus)
 
     return parse_config(CalibrateConfig, args, program="training.calibrate", doc=__doc__,
                         check=check)
+
+
+def parse_taus(spec: str) -> list[float]:
+    """A comma list of tau values, e.g. "0,0.5,1"."""
+    return [float(t) for t in spec.split(",")]
+
+
+def taus_problem(spec: str) -> str | None:
+    """Why a --taus value cannot be read, or None."""
+    try:
+        parse_taus(spec)
+    except ValueError:
+        return f"--taus {spec!r}: expected numbers, e.g. 0,0.5,1"
+    return None
+
+
+def with_tau(model: str | Path, tau: float, prior: dict[str, float], target: Path) -> Predictor:
+    """The exported model with its output bias shifted by tau x log(prior), written to
+    `target` and loaded as the server would run it."""
+    reexport(model, target, {"tau": tau, "prior": prior})
+    return Predictor(target, device="cpu")
 
 
 def training_prior(data_root: str | Path, classes: tuple[str, ...],
@@ -80,10 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     val = D.load_ferplus(cfg.data_root, "valid", classes, "majority")
     scan: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for tau in [float(t) for t in cfg.taus.split(",")]:
-            path = Path(tmp) / f"tau{tau:g}.pt"
-            reexport(cfg.model, path, {"tau": tau, "prior": prior})
-            s = scores(val.labels, model_faces(Predictor(path, device="cpu"), val), classes)
+        for tau in parse_taus(cfg.taus):
+            model = with_tau(cfg.model, tau, prior, Path(tmp) / f"tau{tau:g}.pt")
+            s = scores(val.labels, model_faces(model, val), classes)
             scan[f"{tau:g}"] = {"accuracy": s["accuracy"],
                                 "balanced_accuracy": s["balanced_accuracy"],
                                 "recall": s["recall"]}

@@ -23,10 +23,9 @@ from pathlib import Path
 
 from streamfer.model import Predictor
 from training import data as D
-from training.calibrate import training_prior
+from training.calibrate import parse_taus, taus_problem, training_prior, with_tau
 from training.cli import opt, parse_config
 from training.evaluate import Ensemble, load_photos, model_faces, scores
-from training.export import reexport
 
 log = logging.getLogger("training.tradeoff")
 
@@ -47,22 +46,22 @@ class TradeoffConfig:
                    "as .json")
 
 
+def model_specs(text: str) -> list[list[Path]]:
+    """--models: one list of files per curve (a+b: an ensemble)."""
+    return [[Path(p.strip()) for p in s.split("+")] for s in text.split(",") if s.strip()]
+
+
 def parse_args(argv: list[str] | None = None) -> TradeoffConfig:
     def check(cfg: TradeoffConfig) -> str | None:
-        specs = [s for s in cfg.models.split(",") if s.strip()]
+        specs = model_specs(cfg.models)
         if not specs:
             return "--models: at least one exported model is needed"
-        for spec in specs:
-            for p in spec.split("+"):
-                if not Path(p.strip()).is_file():
-                    return f"--models: no such file {p.strip()!r}"
+        missing = [str(p) for spec in specs for p in spec if not p.is_file()]
+        if missing:
+            return f"--models: no such file {missing[0]!r}"
         if cfg.names and len(cfg.names.split(",")) != len(specs):
             return f"--names: {len(cfg.names.split(','))} names for {len(specs)} models"
-        try:
-            [float(t) for t in cfg.taus.split(",")]
-        except ValueError:
-            return f"--taus {cfg.taus!r}: expected numbers, e.g. 0,0.5,1"
-        return None
+        return taus_problem(cfg.taus)
 
     return parse_config(TradeoffConfig, argv, program="training.tradeoff", doc=__doc__,
                         check=check)
@@ -71,18 +70,14 @@ def parse_args(argv: list[str] | None = None) -> TradeoffConfig:
 def adjusted(paths: list[Path], tau: float, prior: dict[str, float],
              tmp: Path) -> Predictor | Ensemble:
     """The model (or ensemble) with every member's output bias shifted by tau x log prior."""
-    members = []
-    for i, path in enumerate(paths):
-        target = tmp / f"m{i}-tau{tau:g}.pt"
-        reexport(path, target, {"tau": tau, "prior": prior})
-        members.append(Predictor(target, device="cpu"))
+    members = [with_tau(path, tau, prior, tmp / f"m{i}-tau{tau:g}.pt")
+               for i, path in enumerate(paths)]
     return members[0] if len(members) == 1 else Ensemble(members)
 
 
-def scan(paths: list[Path], taus: list[float], sets: dict[str, D.FaceSet],
-         labels: str, ferplus_root: Path) -> list[dict]:
+def scan(paths: list[Path], classes: tuple[str, ...], taus: list[float],
+         sets: dict[str, D.FaceSet], labels: str, ferplus_root: Path) -> list[dict]:
     """One row per tau: accuracy, balanced accuracy and lowest recall on each set."""
-    classes = tuple(Predictor(paths[0], device="cpu", optimize=False).classes)
     prior, _ = training_prior(ferplus_root, classes, labels)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,23 +136,23 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(cfg.threads)
-    specs = [[Path(p.strip()) for p in s.split("+")] for s in cfg.models.split(",") if s.strip()]
+    specs = model_specs(cfg.models)
     names = ([n.strip() for n in cfg.names.split(",")] if cfg.names else
              ["+".join(p.parent.name for p in spec) for spec in specs])
-    taus = [float(t) for t in cfg.taus.split(",")]
+    taus = parse_taus(cfg.taus)
     root = Path(cfg.datasets)
     curves: dict[str, list[dict]] = {}
     loaded: dict[tuple, dict[str, D.FaceSet]] = {}
     for name, spec in zip(names, specs, strict=True):
         first = Predictor(spec[0], device="cpu", optimize=False)
-        key = (tuple(first.classes), first.input_size)
+        classes = tuple(first.classes)
+        key = (classes, first.input_size)
         if key not in loaded:  # the sets, once per class list
-            classes = key[0]
             loaded[key] = {
                 "ferplus": D.load_ferplus(root / "ferplus", "valid", classes, "majority"),
                 "webfaces": load_photos(root / "webfaces-dev", classes, first.input_size),
                 "fer2013": D.load_fer2013(root / "fer2013", "test", classes)}
-        curves[name] = scan(spec, taus, loaded[key], cfg.labels, root / "ferplus")
+        curves[name] = scan(spec, classes, taus, loaded[key], cfg.labels, root / "ferplus")
     out = Path(cfg.out)
     plot(curves, out)
     result = {"models": dict(zip(names, [[str(p) for p in s] for s in specs], strict=True)),
