@@ -118,6 +118,23 @@ def test_a_comma_list_scores_the_ensemble_as_distillation_combines_teachers(
                                rtol=1e-4, atol=1e-6)
 
 
+def test_tradeoff_bars_each_flip_at_the_issues_threshold() -> None:
+    from training import tradeoff
+
+    def row(fp: float, web: float, low: float, fer: float) -> dict:
+        return {"ferplus": {"accuracy": fp}, "fer2013": {"accuracy": fer},
+                "webfaces": {"balanced_accuracy": web, "min_recall": low}}
+
+    assert all(tradeoff.bars_met(row(0.90, 0.70, 0.45, 0.70)).values())
+    below = {"ferplus_accuracy": row(0.899, 0.70, 0.45, 0.70),
+             "webfaces_balanced": row(0.90, 0.699, 0.45, 0.70),
+             "webfaces_min_recall": row(0.90, 0.70, 0.449, 0.70),
+             "fer2013_accuracy": row(0.90, 0.70, 0.45, 0.699)}
+    for bar, r in below.items():
+        met = tradeoff.bars_met(r)
+        assert [k for k, v in met.items() if not v] == [bar]
+
+
 def test_tradeoff_scans_tau_through_the_served_model_and_draws_the_bars(
         tmp_path: Path, tiny_model_path: Path) -> None:
     """At tau 0 the scan scores what training.evaluate scores; with FER+ train holding no
@@ -146,5 +163,7 @@ def test_tradeoff_scans_tau_through_the_served_model_and_draws_the_bars(
         assert at1["ferplus"]["accuracy"] == 0.0
         assert at1["webfaces"]["balanced_accuracy"] == 0.2
         assert at1["webfaces"]["recall"]["surprise"] == 1.0
+        assert at1["bars_met"]["ferplus_accuracy"] is False
+        assert at1["bars_met"]["webfaces_min_recall"] is False
     with pytest.raises(SystemExit):
         tradeoff.parse_args(["--models", m, "--names", "a,b"])

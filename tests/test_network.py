@@ -67,7 +67,7 @@ def test_paper_geometry(crop: int, side: int) -> None:
     assert rows[4][1] == f"32x{side}x{side}"
 
 
-@pytest.mark.parametrize("name", ["paper", "paper-bn", "deep"])
+@pytest.mark.parametrize("name", ["paper", "paper-bn", "deep", "wide"])
 def test_presets_script_and_agree(name: str) -> None:
     net = FERNet(preset(name, classes=7)).eval()
     scripted = torch.jit.script(net)
