@@ -30,17 +30,19 @@ from training.evaluate import Ensemble, load_photos, model_faces, scores
 
 log = logging.getLogger("training.tradeoff")
 
-# The issue's bars: the first two are the figure's axes; a point that misses either of the
-# other two (some web class recalled below 0.45, or FER2013 below 70%) is drawn hollow.
-FERPLUS_BAR, WEB_BAR, WEB_MIN_RECALL_BAR, FER2013_BAR = 0.90, 0.70, 0.45, 0.70
+# The issue's bars, each (set, figure, threshold): the first two are the figure's axes; a
+# point that misses either of the other two is drawn hollow.
+BARS: dict[str, tuple[str, str, float]] = {
+    "ferplus_accuracy": ("ferplus", "accuracy", 0.90),
+    "webfaces_balanced": ("webfaces", "balanced_accuracy", 0.70),
+    "webfaces_min_recall": ("webfaces", "min_recall", 0.45),
+    "fer2013_accuracy": ("fer2013", "accuracy", 0.70),
+}
 
 
 def bars_met(row: dict) -> dict[str, bool]:
     """Which of the issue's four bars one scanned tau meets (a row of `scan`)."""
-    return {"ferplus_accuracy": row["ferplus"]["accuracy"] >= FERPLUS_BAR,
-            "webfaces_balanced": row["webfaces"]["balanced_accuracy"] >= WEB_BAR,
-            "webfaces_min_recall": row["webfaces"]["min_recall"] >= WEB_MIN_RECALL_BAR,
-            "fer2013_accuracy": row["fer2013"]["accuracy"] >= FER2013_BAR}
+    return {bar: row[s][figure] >= threshold for bar, (s, figure, threshold) in BARS.items()}
 
 
 @dataclass
@@ -120,23 +122,24 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
         y = [100 * r["webfaces"]["balanced_accuracy"] for r in rows]
         line, = ax.plot(x, y, "-", label=name)
         for r, xi, yi in zip(rows, x, y, strict=True):
-            met = bars_met(r)
+            met = r["bars_met"]
             full = met["webfaces_min_recall"] and met["fer2013_accuracy"]
             ax.plot(xi, yi, "o", color=line.get_color(),
                     markerfacecolor=line.get_color() if full else "white")
             ax.annotate(f"{r['tau']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=line.get_color())
-    ax.axvline(100 * FERPLUS_BAR, ls="--", c="gray")
-    ax.axhline(100 * WEB_BAR, ls="--", c="gray")
-    ax.fill_between([100 * FERPLUS_BAR, 100], 100 * WEB_BAR, 100, color="green", alpha=0.08,
+    fer_bar, web_bar = 100 * BARS["ferplus_accuracy"][2], 100 * BARS["webfaces_balanced"][2]
+    ax.axvline(fer_bar, ls="--", c="gray")
+    ax.axhline(web_bar, ls="--", c="gray")
+    ax.fill_between([fer_bar, 100], web_bar, 100, color="green", alpha=0.08,
                     label="FER+ and web bars met")
     ax.plot([], [], "o", color="gray", markerfacecolor="white",
-            label=f"hollow: a web class below {WEB_MIN_RECALL_BAR:g} recall or FER2013 "
-                  f"below {100 * FER2013_BAR:g}%")
+            label=f"hollow: a web class below {BARS['webfaces_min_recall'][2]:g} recall or "
+                  f"FER2013 below {100 * BARS['fer2013_accuracy'][2]:g}%")
     xs = [100 * r["ferplus"]["accuracy"] for rows in curves.values() for r in rows]
     ys = [100 * r["webfaces"]["balanced_accuracy"] for rows in curves.values() for r in rows]
-    ax.set_xlim(min(xs) - 1, max(max(xs), 100 * FERPLUS_BAR) + 1)
-    ax.set_ylim(min(ys) - 1, max(max(ys), 100 * WEB_BAR) + 1)
+    ax.set_xlim(min(xs) - 1, max(max(xs), fer_bar) + 1)
+    ax.set_ylim(min(ys) - 1, max(max(ys), web_bar) + 1)
     ax.set_xlabel("FER+ valid, 5 classes, majority: accuracy (%)")
     ax.set_ylabel("webfaces-dev, whole photos: balanced accuracy (%)")
     ax.set_title("Logit adjustment: each point one tau (labels), as served")
@@ -178,8 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
                           "(balanced accuracy, evaluation only), FER2013 PublicTest original "
                           "labels; every model run through streamfer.model.Predictor with "
                           "its output bias shifted by tau x log(FER+ train prior)",
-              "bars": {"ferplus_accuracy": FERPLUS_BAR, "webfaces_balanced": WEB_BAR,
-                       "webfaces_min_recall": WEB_MIN_RECALL_BAR, "fer2013_accuracy": FER2013_BAR},
+              "bars": {bar: threshold for bar, (_, _, threshold) in BARS.items()},
               "curves": curves, "command": cfg.command}
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     log.info("wrote %s and %s", out, out.with_suffix(".json"))
