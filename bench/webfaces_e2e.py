@@ -15,7 +15,9 @@ share of photos with a face, and balanced accuracy over those photos only.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -80,8 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     paths = sorted(p for p in Path(args.data).glob("*/*.jpg") if p.parent.name in LABELS)
     if args.limit:
         paths = paths[:: max(1, len(paths) // args.limit)][: args.limit]
-    result = {"data": args.data, "model": args.model, "protocol": __doc__.split("\n\n")[2],
-              "detectors": {}}
+    model = Path(args.model)
+    result = {"data": args.data, "model": os.path.relpath(model),
+              "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+              "protocol": __doc__.split("\n\n")[2], "detectors": {}}
     for det in args.detectors:
         with running_server(Path(args.model), ["--device", "cpu", "--detector", det],
                             log_path=Path(f"/tmp/webfaces_e2e_{det}.log")) as server:
