@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from streamfer.faces import equalize_faces
 from training import data as D
 from training import evaluate as E
 
@@ -167,3 +168,35 @@ def test_tradeoff_scans_tau_through_the_served_model_and_draws_the_bars(
         assert at1["bars_met"]["webfaces_min_recall"] is False
     with pytest.raises(SystemExit):
         tradeoff.parse_args(["--models", m, "--names", "a,b"])
+
+
+def test_pairing_by_pixels_finds_twins_across_encodings_and_drops_strangers() -> None:
+    rng = np.random.default_rng(1)
+    b = (rng.random((6, 48, 48)) * 90 + 30).astype(np.uint8)
+    jpeg = cv2.imdecode(cv2.imencode(".jpg", cv2.equalizeHist(b[3]),
+                                     [cv2.IMWRITE_JPEG_QUALITY, 80])[1], cv2.IMREAD_GRAYSCALE)
+    a = np.stack([jpeg, b[0], rng.integers(0, 256, (48, 48), np.uint8)])
+    for block in (1, 2048):  # blockwise or whole, the same pairs
+        idx, rows, corr = D.pair_by_pixels(a, equalize_faces(b), block=block)
+        assert idx.tolist() == [0, 1] and rows.tolist() == [3, 0] and (corr >= 0.95).all()
+
+
+def test_fer2013_labels_join_the_crowd_votes_of_their_twins(tmp_path: Path) -> None:
+    write_sets(tmp_path)
+    root = tmp_path / "ferplus"
+    plain = D.load_ferplus(root, "valid", "paper5", "soft")
+    voted = D.load_ferplus(root, "valid", "paper5", "soft", fer2013_weight=2)
+    assert [Path(p).name for p in voted.paths] == [Path(p).name for p in plain.paths]
+    cls = {c: i for i, c in enumerate(voted.classes)}
+    sad = [Path(p).name for p in voted.paths].index("fer0000001.png")  # FER2013: sad
+    # the crowd's 8 neutral + 2 sad, and FER2013's sad as two more votes
+    np.testing.assert_allclose(plain.soft[sad][[cls["neutral"], cls["sadness"]]], [0.8, 0.2])
+    np.testing.assert_allclose(voted.soft[sad][[cls["neutral"], cls["sadness"]]],
+                               [8 / 12, 4 / 12], rtol=1e-6)
+    angry = [Path(p).name for p in voted.paths].index("fer0000002.png")  # a 3-3-3 tie
+    assert voted.classes[voted.labels[angry]] == "anger"
+    np.testing.assert_allclose(voted.soft[angry][cls["anger"]], 5 / 11, rtol=1e-6)
+    # the majority protocol sees the same votes: neutral keeps the sad face (8 of 12)
+    majority = D.load_ferplus(root, "valid", "paper5", "majority", fer2013_weight=2)
+    names = [Path(p).name for p in majority.paths]
+    assert majority.classes[majority.labels[names.index("fer0000001.png")]] == "neutral"

@@ -299,3 +299,15 @@ def test_distillation_targets_are_the_teachers_served_ensemble(
     with pytest.raises(SystemExit):
         fit.main([*common, "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")])
     assert "--teacher: no such model file" in capsys.readouterr().err
+
+
+def test_fer2013_votes_need_ferplus_faces(capsys: pytest.CaptureFixture[str]) -> None:
+    """--fer2013-votes adds FER2013's label to FER+ votes (tests/test_evaluate.py pairs and
+    counts them); on any other data, or below 0, it is refused with the reason."""
+    assert fit.parse_args(["--data", "ferplus", "--fer2013-votes", "2"]).fer2013_votes == 2
+    with pytest.raises(SystemExit):
+        fit.parse_args(["--data", "fer2013", "--fer2013-votes", "2"])
+    assert "it needs --data ferplus" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fit.parse_args(["--data", "ferplus", "--fer2013-votes", "-1"])
+    assert "must be >= 0" in capsys.readouterr().err

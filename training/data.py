@@ -11,6 +11,7 @@ to canonical names is CANONICAL below.
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from streamfer.faces import BadImage, load_gray
+from streamfer.faces import BadImage, equalize_faces, load_gray
+
+log = logging.getLogger("training.data")
 
 CANONICAL: dict[str, str] = {
     "angry": "anger", "anger": "anger",
@@ -240,12 +243,57 @@ def ferplus_targets(votes: np.ndarray, classes: Sequence[str] | str = PAPER5,
     return keep, y.astype(np.int64), soft
 
 
+def pair_by_pixels(a: np.ndarray, b: np.ndarray, threshold: float = 0.95,
+                   block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair each face of `a` with the face of `b` it correlates with best (Pearson, over
+    pixels), for two copies of one image set stored under different names and encodings.
+    Pairs below `threshold` are dropped (a true twin correlates at about 0.998; FER2013 holds a
+    few near-duplicates, which may pair with either copy). Blockwise, so memory stays at
+    `block` x len(b) floats. Returns (a indices, b indices, their correlations)."""
+    def unit(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(len(x), -1).astype(np.float32)
+        x = x - x.mean(1, keepdims=True)
+        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-6)
+
+    ub = unit(b).T
+    best, top = [], []
+    for i in range(0, len(a), block):
+        corr = unit(a[i:i + block]) @ ub
+        best.append(corr.argmax(1))
+        top.append(corr.max(1))
+    best_all, top_all = np.concatenate(best), np.concatenate(top)
+    ok = np.flatnonzero(top_all >= threshold)
+    return ok, best_all[ok], top_all[ok]
+
+
+def fer2013_votes(fer_root: str | Path, split: str, names: Sequence[str],
+                  plus_folder: str | Path) -> tuple[np.ndarray, dict]:
+    """FER2013's own label on each FER+ image, as a one-hot row in FERPLUS_COLUMNS order
+    (all zeros where no fer2013/ image pairs with it; where near-duplicates pair two fer2013/
+    images with one FER+ image, one of their labels), and the pairing's figures.
+
+    fer2013/ and ferplus/ hold the same faces under other names, fer2013/'s histogram-equalised
+    as JPEGs: FER+'s raw PNGs are equalised and paired by pixels (`pair_by_pixels`)."""
+    fer = load_fer2013(fer_root, split, FER7)
+    plus = equalize_faces(np.stack([load_gray(Path(plus_folder) / n) for n in names]))
+    idx, rows, corr = pair_by_pixels(fer.images, plus)
+    onehot = np.zeros((len(names), len(FERPLUS_COLUMNS)), np.int64)
+    onehot[rows, [FERPLUS_COLUMNS.index(FER7[k]) for k in fer.labels[idx]]] = 1
+    return onehot, {"fer2013_images": len(fer), "matched": len(idx),
+                    "ferplus_labelled": int(onehot.sum()),
+                    "correlation_median": float(np.median(corr)) if len(corr) else 0.0}
+
+
 def load_ferplus(root: str | Path, split: str = "train", classes: Sequence[str] | str = PAPER5,
-                 labels: str = "majority") -> FaceSet:
+                 labels: str = "majority", fer2013_weight: int = 0,
+                 fer2013_root: str | Path | None = None) -> FaceSet:
     """FER+ (root/train, root/valid: FER2013's raw pixels as PNG + label.csv of ten votes).
 
     `labels`: see LABEL_MODES; images the protocol leaves out are not loaded. The images are
     FER2013's original pixels, not histogram-equalised like the fer2013/ folder's.
+    `fer2013_weight` N > 0 counts FER2013's original label on each face as N more votes beside
+    the crowd's ten (`fer2013_votes`, from `fer2013_root`, default root/../fer2013): the two
+    label sets disagree on about a third of the faces, and this lets a network learn where.
     """
     if split not in ("train", "valid"):
         raise ValueError("FER+ split is 'train' (FER2013 Training) or 'valid' (PublicTest)")
@@ -253,6 +301,12 @@ def load_ferplus(root: str | Path, split: str = "train", classes: Sequence[str] 
     if not (folder / "label.csv").is_file():
         raise FileNotFoundError(f"no FER+ label.csv in {folder}")
     names, votes = read_ferplus_votes(folder / "label.csv")
+    if fer2013_weight:
+        fer_root = Path(fer2013_root) if fer2013_root else Path(root).parent / "fer2013"
+        extra, stats = fer2013_votes(fer_root, "train" if split == "train" else "test", names,
+                                     folder)
+        log.info("FER2013 labels as %d votes: %s", fer2013_weight, stats)
+        votes = votes + fer2013_weight * extra
     keep, y, soft = ferplus_targets(votes, classes, labels)
     if not len(keep):
         raise ValueError(f"{folder}: no image passes the {labels!r} protocol for {classes}")

@@ -134,17 +134,9 @@ def match_ferplus(fer: D.FaceSet, plus_root: Path) -> tuple[np.ndarray, np.ndarr
     may pair with either copy). Returns (fer index, FER+ row index into label.csv, stats)."""
     names, _ = D.read_ferplus_votes(plus_root / "label.csv")
     plus = equalize_faces(np.stack([load_gray(plus_root / n) for n in names]))
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        x = x.reshape(len(x), -1).astype(np.float32)
-        x = x - x.mean(1, keepdims=True)
-        return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-6)
-
-    corr = unit(fer.images) @ unit(plus).T
-    best, top = corr.argmax(1), corr.max(1)
-    ok = top >= 0.95
-    return np.flatnonzero(ok), best[ok], {"fer2013_images": len(fer), "matched": int(ok.sum()),
-                                          "correlation_median": float(np.median(top[ok]))}
+    idx, rows, corr = D.pair_by_pixels(fer.images, plus)
+    return idx, rows, {"fer2013_images": len(fer), "matched": len(idx),
+                       "correlation_median": float(np.median(corr))}
 
 
 def agreement(cfg: EvalConfig) -> dict:

@@ -60,6 +60,9 @@ class FitConfig:
     labels: str = opt("soft", "FER+ training targets: the crowd's vote distribution over the "
                       "classes, or the majority class only (validation is always majority)",
                       D.LABEL_MODES)
+    fer2013_votes: int = opt(0, "--data ferplus: count FER2013's original label on each "
+                             "training face as this many votes beside the crowd's ten (faces "
+                             "paired by pixels with fer2013/train beside --data-root; 0: off)")
     preprocess: str = opt("none", "what every face goes through before the network, at "
                           "training and (from the model's metadata) at serving: none, or "
                           "per-face histogram equalisation as fer2013/'s images have",
@@ -127,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
             return f"--teacher-weight {cfg.teacher_weight} must be between 0 and 1"
         if cfg.mixup < 0:
             return f"--mixup {cfg.mixup} must be >= 0 (0: off)"
+        if cfg.fer2013_votes < 0:
+            return f"--fer2013-votes {cfg.fer2013_votes} must be >= 0 (0: off)"
+        if cfg.fer2013_votes and cfg.data != "ferplus":
+            return "--fer2013-votes adds votes to FER+ faces: it needs --data ferplus"
         if cfg.teacher:
             try:
                 parse_teachers(cfg.teacher)
@@ -147,7 +154,7 @@ def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
         return (D.load_fer2013_csv(cfg.data_root, "Training", classes),
                 D.load_fer2013_csv(cfg.data_root, "PublicTest", classes))
     if cfg.data == "ferplus":
-        return (D.load_ferplus(cfg.data_root, "train", classes, cfg.labels),
+        return (D.load_ferplus(cfg.data_root, "train", classes, cfg.labels, cfg.fer2013_votes),
                 D.load_ferplus(cfg.data_root, "valid", classes, "majority"))
     if cfg.data == "ckplus":
         return D.load_ckplus(cfg.data_root, classes), None
