@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
               "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
               "protocol": __doc__.split("\n\n")[2], "detectors": {}}
     for det in args.detectors:
-        with running_server(Path(args.model), ["--device", "cpu", "--detector", det],
+        with running_server(model, ["--device", "cpu", "--detector", det],
                             log_path=Path(f"/tmp/webfaces_e2e_{det}.log")) as server:
             url = server.url.replace("ws://", "http://").replace("/ws", "/api/predict")
             rows, t0, errors = [], time.time(), {}

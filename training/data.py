@@ -266,33 +266,39 @@ def pair_by_pixels(a: np.ndarray, b: np.ndarray, threshold: float = 0.95,
     return ok, best_all[ok], top_all[ok]
 
 
+def pair_with_ferplus(fer: FaceSet, plus_folder: str | Path,
+                      names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Pair fer2013/ images with their FER+ twins (`names` in `plus_folder`) by pixels.
+
+    fer2013/ and ferplus/ hold the same faces under other names, fer2013/'s histogram-equalised
+    as JPEGs: FER+'s raw PNGs are equalised and paired by `pair_by_pixels`. Returns (fer
+    index, FER+ row index into `names`, the pairing's figures)."""
+    plus = equalize_faces(np.stack([load_gray(Path(plus_folder) / n) for n in names]))
+    idx, rows, corr = pair_by_pixels(fer.images, plus)
+    return idx, rows, {"fer2013_images": len(fer), "matched": len(idx),
+                       "correlation_median": float(np.median(corr)) if len(corr) else 0.0}
+
+
 def fer2013_votes(fer_root: str | Path, split: str, names: Sequence[str],
                   plus_folder: str | Path) -> tuple[np.ndarray, dict]:
     """FER2013's own label on each FER+ image, as a one-hot row in FERPLUS_COLUMNS order
     (all zeros where no fer2013/ image pairs with it; where near-duplicates pair two fer2013/
-    images with one FER+ image, one of their labels), and the pairing's figures.
-
-    fer2013/ and ferplus/ hold the same faces under other names, fer2013/'s histogram-equalised
-    as JPEGs: FER+'s raw PNGs are equalised and paired by pixels (`pair_by_pixels`)."""
+    images with one FER+ image, one of their labels), and the pairing's figures."""
     fer = load_fer2013(fer_root, split, FER7)
-    plus = equalize_faces(np.stack([load_gray(Path(plus_folder) / n) for n in names]))
-    idx, rows, corr = pair_by_pixels(fer.images, plus)
+    idx, rows, stats = pair_with_ferplus(fer, plus_folder, names)
     onehot = np.zeros((len(names), len(FERPLUS_COLUMNS)), np.int64)
     onehot[rows, [FERPLUS_COLUMNS.index(FER7[k]) for k in fer.labels[idx]]] = 1
-    return onehot, {"fer2013_images": len(fer), "matched": len(idx),
-                    "ferplus_labelled": int(onehot.sum()),
-                    "correlation_median": float(np.median(corr)) if len(corr) else 0.0}
+    return onehot, {**stats, "ferplus_labelled": int(onehot.sum())}
 
 
 def load_ferplus(root: str | Path, split: str = "train", classes: Sequence[str] | str = PAPER5,
-                 labels: str = "majority", fer2013_weight: int = 0,
-                 fer2013_root: str | Path | None = None) -> FaceSet:
+                 labels: str = "majority", fer2013_weight: int = 0) -> FaceSet:
     """FER+ (root/train, root/valid: FER2013's raw pixels as PNG + label.csv of ten votes).
 
     `labels`: see LABEL_MODES; images the protocol leaves out are not loaded. The images are
     FER2013's original pixels, not histogram-equalised like the fer2013/ folder's.
     `fer2013_weight` N > 0 counts FER2013's original label on each face as N more votes beside
-    the crowd's ten (`fer2013_votes`, from `fer2013_root`, default root/../fer2013): the two
+    the crowd's ten (`fer2013_votes`, from the fer2013/ folder beside `root`): the two
     label sets disagree on about a third of the faces, and this lets a network learn where.
     """
     if split not in ("train", "valid"):
@@ -302,9 +308,8 @@ def load_ferplus(root: str | Path, split: str = "train", classes: Sequence[str] 
         raise FileNotFoundError(f"no FER+ label.csv in {folder}")
     names, votes = read_ferplus_votes(folder / "label.csv")
     if fer2013_weight:
-        fer_root = Path(fer2013_root) if fer2013_root else Path(root).parent / "fer2013"
-        extra, stats = fer2013_votes(fer_root, "train" if split == "train" else "test", names,
-                                     folder)
+        extra, stats = fer2013_votes(Path(root).parent / "fer2013",
+                                     "train" if split == "train" else "test", names, folder)
         log.info("FER2013 labels as %d votes: %s", fer2013_weight, stats)
         votes = votes + fer2013_weight * extra
     keep, y, soft = ferplus_targets(votes, classes, labels)

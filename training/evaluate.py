@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from streamfer.faces import FaceDetector, equalize_faces, load_gray, prepare
+from streamfer.faces import FaceDetector, prepare
 from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_MODEL
 from training import data as D
@@ -125,18 +125,11 @@ def load_photos(root: Path, classes: tuple[str, ...], size: int) -> D.FaceSet:
 
 
 def match_ferplus(fer: D.FaceSet, plus_root: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Pair each fer2013/test image with its FER+ valid twin by pixels.
-
-    The folders name images differently (Kaggle ids vs row numbers) and fer2013/'s are
-    histogram-equalised JPEGs, so FER+'s raw PNGs are equalised and each fer2013 image takes
-    the FER+ image it correlates with best (Pearson, over pixels); pairs below 0.95 are
-    dropped (a twin correlates at a median 0.998; FER2013 holds a few near-duplicates, which
-    may pair with either copy). Returns (fer index, FER+ row index into label.csv, stats)."""
+    """Pair each fer2013/test image with its FER+ valid twin by pixels
+    (`training.data.pair_with_ferplus`; pairs below r 0.95 dropped). Returns (fer index, FER+
+    row index into label.csv, stats)."""
     names, _ = D.read_ferplus_votes(plus_root / "label.csv")
-    plus = equalize_faces(np.stack([load_gray(plus_root / n) for n in names]))
-    idx, rows, corr = D.pair_by_pixels(fer.images, plus)
-    return idx, rows, {"fer2013_images": len(fer), "matched": len(idx),
-                       "correlation_median": float(np.median(corr))}
+    return D.pair_with_ferplus(fer, plus_root, names)
 
 
 def agreement(cfg: EvalConfig) -> dict:
