@@ -200,3 +200,41 @@ def test_fer2013_labels_join_the_crowd_votes_of_their_twins(tmp_path: Path) -> N
     majority = D.load_ferplus(root, "valid", "paper5", "majority", fer2013_weight=2)
     names = [Path(p).name for p in majority.paths]
     assert majority.classes[majority.labels[names.index("fer0000001.png")]] == "neutral"
+
+
+def test_fer2013_votes_on_undecided_faces_leave_the_crowds_decisions_alone(
+        tmp_path: Path) -> None:
+    write_sets(tmp_path)
+    root = tmp_path / "ferplus"
+    plain = D.load_ferplus(root, "valid", "paper5", "soft")
+    voted = D.load_ferplus(root, "valid", "paper5", "soft", fer2013_weight=5,
+                           fer2013_on="undecided")
+    names = [Path(p).name for p in voted.paths]
+    cls = {c: i for i, c in enumerate(voted.classes)}
+    # the crowd's 8 neutral of 10 is a majority: FER2013's "sad" adds nothing there
+    sad = names.index("fer0000001.png")
+    np.testing.assert_allclose(voted.soft[sad], plain.soft[sad])
+    # the 3-3-3 tie has none: FER2013's "angry" as five more votes breaks it
+    angry = names.index("fer0000002.png")
+    np.testing.assert_allclose(voted.soft[angry][cls["anger"]], 8 / 14, rtol=1e-6)
+    assert voted.classes[voted.labels[angry]] == "anger"
+    assert D.crowd_majority(np.array([row for _, row in PLUS]), "paper5").tolist() == [
+        True, True, False, False]
+    with pytest.raises(ValueError, match="fer2013_on"):
+        D.load_ferplus(root, "valid", "paper5", "soft", 2, fer2013_on="some")
+
+
+def test_by_crowd_splits_the_fer2013_row_by_what_the_crowd_says(
+        tmp_path: Path, tiny_model_path: Path) -> None:
+    write_sets(tmp_path)
+    common = ["--model", str(tiny_model_path), "--datasets", str(tmp_path)]
+    r = E.main(["by-crowd", *common])
+    # paper's five by FER2013: happy (crowd agrees), sad (crowd: neutral), angry (3-3-3 tie)
+    assert [r[g]["images"] for g in E.CROWD_GROUPS] == [1, 1, 1] and r["images"] == 3
+    # every PublicTest image paired, so the groups add up to the fer2013 row itself
+    whole = E.main(["fer2013", *common])
+    assert r["accuracy"] == pytest.approx(whole["accuracy"])
+    assert r["accuracy"] == pytest.approx(
+        sum(r[g]["matches_fer2013"] * r[g]["share"] for g in E.CROWD_GROUPS))
+    # where the two label sets disagree a model can match at most one of them
+    assert r["disagree"]["matches_fer2013"] + r["disagree"]["matches_ferplus"] <= 1

@@ -311,3 +311,9 @@ def test_fer2013_votes_need_ferplus_faces(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         fit.parse_args(["--data", "ferplus", "--fer2013-votes", "-1"])
     assert "must be >= 0" in capsys.readouterr().err
+    cfg = fit.parse_args(["--data", "ferplus", "--fer2013-votes", "5",
+                          "--fer2013-votes-on", "undecided"])
+    assert (cfg.fer2013_votes, cfg.fer2013_votes_on) == (5, "undecided")
+    with pytest.raises(SystemExit):
+        fit.parse_args(["--data", "ferplus", "--fer2013-votes-on", "undecided"])
+    assert "give N > 0" in capsys.readouterr().err

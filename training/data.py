@@ -50,6 +50,9 @@ DATA_KINDS = ("fer2013", "fer2013-csv", "ferplus", "ckplus", "folder")
 # classes (unknown and not-a-face dropped), keeping images where those classes hold more than
 # half of the votes (FER+'s 'probability' protocol, restricted to the chosen classes).
 LABEL_MODES = ("soft", "majority")
+# which FER+ training faces FER2013's own label adds votes to (load_ferplus, fer2013_weight):
+# every paired face, or only those whose crowd gives no class more than half of its votes
+FER2013_VOTES_ON = ("all", "undecided")
 # --fold-mode: grouped keeps each subject's images in one fold; stratified folds are random.
 FOLD_MODES = ("grouped", "stratified")
 # Kaggle fer2013.csv 'emotion' column: 0=Angry 1=Disgust 2=Fear 3=Happy 4=Sad 5=Surprise 6=Neutral
@@ -232,8 +235,7 @@ def ferplus_targets(votes: np.ndarray, classes: Sequence[str] | str = PAPER5,
     chosen = votes[:, cols].astype(np.float64)
     total = votes.sum(1).astype(np.float64)
     if labels == "majority":
-        top = chosen.max(1)
-        keep = np.flatnonzero(top * 2 > total)
+        keep = np.flatnonzero(crowd_majority(votes, wanted))
         y = chosen[keep].argmax(1)
         soft = np.eye(len(wanted), dtype=np.float32)[y]
     else:
@@ -241,6 +243,13 @@ def ferplus_targets(votes: np.ndarray, classes: Sequence[str] | str = PAPER5,
         soft = (chosen[keep] / chosen[keep].sum(1, keepdims=True)).astype(np.float32)
         y = soft.argmax(1)
     return keep, y.astype(np.int64), soft
+
+
+def crowd_majority(votes: np.ndarray, classes: Sequence[str] | str = PAPER5) -> np.ndarray:
+    """Per row of N x 10 FER+ vote counts: does one of `classes` hold more than half of all
+    the votes (unknown and not-a-face count in the total)? The majority protocol's test."""
+    cols = [FERPLUS8.index(c) for c in resolve_classes(classes)]
+    return votes[:, cols].max(1) * 2 > votes.sum(1)
 
 
 def pair_by_pixels(a: np.ndarray, b: np.ndarray, threshold: float = 0.95,
@@ -292,7 +301,8 @@ def fer2013_votes(fer_root: str | Path, split: str, names: Sequence[str],
 
 
 def load_ferplus(root: str | Path, split: str = "train", classes: Sequence[str] | str = PAPER5,
-                 labels: str = "majority", fer2013_weight: int = 0) -> FaceSet:
+                 labels: str = "majority", fer2013_weight: int = 0,
+                 fer2013_on: str = "all") -> FaceSet:
     """FER+ (root/train, root/valid: FER2013's raw pixels as PNG + label.csv of ten votes).
 
     `labels`: see LABEL_MODES; images the protocol leaves out are not loaded. The images are
@@ -300,7 +310,12 @@ def load_ferplus(root: str | Path, split: str = "train", classes: Sequence[str] 
     `fer2013_weight` N > 0 counts FER2013's original label on each face as N more votes beside
     the crowd's ten (`fer2013_votes`, from the fer2013/ folder beside `root`): the two
     label sets disagree on about a third of the faces, and this lets a network learn where.
+    `fer2013_on` (FER2013_VOTES_ON): add them to every paired face, or only where the crowd
+    is undecided (no class of `classes` holds more than half of its votes): there FER2013's
+    label breaks the tie, and faces the crowd agrees on keep the crowd's distribution.
     """
+    if fer2013_on not in FER2013_VOTES_ON:
+        raise ValueError(f"fer2013_on must be one of {FER2013_VOTES_ON}, not {fer2013_on!r}")
     if split not in ("train", "valid"):
         raise ValueError("FER+ split is 'train' (FER2013 Training) or 'valid' (PublicTest)")
     folder = Path(root) / split
@@ -310,7 +325,10 @@ def load_ferplus(root: str | Path, split: str = "train", classes: Sequence[str] 
     if fer2013_weight:
         extra, stats = fer2013_votes(Path(root).parent / "fer2013",
                                      "train" if split == "train" else "test", names, folder)
-        log.info("FER2013 labels as %d votes: %s", fer2013_weight, stats)
+        if fer2013_on == "undecided":
+            extra[crowd_majority(votes, classes)] = 0
+        log.info("FER2013 labels as %d votes on %s faces: %s, %d faces get them",
+                 fer2013_weight, fer2013_on, stats, int(extra.any(1).sum()))
         votes = votes + fer2013_weight * extra
     keep, y, soft = ferplus_targets(votes, classes, labels)
     if not len(keep):

@@ -5,6 +5,7 @@
     python -m training.evaluate webfaces --model models/ferplus-5class.pt  # web photos
     python -m training.evaluate ckplus   --model models/ferplus-5class.pt  # CK+48, zero-shot
     python -m training.evaluate agreement    # FER2013's labels vs the FER+ majority, PublicTest
+    python -m training.evaluate by-crowd --model models/ferplus-5class.pt  # FER2013, split by it
 
 Every face goes through streamfer's own path: the server's decoder, `streamfer.faces.prepare`
 for a client crop (webfaces: the whole photo is the crop), and `streamfer.model.Predictor`
@@ -34,7 +35,9 @@ from training.distill import answers_over, geometric_mean
 
 log = logging.getLogger("training.evaluate")
 
-SETS = ("fer2013", "ferplus", "webfaces", "ckplus", "agreement")
+SETS = ("fer2013", "ferplus", "webfaces", "ckplus", "agreement", "by-crowd")
+# by-crowd: PublicTest photos grouped by what the FER+ crowd says of each one
+CROWD_GROUPS = ("agree", "disagree", "undecided")
 
 
 @dataclass
@@ -42,7 +45,9 @@ class EvalConfig:
     set: str = opt("fer2013", "fer2013: PublicTest with FER2013's labels; ferplus: FER+ valid, "
                    "majority protocol; webfaces: webfaces-dev whole photos (balanced accuracy); "
                    "ckplus: every CK+48 peak frame of the model's classes, zero-shot; "
-                   "agreement: FER2013's labels vs the FER+ majority on PublicTest", SETS)
+                   "agreement: FER2013's labels vs the FER+ majority on PublicTest; "
+                   "by-crowd: the model's FER2013 accuracy on PublicTest photos whose FER+ "
+                   "majority agrees with FER2013's label, disagrees, or does not exist", SETS)
     model: str = opt(str(DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[1])),
                      "exported TorchScript model (default: the server's); a comma list scores "
                      "their ensemble as training.distill combines teachers (geometric mean)")
@@ -132,30 +137,66 @@ def match_ferplus(fer: D.FaceSet, plus_root: Path) -> tuple[np.ndarray, np.ndarr
     return D.pair_with_ferplus(fer, plus_root, names)
 
 
+def paired_publictest(root: Path) -> tuple[D.FaceSet, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """PublicTest with both label sets: (fer2013/test with FER7 labels, indices of the images
+    paired with FER+ valid, FER2013's class name for each, their FER+ votes, pairing stats)."""
+    fer = D.load_fer2013(root / "fer2013", "test", D.FER7)
+    idx, rows, stats = match_ferplus(fer, root / "ferplus" / "valid")
+    _, votes = D.read_ferplus_votes(root / "ferplus" / "valid" / "label.csv")
+    fer_label = np.array([D.FER7[k] for k in fer.labels[idx]])
+    return fer, idx, fer_label, votes[rows], stats
+
+
+def crowd_majority_names(votes: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    """The FER+ majority class name of each row within `classes`, "" where there is none."""
+    keep, y, _ = D.ferplus_targets(votes, classes, "majority")
+    plus = np.full(len(votes), "", dtype=object)
+    plus[keep] = [classes[k] for k in y]
+    return plus
+
+
 def agreement(cfg: EvalConfig) -> dict:
     """How often FER2013's PublicTest label is the FER+ crowd majority, per class set: over the
     images FER2013 labels within the set (`agreement`), and over those of them that also have
     a FER+ majority within the set (`agreement_where_majority`)."""
-    root = Path(cfg.datasets)
-    fer = D.load_fer2013(root / "fer2013", "test", D.FER7)
-    idx, rows, stats = match_ferplus(fer, root / "ferplus" / "valid")
-    _, votes = D.read_ferplus_votes(root / "ferplus" / "valid" / "label.csv")
-    votes = votes[rows]
-    fer_label = np.array([D.FER7[k] for k in fer.labels[idx]])
+    _, _, fer_label, votes, stats = paired_publictest(Path(cfg.datasets))
     out: dict = {"set": "agreement", "protocol": "fer2013/test (PublicTest) paired with FER+ "
                  "valid by pixels; FER+ majority = a class with more than half of all votes",
                  **stats}
     for name in ("paper5", "fer7"):
         cls = D.NAMED_SETS[name]
         base = np.isin(fer_label, cls)
-        keep, y, _ = D.ferplus_targets(votes, cls, "majority")
-        plus = np.full(len(votes), "", dtype=object)
-        plus[keep] = [cls[k] for k in y]
+        plus = crowd_majority_names(votes, cls)
         has = base & (plus != "")
         same = base & (plus == fer_label)
         out[name] = {"images": int(base.sum()), "with_majority": int(has.sum()),
                      "agreement": float(same.sum() / base.sum()),
                      "agreement_where_majority": float(same.sum() / has.sum())}
+    return out
+
+
+def by_crowd(predictor: Predictor | Ensemble, classes: tuple[str, ...], root: Path) -> dict:
+    """A model's FER2013 PublicTest accuracy (original labels, `classes`) split by what the
+    FER+ crowd says of the same photo: its majority agrees with FER2013's label, names another
+    class, or there is none (no class holds more than half of the votes). FER+ valid scores
+    only the first two groups, FER2013 all three, so the third is where a model can match
+    FER2013 without costing FER+ accuracy, and the second is where the two bars conflict."""
+    fer, idx, fer_label, votes, stats = paired_publictest(root)
+    keep = np.isin(fer_label, classes)
+    idx, fer_label, votes = idx[keep], fer_label[keep], votes[keep]
+    plus = crowd_majority_names(votes, classes)
+    group = np.where(plus == "", "undecided", np.where(plus == fer_label, "agree", "disagree"))
+    faces = D.FaceSet(fer.images[idx], np.array([classes.index(c) for c in fer_label]), classes)
+    pred = np.array(classes)[model_faces(predictor, faces)]
+    out: dict = {"protocol": "fer2013/test (PublicTest) images FER2013 labels within the "
+                 "classes, paired with FER+ valid by pixels, grouped by the FER+ majority",
+                 **stats, "images": len(idx), "accuracy": float((pred == fer_label).mean())}
+    for g in CROWD_GROUPS:
+        s = group == g
+        out[g] = {"images": int(s.sum()), "share": float(s.mean()),
+                  "matches_fer2013": float((pred[s] == fer_label[s]).mean())}
+        if g == "disagree":
+            out[g]["matches_ferplus"] = float((pred[s] == plus[s]).mean())
     return out
 
 
@@ -180,7 +221,9 @@ def main(argv: list[str] | None = None) -> dict:
         if cfg.set == "ckplus":  # CK+48 has no neutral: score the classes it shares
             have = {D.canonical(p.name) for p in (root / "CK+48").iterdir() if p.is_dir()}
             classes = tuple(c for c in classes if c in have)
-        if cfg.set == "fer2013":
+        if cfg.set == "by-crowd":
+            scored = by_crowd(predictor, classes, root)
+        elif cfg.set == "fer2013":
             faces = D.load_fer2013(root / "fer2013", "test", classes)
             protocol = "FER2013 PublicTest (fer2013/test), FER2013's original labels"
         elif cfg.set == "ferplus":
@@ -196,10 +239,11 @@ def main(argv: list[str] | None = None) -> dict:
             faces = load_photos(root / "webfaces-dev", classes, predictor.input_size)
             protocol = ("webfaces-dev, each whole photo sent as a client crop (gray, resized), "
                         "the model alone; evaluation only")
-        pred = model_faces(predictor, faces)
+        if cfg.set != "by-crowd":
+            pred = model_faces(predictor, faces)
+            scored = {"protocol": protocol, **scores(faces.labels, pred, classes)}
         result = {"set": cfg.set, "model": cfg.model, "classes": list(classes),
-                  "tta": predictor.tta, "preprocess": predictor.preprocess,
-                  "protocol": protocol, **scores(faces.labels, pred, classes)}
+                  "tta": predictor.tta, "preprocess": predictor.preprocess, **scored}
     result["command"] = cfg.command
     text = json.dumps(result, indent=2)
     print(text)

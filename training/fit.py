@@ -63,6 +63,9 @@ class FitConfig:
     fer2013_votes: int = opt(0, "--data ferplus: count FER2013's original label on each "
                              "training face as this many votes beside the crowd's ten (faces "
                              "paired by pixels with fer2013/train beside --data-root; 0: off)")
+    fer2013_votes_on: str = opt("all", "--fer2013-votes: on every paired face, or only on "
+                                "faces whose crowd gives no class more than half of its votes "
+                                "(FER2013's label breaks the crowd's tie)", D.FER2013_VOTES_ON)
     preprocess: str = opt("none", "what every face goes through before the network, at "
                           "training and (from the model's metadata) at serving: none, or "
                           "per-face histogram equalisation as fer2013/'s images have",
@@ -134,6 +137,8 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
             return f"--fer2013-votes {cfg.fer2013_votes} must be >= 0 (0: off)"
         if cfg.fer2013_votes and cfg.data != "ferplus":
             return "--fer2013-votes adds votes to FER+ faces: it needs --data ferplus"
+        if cfg.fer2013_votes_on != "all" and not cfg.fer2013_votes:
+            return "--fer2013-votes-on says where --fer2013-votes N adds votes: give N > 0"
         if cfg.teacher:
             try:
                 parse_teachers(cfg.teacher)
@@ -154,7 +159,8 @@ def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
         return (D.load_fer2013_csv(cfg.data_root, "Training", classes),
                 D.load_fer2013_csv(cfg.data_root, "PublicTest", classes))
     if cfg.data == "ferplus":
-        return (D.load_ferplus(cfg.data_root, "train", classes, cfg.labels, cfg.fer2013_votes),
+        return (D.load_ferplus(cfg.data_root, "train", classes, cfg.labels, cfg.fer2013_votes,
+                               cfg.fer2013_votes_on),
                 D.load_ferplus(cfg.data_root, "valid", classes, "majority"))
     if cfg.data == "ckplus":
         return D.load_ckplus(cfg.data_root, classes), None
