@@ -200,6 +200,26 @@ def by_crowd(predictor: Predictor | Ensemble, classes: tuple[str, ...], root: Pa
     return out
 
 
+def load_set(name: str, root: Path, classes: tuple[str, ...],
+             size: int) -> tuple[D.FaceSet, str]:
+    """One labelled row's faces (`size`: the model's input side) and its protocol, in words."""
+    if name == "fer2013":
+        return (D.load_fer2013(root / "fer2013", "test", classes),
+                "FER2013 PublicTest (fer2013/test), FER2013's original labels")
+    if name == "ferplus":
+        return (D.load_ferplus(root / "ferplus", "valid", classes, "majority"),
+                "FER+ valid (= PublicTest), majority: images with one class over half of all "
+                "votes, that class in the chosen set")
+    if name == "ckplus":
+        return (D.load_ckplus(root / "CK+48", classes),
+                "CK+48, every peak frame of the classes the model shares with it (no "
+                "neutral), the model alone, never trained on CK+: zero-shot on posed faces of "
+                "118 subjects; the arg-max over those classes")
+    return (load_photos(root / "webfaces-dev", classes, size),
+            "webfaces-dev, each whole photo sent as a client crop (gray, resized), the model "
+            "alone; evaluation only")
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -223,23 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
             classes = tuple(c for c in classes if c in have)
         if cfg.set == "by-crowd":
             scored = by_crowd(predictor, classes, root)
-        elif cfg.set == "fer2013":
-            faces = D.load_fer2013(root / "fer2013", "test", classes)
-            protocol = "FER2013 PublicTest (fer2013/test), FER2013's original labels"
-        elif cfg.set == "ferplus":
-            faces = D.load_ferplus(root / "ferplus", "valid", classes, "majority")
-            protocol = ("FER+ valid (= PublicTest), majority: images with one class over half "
-                        "of all votes, that class in the chosen set")
-        elif cfg.set == "ckplus":
-            faces = D.load_ckplus(root / "CK+48", classes)
-            protocol = ("CK+48, every peak frame of the classes the model shares with it "
-                        "(no neutral), the model alone, never trained on CK+: zero-shot on "
-                        "posed faces of 118 subjects; the arg-max over those classes")
         else:
-            faces = load_photos(root / "webfaces-dev", classes, predictor.input_size)
-            protocol = ("webfaces-dev, each whole photo sent as a client crop (gray, resized), "
-                        "the model alone; evaluation only")
-        if cfg.set != "by-crowd":
+            faces, protocol = load_set(cfg.set, root, classes, predictor.input_size)
             pred = model_faces(predictor, faces)
             scored = {"protocol": protocol, **scores(faces.labels, pred, classes)}
         result = {"set": cfg.set, "model": cfg.model, "classes": list(classes),
