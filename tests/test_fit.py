@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from training import fit
+from training import fit, report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -149,6 +149,32 @@ def test_report_compares_runs_from_their_metrics(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     image = cv2.imread(str(out))
     assert image is not None and image.shape[1] > image.shape[0] > 200
+
+
+def test_report_lines_up_runs_of_different_lengths_by_schedule(tmp_path: Path) -> None:
+    """A 50- and a 100-epoch run (the second stopped early) on the fraction axis: each
+    epoch sits at its share of its own schedule, not of the longest run's."""
+    runs = {"short": (50, 50), "long": (100, 60)}
+    for name, (planned, logged) in runs.items():
+        (tmp_path / name).mkdir()
+        epochs = list(range(1, logged + 1))
+        history = {"epoch": epochs, "val_acc": [0.5] * logged, "train_loss": [1.0] * logged}
+        (tmp_path / name / "metrics.json").write_text(
+            json.dumps({"config": {"epochs": planned}, "history": history}))
+    short = json.loads((tmp_path / "short" / "metrics.json").read_text())
+    long = json.loads((tmp_path / "long" / "metrics.json").read_text())
+    assert report.schedule_position(short, "fraction")[24] == 0.5
+    assert report.schedule_position(long, "fraction")[49] == 0.5
+    assert report.schedule_position(long, "fraction")[-1] == 0.6  # stopped early
+    assert report.schedule_position(long)[-1] == 60
+    with pytest.raises(ValueError, match="fraction"):
+        report.schedule_position(long, "lr")
+    out = tmp_path / "compare.png"
+    done = subprocess.run([sys.executable, "-m", "training.report", str(tmp_path / "short"),
+                           str(tmp_path / "long"), "--x", "fraction", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert cv2.imread(str(out)) is not None
 
 
 def test_folds_split_across_runs_then_resumed_equal_one_whole_run(tmp_path: Path) -> None:

@@ -64,16 +64,35 @@ def save_curves(history: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def save_comparison(runs: dict[str, dict], path: Path, title: str) -> None:
-    """Validation accuracy and training loss per epoch of several runs on shared axes, for
-    ablations: runs with equal epochs and schedules differ only in what the label says."""
+X_AXES = ("epoch", "fraction")
+
+
+def schedule_position(metrics: dict, x: str = "epoch") -> list[float]:
+    """Each logged epoch's place on the x axis: its number, or ("fraction") the share of the
+    run's own schedule done by its end, so that runs of different lengths, whose cosine
+    schedules end at their last epoch, line up where their learning rates do."""
+    epochs = metrics["history"]["epoch"]
+    if x == "epoch":
+        return [float(e) for e in epochs]
+    if x != "fraction":
+        raise ValueError(f"x must be one of {X_AXES}, not {x!r}")
+    total = metrics.get("config", {}).get("epochs") or max(epochs)
+    return [e / total for e in epochs]
+
+
+def save_comparison(runs: dict[str, dict], path: Path, title: str, x: str = "epoch") -> None:
+    """Validation accuracy and training loss per epoch of several runs (their metrics.json)
+    on shared axes, for ablations: runs with equal epochs and schedules differ only in what
+    the label says; runs of different lengths compare on x="fraction"."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for label, h in runs.items():
-        a.plot(h["epoch"], h["val_acc"], label=label)
-        b.plot(h["epoch"], h["train_loss"], label=label)
-    a.set_xlabel("epoch")
+    for label, m in runs.items():
+        h, xs = m["history"], schedule_position(m, x)
+        a.plot(xs, h["val_acc"], label=label)
+        b.plot(xs, h["train_loss"], label=label)
+    xlabel = "epoch" if x == "epoch" else "fraction of the run's schedule"
+    a.set_xlabel(xlabel)
     a.set_ylabel("validation accuracy")
-    b.set_xlabel("epoch")
+    b.set_xlabel(xlabel)
     b.set_ylabel("training loss (augmented views)")
     a.legend(fontsize=7)
     fig.suptitle(title)
@@ -87,6 +106,8 @@ class CompareConfig:
     runs: tuple[Path, ...] = opt((), "run folders holding metrics.json", positional=True)
     out: Path | None = opt(None, "PNG to write (required)")
     title: str = opt("", "the figure's title")
+    x: str = opt("epoch", "x axis: epoch, or fraction of each run's own schedule (for runs "
+                 "of different lengths)", choices=X_AXES)
 
     def __post_init__(self) -> None:
         if self.out is None:
@@ -96,6 +117,6 @@ class CompareConfig:
 if __name__ == "__main__":
     a = parse(CompareConfig, None, prog="python -m training.report",
               description=save_comparison.__doc__)
-    save_comparison({r.name: json.loads((r / "metrics.json").read_text())["history"]
-                     for r in a.runs}, a.out, a.title)
+    save_comparison({r.name: json.loads((r / "metrics.json").read_text()) for r in a.runs},
+                    a.out, a.title, a.x)
     print(a.out)
