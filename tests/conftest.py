@@ -42,6 +42,37 @@ def astronaut_rgb() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def quantized(tiny_model_path: Path, astronaut_rgb: np.ndarray,
+              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    """A copy of the tiny model with its int8 ONNX derivative beside it (what the server
+    runs on the CPU), calibrated on real face crops (JPEG files); and those faces."""
+    import shutil
+
+    import cv2
+
+    from streamfer import onnx_int8
+    from training.quantize import QuantizeConfig, quantize
+
+    folder = tmp_path_factory.mktemp("model-int8")
+    model = folder / "tiny.pt"
+    shutil.copy(tiny_model_path, model)
+    gray = cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2GRAY)
+    calib = folder / "calibration"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    faces = []
+    for i in range(48):  # jittered crops around her face, as a detector's boxes vary
+        x, y, side = 170 + rng.integers(-20, 20), 40 + rng.integers(-20, 20), rng.integers(
+            120, 180)
+        face = cv2.resize(gray[y:y + side, x:x + side], (48, 48), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(calib / f"face{i}.jpg"), face)
+        faces.append(face)
+    path = quantize(QuantizeConfig(model=str(model), data=str(calib), count=48, batch=16))
+    assert path == onnx_int8.derived_path(model) and path.name == "tiny.int8.onnx"
+    return model, np.stack(faces)
+
+
+@pytest.fixture(scope="session")
 def datasets() -> Path:
     """../shared/datasets beside the project; tests that need the real data skip without."""
     if not DATASETS.is_dir():

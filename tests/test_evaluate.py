@@ -68,10 +68,21 @@ def test_each_row_runs_through_the_served_model(tmp_path: Path, tiny_model_path:
         r = E.main([name, "--model", str(tiny_model_path), "--datasets", str(tmp_path),
                     "--out", str(out)])
         assert r["images"] == n and out.is_file() and r["tta"] == "mirror"
+        assert r["runtime"] == "torchscript"  # no int8 derivative beside the tiny model
         # CK+48 is scored on the classes it shares with the model: no neutral, no contempt
         shared = ["anger", "happiness"] if name == "ckplus" else list(D.PAPER5)
         assert r["classes"] == shared and sum(r["support"].values()) == n
         assert 0 <= r["balanced_accuracy"] <= 1 and "--set " + name in r["command"]
+
+
+def test_a_row_says_it_ran_the_int8_derivative_when_the_server_would(
+        tmp_path: Path, quantized: tuple[Path, np.ndarray]) -> None:
+    """A figure "as served" is the int8 model's where one was made from this very file."""
+    write_sets(tmp_path)
+    model, _ = quantized
+    served = E.main(["ferplus", "--model", str(model), "--datasets", str(tmp_path)])
+    both = E.main(["ferplus", "--model", f"{model},{model}", "--datasets", str(tmp_path)])
+    assert served["runtime"] == both["runtime"] == "onnx-int8"
 
 
 def test_calibrate_picks_tau_on_ferplus_valid_and_shifts_only_the_bias(
@@ -91,6 +102,7 @@ def test_calibrate_picks_tau_on_ferplus_valid_and_shifts_only_the_bias(
     r = calibrate.main([str(tiny_model_path), "--out", str(out), "--data-root",
                         str(tmp_path / "ferplus"), "--taus", "0,1"])
     assert set(r["scan"]) == {"0", "1"} and r["tau"] in (0.0, 1.0)
+    assert r["tau"] == float(calibrate.choose_tau(r["scan"])[0])
     # prior: mean soft target over the train votes that pass the soft protocol
     assert abs(sum(r["prior"].values()) - 1) < 1e-6 and r["prior"]["happiness"] > 0
     meta = json.loads(out.with_suffix(".json").read_text())
@@ -101,6 +113,32 @@ def test_calibrate_picks_tau_on_ferplus_valid_and_shifts_only_the_bias(
     prior = torch.tensor([max(r["prior"][c], 1e-6) for c in meta["classes"]])
     torch.testing.assert_close(delta, -r["tau"] * prior.log())
     torch.testing.assert_close(new.net.full.weight, old.net.full.weight)
+    # with a floor, the choice and the reason for it land in the model's metadata
+    floored = calibrate.main([str(tiny_model_path), "--out", str(out), "--data-root",
+                              str(tmp_path / "ferplus"), "--taus", "0,1",
+                              "--min-accuracy", "1"])
+    tau, on = calibrate.choose_tau(floored["scan"], 1.0)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert floored["tau"] == float(tau) and meta["logit_adjust"]["chosen_on"] == on
+
+
+def test_calibrate_min_accuracy_caps_the_adjustment_at_the_accuracy_floor() -> None:
+    """Logit adjustment trades accuracy for balanced accuracy as tau grows; a floor on
+    accuracy picks the best balanced tau it allows, and the most accurate when none."""
+    from training.calibrate import choose_tau
+
+    scan = {t: {"accuracy": a, "balanced_accuracy": b}
+            for t, a, b in (("0", 0.913, 0.896), ("0.25", 0.904, 0.900),
+                            ("0.5", 0.894, 0.9023), ("0.75", 0.884, 0.9026))}
+    assert choose_tau(scan)[0] == "0.75"  # no floor: balanced accuracy alone
+    tau, on = choose_tau(scan, 0.90)
+    assert tau == "0.25" and ">= 0.9" in on
+    assert choose_tau(scan, 0.89)[0] == "0.5"
+    tau, on = choose_tau(scan, 0.95)  # out of reach: the most accurate, and it says so
+    assert tau == "0" and "no tau reached 0.95" in on
+    tied = {"0": {"accuracy": 0.9, "balanced_accuracy": 0.8},
+            "1": {"accuracy": 0.9, "balanced_accuracy": 0.8}}
+    assert choose_tau(tied, 0.9)[0] == "0"  # ties: the smaller tau
 
 
 def test_a_comma_list_scores_the_ensemble_as_distillation_combines_teachers(

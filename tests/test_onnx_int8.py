@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,30 +13,7 @@ import torch
 from streamfer import onnx_int8
 from streamfer.model import ModelError, Predictor
 from training.network import FERNet, NetConfig
-from training.quantize import QuantizeConfig, ServedNet, quantize
-
-
-@pytest.fixture(scope="session")
-def quantized(tiny_model_path: Path, astronaut_rgb: np.ndarray,
-              tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
-    """The tiny model and its derivative, calibrated on real face crops (JPEG files)."""
-    folder = tmp_path_factory.mktemp("model-int8")
-    model = folder / "tiny.pt"
-    shutil.copy(tiny_model_path, model)
-    gray = cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2GRAY)
-    calib = folder / "calibration"
-    calib.mkdir()
-    rng = np.random.default_rng(0)
-    faces = []
-    for i in range(48):  # jittered crops around her face, as a detector's boxes vary
-        x, y, side = 170 + rng.integers(-20, 20), 40 + rng.integers(-20, 20), rng.integers(
-            120, 180)
-        face = cv2.resize(gray[y:y + side, x:x + side], (48, 48), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(calib / f"face{i}.jpg"), face)
-        faces.append(face)
-    path = quantize(QuantizeConfig(model=str(model), data=str(calib), count=48, batch=16))
-    assert path == onnx_int8.derived_path(model) and path.name == "tiny.int8.onnx"
-    return model, np.stack(faces)
+from training.quantize import ServedNet
 
 
 def test_the_derivative_runs_by_default_and_agrees_with_the_torchscript(

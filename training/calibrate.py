@@ -8,7 +8,10 @@ leans towards neutral. Subtracting tau x log(training prior) from the output lay
 recall at no cost per face. The prior is the mean training target (FER+ train under the
 model's label protocol); tau is the value of --taus with the best balanced accuracy (mean
 per-class recall) on FER+ valid, majority protocol, measured through streamfer's Predictor
-as the server runs the model. The scan is printed and stored in the model's metadata.
+as the server runs the model. Adjustment buys the small classes' recall with the large
+ones' (neutral's) accuracy; --min-accuracy A caps that trade: tau is then chosen on balanced
+accuracy only among the values that keep plain accuracy at A or more (issue 15's FER+ bar
+is 0.90). The scan is printed and stored in the model's metadata.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class CalibrateConfig:
     labels: str = opt("soft", "the label protocol the model was trained with (the prior is "
                       "its mean training target)", D.LABEL_MODES)
     taus: str = opt("0,0.25,0.5,0.75,1", "candidate tau values, a comma list")
+    min_accuracy: float = opt(0.0, "choose tau only among the values that keep FER+ valid "
+                              "accuracy at this or more (none does: the most accurate); "
+                              "0: any value")
     threads: int = opt(1, "torch threads")
 
 
@@ -52,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> CalibrateConfig:
     def check(cfg: CalibrateConfig) -> str | None:
         if not cfg.model or not cfg.out:
             return "a model and --out are needed"
+        if not 0 <= cfg.min_accuracy <= 1:
+            return f"--min-accuracy {cfg.min_accuracy}: expected a share from 0 to 1"
         return taus_problem(cfg.taus)
 
     return parse_config(CalibrateConfig, args, program="training.calibrate", doc=__doc__,
@@ -70,6 +78,24 @@ def taus_problem(spec: str) -> str | None:
     except ValueError:
         return f"--taus {spec!r}: expected numbers, e.g. 0,0.5,1"
     return None
+
+
+def choose_tau(scan: dict[str, dict], min_accuracy: float = 0.0) -> tuple[str, str]:
+    """The key of `scan` (tau -> FER+ valid scores) with the best balanced accuracy among
+    the taus whose accuracy is at least `min_accuracy`; when none is, the most accurate tau.
+    Ties go to the first in scan order (the smallest tau as --taus lists them). Returns the
+    tau and what it was chosen on, for the model's metadata."""
+    on = "FER+ valid, majority protocol, balanced accuracy"
+    if min_accuracy <= 0:
+        return max(scan, key=lambda t: scan[t]["balanced_accuracy"]), on
+    allowed = [t for t in scan if scan[t]["accuracy"] >= min_accuracy]
+    if not allowed:
+        log.warning("no tau keeps FER+ valid accuracy at %.4f; choosing the most accurate",
+                    min_accuracy)
+        return (max(scan, key=lambda t: scan[t]["accuracy"]),
+                f"FER+ valid, majority protocol, accuracy (no tau reached {min_accuracy:g})")
+    return (max(allowed, key=lambda t: scan[t]["balanced_accuracy"]),
+            f"{on}, among taus with accuracy >= {min_accuracy:g}")
 
 
 def with_tau(model: str | Path, tau: float, prior: dict[str, float], target: Path) -> Predictor:
@@ -105,12 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
                                 "recall": s["recall"]}
             log.info("tau %g: FER+ valid accuracy %.4f, balanced %.4f, recall %s", tau,
                      s["accuracy"], s["balanced_accuracy"], s["recall"])
-    best = max(scan, key=lambda t: scan[t]["balanced_accuracy"])  # first of ties: smallest
-    adjust = {"tau": float(best), "prior": prior,
-              "chosen_on": "FER+ valid, majority protocol, balanced accuracy", "scan": scan,
+    best, chosen_on = choose_tau(scan, cfg.min_accuracy)
+    adjust = {"tau": float(best), "prior": prior, "chosen_on": chosen_on, "scan": scan,
               "command": cfg.command}
     reexport(cfg.model, cfg.out, adjust)
-    result = {"model": cfg.out, "tau": float(best), "prior": prior, "scan": scan,
+    result = {"model": cfg.out, "tau": float(best), "chosen_on": chosen_on, "prior": prior,
+              "scan": scan,
               "val_images": len(val), "class_counts_val": val.counts(),
               "train_prior_images": prior_images, "command": cfg.command}
     print(json.dumps({k: v for k, v in result.items() if k != "scan"}, indent=2))

@@ -97,6 +97,7 @@ class Ensemble:
         self.input_size = members[0].input_size
         self.tta = "+".join(sorted({m.tta for m in members}))
         self.preprocess = "+".join(sorted({m.preprocess for m in members}))
+        self.runtime = "+".join(sorted({m.runtime for m in members}))
 
     def forward(self, faces: np.ndarray) -> np.ndarray:
         return geometric_mean([answers_over(m, faces, self.classes) for m in self.members])
@@ -248,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
             pred = model_faces(predictor, faces)
             scored = {"protocol": protocol, **scores(faces.labels, pred, classes)}
         result = {"set": cfg.set, "model": cfg.model, "classes": list(classes),
-                  "tta": predictor.tta, "preprocess": predictor.preprocess, **scored}
+                  "tta": predictor.tta, "preprocess": predictor.preprocess,
+                  "runtime": predictor.runtime, **scored}
     result["command"] = cfg.command
     text = json.dumps(result, indent=2)
     print(text)
