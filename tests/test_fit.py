@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -135,6 +136,18 @@ def test_export_compiles_no_torch_python_resize_and_reexport_keeps_probabilities
             torch.testing.assert_close(new.predict(x, mode), old.predict(x, mode), rtol=0, atol=0)
     assert json.loads(again.with_suffix(".json").read_text()) == \
         json.loads(tiny_model_path.with_suffix(".json").read_text())
+
+
+def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(tmp_path: Path) -> None:
+    ckpt = tmp_path / "last.ckpt"
+    fit.save_atomically({"epoch": 3, "w": torch.ones(4)}, ckpt)
+    with pytest.raises((AttributeError, pickle.PicklingError)):  # fails part-way through
+        fit.save_atomically({"epoch": 4, "w": torch.ones(4), "bad": lambda: None}, ckpt)
+    state = torch.load(ckpt, weights_only=False)
+    assert state["epoch"] == 3 and torch.equal(state["w"], torch.ones(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary left
+    fit.save_atomically({"epoch": 4}, ckpt)
+    assert torch.load(ckpt, weights_only=False)["epoch"] == 4
 
 
 def test_report_compares_runs_from_their_metrics(tmp_path: Path) -> None:

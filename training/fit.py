@@ -349,14 +349,14 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
                      total_loss / seen, correct / seen, val_acc)
             if val is not None and val_acc > best:
                 best, stale = val_acc, 0
-                torch.save(net.state_dict(), out / "best.ckpt")
+                save_atomically(net.state_dict(), out / "best.ckpt")
             elif val is not None:
                 stale += 1
             stop[0] = float(bool(cfg.patience) and stale >= cfg.patience)
             # Checkpoints cost a few MB each: on short epochs (CK+ folds) writing one per
             # epoch would cost more than the epoch, so they are written by the clock.
             if stop.item() or epoch + 1 == end or time.monotonic() - last_save >= cfg.ckpt_every_s:
-                torch.save({"net": net.state_dict(), "opt": opt.state_dict(),
+                save_atomically({"net": net.state_dict(), "opt": opt.state_dict(),
                             "history": history, "best": best, "epoch": epoch + 1,
                             "stale": stale, "rng": torch.get_rng_state(),
                             "cuda_rng": (torch.cuda.get_rng_state(device)
@@ -370,6 +370,18 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
     if rank == 0 and val is not None and (out / "best.ckpt").exists():
         net.load_state_dict(torch.load(out / "best.ckpt", map_location=device))
     return deployed, history
+
+
+def save_atomically(obj: object, path: Path) -> None:
+    """torch.save through a temporary file and a rename, so that a run killed while writing
+    (a session's end, an out-of-memory kill) keeps its previous checkpoint whole: --resume
+    then loses one interval of training, never the run."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def folds_of(cfg: FitConfig, faces: D.FaceSet) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
