@@ -85,17 +85,17 @@ def choose_tau(scan: dict[str, dict], min_accuracy: float = 0.0) -> tuple[str, s
     the taus whose accuracy is at least `min_accuracy`; when none is, the most accurate tau.
     Ties go to the first in scan order (the smallest tau as --taus lists them). Returns the
     tau and what it was chosen on, for the model's metadata."""
-    on = "FER+ valid, majority protocol, balanced accuracy"
+    on = "FER+ valid, majority protocol"
     if min_accuracy <= 0:
-        return max(scan, key=lambda t: scan[t]["balanced_accuracy"]), on
+        return max(scan, key=lambda t: scan[t]["balanced_accuracy"]), f"{on}, balanced accuracy"
     allowed = [t for t in scan if scan[t]["accuracy"] >= min_accuracy]
     if not allowed:
         log.warning("no tau keeps FER+ valid accuracy at %.4f; choosing the most accurate",
                     min_accuracy)
         return (max(scan, key=lambda t: scan[t]["accuracy"]),
-                f"FER+ valid, majority protocol, accuracy (no tau reached {min_accuracy:g})")
+                f"{on}, accuracy (no tau reached {min_accuracy:g})")
     return (max(allowed, key=lambda t: scan[t]["balanced_accuracy"]),
-            f"{on}, among taus with accuracy >= {min_accuracy:g}")
+            f"{on}, balanced accuracy, among taus with accuracy >= {min_accuracy:g}")
 
 
 def with_tau(model: str | Path, tau: float, prior: dict[str, float], target: Path) -> Predictor:
@@ -136,8 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
               "command": cfg.command}
     reexport(cfg.model, cfg.out, adjust)
     result = {"model": cfg.out, "tau": float(best), "chosen_on": chosen_on, "prior": prior,
-              "scan": scan,
-              "val_images": len(val), "class_counts_val": val.counts(),
+              "scan": scan, "val_images": len(val), "class_counts_val": val.counts(),
               "train_prior_images": prior_images, "command": cfg.command}
     print(json.dumps({k: v for k, v in result.items() if k != "scan"}, indent=2))
     return result

@@ -357,10 +357,10 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
             # epoch would cost more than the epoch, so they are written by the clock.
             if stop.item() or epoch + 1 == end or time.monotonic() - last_save >= cfg.ckpt_every_s:
                 save_atomically({"net": net.state_dict(), "opt": opt.state_dict(),
-                            "history": history, "best": best, "epoch": epoch + 1,
-                            "stale": stale, "rng": torch.get_rng_state(),
-                            "cuda_rng": (torch.cuda.get_rng_state(device)
-                                         if device.type == "cuda" else None)}, ckpt)
+                                 "history": history, "best": best, "epoch": epoch + 1,
+                                 "stale": stale, "rng": torch.get_rng_state(),
+                                 "cuda_rng": (torch.cuda.get_rng_state(device)
+                                              if device.type == "cuda" else None)}, ckpt)
                 last_save = time.monotonic()
         if world > 1:
             dist.broadcast(stop, 0)
