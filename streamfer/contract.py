@@ -12,6 +12,7 @@ writes it through `write`; the server, training, export and the benchmarks read 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,24 @@ def write(scripted: torch.jit.ScriptModule, path: str | Path, meta: dict[str, An
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=False)
-    torch.jit.save(scripted, str(path), _extra_files={METADATA: text})
-    path.with_suffix(".json").write_text(text + "\n")
+    replace_atomically(path, lambda tmp: torch.jit.save(scripted, str(tmp),
+                                                        _extra_files={METADATA: text}))
+    replace_atomically(path.with_suffix(".json"), lambda tmp: tmp.write_text(text + "\n"))
+    return path
+
+
+def replace_atomically(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Have `write` fill a temporary file beside `path`, then rename it over `path`.
+
+    A reader (a server starting, a run resuming) then finds the old file or the new one, never
+    half of one, and a write killed or failing part-way leaves the old file whole and no
+    temporary behind. Used for every file the server or a resumed run reads back.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

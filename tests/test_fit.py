@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from streamfer import contract
 from training import fit, report
+from training.export import reexport
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,7 +123,6 @@ def test_export_compiles_no_torch_python_resize_and_reexport_keeps_probabilities
         tmp_path: Path, tiny_model_path: Path) -> None:
     import zipfile
 
-    from training.export import reexport
 
     # F.interpolate's compiled body names every resize kernel of the exporting torch (2.13's
     # Lanczos kernel made files that torch 2.11 refused to load); the wrapper avoids it.
@@ -148,6 +149,23 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary left
     fit.save_atomically({"epoch": 4}, ckpt)
     assert torch.load(ckpt, weights_only=False)["epoch"] == 4
+
+
+def test_a_model_rewrite_that_fails_part_way_leaves_the_served_file_loadable(
+        tiny_model_path: Path, tmp_path: Path) -> None:
+    model = tmp_path / "served.pt"
+    reexport(tiny_model_path, model)  # through contract.write, as export and calibrate write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served.json", "served.pt"]
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_bytes(model.read_bytes()[:1000])
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        contract.replace_atomically(model, half_then_fail)
+    _, meta = contract.read(model)  # the old file, whole
+    assert meta["name"] == "tiny"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served.json", "served.pt"]
 
 
 def test_report_compares_runs_from_their_metrics(tmp_path: Path) -> None:
@@ -297,7 +315,6 @@ def test_distillation_targets_are_the_teachers_served_ensemble(
     from streamfer.model import Predictor
     from training import data as D
     from training import distill
-    from training.export import reexport
 
     write_ferplus_tree(tmp_path / "ferplus")
     common = ["--data", "ferplus", "--data-root", str(tmp_path / "ferplus"), "--augment",

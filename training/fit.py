@@ -376,12 +376,7 @@ def save_atomically(obj: object, path: Path) -> None:
     """torch.save through a temporary file and a rename, so that a run killed while writing
     (a session's end, an out-of-memory kill) keeps its previous checkpoint whole: --resume
     then loses one interval of training, never the run."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        torch.save(obj, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    contract.replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def folds_of(cfg: FitConfig, faces: D.FaceSet) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from streamfer import onnx_int8
+from streamfer import contract, onnx_int8
 from streamfer.faces import load_gray, preprocess_faces, resize_square
 from training.cli import opt, parse_config
 from training.data import IMAGE_SUFFIXES
@@ -210,29 +210,32 @@ def quantize(cfg: QuantizeConfig) -> Path:
             batch = next(self.batches, None)
             return None if batch is None else {onnx_int8.INPUT: batch}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
-        export_onnx(deployed, fp32, rewrite=cfg.graph == "served")
-        quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(target), Reader(),
-                        quant_format=QuantFormat.QDQ if cfg.format == "qdq" else
-                        QuantFormat.QOperator, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
-                        reduce_range=cfg.reduce_range, op_types_to_quantize=QUANTIZED_OPS)
     import onnx
     import onnxruntime
 
-    quantized = onnx.load(str(target))
     info = {"calibration": cfg.data, "faces": len(faces), "onnxruntime":
             onnxruntime.__version__, "torch": torch.__version__, "source": model.name,
             "graph": cfg.graph, "format": cfg.format, "per_channel": cfg.per_channel,
             "reduce_range": cfg.reduce_range, "command": cfg.command}
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
+        int8 = Path(tmp) / "int8.onnx"
+        export_onnx(deployed, fp32, rewrite=cfg.graph == "served")
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(str(prepared), str(int8), Reader(),
+                        quant_format=QuantFormat.QDQ if cfg.format == "qdq" else
+                        QuantFormat.QOperator, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
+                        reduce_range=cfg.reduce_range, op_types_to_quantize=QUANTIZED_OPS)
+        quantized = onnx.load(str(int8))
     for key, value in ((onnx_int8.META_SOURCE, onnx_int8.sha256(model)),
                        (onnx_int8.META_TTA, deployed.tta),
                        (onnx_int8.META_INFO, json.dumps(info))):
         entry = quantized.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(quantized, str(target))
+    # A server starting meanwhile loads the old derivative or the new one, never half of one.
+    contract.replace_atomically(target,
+                                lambda tmp: onnx.save(quantized, str(tmp), format="protobuf"))
     return target
 
 
