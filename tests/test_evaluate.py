@@ -108,6 +108,7 @@ def test_calibrate_picks_tau_on_ferplus_valid_and_shifts_only_the_bias(
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["logit_adjust"]["tau"] == r["tau"] and "FER+ valid" in meta["logit_adjust"][
         "chosen_on"]
+    assert meta["name"] == "adjusted"  # named for its file, as the server will log it
     old, new = torch.jit.load(str(tiny_model_path)), torch.jit.load(str(out))
     delta = new.net.full.bias - old.net.full.bias
     prior = torch.tensor([max(r["prior"][c], 1e-6) for c in meta["classes"]])

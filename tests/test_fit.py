@@ -151,6 +151,31 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(tmp_path: P
     assert torch.load(ckpt, weights_only=False)["epoch"] == 4
 
 
+def test_reexport_notes_add_a_recipe_and_keep_what_the_weights_compute(
+        tiny_model_path: Path, tmp_path: Path) -> None:
+    from training import export
+
+    notes = tmp_path / "notes.json"
+    notes.write_text(json.dumps({"recipe": ["python -m training.fit ..."],
+                                 "selection": "chosen before its results"}))
+    out = export.main([str(tiny_model_path), "--out", str(tmp_path / "noted.pt"),
+                       "--notes", str(notes)])
+    _, meta = contract.read(out)
+    _, before = contract.read(tiny_model_path)
+    assert meta["recipe"] == ["python -m training.fit ..."]
+    assert meta["selection"] == "chosen before its results"
+    assert {k: v for k, v in meta.items() if k not in ("recipe", "selection")} == before
+    x = torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8)
+    torch.testing.assert_close(torch.jit.load(str(out)).predict(x, "mirror"),
+                               torch.jit.load(str(tiny_model_path)).predict(x, "mirror"),
+                               rtol=0, atol=0)
+    notes.write_text(json.dumps({"classes": ["a", "b"]}))
+    with pytest.raises(ValueError, match="classes"):
+        export.main([str(tiny_model_path), "--out", str(tmp_path / "bad.pt"),
+                     "--notes", str(notes)])
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_a_model_rewrite_that_fails_part_way_leaves_the_served_file_loadable(
         tiny_model_path: Path, tmp_path: Path) -> None:
     model = tmp_path / "served.pt"

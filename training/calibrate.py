@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     best, chosen_on = choose_tau(scan, cfg.min_accuracy)
     adjust = {"tau": float(best), "prior": prior, "chosen_on": chosen_on, "scan": scan,
               "command": cfg.command}
-    reexport(cfg.model, cfg.out, adjust)
+    # A new model file: the server logs it by its name, so it takes the name of the file.
+    reexport(cfg.model, cfg.out, adjust, name=Path(cfg.out).stem)
     result = {"model": cfg.out, "tau": float(best), "chosen_on": chosen_on, "prior": prior,
               "scan": scan, "val_images": len(val), "class_counts_val": val.counts(),
               "train_prior_images": prior_images, "command": cfg.command}

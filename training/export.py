@@ -16,6 +16,7 @@ load), so the wrapper calls the one aten kernel it needs directly.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,15 +117,28 @@ def rebuild(source: str | Path, logit_adjust: dict | None = None) -> tuple[Deplo
     return deployed.eval(), meta
 
 
+# Metadata that describes the file's format and geometry: export derives it from the network,
+# so it can be neither kept from an older file nor set by hand.
+DERIVED = frozenset({"format", "input", "crop", "mean", "std", "tta_default", "tta_modes"})
+
+
 def reexport(source: str | Path, target: str | Path | None = None,
-             logit_adjust: dict | None = None) -> Path:
+             logit_adjust: dict | None = None, name: str | None = None,
+             notes: dict | None = None) -> Path:
     """Rebuild an exported model's wrapper around its own weights and metadata and save it
     again (in place by default): models exported by older versions of this file pick up
     its fixes without retraining. The probabilities stay the same, unless `logit_adjust`
-    is given (see `rebuild`)."""
+    is given (see `rebuild`). `name` replaces the metadata's name (the server logs it);
+    `notes` are added to the metadata (a shipped model's recipe, how it was chosen)."""
     deployed, meta = rebuild(source, logit_adjust)
-    keep = {k: v for k, v in meta.items() if k not in {
-        "format", "input", "crop", "mean", "std", "tta_default", "tta_modes"}}
+    fixed = (DERIVED | {"network", "classes", "preprocess", "logit_adjust"}) & (notes or {}).keys()
+    if fixed:
+        raise ValueError(f"metadata {sorted(fixed)} says what the weights compute and "
+                         "cannot be set by a note")
+    keep = {k: v for k, v in meta.items() if k not in DERIVED}
+    keep.update(notes or {})
+    if name:
+        keep["name"] = name
     return export(deployed, target or source, keep)
 
 
@@ -132,9 +146,19 @@ def reexport(source: str | Path, target: str | Path | None = None,
 class ReexportConfig:
     model: Path = opt(Path(), "an exported .pt file", positional=True)
     out: Path | None = opt(None, "where to write (default: in place)")
+    notes: Path | None = opt(None, "a JSON object whose keys are added to the metadata (a "
+                             "shipped model's recipe, how it was chosen); then rerun "
+                             "training.quantize, as the file's bytes change")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    a = parse(ReexportConfig, argv, prog="python -m training.export",
+              description=reexport.__doc__)
+    notes = json.loads(a.notes.read_text()) if a.notes else None
+    if notes is not None and not isinstance(notes, dict):
+        raise SystemExit(f"--notes {a.notes}: expected a JSON object")
+    return reexport(a.model, a.out, notes=notes)
 
 
 if __name__ == "__main__":
-    a = parse(ReexportConfig, None, prog="python -m training.export",
-              description=reexport.__doc__)
-    print(reexport(a.model, a.out))
+    print(main())
