@@ -176,6 +176,26 @@ def test_reexport_notes_add_a_recipe_and_keep_what_the_weights_compute(
     assert not (tmp_path / "bad.pt").exists()
 
 
+def test_reexport_takes_another_epochs_weights_from_a_checkpoint(
+        tiny_model_path: Path, tmp_path: Path) -> None:
+    from training import export
+
+    deployed, _ = export.rebuild(tiny_model_path)
+    state = {k: v + 0.01 for k, v in deployed.net.state_dict().items()}  # "a later epoch"
+    fit.save_atomically({"net": state, "epoch": 7}, tmp_path / "last.ckpt")
+    fit.save_atomically(state, tmp_path / "best.ckpt")
+    for ckpt, epoch in (("last.ckpt", 7), ("best.ckpt", None)):
+        out = export.main([str(tiny_model_path), "--out", str(tmp_path / f"{ckpt}.pt"),
+                           "--weights", str(tmp_path / ckpt)])
+        again, meta = export.rebuild(out)
+        for k, v in again.net.state_dict().items():
+            torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+        assert meta["metrics"]["epoch"] == epoch and meta["metrics"]["weights"].endswith(ckpt)
+    x = torch.randint(0, 256, (2, 1, 48, 48), dtype=torch.uint8)
+    assert not torch.equal(torch.jit.load(str(tmp_path / "last.ckpt.pt")).predict(x, "centre"),
+                           torch.jit.load(str(tiny_model_path)).predict(x, "centre"))
+
+
 def test_a_model_rewrite_that_fails_part_way_leaves_the_served_file_loadable(
         tiny_model_path: Path, tmp_path: Path) -> None:
     model = tmp_path / "served.pt"

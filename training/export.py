@@ -124,13 +124,25 @@ DERIVED = frozenset({"format", "input", "crop", "mean", "std", "tta_default", "t
 
 def reexport(source: str | Path, target: str | Path | None = None,
              logit_adjust: dict | None = None, name: str | None = None,
-             notes: dict | None = None) -> Path:
+             notes: dict | None = None, weights: str | Path | None = None) -> Path:
     """Rebuild an exported model's wrapper around its own weights and metadata and save it
     again (in place by default): models exported by older versions of this file pick up
     its fixes without retraining. The probabilities stay the same, unless `logit_adjust`
     is given (see `rebuild`). `name` replaces the metadata's name (the server logs it);
-    `notes` are added to the metadata (a shipped model's recipe, how it was chosen)."""
+    `notes` are added to the metadata (a shipped model's recipe, how it was chosen).
+    `weights`, a training checkpoint of the same run (`last.ckpt` or `best.ckpt`), replaces
+    the network's weights: another epoch than the one exported, e.g. the final one, to
+    measure what choosing the best epoch on the validation split was worth."""
     deployed, meta = rebuild(source, logit_adjust)
+    if weights:
+        if meta.get("logit_adjust"):
+            raise ValueError(f"{source} is logit-adjusted: take the weights into its source")
+        state = torch.load(weights, map_location="cpu", weights_only=False)
+        # last.ckpt holds the training state around the weights; best.ckpt the weights alone
+        epoch = state.get("epoch") if "net" in state else None
+        deployed.net.load_state_dict(state.get("net", state))
+        meta["metrics"] = {"weights": str(weights), "epoch": epoch,
+                           "note": "weights from a checkpoint: the source's metrics do not apply"}
     fixed = (DERIVED | {"network", "classes", "preprocess", "logit_adjust"}) & (notes or {}).keys()
     if fixed:
         raise ValueError(f"metadata {sorted(fixed)} says what the weights compute and "
@@ -149,6 +161,9 @@ class ReexportConfig:
     notes: Path | None = opt(None, "a JSON object whose keys are added to the metadata (a "
                              "shipped model's recipe, how it was chosen); then rerun "
                              "training.quantize, as the file's bytes change")
+    weights: Path | None = opt(None, "a checkpoint of the same run (runs/NAME/last.ckpt or "
+                               "best.ckpt) whose weights replace the model's, e.g. to export "
+                               "the final epoch instead of the best")
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> Path:
     notes = json.loads(a.notes.read_text()) if a.notes else None
     if notes is not None and not isinstance(notes, dict):
         raise SystemExit(f"--notes {a.notes}: expected a JSON object")
-    return reexport(a.model, a.out, notes=notes)
+    return reexport(a.model, a.out, notes=notes, weights=a.weights)
 
 
 if __name__ == "__main__":
