@@ -179,7 +179,7 @@ def export_onnx(deployed: Deployed, path: Path, rewrite: bool = True) -> Path:
     probabilities with the model's default averaging, a dynamic batch dimension."""
     example = torch.full((4, 1, deployed.size, deployed.size), 128, dtype=torch.uint8)
     torch.onnx.export(
-        _Baked(deployed, rewrite), (example,), str(path), input_names=[onnx_int8.INPUT],
+        _Baked(deployed, rewrite).eval(), (example,), str(path), input_names=[onnx_int8.INPUT],
         output_names=[onnx_int8.OUTPUT], dynamo=True, external_data=False,
         dynamic_shapes={"faces": {0: torch.export.Dim("n", min=1, max=4096)}})
     return path
