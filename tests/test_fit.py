@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from streamfer import contract
-from training import fit, report
-from training.export import reexport
+from training import export, fit, report
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,13 +122,12 @@ def test_export_compiles_no_torch_python_resize_and_reexport_keeps_probabilities
         tmp_path: Path, tiny_model_path: Path) -> None:
     import zipfile
 
-
     # F.interpolate's compiled body names every resize kernel of the exporting torch (2.13's
     # Lanczos kernel made files that torch 2.11 refused to load); the wrapper avoids it.
     with zipfile.ZipFile(tiny_model_path) as z:
         code = b"".join(z.read(n) for n in z.namelist() if n.endswith(".py"))
     assert b"def interpolate" not in code and b"lanczos" not in code
-    again = reexport(tiny_model_path, tmp_path / "again.pt")
+    again = export.reexport(tiny_model_path, tmp_path / "again.pt")
     old, new = torch.jit.load(str(tiny_model_path)), torch.jit.load(str(again))
     for x in (torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8),
               torch.rand(2, 1, 96, 80) * 255):
@@ -153,8 +151,6 @@ def test_a_checkpoint_write_that_fails_leaves_the_previous_one_whole(tmp_path: P
 
 def test_reexport_notes_add_a_recipe_and_keep_what_the_weights_compute(
         tiny_model_path: Path, tmp_path: Path) -> None:
-    from training import export
-
     notes = tmp_path / "notes.json"
     notes.write_text(json.dumps({"recipe": ["python -m training.fit ..."],
                                  "selection": "chosen before its results"}))
@@ -178,8 +174,6 @@ def test_reexport_notes_add_a_recipe_and_keep_what_the_weights_compute(
 
 def test_reexport_takes_another_epochs_weights_from_a_checkpoint(
         tiny_model_path: Path, tmp_path: Path) -> None:
-    from training import export
-
     deployed, _ = export.rebuild(tiny_model_path)
     state = {k: v + 0.01 for k, v in deployed.net.state_dict().items()}  # "a later epoch"
     fit.save_atomically({"net": state, "epoch": 7}, tmp_path / "last.ckpt")
@@ -199,7 +193,7 @@ def test_reexport_takes_another_epochs_weights_from_a_checkpoint(
 def test_a_model_rewrite_that_fails_part_way_leaves_the_served_file_loadable(
         tiny_model_path: Path, tmp_path: Path) -> None:
     model = tmp_path / "served.pt"
-    reexport(tiny_model_path, model)  # through contract.write, as export and calibrate write
+    export.reexport(tiny_model_path, model)  # through contract.write, as calibrate writes
     assert sorted(p.name for p in tmp_path.iterdir()) == ["served.json", "served.pt"]
 
     def half_then_fail(tmp: Path) -> None:
@@ -393,8 +387,8 @@ def test_distillation_targets_are_the_teachers_served_ensemble(
     assert "distilled from" in meta["train_data"]
     with pytest.raises(ValueError, match="no output for"):
         distill.ensemble_targets([teachers[0]], train.images, ("happiness", "neutral"))
-    adjusted = reexport(teachers[0], tmp_path / "adj.pt",
-                        {"tau": 1.0, "prior": {"happiness": 0.7, "sadness": 0.3}})
+    adjusted = export.reexport(teachers[0], tmp_path / "adj.pt",
+                               {"tau": 1.0, "prior": {"happiness": 0.7, "sadness": 0.3}})
     with pytest.raises(ValueError, match="logit-adjusted"):
         distill.ensemble_targets([adjusted], train.images, ("happiness", "sadness"))
     with pytest.raises(SystemExit):

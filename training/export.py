@@ -93,9 +93,12 @@ def export(deployed: Deployed, path: str | Path, metadata: dict) -> Path:
     return contract.write(torch.jit.script(deployed.cpu().eval()), path, meta)
 
 
-def rebuild(source: str | Path, logit_adjust: dict | None = None) -> tuple[Deployed, dict]:
+def rebuild(source: str | Path, logit_adjust: dict | None = None,
+            weights: str | Path | None = None) -> tuple[Deployed, dict]:
     """An exported model's eager wrapper and network, with its own weights, and its
     metadata: what re-export and derived artefacts (training/quantize.py) start from.
+    `weights`, a training checkpoint of the same run (`last.ckpt` or `best.ckpt`), replaces
+    the file's weights: another epoch than the one exported, e.g. the final one.
     `logit_adjust` ({"tau": t, "prior": {class: share}}) shifts the output layer's bias by
     -t log(prior): post-hoc logit adjustment (Menon et al., ICLR 2021), which trades a skewed
     training prior (FER+ is a third neutral) for balanced per-class recall, at no cost per
@@ -104,7 +107,17 @@ def rebuild(source: str | Path, logit_adjust: dict | None = None) -> tuple[Deplo
     net_fields = dict(meta["network"])
     net_fields["conv_channels"] = tuple(net_fields["conv_channels"])
     net = FERNet(NetConfig(**net_fields))
-    net.load_state_dict({k.removeprefix("net."): v for k, v in old.state_dict().items()})
+    if weights:
+        if meta.get("logit_adjust"):
+            raise ValueError(f"{source} is logit-adjusted: take the weights into its source")
+        state = torch.load(weights, map_location="cpu", weights_only=False)
+        # last.ckpt holds the training state around the weights; best.ckpt the weights alone
+        epoch = state.get("epoch") if "net" in state else None
+        net.load_state_dict(state.get("net", state))
+        meta["metrics"] = {"weights": str(weights), "epoch": epoch,
+                           "note": "weights from a checkpoint: the source's metrics do not apply"}
+    else:
+        net.load_state_dict({k.removeprefix("net."): v for k, v in old.state_dict().items()})
     if logit_adjust:
         if meta.get("logit_adjust"):
             raise ValueError(f"{source} is already logit-adjusted; adjust its source instead")
@@ -130,23 +143,13 @@ def reexport(source: str | Path, target: str | Path | None = None,
     its fixes without retraining. The probabilities stay the same, unless `logit_adjust`
     is given (see `rebuild`). `name` replaces the metadata's name (the server logs it);
     `notes` are added to the metadata (a shipped model's recipe, how it was chosen).
-    `weights`, a training checkpoint of the same run (`last.ckpt` or `best.ckpt`), replaces
-    the network's weights: another epoch than the one exported, e.g. the final one, to
+    `weights` takes another epoch's weights from a checkpoint (see `rebuild`), e.g. to
     measure what choosing the best epoch on the validation split was worth."""
-    deployed, meta = rebuild(source, logit_adjust)
-    if weights:
-        if meta.get("logit_adjust"):
-            raise ValueError(f"{source} is logit-adjusted: take the weights into its source")
-        state = torch.load(weights, map_location="cpu", weights_only=False)
-        # last.ckpt holds the training state around the weights; best.ckpt the weights alone
-        epoch = state.get("epoch") if "net" in state else None
-        deployed.net.load_state_dict(state.get("net", state))
-        meta["metrics"] = {"weights": str(weights), "epoch": epoch,
-                           "note": "weights from a checkpoint: the source's metrics do not apply"}
     fixed = (DERIVED | {"network", "classes", "preprocess", "logit_adjust"}) & (notes or {}).keys()
     if fixed:
         raise ValueError(f"metadata {sorted(fixed)} says what the weights compute and "
                          "cannot be set by a note")
+    deployed, meta = rebuild(source, logit_adjust, weights)
     keep = {k: v for k, v in meta.items() if k not in DERIVED}
     keep.update(notes or {})
     if name:
