@@ -142,9 +142,18 @@ async function startFaceApi(backend) {  // @vladmandic/face-api's TinyFaceDetect
   window.detect = async (canvas) => (await faceapi.detectAllFaces(canvas, options))
     .map((d) => [d.box.x, d.box.y, d.box.width, d.box.height]);
 }
+async function startLitert(range, where) {  // web/detection/ (LiteRT.js), as the page runs it
+  const { createFaceDetector } = await import("/detection/index.js");
+  const det = await createFaceDetector({ baseUrl: "%(runtime)s", range, worker: where === "worker",
+                                         track: false });
+  window.detectorInfo = { runtime: det.runtime, inWorker: det.inWorker };
+  window.detect = async (canvas) => (await det.detect(canvas)).faces.map(({ box: b }) =>
+    [b.x, b.y, b.w, b.h]);
+}
 window.startDetector = async (name, where) => {
   const t0 = performance.now();
-  if (name === "faceapi-tiny") await startFaceApi(where);
+  if (name.startsWith("litert-")) await startLitert(name.slice(7), where);
+  else if (name === "faceapi-tiny") await startFaceApi(where);
   else if (name === "tasks") await startTasks(where);
   else await startBlazeFace(name, where);
   return performance.now() - t0;
@@ -260,8 +269,9 @@ class Site:
 
         tasks_model = ("/tasks-model.tflite" if self.tasks_model
                        else "/" + self.package.url + "face_detection_short_range.tflite")
+        runtime = "/" + self.package.runtime.url if self.package.runtime else ""
         page = HARNESS % {"script": self.package.url + vendor.SCRIPT, "base": self.package.url,
-                          "tasks_model": tasks_model}
+                          "tasks_model": tasks_model, "runtime": runtime}
 
         async def index(_: web.Request) -> web.Response:
             return web.Response(text=page, content_type="text/html")
@@ -275,6 +285,7 @@ class Site:
             app.router.add_get("/", index)
             app.router.add_get("/frame/{i}.jpg", frame)
             vendor.add_routes(app, self.package)
+            app.router.add_static("/detection", ROOT / "web" / "detection")
             if self.faceapi:
                 app.router.add_static("/faceapi", self.faceapi)
             if self.tasks_vision:
@@ -294,6 +305,9 @@ class Site:
         self._loop.run_until_complete(main())
 
 
+LITERT = ("litert-auto", "litert-short", "litert-full")  # web/detection/, by its `range`
+
+
 def parse_spec(spec: str) -> tuple[str, str, int]:
     """`NAME[/WHERE][@WIDTH]` (see the module's docstring) -> (name, where, width or 0)."""
     head, _, width = spec.partition("@")
@@ -302,6 +316,10 @@ def parse_spec(spec: str) -> tuple[str, str, int]:
         where = where or vendor.INFERENCE
         if where not in ("cpu", "webgl"):
             raise ValueError(f"{spec}: BlazeFace runs on cpu or webgl")
+    elif name in LITERT:
+        where = where or "worker"
+        if where not in ("worker", "main"):
+            raise ValueError(f"{spec}: web/detection runs in a worker or on the main thread")
     elif name == "tasks":
         if where not in ("cpu", "gpu"):
             raise ValueError(f"{spec}: tasks-vision's delegates are cpu and gpu")
@@ -309,7 +327,8 @@ def parse_spec(spec: str) -> tuple[str, str, int]:
         if where not in ("cpu", "webgl"):
             raise ValueError(f"{spec}: face-api's backends here are cpu and webgl")
     else:
-        raise ValueError(f"{spec}: unknown detector (short, full, tasks, faceapi-tiny)")
+        raise ValueError(f"{spec}: unknown detector (short, full, {', '.join(LITERT)}, tasks, "
+                         "faceapi-tiny)")
     return name, where, int(width or 0)
 
 

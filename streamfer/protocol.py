@@ -73,7 +73,7 @@ def parse_frame(message: bytes) -> tuple[FrameHeader, bytes]:
 def hello(*, model: str, classes: list[str], input_size: int, tta: str, max_frame_bytes: int,
           max_fps: float, suggested_fps: float, window: int,
           framing: dict[str, dict[str, float]] | None = None,
-          page_detector: dict[str, str] | None = None) -> dict[str, Any]:
+          page_detector: dict[str, Any] | None = None) -> dict[str, Any]:
     """The greeting sent first on every connection.
 
     `framing` (detector name -> {scale, shift_y}, streamfer.faces.FRAMING) tells a page how to

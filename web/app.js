@@ -13,6 +13,7 @@ import { View } from "./view.js";
 const REFRESH_MS = 1000; // an unchanged scene is still re-sent this often, so the page stays live
 const IDLE_FPS = 5; // while no face is in view: keep looking, but spare the server and the battery
 const RTT_SAMPLES = 15;
+const DETECT_SAMPLES = 30;
 const FPS_WINDOW_MS = 2000;
 const SMOOTH_KEY = "streamfer.smooth";
 const CAMERA_STATUS = { insecure: "Needs HTTPS", denied: "Camera blocked", missing: "No camera" };
@@ -34,6 +35,7 @@ const state = {
   lastSentAt: -Infinity,
   lastRaw: null, // last "ok" reply's probabilities, to redraw when smoothing is toggled
   rtts: [],
+  detectMs: [],
   answeredAt: [],
   counts: {
     sent: 0, ok: 0, noFace: 0, dropped: 0, errors: 0, lost: 0,
@@ -85,6 +87,15 @@ function showProbs() {
 
 // ---- sending -------------------------------------------------------------------------------
 
+// The detector's recent wall time per frame as the page waits for it (in a Worker: the frame
+// grab, the transfer and the answer too), median of the last DETECT_SAMPLES, in
+// <html data-detect-ms>: for benchmarks (bench/page_stream.py) and the curious.
+function noteDetectMs(ms) {
+  state.detectMs.push(ms);
+  if (state.detectMs.length > DETECT_SAMPLES) state.detectMs.shift();
+  document.documentElement.dataset.detectMs = median(state.detectMs).toFixed(1);
+}
+
 async function step() {
   if (!state.cameraReady || document.hidden || !client.canSend() || video.readyState < 2) return;
   if (!state.detector) return; // still loading: nothing is sent until the page knows how
@@ -100,7 +111,9 @@ async function step() {
     state.counts.skippedStill += 1;
     return;
   }
+  const t0 = performance.now();
   const found = await state.detector.detect(video);
+  noteDetectMs(performance.now() - t0);
   view.setDetector(state.detector.name, found ? found.faces : 0);
   if (found === null) {
     state.counts.skippedNoFace += 1;
@@ -251,8 +264,10 @@ async function startDetector(hello) {
   state.detector = chosen.name === "server" ? chosen : new Fallback(chosen, (message) => {
     note(message);
     view.setDetector(state.detector.name);
+    document.documentElement.dataset.detectorThread = state.detector.thread;
   });
   view.setDetector(state.detector.name);
+  document.documentElement.dataset.detectorThread = state.detector.thread;
 }
 
 function main() {

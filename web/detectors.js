@@ -1,7 +1,8 @@
 // In-page face detectors behind one small interface, so capture and streaming code never
 // change when one is added.
 //
-// A detector is an object {name, framing, detect(video)} where `await detect(video)` returns
+// A detector is an object {name, framing, thread, detect(video)} where `thread` says where
+// its work runs ("worker", "main", or "none" for the server's) and `await detect(video)` returns
 //   {box: {x, y, w, h}, faces}  the face to read, in video pixels (the largest of `faces`):
 //                               the page sends a crop of it, framed with `framing`;
 //   null                        the page is sure no usable face is in view: it sends nothing;
@@ -9,6 +10,8 @@
 //                               frame and the server detects.
 // `framing` ({scale, shift_y}) comes from the server's greeting (streamfer/faces.py FRAMING,
 // calibrated per detector against the training faces), never from a copy here.
+
+import { createFaceDetector } from "./detection/index.js";
 
 // A face this close to the frame's edge is probably cut off: its crop would not look like a
 // training face, so it is not sent.
@@ -22,6 +25,7 @@ export class ServerSideDetector {
   constructor() {
     this.name = "server";
     this.framing = null;
+    this.thread = "none";
   }
 
   async detect() {
@@ -38,6 +42,7 @@ export class ShapeFaceDetector {
   constructor(framing) {
     this.name = "shape";
     this.framing = framing;
+    this.thread = "main";
     this.impl = new globalThis.FaceDetector({ fastMode: true, maxDetectedFaces: 4 });
   }
 
@@ -109,6 +114,7 @@ export class BlazeFaceDetector {
   constructor(impl, framing) {
     this.name = "blazeface";
     this.framing = framing;
+    this.thread = "main";
     this.impl = impl;
     this.latest = [];
     impl.onResults((results) => {
@@ -128,6 +134,31 @@ export class BlazeFaceDetector {
       h: b.height * vh,
     }));
     return pickFace(boxes, vw, vh);
+  }
+}
+
+/**
+ * The same BlazeFace networks (short and full range, chosen per frame, faces tracked) on
+ * LiteRT.js in a Web Worker (web/detection/), from the files the greeting's
+ * `page_detector.runtime` names; on the main thread where Workers cannot take frames. Its
+ * boxes are BlazeFace's, so it crops with BlazeFace's framing.
+ */
+export class WorkerFaceDetector {
+  static async load(info, framing) {
+    const impl = await createFaceDetector({ baseUrl: info.runtime.base, inference: info.inference });
+    return new WorkerFaceDetector(impl, framing);
+  }
+
+  constructor(impl, framing) {
+    this.name = "worker";
+    this.framing = framing;
+    this.impl = impl;
+    this.thread = impl.inWorker ? "worker" : "main";
+  }
+
+  async detect(video) {
+    const { faces } = await this.impl.detect(video);
+    return pickFace(faces.map((f) => f.box), video.videoWidth, video.videoHeight);
   }
 }
 
@@ -155,12 +186,24 @@ export function pickFace(boxes, frameW, frameH) {
   return { box: main, faces: boxes.length };
 }
 
-/** Detector names in the order the page tries them; `?detector=NAME` picks one. */
+/**
+ * Detector names in the order the page tries them; `?detector=NAME` picks one ("worker" is
+ * only tried when asked for).
+ */
 export const DETECTOR_NAMES = ["blazeface", "shape", "server"];
+const ALL_NAMES = ["worker", ...DETECTOR_NAMES];
 
 async function make(name, hello) {
   const framing = (hello.framing || {})[name];
   switch (name) {
+    case "worker":
+      if (!hello.page_detector || !hello.page_detector.runtime) {
+        throw new Unavailable("this server has no detection runtime installed (web/node_modules)");
+      }
+      if (!hello.framing || !hello.framing.blazeface) {
+        throw new Unavailable("the server sent no framing for BlazeFace");
+      }
+      return WorkerFaceDetector.load(hello.page_detector, hello.framing.blazeface);
     case "blazeface":
       if (!hello.page_detector) {
         throw new Unavailable("this server has no in-page detector installed (web/node_modules)");
@@ -174,7 +217,7 @@ async function make(name, hello) {
     case "server":
       return new ServerSideDetector();
     default:
-      throw new Unavailable(`no detector is called "${name}" (${DETECTOR_NAMES.join(", ")})`);
+      throw new Unavailable(`no detector is called "${name}" (${ALL_NAMES.join(", ")})`);
   }
 }
 
@@ -222,6 +265,10 @@ export class Fallback {
 
   get framing() {
     return this.failed ? this.secondary.framing : this.primary.framing;
+  }
+
+  get thread() {
+    return this.failed ? this.secondary.thread : this.primary.thread;
   }
 
   async detect(video) {

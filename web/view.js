@@ -38,6 +38,7 @@ const STATUS_TEXT = {
 const DETECTOR_LABEL = {
   loading: "Face: loading the detector…",
   blazeface: "Face: BlazeFace (in page)",
+  worker: "Face: BlazeFace (in page, LiteRT.js)",
   shape: "Face: FaceDetector (in page)",
   server: "Face: server detects",
 };

@@ -7,12 +7,19 @@ top-level files, under a URL that carries its version (`/vendor/face_detection@V
 so browsers may cache them for good and an upgrade changes the URL. Without the install the
 server still runs: the greeting then offers no in-page detector and phones send full frames
 for the server to check.
+
+The in-page detection engine (web/detection/) runs those same networks with LiteRT.js
+(`@litertjs/core` and its `@litertjs/wasm-utils`, Apache-2.0), in a Web Worker. Its files
+and the two networks are served from one folder whose URL names both versions
+(`/vendor/litert@CORE_VERSION+face_detection@VERSION/`), from an allow-list (RUNTIME_FILES).
+The one bare module specifier in LiteRT.js's ES module is rewritten to the served file's
+relative URL, since Workers have no import maps.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,55 @@ MISSING = (f"no in-page face detector (web/node_modules has no {PACKAGE}: run `(
            "npm ci)`): phones will send full frames and the server detects")
 
 
+RUNTIME = "litert"  # the greeting's page_detector.runtime.name
+RUNTIME_PACKAGE = "@litertjs/core"
+# Served name -> (npm package, path inside it). Only the single-threaded wasm builds: the
+# threaded one needs a cross-origin-isolated page, the JSPI one WebNN.
+RUNTIME_FILES = {
+    "litert.js": (RUNTIME_PACKAGE, "dist/index.js"),
+    "wasm-utils.js": ("@litertjs/wasm-utils", "dist/index.js"),
+    **{f"litert_wasm{v}_internal{ext}": (RUNTIME_PACKAGE, f"wasm/litert_wasm{v}_internal{ext}")
+       for v in ("", "_compat") for ext in (".js", ".wasm")},
+    **{name: (PACKAGE, name) for name in ("face_detection_short_range.tflite",
+                                          "face_detection_full_range.tflite")},
+}
+IMPORT_REWRITES = {"litert.js": (b'from "@litertjs/wasm-utils"', b'from "./wasm-utils.js"')}
+
+
+@dataclass(frozen=True)
+class VendorRuntime:
+    """The installed LiteRT.js and the networks it runs: the files under one versioned URL."""
+
+    version: str  # of RUNTIME_PACKAGE
+    files: dict[str, Path] = field(hash=False)
+    rewritten: dict[str, bytes] = field(hash=False)  # served from memory (IMPORT_REWRITES)
+    url: str = ""
+
+    def greeting(self) -> dict[str, str]:
+        return {"name": RUNTIME, "base": self.url, "package": f"{RUNTIME_PACKAGE}@{self.version}"}
+
+
+def find_runtime(web_dir: Path, detector_version: str) -> VendorRuntime | None:
+    """LiteRT.js under `web_dir`/node_modules with every file of RUNTIME_FILES, or None."""
+    modules = web_dir / "node_modules"
+    try:
+        version = str(json.loads((modules / RUNTIME_PACKAGE / "package.json").read_text())
+                      ["version"])
+        files = {name: modules / pkg / path for name, (pkg, path) in RUNTIME_FILES.items()}
+        if not all(p.is_file() for p in files.values()):
+            return None
+        rewritten = {}
+        for name, (old, new) in IMPORT_REWRITES.items():
+            text = files[name].read_bytes()
+            if old not in text:
+                return None  # another build of the package: not served half-working
+            rewritten[name] = text.replace(old, new)
+    except (OSError, ValueError, KeyError):
+        return None
+    url = f"vendor/{RUNTIME}@{version}+face_detection@{detector_version}/"
+    return VendorRuntime(version, files, rewritten, url)
+
+
 @dataclass(frozen=True)
 class VendorPackage:
     """An installed copy of PACKAGE: where it is, its version and the files to serve."""
@@ -52,6 +108,7 @@ class VendorPackage:
     version: str
     files: frozenset[str]
     inference: str = INFERENCE  # where phones run the network (one of INFERENCES)
+    runtime: VendorRuntime | None = None  # the Worker engine's files, when installed
 
     @property
     def url(self) -> str:
@@ -61,7 +118,8 @@ class VendorPackage:
     def greeting(self) -> dict[str, Any]:
         """What the page needs to load it (the greeting's `page_detector`)."""
         return {"name": NAME, "base": self.url, "script": self.url + SCRIPT, "model": MODEL,
-                "inference": self.inference, "package": f"{PACKAGE}@{self.version}"}
+                "inference": self.inference, "package": f"{PACKAGE}@{self.version}",
+                "runtime": self.runtime.greeting() if self.runtime else None}
 
 
 def find(web_dir: Path, inference: str = INFERENCE) -> VendorPackage | None:
@@ -74,7 +132,9 @@ def find(web_dir: Path, inference: str = INFERENCE) -> VendorPackage | None:
                           if p.is_file() and p.suffix in CONTENT_TYPES)
     except (OSError, ValueError, KeyError):
         return None
-    return VendorPackage(folder, version, files, inference) if SCRIPT in files else None
+    if SCRIPT not in files:
+        return None
+    return VendorPackage(folder, version, files, inference, find_runtime(web_dir, version))
 
 
 def add_routes(app: web.Application, package: VendorPackage) -> None:
@@ -91,3 +151,21 @@ def add_routes(app: web.Application, package: VendorPackage) -> None:
         })
 
     app.router.add_get("/" + package.url + "{name}", serve)
+    if package.runtime is not None:
+        add_runtime_routes(app, package.runtime)
+
+
+def add_runtime_routes(app: web.Application, runtime: VendorRuntime) -> None:
+    """GET /vendor/litert@V+face_detection@V/<file>, for RUNTIME_FILES only."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in runtime.files:
+            raise web.HTTPNotFound(text=f"{name} is not served with {RUNTIME_PACKAGE}\n")
+        headers = {"Content-Type": CONTENT_TYPES[Path(name).suffix],
+                   "Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
+        if name in runtime.rewritten:
+            return web.Response(body=runtime.rewritten[name], headers=headers)
+        return web.FileResponse(runtime.files[name], headers=headers)
+
+    app.router.add_get("/" + runtime.url + "{name}", serve)
