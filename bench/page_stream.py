@@ -5,10 +5,20 @@ own /metrics count, by kind), and what the page shows.
 
     python -m bench.page_stream                  # 5 seeded photos, 20 s each
     python -m bench.page_stream --photos 10 --seconds 30 --detector server   # the old path
+    python -m bench.page_stream --detector worker --face-px 200 --face-px 120 --face-px 60 \
+        --throttle 1 --throttle 4 --throttle 6 --photos 2 --seconds 15 \
+        --out bench/results/page_phone_cpu.json                         # phone-class CPU
 
 Each photo is pasted 300 px square into a 640x480 scene (bench/fakecam.py `scene`, the
 browser tests' own) with a few pixels of camera shake; the page runs as a phone user opens
 it. Prints one row per photo and writes bench/results/page_stream.json.
+
+`--face-px N` scales each photo instead so that its face (found by the server's BlazeFace,
+streamfer.detect) is N px wide in the frame; `--throttle R` slows Chromium's CPU R times
+(CDP Emulation.setCPUThrottlingRate), a phone-class CPU at 4-6. Each row then also gives
+crops/s the server received after the page first streamed, the page's own detector time
+per frame (<html data-detect-ms>) and the main thread's long tasks (PerformanceObserver
+'longtask': tasks over 50 ms) per second and their total share of the time.
 """
 
 from __future__ import annotations
@@ -23,8 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.browserkit import Server, counts, open_page, phone, prediction
-from bench.fakecam import scene, shaking, write_y4m
+from bench.browserkit import Server, counts, phone, prediction
+from bench.fakecam import HEIGHT, scene, shaking, write_y4m
 from bench.machine import describe, machine_info
 from bench.serverproc import free_port
 from streamfer.cli import opt, parse
@@ -43,7 +53,88 @@ class PageStreamConfig:
     seconds: float = opt(20.0, "how long the page streams each photo")
     detector: str = opt("", "the page's ?detector= (empty: the page's own)")
     seed: int = opt(1, "seeds the choice of photos")
+    face_px: tuple[int, ...] = opt((), "face widths in the 640x480 frame (repeatable; "
+                                   "none: the photo 300 px square)")
+    throttle: tuple[float, ...] = opt((1.0,), "Chromium CPU throttling rates (CDP "
+                                      "Emulation.setCPUThrottlingRate), each run in turn "
+                                      "(repeatable)")
     out: str = opt(str(BENCH / "results/page_stream.json"), "results JSON")
+
+
+LONG_TASKS = """(() => {
+  window.__longTasks = { count: 0, ms: 0 };
+  try {
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) {
+        window.__longTasks.count++;
+        window.__longTasks.ms += e.duration;
+      }
+    }).observe({ type: "longtask", buffered: true });
+  } catch (e) { window.__longTasks = null; }
+})();"""
+
+
+def sized_scene(photo: np.ndarray, face_px: int) -> np.ndarray:
+    """The middle square of `photo`, scaled so that its largest face (the server's
+    BlazeFace) is `face_px` wide, pasted in the middle of the fakecam scene (cut to the
+    frame's height when larger)."""
+    from streamfer.detect import load_detector
+
+    side = min(photo.shape[:2])
+    y0, x0 = (photo.shape[0] - side) // 2, (photo.shape[1] - side) // 2
+    square = photo[y0:y0 + side, x0:x0 + side]
+    found = load_detector().detect_photo(cv2.cvtColor(square, cv2.COLOR_RGB2GRAY))
+    if not found:
+        raise ValueError("no face found in the photo")
+    px = round(side * face_px / max(d.box.w for d in found))
+    scaled = cv2.resize(square, (px, px), interpolation=cv2.INTER_AREA)
+    fit = min(px, HEIGHT - 2) // 2 * 2  # a photo larger than the frame: its middle
+    cut = (px - fit) // 2
+    return scene(scaled[cut:cut + fit, cut:cut + fit], side=fit)
+
+
+def stream_one(pw: object, server: Server, video: Path, args: PageStreamConfig,
+               rate: float) -> dict[str, object]:
+    """One page on `video` at CPU throttling `rate` for args.seconds."""
+    before = {k: server.frames_by_kind(k) for k in ("crop", "full")}
+    with phone(pw, video) as context:
+        context.add_init_script(LONG_TASKS)
+        page = context.new_page()
+        if rate != 1:
+            page.context.new_cdp_session(page).send("Emulation.setCPUThrottlingRate",
+                                                    {"rate": rate})
+        page.goto(server.url + (f"?detector={args.detector}" if args.detector else ""))
+        t0 = time.monotonic()
+        try:
+            page.wait_for_selector('#status[data-state="streaming"]',
+                                   timeout=args.seconds * 1000)
+            first = time.monotonic()
+        except Exception:  # never streamed: the row says so (crops_per_s 0)
+            first = time.monotonic()
+        at_first = {k: server.frames_by_kind(k) for k in ("crop", "full")}
+        page.evaluate("() => { window.__longTasks && (window.__longTasks = {count: 0, ms: 0}); }")
+        window_t = time.monotonic()
+        time.sleep(max(0.0, args.seconds - (window_t - t0)))
+        span = time.monotonic() - window_t
+        crops_in_window = server.frames_by_kind("crop") - at_first["crop"]
+        shown, page_counts = prediction(page), counts(page)
+        detector = page.get_attribute("body", "data-detector")
+        info = page.evaluate("() => ({thread: document.documentElement.dataset.detectorThread,"
+                             " ms: document.documentElement.dataset.detectMs,"
+                             " long: window.__longTasks})")
+    time.sleep(1.0)  # replies in flight land in /metrics
+    got = {k: server.frames_by_kind(k) - before[k] for k in ("crop", "full")}
+    sent = got["crop"] + got["full"]
+    long = info["long"] or {}
+    return {"detector": detector, "thread": info["thread"], "throttle": rate,
+            "received": sent, **got, "crop_share": got["crop"] / sent if sent else None,
+            "seconds_to_stream": first - t0, "window_s": span,
+            "crops_per_s": crops_in_window / span if span > 0 else None,
+            "detect_ms": float(info["ms"]) if info["ms"] else None,
+            "long_tasks_per_s": long.get("count", 0) / span if span > 0 else None,
+            "long_task_share": long.get("ms", 0) / 1000 / span if span > 0 else None,
+            "ok": page_counts["ok"], "shown": shown["top"],
+            "skipped_no_face": page_counts["skippedNoFace"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,26 +152,23 @@ def main(argv: list[str] | None = None) -> None:
             with sync_playwright() as pw:
                 for i in pick:
                     photo = cv2.cvtColor(cv2.imread(str(paths[i])), cv2.COLOR_BGR2RGB)
-                    video = write_y4m(Path(tmp) / "cam.y4m", shaking(scene(photo)))
-                    before = {k: server.frames_by_kind(k) for k in ("crop", "full")}
-                    with phone(pw, video) as context:
-                        page = open_page(context, server.url + (
-                            f"?detector={args.detector}" if args.detector else ""))
-                        time.sleep(args.seconds)
-                        shown, page_counts = prediction(page), counts(page)
-                        detector = page.get_attribute("body", "data-detector")
-                    time.sleep(1.0)  # replies in flight land in /metrics
-                    got = {k: server.frames_by_kind(k) - before[k] for k in ("crop", "full")}
-                    sent = got["crop"] + got["full"]
-                    row = {"photo": str(paths[i].relative_to(args.data)), "detector": detector,
-                           "received": sent, **got,
-                           "crop_share": got["crop"] / sent if sent else None,
-                           "ok": page_counts["ok"], "shown": shown["top"],
-                           "skipped_no_face": page_counts["skippedNoFace"]}
-                    rows.append(row)
-                    share = "-" if row["crop_share"] is None else f"{100 * row['crop_share']:.0f}%"
-                    print(f"{row['photo']:40} {detector:9} sent {sent:4.0f} crops {share:>5} "
-                          f"ok {row['ok']:4} shows {row['shown'] or '-'}", flush=True)
+                    for face_px in args.face_px or (0,):
+                        frame = sized_scene(photo, face_px) if face_px else scene(photo)
+                        video = write_y4m(Path(tmp) / "cam.y4m", shaking(frame))
+                        for rate in args.throttle:
+                            row = {"photo": str(paths[i].relative_to(args.data)),
+                                   "face_px": face_px or None,
+                                   **stream_one(pw, server, video, args, rate)}
+                            rows.append(row)
+                            share = ("-" if row["crop_share"] is None
+                                     else f"{100 * row['crop_share']:.0f}%")
+                            print(f"{row['photo']:36} face {face_px or '-':>4} x{rate:g} "
+                                  f"{row['detector']:9} {row['thread'] or '-':6} crops/s "
+                                  f"{row['crops_per_s'] or 0:5.1f} crops {share:>5} detect "
+                                  f"{row['detect_ms'] or 0:6.1f} ms long tasks/s "
+                                  f"{row['long_tasks_per_s'] or 0:4.1f} "
+                                  f"({100 * (row['long_task_share'] or 0):.0f}%) shows "
+                                  f"{row['shown'] or '-'}", flush=True)
         finally:
             server.stop()
     total = sum(r["received"] for r in rows)

@@ -29,9 +29,12 @@ def test_flags_come_from_the_config() -> None:
     assert (args.haar, args.limit) == (False, 3)
     assert bench.parse_spec("short") == ("short", vendor.INFERENCE, 0)
     assert bench.parse_spec("short/webgl@320") == ("short", "webgl", 320)
+    assert bench.parse_spec("litert-auto") == ("litert-auto", "worker", 0)
+    assert bench.parse_spec("litert-full/main") == ("litert-full", "main", 0)
 
 
 @pytest.mark.parametrize("argv", [["--models", "short/gpu"], ["--models", "blaze"],
+                                  ["--models", "litert-auto/cpu"], ["--models", "litert-near"],
                                   ["--models", "tasks/cpu"], ["--models", "faceapi-tiny/cpu"]])
 def test_bad_detectors_are_usage_errors(argv: list[str], capsys: Any) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -67,3 +70,29 @@ def test_cpu_and_webgl_inference_find_the_same_face(tmp_path: Path, astronaut_rg
     assert rows["short/cpu (page)"]["recall_by_variant"] == \
         rows["short/webgl (page)"]["recall_by_variant"]
     assert "short/cpu (page)" in capsys.readouterr().out  # the table is printed
+
+
+@pytest.mark.browser
+def test_litert_engine_in_a_worker_and_on_the_main_thread(tmp_path: Path, astronaut_rgb: Any
+                                                          ) -> None:
+    """web/detection/ (LiteRT.js) as the bench runs it, each frame searched whole: in the
+    Worker and on the main thread it finds the face in all six variants, the 160 px `small`
+    one included (the full-range network), with the same boxes."""
+    pytest.importorskip("playwright.sync_api")
+    if not Path(bench.CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {bench.CHROMIUM}")
+    found = vendor.find(ROOT / "web")
+    if found is None or found.runtime is None:
+        pytest.skip(vendor.MISSING)
+    face = astronaut_rgb[20:320, 110:410]
+    (tmp_path / "photos" / "happy").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "photos" / "happy" / "astronaut.jpg"),
+                cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "result.json"
+    bench.main(["--data", str(tmp_path / "photos"), "--limit", "1", "--no-haar",
+                "--models", "litert-auto/worker,litert-auto/main", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    for row in rows.values():
+        assert row["frames"] == 6 and row["recall"] == 1.0, row
+    assert rows["litert-auto/worker (page)"]["recall_by_variant"] == \
+        rows["litert-auto/main (page)"]["recall_by_variant"]

@@ -5,6 +5,7 @@ server without them (no npm, or before `npm ci`): it still starts and says so.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -142,3 +143,57 @@ def test_find_ignores_a_broken_install(tmp_path: Path) -> None:
     assert found is not None and found.version == "1.2.3"
     assert found.files == {"face_detection.js"}
     assert found.url == "vendor/face_detection@1.2.3/"
+
+
+@pytest.mark.skipif(INSTALLED is None or INSTALLED.runtime is None,
+                    reason="web/node_modules not installed: `(cd web && npm ci)`")
+async def test_serves_the_detection_runtime_from_an_allow_list(
+        aiohttp_client: Any, predictor: Predictor, tiny_model_path: Path) -> None:
+    """LiteRT.js and both BlazeFace networks, under one URL naming both versions: the files
+    of vendor.RUNTIME_FILES only, .wasm as application/wasm, LiteRT.js's one bare import
+    pointed at the served wasm-utils.js."""
+    assert INSTALLED is not None and INSTALLED.runtime is not None
+    client = await aiohttp_client(init_app(config(tiny_model_path, ROOT / "web"), predictor))
+    async with client.ws_connect("/ws") as ws:
+        hello = await asyncio.wait_for(ws.receive_json(), BOUND_S)
+    runtime = hello["page_detector"]["runtime"]
+    core = json.loads((ROOT / "web/node_modules/@litertjs/core/package.json").read_text())
+    assert runtime == {"name": "litert", "package": f"@litertjs/core@{core['version']}",
+                       "base": f"vendor/litert@{core['version']}+face_detection@"
+                               f"{INSTALLED.version}/"}
+    types = {".js": "text/javascript", ".wasm": "application/wasm",
+             ".tflite": "application/octet-stream"}
+    for name, (package, path) in vendor.RUNTIME_FILES.items():
+        resp = await client.get("/" + runtime["base"] + name)
+        assert resp.status == 200, name
+        assert resp.content_type == types[Path(name).suffix], name
+        assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        body = await resp.read()
+        original = (ROOT / "web/node_modules" / package / path).read_bytes()
+        if name == "litert.js":
+            assert b'"@litertjs/wasm-utils"' in original
+            assert body == original.replace(b'from "@litertjs/wasm-utils"',
+                                            b'from "./wasm-utils.js"')
+        else:
+            assert body == original, name
+    for name in ("package.json", "litert_wasm_threaded_internal.wasm", "index.js",
+                 "..%2Flitert.js", "dist/index.js", "face_detection.js"):
+        assert (await client.get("/" + runtime["base"] + name)).status == 404, name
+
+
+def test_find_runtime_needs_every_file(tmp_path: Path) -> None:
+    """A partial or different LiteRT.js install is not offered (the greeting says none)."""
+    modules = tmp_path / "node_modules"
+    for name, (package, path) in vendor.RUNTIME_FILES.items():
+        (modules / package / path).parent.mkdir(parents=True, exist_ok=True)
+        (modules / package / path).write_text(
+            'import { x } from "@litertjs/wasm-utils";' if name == "litert.js" else name)
+    (modules / vendor.RUNTIME_PACKAGE / "package.json").write_text('{"version": "9.9.9"}')
+    found = vendor.find_runtime(tmp_path, "1.0")
+    assert found is not None and found.url == "vendor/litert@9.9.9+face_detection@1.0/"
+    assert found.rewritten["litert.js"] == b'import { x } from "./wasm-utils.js";'
+    (modules / vendor.RUNTIME_PACKAGE / "dist/index.js").write_text("no bare import")
+    assert vendor.find_runtime(tmp_path, "1.0") is None  # another build: not served half-done
+    (modules / vendor.RUNTIME_PACKAGE / "wasm/litert_wasm_internal.wasm").unlink()
+    assert vendor.find_runtime(tmp_path, "1.0") is None
