@@ -188,7 +188,8 @@ def test_finds_a_face_too_far_for_the_short_range_network(server: Server, playwr
 def test_finds_nothing_in_a_face_free_frame(server: Server, playwright: Any) -> None:
     result, _ = run_detector(server, playwright, gradient_frames(1)[0], repeat=2)
     assert [r["faces"] for r in result["runs"]] == [[], []]
-    assert result["runs"][0]["range"] == "full+short"  # both networks looked
+    # Both networks looked at the whole frame, then the full-range one at one tile of it.
+    assert result["runs"][0]["range"] == "full+short+tile"
 
 
 def test_main_thread_path_finds_the_same_face(server: Server, playwright: Any,

@@ -10,8 +10,11 @@
 // tracked face the whole frame is searched with the full-range network (small, far faces as
 // well as near ones; the short-range one, shown a small face, tends to answer with a box
 // far too large around it), then, if it finds none, with the short-range one (a face so
-// close that it fills the frame). "short" and "full" search whole frames with that network
-// only, besides tracking.
+// close that it fills the frame), then, if neither finds one, one tile of the frame (half
+// its longer side) with the full-range network, the next tile on the next such frame: a
+// face too far for either whole-frame search (~60 px in 640x480) is found within a few
+// frames and then tracked. "short" searches whole frames with that network only, "full"
+// whole frames and tiles with the full-range one, besides tracking.
 
 import { decode, iou, NMS_IOU, SPECS, ssdAnchors } from "./blazeface.js";
 import { IouTracker } from "./tracker.js";
@@ -131,6 +134,23 @@ function trackRegion(box) {
   return [Math.round(box.x + box.w / 2 - side / 2), Math.round(box.y + box.h / 2 - side / 2), side];
 }
 
+/**
+ * Squares of half the frame's longer side, overlapping by half, covering the frame
+ * (streamfer/detect.py BlazeFace.detect_photo's tiles): a face too small for a whole-frame
+ * search is twice as large in its tile.
+ */
+function tileRegions(width, height) {
+  const side = Math.round(Math.max(width, height) / 2);
+  const step = Math.round(side / 2);
+  const starts = (extent) => {
+    const out = [];
+    for (let v = 0; v < extent - side; v += step) out.push(v);
+    out.push(Math.max(0, extent - side));
+    return [...new Set(out)];
+  };
+  return starts(height).flatMap((y) => starts(width).map((x) => [x, y, side]));
+}
+
 /** Overlapping faces from different searches: the most confident one stays. */
 function merge(faces) {
   const kept = [];
@@ -177,6 +197,7 @@ export class FaceEngine {
     this.track = track; // false: every frame is searched whole (unrelated stills, benchmarks)
     this.tracker = new IouTracker(Math.max(1, Math.floor(maxFaces)));
     this.lastFullSearch = -Infinity;
+    this.nextTile = 0;
   }
 
   /** {faces: [{box, score, id}], ms, range}: `range` names the searches this frame took. */
@@ -203,6 +224,12 @@ export class FaceEngine {
       if (!whole.length && this.range === "auto" && !found.length) {
         whole = await this.nets.short.search(source, width, height, null);
         used.push("short");
+      }
+      if (!whole.length && this.range !== "short" && !found.length) {
+        const tiles = tileRegions(width, height);
+        const tile = tiles[this.nextTile++ % tiles.length];
+        whole = await this.nets.full.search(source, width, height, tile);
+        used.push("tile");
       }
       found = [...found, ...whole];
     }
