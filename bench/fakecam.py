@@ -79,11 +79,13 @@ def scene(photo: np.ndarray, side: int = 300, centre: tuple[int, int] = (WIDTH /
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def shaking(frame: np.ndarray, count: int = 16, seed: int = 0) -> list[np.ndarray]:
-    """One 640x480 frame as a hand-held camera's video: a few pixels of shake, sensor noise."""
+def shaking(frame: np.ndarray, count: int = 16, seed: int = 0,
+            radius: float = 4.0) -> list[np.ndarray]:
+    """One 640x480 frame as a hand-held camera's video: a few pixels of shake (a circle of
+    `radius` px over `count` frames), sensor noise."""
     rng = np.random.default_rng(seed)
     frames = []
-    for dx, dy in _jitter(count, radius=4.0):
+    for dx, dy in _jitter(count, radius=radius):
         shift = np.float32([[1, 0, dx], [0, 1, dy]])
         moved = cv2.warpAffine(frame, shift, (WIDTH, HEIGHT), borderMode=cv2.BORDER_REFLECT)
         noisy = moved.astype(np.int16) + rng.normal(0, 2.0, (HEIGHT, WIDTH, 1)).astype(np.int16)

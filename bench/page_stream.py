@@ -17,7 +17,8 @@ it. Prints one row per photo and writes bench/results/page_stream.json.
 streamfer.detect) is N px wide in the frame; `--throttle R` slows Chromium's CPU R times
 (CDP Emulation.setCPUThrottlingRate), a phone-class CPU at 4-6. Each row then also gives
 crops/s the server received after the page first streamed, the page's own detector time
-per frame (<html data-detect-ms>) and the main thread's long tasks (PerformanceObserver
+per frame (<html data-detect-ms>), its median round trip (which, with at most two frames
+unanswered, caps the rate) and the main thread's long tasks (PerformanceObserver
 'longtask': tasks over 50 ms) per second and their total share of the time.
 """
 
@@ -58,6 +59,8 @@ class PageStreamConfig:
     throttle: tuple[float, ...] = opt((1.0,), "Chromium CPU throttling rates (CDP "
                                       "Emulation.setCPUThrottlingRate), each run in turn "
                                       "(repeatable)")
+    shake_px: float = opt(4.0, "radius of the camera's circular shake, px (16 frames a "
+                          "turn: 4 px moves ~1.6 px a frame)")
     out: str = opt(str(BENCH / "results/page_stream.json"), "results JSON")
 
 
@@ -95,7 +98,10 @@ def sized_scene(photo: np.ndarray, face_px: int) -> np.ndarray:
 
 def stream_one(pw: object, server: Server, video: Path, args: PageStreamConfig,
                rate: float) -> dict[str, object]:
-    """One page on `video` at CPU throttling `rate` for args.seconds."""
+    """One page on `video` at CPU throttling `rate`, measured for args.seconds once it
+    streams (or has not within args.seconds)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     before = {k: server.frames_by_kind(k) for k in ("crop", "full")}
     with phone(pw, video) as context:
         context.add_init_script(LONG_TASKS)
@@ -105,20 +111,23 @@ def stream_one(pw: object, server: Server, video: Path, args: PageStreamConfig,
                                                     {"rate": rate})
         page.goto(server.url + (f"?detector={args.detector}" if args.detector else ""))
         t0 = time.monotonic()
+        streamed = True
         try:
             page.wait_for_selector('#status[data-state="streaming"]',
                                    timeout=args.seconds * 1000)
-            first = time.monotonic()
-        except Exception:  # never streamed: the row says so (crops_per_s 0)
-            first = time.monotonic()
+        except PlaywrightTimeout:  # never streamed: measured all the same (crops/s 0)
+            streamed = False
+        first = time.monotonic()
+        # The measured window: args.seconds from the first reply shown (or the time out).
         at_first = {k: server.frames_by_kind(k) for k in ("crop", "full")}
         page.evaluate("() => { window.__longTasks && (window.__longTasks = {count: 0, ms: 0}); }")
         window_t = time.monotonic()
-        time.sleep(max(0.0, args.seconds - (window_t - t0)))
+        time.sleep(args.seconds)
         span = time.monotonic() - window_t
         crops_in_window = server.frames_by_kind("crop") - at_first["crop"]
         shown, page_counts = prediction(page), counts(page)
         detector = page.get_attribute("body", "data-detector")
+        rtt = page.get_attribute("#rtt", "data-ms")
         info = page.evaluate("() => ({thread: document.documentElement.dataset.detectorThread,"
                              " ms: document.documentElement.dataset.detectMs,"
                              " long: window.__longTasks})")
@@ -126,15 +135,17 @@ def stream_one(pw: object, server: Server, video: Path, args: PageStreamConfig,
     got = {k: server.frames_by_kind(k) - before[k] for k in ("crop", "full")}
     sent = got["crop"] + got["full"]
     long = info["long"] or {}
-    return {"detector": detector, "thread": info["thread"], "throttle": rate,
+    return {"detector": detector, "thread": info["thread"], "throttle": rate, "streamed": streamed,
             "received": sent, **got, "crop_share": got["crop"] / sent if sent else None,
             "seconds_to_stream": first - t0, "window_s": span,
             "crops_per_s": crops_in_window / span if span > 0 else None,
             "detect_ms": float(info["ms"]) if info["ms"] else None,
+            "rtt_ms": float(rtt) if rtt else None,  # the page's median round trip
             "long_tasks_per_s": long.get("count", 0) / span if span > 0 else None,
             "long_task_share": long.get("ms", 0) / 1000 / span if span > 0 else None,
             "ok": page_counts["ok"], "shown": shown["top"],
-            "skipped_no_face": page_counts["skippedNoFace"]}
+            "skipped_no_face": page_counts["skippedNoFace"],
+            "skipped_still": page_counts["skippedStill"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
                     photo = cv2.cvtColor(cv2.imread(str(paths[i])), cv2.COLOR_BGR2RGB)
                     for face_px in args.face_px or (0,):
                         frame = sized_scene(photo, face_px) if face_px else scene(photo)
-                        video = write_y4m(Path(tmp) / "cam.y4m", shaking(frame))
+                        video = write_y4m(Path(tmp) / "cam.y4m",
+                                          shaking(frame, radius=args.shake_px))
                         for rate in args.throttle:
                             row = {"photo": str(paths[i].relative_to(args.data)),
                                    "face_px": face_px or None,
@@ -165,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
                             print(f"{row['photo']:36} face {face_px or '-':>4} x{rate:g} "
                                   f"{row['detector']:9} {row['thread'] or '-':6} crops/s "
                                   f"{row['crops_per_s'] or 0:5.1f} crops {share:>5} detect "
-                                  f"{row['detect_ms'] or 0:6.1f} ms long tasks/s "
+                                  f"{row['detect_ms'] or 0:6.1f} ms rtt "
+                                  f"{row['rtt_ms'] or 0:5.0f} ms long tasks/s "
                                   f"{row['long_tasks_per_s'] or 0:4.1f} "
                                   f"({100 * (row['long_task_share'] or 0):.0f}%) shows "
                                   f"{row['shown'] or '-'}", flush=True)
