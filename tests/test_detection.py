@@ -222,3 +222,64 @@ def test_page_streams_crops_of_a_far_face_detected_in_a_worker(
     got = {k: server.frames_by_kind(k) - before[k] for k in ("crop", "full")}
     assert got["crop"] >= 0.9 * (got["crop"] + got["full"]) and got["crop"] >= 5, got
     assert got["crop"] + got["full"] >= sent
+
+
+MATHS = """async ([spec, regress, logits]) => {
+  const m = await import("/detection/blazeface.js");
+  const s = m.SPECS[spec];
+  const anchors = m.ssdAnchors(s);
+  return { anchors: Array.from(anchors),
+           faces: m.decode(s, anchors, Float32Array.from(regress), Float32Array.from(logits)) };
+}"""
+
+
+@pytest.mark.parametrize("variant", ["short", "full"])
+def test_anchors_and_decoding_are_the_servers(server: Server, playwright: Any,
+                                              variant: str) -> None:
+    """web/detection/blazeface.js against streamfer/detect.py on the same raw outputs: the
+    same anchors, and the same boxes and scores after weighted suppression."""
+    from streamfer.detect import SPECS, BlazeFace, Letterbox, ssd_anchors
+
+    spec = SPECS[variant]
+    anchors = ssd_anchors(spec)
+    rng = np.random.default_rng(0)
+    regress = rng.normal(0, 3, (len(anchors), 16)).astype(np.float32)
+    regress[:, 2:4] = rng.uniform(10, 40, (len(anchors), 2))
+    logits = rng.normal(-6, 3, len(anchors)).astype(np.float32)
+    hot = rng.choice(len(anchors), 12, replace=False)  # a few clusters of confident boxes
+    logits[hot] = rng.uniform(0, 4, 12)
+    browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                         args=["--no-sandbox", "--disable-gpu"])
+    try:
+        page = browser.new_page()
+        page.goto(server.url + "healthz")
+        got = page.evaluate(MATHS, [variant, regress.ravel().tolist(), logits.tolist()])
+    finally:
+        browser.close()
+    np.testing.assert_allclose(np.array(got["anchors"]).reshape(-1, 2), anchors, atol=1e-6)
+    det = BlazeFace.__new__(BlazeFace)  # decode's inputs only: no network needed
+    det.spec, det.size, det.min_score, det.anchors = spec, spec.size, spec.min_score, anchors
+    want = det.decode(regress, 1 / (1 + np.exp(-logits)), Letterbox(1.0, 0, 0, 0, 0))
+    assert len(got["faces"]) == len(want) > 1
+    for g, w in zip(got["faces"], want, strict=True):
+        x0, y0, x1, y1 = g["box"]
+        assert g["score"] == pytest.approx(w.score, abs=1e-5)
+        # (the server rounds its boxes to pixels)
+        assert [x0, y0, x1 - x0, y1 - y0] == pytest.approx(
+            [w.box.x, w.box.y, w.box.w, w.box.h], abs=1.0)
+
+
+def test_several_faces_get_stable_ids(server: Server, playwright: Any, head: np.ndarray) -> None:
+    """Two people in view: with maxFaces 2 both are found, each keeps its id from frame to
+    frame (tracked in its own square); with maxFaces 1 only the larger."""
+    frame = scene(head, side=260, centre=(170, 250), others=((head, 170, (500, 250)),))
+    result, _ = run_detector(server, playwright, frame, repeat=3, maxFaces=2)
+    runs = result["runs"]
+    assert [len(r["faces"]) for r in runs] == [2, 2, 2], runs
+    ids = [[f["id"] for f in r["faces"]] for r in runs]
+    assert ids[0] == ids[1] == ids[2] and len(set(ids[0])) == 2, ids
+    assert runs[2]["range"] == "track"
+    assert runs[0]["faces"][0]["box"]["x"] < 320  # largest first: the nearer, left one
+    one, _ = run_detector(server, playwright, frame, repeat=1, maxFaces=1)
+    (face,) = one["runs"][0]["faces"]
+    assert face["box"]["x"] < 320
