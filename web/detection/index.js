@@ -16,6 +16,9 @@
 import { FaceEngine, INFERENCES, RANGES, sourceSize } from "./engine.js";
 
 const LOAD_TIMEOUT_MS = 30000; // a stalled download counts as a failure, not a wait for ever
+// A Worker that has not answered a frame by then (killed for memory, say) counts as failed:
+// the caller falls back instead of waiting for ever.
+const FRAME_TIMEOUT_MS = 10000;
 
 /** Can this browser run the detector in a Worker? */
 export function workerSupported() {
@@ -73,9 +76,16 @@ class WorkerDetector {
     if (!w || !h) return { faces: [], ms: 0, range: "none" };
     const frame = source instanceof ImageBitmap ? source : await createImageBitmap(source);
     const seq = ++this.seq;
-    const result = new Promise((resolve, reject) => this.waiting.set(seq, { resolve, reject }));
+    let timer;
+    const result = new Promise((resolve, reject) => {
+      this.waiting.set(seq, { resolve, reject });
+      timer = setTimeout(() => {
+        this.waiting.delete(seq);
+        reject(new Error(`the detection Worker did not answer within ${FRAME_TIMEOUT_MS / 1000} s`));
+      }, FRAME_TIMEOUT_MS);
+    });
     this.worker.postMessage({ type: "detect", seq, frame }, [frame]);
-    return result;
+    return result.finally(() => clearTimeout(timer));
   }
 
   failAll(err) {
