@@ -60,11 +60,11 @@ class ImageLimits:
 
 
 # /ws crops: the page sends 96 px faces; any client's crop is resized to the model's input.
-CROP = ImageLimits("crop", max_pixels=2048 * 2048, max_side=4096, max_aspect=4.0, max_scans=16,
+CROP = ImageLimits("crop", max_pixels=1024 * 1024, max_side=2048, max_aspect=4.0, max_scans=12,
                    budget_s=0.25)
-# /ws full frames: a camera frame, up to 1080p video (the page sends 320-640 px ones).
-FRAME = ImageLimits("frame", max_pixels=1920 * 1088, max_side=4096, max_aspect=4.0,
-                    max_scans=16, budget_s=0.5)
+# /ws full frames: a camera frame, up to 1280x1024 (the page sends 320-640 px ones).
+FRAME = ImageLimits("frame", max_pixels=1280 * 1024, max_side=2048, max_aspect=4.0,
+                    max_scans=12, budget_s=0.5)
 # /api/predict: phone photos; JPEGs are decoded at 1/2-1/8 size (streamfer/server/photos.py),
 # so their declared size may be larger (a 48-megapixel 8000x6000 photo passes).
 PHOTO = ImageLimits("photo", max_pixels=16_000_000, max_side=16384, max_aspect=16.0,

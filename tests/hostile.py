@@ -132,34 +132,9 @@ def ws_frame(payload: bytes, opcode: int = 0x2, *, fin: bool = True,
     return head + mask + body
 
 
-# -- JPEG scan bombs and junk: generated here, never committed --------------------------------
 
+# -- JPEG scan bombs and junk: made by the benchmark that measures them ------------------------
 
-def progressive_jpeg(width: int, height: int, *, noise: bool = False) -> bytes:
-    """A progressive grayscale JPEG (Pillow: libjpeg's default script); flat gray unless
-    `noise`, so that each of its scans is a few bytes."""
-    from io import BytesIO
+from bench.hostile_decode import junk_jpegs, progressive_jpeg, scan_bomb  # noqa: E402
 
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (height, width), dtype=np.uint8) if noise else \
-        np.full((height, width), 100, np.uint8)
-    buf = BytesIO()
-    Image.fromarray(pixels).save(buf, "JPEG", progressive=True, quality=90)
-    return buf.getvalue()
-
-
-def scan_bomb(data: bytes, copies: int) -> bytes:
-    """`data` (a progressive JPEG) with its last scan repeated `copies` more times: libjpeg
-    warns of a bogus progression and decodes every copy, each a pass over every block."""
-    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
-    return data[:end] + data[last:end] * copies + data[end:]
-
-
-def junk_jpegs(jpeg: bytes, size: int = 200_000) -> dict[str, bytes]:
-    """`jpeg` padded to about `size` bytes of what a header parser must walk through: 0xFF
-    fill bytes before its first marker (legal: libjpeg skips them), or empty APP1 segments."""
-    return {"ff_fill": jpeg[:2] + b"\xff" * size + jpeg[2:],
-            "empty_app1": jpeg[:2] + b"\xff\xe1\x00\x02" * (size // 4) + jpeg[2:]}
+__all__ = ["junk_jpegs", "progressive_jpeg", "scan_bomb"]
