@@ -191,7 +191,7 @@ class DecodePool:
         self.limits = limits
         self.on_message = on_message
         self._ctx = multiprocessing.get_context("forkserver")
-        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue[_Worker | None] = queue.SimpleQueue()  # None: closed
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
         self._threads = ThreadPoolExecutor(processes, thread_name_prefix="streamfer-decode")
@@ -219,11 +219,17 @@ class DecodePool:
             closed = self._closed
         if not closed:
             self.replaced += 1
-            self._idle.put(self._spawn())
+            try:
+                self._idle.put(self._spawn())
+            except (RuntimeError, OSError) as exc:  # the pool goes on one process short
+                log.error("could not replace a decode process: %s", exc)
 
     def _run(self, job: _Job, limits: ImageLimits, data: bytes) -> tuple[str, Any, str]:
         """In a pool thread: one job on one worker."""
         worker = self._idle.get()
+        if worker is None:  # the pool has closed
+            self._idle.put(None)
+            raise Abandoned
         with job.lock:
             if job.abandoned or self._closed:
                 self._idle.put(worker)
@@ -242,8 +248,11 @@ class DecodePool:
         except (EOFError, OSError, pickle.UnpicklingError):
             if job.abandoned or self._closed:
                 raise Abandoned from None
-            raise RuntimeError(f"decode process {worker.proc.pid} died "
-                               f"(exit code {worker.proc.exitcode})") from None
+            with contextlib.suppress(AssertionError, ValueError):
+                worker.proc.join(1.0)
+            log.warning("a decode process died decoding a client's %s (exit code %s)",
+                        limits.name, worker.proc.exitcode)
+            raise BadImage(f"the decoder failed on this {limits.name}") from None
         finally:
             with job.lock:
                 job.worker = None
@@ -273,9 +282,10 @@ class DecodePool:
             self._tell(kind, said)
         if status == "ok":
             return value
-        if status == "bad":
-            raise BadImage(value)
-        raise RuntimeError(f"decoder failed: {value}")
+        if status == "fault":  # the decoder raised what it should not: one line, no traceback
+            log.warning("decoding a client's %s failed: %s", kind, value[:STDERR_KEPT])
+            raise BadImage(f"the decoder failed on this {kind}")
+        raise BadImage(value)
 
     def _tell(self, kind: str, text: str) -> None:
         line = " / ".join(s.strip() for s in text.splitlines() if s.strip())[:STDERR_KEPT]
@@ -291,6 +301,7 @@ class DecodePool:
             workers = list(self._all)
         for worker in workers:
             worker.kill()
+        self._idle.put(None)  # wakes a thread waiting for a worker
         self._threads.shutdown(wait=True, cancel_futures=True)
         for worker in workers:
             worker.reap()
