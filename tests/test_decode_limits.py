@@ -26,7 +26,7 @@ from PIL import Image
 from bench.serverproc import Server, running_server
 from streamfer.imagecheck import CROP, FRAME, LIMITS, PHOTO, BadImage, check_image, jpeg_header
 from streamfer.protocol import pack_frame
-from streamfer.server.decoder import DecodePool, DecodeTimeout, decode
+from streamfer.server.decoder import DecodePool, DecodeTimeout, decode, decode_inline
 from tests.hostile import junk_jpegs, memory_mb, progressive_jpeg, scan_bomb
 
 ANSWER_S = 1.0  # a refused image is answered within this (docs/PROTOCOL.md)
@@ -141,6 +141,22 @@ def test_decode_returns_a_model_ready_crop_and_refuses_webp(crop_jpeg: bytes) ->
     Image.new("L", (64, 64)).save(buf, "WEBP")
     with pytest.raises(BadImage, match="WEBP images are not accepted"):
         decode(PHOTO, buf.getvalue(), 48)
+
+
+def test_only_a_tiny_baseline_crop_is_decoded_inline(crop_jpeg: bytes,
+                                                     astronaut_rgb: np.ndarray) -> None:
+    """The page's crop decodes where it is, to the same pixels as in a decode process;
+    anything whose cost its size does not bound goes to the processes."""
+    color = cv2.imencode(".jpg", cv2.resize(astronaut_rgb[60:220, 150:310], (96, 96)))[1]
+    for image in (crop_jpeg, color.tobytes()):
+        inline = decode_inline(image, 48)
+        assert inline is not None
+        np.testing.assert_array_equal(inline.pixels, decode(CROP, image, 48).pixels)
+    big = jpeg_of(np.random.default_rng(0).integers(0, 256, (200, 200), dtype=np.uint8))
+    for image in (progressive_jpeg(96, 96), big, junk_jpegs(crop_jpeg, 20_000)["ff_fill"],
+                  crop_jpeg[:len(crop_jpeg) // 2],
+                  cv2.imencode(".png", np.zeros((96, 96), np.uint8))[1].tobytes()):
+        assert decode_inline(image, 48) is None
 
 
 async def test_an_over_budget_decode_is_killed_and_its_worker_replaced(crop_jpeg: bytes) -> None:

@@ -35,15 +35,18 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from io import BytesIO
 from multiprocessing.connection import Connection
 from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from streamfer.faces import resize_square
 from streamfer.imagecheck import (
     CROP,
+    JPEG_MAGIC,
     LIMITS,
     MAX_PIXELS,
     OPENCV_ENV,
@@ -57,7 +60,11 @@ log = logging.getLogger(__name__)
 
 READY = b"ready"
 START_S = 30.0  # a new decode process must be ready within this
-STDERR_KEPT = 300  # characters of a decoder's complaint kept for the log line
+STDERR_KEPT = 300
+# A crop this small decodes in tens of microseconds, less than the hop to a decode process
+# and back costs; bench/results/frame_overhead_decode_processes.json has both.
+INLINE_BYTES = 16 * 1024
+INLINE_PIXELS = 128 * 128  # characters of a decoder's complaint kept for the log line
 _PR_SET_PDEATHSIG = 1
 
 
@@ -88,6 +95,29 @@ def decode(limits: ImageLimits, data: bytes, face_size: int) -> Decoded:
     if limits.name == CROP.name:
         return Decoded(resize_square(gray, face_size), size, scale)
     return Decoded(gray, size, scale)
+
+
+def decode_inline(data: bytes, face_size: int) -> Decoded | None:
+    """A crop whose decoding costs little by construction, decoded where it is (the event
+    loop), or None for the decode processes: a baseline JPEG of at most INLINE_BYTES bytes,
+    INLINE_PIXELS pixels and one scan per component, as the page sends. The marker walk has
+    read all of it first, so nothing about it is left to chance; Pillow decodes it (its
+    libjpeg prints nothing: a corrupt one is decoded quietly or goes to the processes)."""
+    if len(data) > INLINE_BYTES or not data.startswith(JPEG_MAGIC):
+        return None
+    try:
+        info = check_image(data, CROP)
+    except BadImage:
+        return None  # the decode process answers it, in its own words
+    if info.coding != "baseline" or info.scans > 3 or info.width * info.height > INLINE_PIXELS:
+        return None
+    try:
+        with Image.open(BytesIO(data), formats=["JPEG"]) as img:
+            img.draft("L", img.size)  # libjpeg's own grayscale output, as OpenCV asks for
+            gray = np.asarray(img.convert("L"))
+    except Exception:  # truncated or corrupt: the decode process decodes what it can
+        return None
+    return Decoded(resize_square(gray, face_size), (gray.shape[1], gray.shape[0]))
 
 
 def _worker_main(conn: Connection) -> None:

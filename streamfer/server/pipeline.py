@@ -1,11 +1,13 @@
 """One frame from encoded bytes to its reply body, shared by /ws and /api/predict.
 
 Every image is checked and decoded in a decode process (streamfer.server.decoder: bounded by
-its entry point's ImageLimits, a time budget, killed when its caller goes), never on the event
-loop; a crop comes back as the model-ready face. A full frame or photo comes back as
-grayscale, searched for faces in a thread pool (OpenCV and torch release the GIL; the event
-loop must keep reading sockets). Then the face joins the micro-batcher's queue. Whatever
-happens, the caller gets exactly one reply body (protocol.ok / no_face / dropped / error).
+its entry point's ImageLimits and a time budget, killed when its caller goes), never on the
+event loop -- except a crop whose cost is bounded by construction (decoder.decode_inline: a
+tiny baseline JPEG, fully walked first). A crop comes back as the model-ready face; a full
+frame or photo as grayscale, searched for faces in a thread pool (OpenCV and torch release
+the GIL; the event loop must keep reading sockets). Then the face joins the micro-batcher's
+queue. Whatever happens, the caller gets exactly one reply body (protocol.ok / no_face /
+dropped / error).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from streamfer.faces import (
 )
 from streamfer.imagecheck import CROP, FRAME, PHOTO
 from streamfer.server.batcher import Dropped, InferenceFailed, MicroBatcher, Ran
-from streamfer.server.decoder import Abandoned, DecodePool
+from streamfer.server.decoder import Abandoned, DecodePool, decode_inline
 
 if TYPE_CHECKING:
     from streamfer.server.inference_worker import WorkerClient
@@ -93,7 +95,9 @@ class FramePipeline:
         """(pixels, the photo's DCT reduction factor, the whole decoded image as a box); a crop
         (not a photo) comes back as the model-ready face."""
         kind = PHOTO if photo else CROP if is_crop else FRAME
-        out = await self.decoder.decode(kind.name, data)
+        out = decode_inline(data, self.input_size) if kind is CROP else None
+        if out is None:
+            out = await self.decoder.decode(kind.name, data)
         return out.pixels, out.scale, Box(0, 0, *out.size)
 
     def _faces(self, gray: np.ndarray, found: list[Detection], limit: int) -> list[
