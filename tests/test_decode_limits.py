@@ -352,6 +352,9 @@ def test_sigterm_during_a_decode_attack_exits_within_the_bound(
             pytest.fail("the server was still running 30 s after SIGTERM")
         print(f"\nSIGTERM during a decode attack: exited with {srv.proc.returncode} after "
               f"{took:.1f} s")
+        for line in srv.log_path.read_text().splitlines():
+            if any(w in line for w in ("shutting down", "cut a WebSocket", "in flight")):
+                print(line)
         assert srv.proc.returncode == 0 and took < 10.0
 
 
