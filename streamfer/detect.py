@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from streamfer.faces import Box, FaceDetector
+from streamfer.faces import Box, FaceDetector, square_at
 from streamfer.paths import PACKAGE_ROOT
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ SCORE_CLIP = 100.0
 TIGHT_PAD = 0.3  # a frame with no face is searched again with this margin added on each side
 TILE_MIN_SCORE = 0.6  # MediaPipe's full-range default: see BlazeFace.detect_photo
 TRACK_SCALE = 2.2  # the tracking region's side, in last-box sides
+HAAR_SEARCH_SIDE = 640  # a padded search by the cascade is shrunk to this first (it searches
+# at <= 320 px wide anyway)
 
 
 @dataclass(frozen=True)
@@ -180,9 +182,13 @@ class BlazeFace:
         with a margin of `pad` x its longer side added on each side) into the S x S input."""
         s = self.size
         x0 = y0 = 0.0
+        if region is not None and not pad:  # cut and scaled at once: memory of the input's
+            rx, ry, side = region
+            return square_at(gray, rx, ry, side, s), Letterbox(s / side, 0.0, 0.0, float(rx),
+                                                             float(ry))
         if region is not None:
             rx, ry, side = region
-            gray, x0, y0 = _cut(gray, rx, ry, side), float(rx), float(ry)
+            gray, x0, y0 = square_at(gray, rx, ry, side), float(rx), float(ry)
         h, w = gray.shape[:2]
         margin = pad * max(h, w)
         scale = s / (max(h, w) + 2 * margin)
@@ -292,28 +298,23 @@ class HaarFallback:
         x0 = y0 = 0
         if region is not None:
             x0, y0, side = region
-            gray = _cut(gray, x0, y0, side)
-        if pad:
+            gray = square_at(gray, x0, y0, side)
+        k = 1.0
+        if pad:  # shrunk first to what the cascade would search: memory of the search's
+            k = min(1.0, HAAR_SEARCH_SIDE / ((1 + 2 * pad) * max(gray.shape[:2])))
+            if k < 1.0:
+                gray = cv2.resize(gray, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
             p = round(pad * max(gray.shape[:2]))
             gray = cv2.copyMakeBorder(gray, p, p, p, p, cv2.BORDER_REPLICATE)
-            x0, y0 = x0 - p, y0 - p
+            x0, y0 = round(x0 - p / k), round(y0 - p / k)
         box = self.cascade.detect(gray)
         if box is None:
             return []
-        return [Detection(Box(box.x + x0, box.y + y0, box.w, box.h), 1.0)]
+        return [Detection(Box(round(box.x / k) + x0, round(box.y / k) + y0, round(box.w / k),
+                              round(box.h / k)), 1.0)]
 
     def detect_photo(self, gray: np.ndarray) -> list[Detection]:
         return self.detect(gray)
-
-
-def _cut(gray: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
-    """The square (x0, y0, side) of `gray`, with edge pixels where it runs past the image."""
-    h, w = gray.shape[:2]
-    pad = max(0, -x0, -y0, x0 + side - w, y0 + side - h)
-    if pad:
-        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0 = x0 + pad, y0 + pad
-    return gray[y0:y0 + side, x0:x0 + side]
 
 
 def _cut_by_inner_edge(box: Box, region: tuple[int, int, int], h: int, w: int,

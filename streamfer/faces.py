@@ -176,12 +176,37 @@ def crop_at(gray: np.ndarray, box: Box, size: int, scale: float, shift_y: float)
     cx = box.x + box.w / 2.0
     cy = box.y + box.h / 2.0 + shift_y * side
     x0, y0 = round(cx - side / 2.0), round(cy - side / 2.0)
-    s = max(1, round(side))
-    pad = max(0, -x0, -y0, x0 + s - gray.shape[1], y0 + s - gray.shape[0])
-    if pad:
-        gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0 = x0 + pad, y0 + pad
-    return resize_square(gray[y0:y0 + s, x0:x0 + s], size)
+    return square_at(gray, x0, y0, max(1, round(side)), size)
+
+
+PAD_EXACT_PIXELS = 2048 * 2048  # squares up to this are padded at full size, then resized
+
+
+def square_at(gray: np.ndarray, x0: int, y0: int, side: int, out: int | None = None
+              ) -> np.ndarray:
+    """The square (x0, y0, side) of `gray`, resized to out x out (None: side x side), with
+    edge pixels where it runs past the image. Memory is bounded by the square, never by the
+    image: only the part inside the image is cut, and a square over PAD_EXACT_PIXELS that
+    needs padding is resized before it is padded (a tile past the edge of a long thin photo
+    would otherwise be padded to gigabytes)."""
+    h, w = gray.shape[:2]
+    xa, ya = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)
+    xb, yb = max(min(x0 + side, w), xa + 1), max(min(y0 + side, h), ya + 1)
+    inner = gray[ya:yb, xa:xb]
+    if (xa, ya, xb, yb) == (x0, y0, x0 + side, y0 + side):  # inside the image
+        return inner if out is None else resize_square(inner, out)
+    if out is None or side * side <= PAD_EXACT_PIXELS:
+        padded = cv2.copyMakeBorder(inner, ya - y0, y0 + side - yb, xa - x0, x0 + side - xb,
+                                    cv2.BORDER_REPLICATE)
+        return padded if out is None else resize_square(padded, out)
+    f = out / side
+    left, top = min(out - 1, round((xa - x0) * f)), min(out - 1, round((ya - y0) * f))
+    iw = min(out - left, max(1, round((xb - x0) * f) - left))
+    ih = min(out - top, max(1, round((yb - y0) * f) - top))
+    small = cv2.resize(inner, (iw, ih), interpolation=cv2.INTER_AREA
+                       if iw < inner.shape[1] or ih < inner.shape[0] else cv2.INTER_LINEAR)
+    return cv2.copyMakeBorder(small, top, out - top - ih, left, out - left - iw,
+                              cv2.BORDER_REPLICATE)
 
 
 def prepare(data: bytes, *, is_crop: bool, size: int, detector: FaceDetector) -> Face | None:

@@ -130,3 +130,11 @@ def ws_frame(payload: bytes, opcode: int = 0x2, *, fin: bool = True,
     body = (int.from_bytes(payload, "big") ^ int.from_bytes(keys, "big")).to_bytes(
         len(payload), "big") if payload else b""
     return head + mask + body
+
+
+
+# -- JPEG scan bombs and junk: made by the benchmark that measures them ------------------------
+
+from bench.hostile_decode import junk_jpegs, progressive_jpeg, scan_bomb  # noqa: E402
+
+__all__ = ["junk_jpegs", "progressive_jpeg", "scan_bomb"]

@@ -132,10 +132,11 @@ async def test_png_bombs_get_a_4xx_fast_with_flat_memory(
 
 
 def test_the_server_process_caps_opencv_itself() -> None:
-    """Defence in depth: in `python -m streamfer.serve`, OpenCV itself refuses > 16 Mpx, so
-    even an image whose header fooled the check could not be decoded at full size."""
+    """Defence in depth: in `python -m streamfer.serve`, OpenCV itself refuses more pixels
+    than any entry point lets a header declare (imagecheck.MAX_PIXELS), so even an image
+    whose header fooled the check could not be decoded past it."""
     probe = ("import {first}, cv2, numpy as np\n"
-             "ok, buf = cv2.imencode('.png', np.zeros((5000, 4000), np.uint8))\n"
+             "ok, buf = cv2.imencode('.png', np.zeros((8001, 8000), np.uint8))\n"
              "try:\n    img = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)\n"
              "except cv2.error:\n    img = None\n"
              "print('decoded' if img is not None else 'refused')\n")
@@ -261,9 +262,10 @@ def test_sigterm_with_a_non_reading_client_exits_within_10s(
 
 
 def slow_png() -> bytes:
-    """A 124 KB PNG that takes ~1 s to decode (4000 x 4000 16-bit RGBA zeros, 16 Mpx, at the
-    limit): a frame that keeps the server busy while the test shuts it down."""
-    ok, buf = cv2.imencode(".png", np.zeros((4000, 4000, 4), np.uint16),
+    """A 10 KB PNG that takes ~0.1 s to decode (1280 x 1024 16-bit RGBA zeros: the largest
+    full frame the limits take): a frame that keeps the server busy while the test shuts
+    it down."""
+    ok, buf = cv2.imencode(".png", np.zeros((1024, 1280, 4), np.uint16),
                            [cv2.IMWRITE_PNG_COMPRESSION, 9])
     assert ok
     return buf.tobytes()
@@ -271,7 +273,7 @@ def slow_png() -> bytes:
 
 async def test_every_frame_sent_before_the_close_frame_gets_one_reply(
         tiny_model_path: Path, tmp_path: Path, crop_jpeg: bytes) -> None:
-    """A frame in flight (~1 s) when SIGTERM comes; the client streams crops all along. aiohttp's
+    """A frame in flight (~0.1 s) when SIGTERM comes; the client streams crops all along. aiohttp's
     own shutdown stops reading sockets at once, so crops sent during that second got no reply
     (issue 10 item 4); now each gets dropped/shutting_down before the close frame."""
     args = ("--device", "cpu", "--workers", "1", "--max-fps", "0")
@@ -309,8 +311,8 @@ async def test_every_frame_sent_before_the_close_frame_gets_one_reply(
                 if len(replies) == 20:
                     break
                 await asyncio.sleep(0.1)
-            await send(1000, slow, False)  # in flight for about a second
-            await asyncio.sleep(0.2)
+            await send(1000, slow, False)  # in flight for about 0.1 s
+            await asyncio.sleep(0.02)
             srv.proc.send_signal(signal.SIGTERM)
             fid = 21
             start = time.monotonic()

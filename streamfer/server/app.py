@@ -30,6 +30,7 @@ from streamfer.model import Predictor
 from streamfer.server import vendor
 from streamfer.server.batcher import MicroBatcher
 from streamfer.server.config import ServeConfig
+from streamfer.server.decoder import DecodePool
 from streamfer.server.inference_worker import ModelInfo, WorkerClient
 from streamfer.server.metrics import Metrics
 from streamfer.server.pipeline import DetectBatcher, FramePipeline
@@ -129,45 +130,51 @@ def setup_routes(app: web.Application) -> None:
 
 
 async def _resources(app: web.Application) -> Any:
-    """Decode pool + warmed-up model + micro-batcher for the app's lifetime."""
+    """Decode processes + face-search threads + warmed-up model + micro-batcher for the
+    app's lifetime."""
     state = app[STATE]
     config, predictor = state.config, state.predictor
     loop = asyncio.get_running_loop()
-    pool = ThreadPoolExecutor(config.workers, thread_name_prefix="streamfer-decode")
-    batcher: MicroBatcher[np.ndarray, np.ndarray] | WorkerClient
-    if state.worker is not None:  # the worker's batcher (warmed up there) serves this one
-        batcher, device = state.worker, "cpu"
-    else:
-        assert isinstance(predictor, Predictor)
-        batcher, device = MicroBatcher(
-            state.metrics.timed_forward(lambda faces: predictor.forward(np.stack(faces))),
-            max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-            queue_limit=config.queue_limit, on_batch=state.metrics.observe_batch), \
-            predictor.device
-        await loop.run_in_executor(None, predictor.warm_up, config.max_batch)
-    state.metrics.track_queue(lambda: len(batcher))
-    batcher.start()
-    detector = await loop.run_in_executor(None, make_detector, config, device)
-    detect_batcher = None
-    if isinstance(detector, BlazeFace) and (config.detect_batch if config.detect_batch
-                                            is not None else detector.device.type == "cuda"):
-        # The batched stage before the expression model (same batching policy).
-        detect_batcher = DetectBatcher(
-            lambda xs: list(zip(*detector.infer(np.stack(xs)), strict=True)),
-            max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-            queue_limit=config.queue_limit)
-        detect_batcher.start()
-    log.info("face detector: %s%s", detector.description,
-             ", batched" if detect_batcher is not None else ", in the decode threads")
-    state.pipeline = FramePipeline(
-        batcher=batcher, classes=predictor.classes, input_size=predictor.input_size,
-        decode_pool=pool, detector=detector, deadline_s=config.deadline_ms / 1000.0,
-        detect_batcher=detect_batcher)
-    yield
-    if detect_batcher is not None:
-        await detect_batcher.stop()
-    await batcher.stop()  # runs whatever is still queued
-    await loop.run_in_executor(None, pool.shutdown)
+    decoder = DecodePool(config.workers, face_size=predictor.input_size)
+    await loop.run_in_executor(None, decoder.start)
+    try:
+        pool = ThreadPoolExecutor(config.workers, thread_name_prefix="streamfer-detect")
+        batcher: MicroBatcher[np.ndarray, np.ndarray] | WorkerClient
+        if state.worker is not None:  # the worker's batcher (warmed up there) serves this one
+            batcher, device = state.worker, "cpu"
+        else:
+            assert isinstance(predictor, Predictor)
+            batcher, device = MicroBatcher(
+                state.metrics.timed_forward(lambda faces: predictor.forward(np.stack(faces))),
+                max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                queue_limit=config.queue_limit, on_batch=state.metrics.observe_batch), \
+                predictor.device
+            await loop.run_in_executor(None, predictor.warm_up, config.max_batch)
+        state.metrics.track_queue(lambda: len(batcher))
+        batcher.start()
+        detector = await loop.run_in_executor(None, make_detector, config, device)
+        detect_batcher = None
+        if isinstance(detector, BlazeFace) and (config.detect_batch if config.detect_batch
+                                                is not None else detector.device.type == "cuda"):
+            # The batched stage before the expression model (same batching policy).
+            detect_batcher = DetectBatcher(
+                lambda xs: list(zip(*detector.infer(np.stack(xs)), strict=True)),
+                max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                queue_limit=config.queue_limit)
+            detect_batcher.start()
+        log.info("face detector: %s%s", detector.description,
+                 ", batched" if detect_batcher is not None else ", in the face-search threads")
+        state.pipeline = FramePipeline(
+            batcher=batcher, classes=predictor.classes, input_size=predictor.input_size,
+            decoder=decoder, decode_pool=pool, detector=detector,
+            deadline_s=config.deadline_ms / 1000.0, detect_batcher=detect_batcher)
+        yield
+        if detect_batcher is not None:
+            await detect_batcher.stop()
+        await batcher.stop()  # runs whatever is still queued
+        await loop.run_in_executor(None, pool.shutdown)
+    finally:
+        await loop.run_in_executor(None, decoder.close)  # kills any decode still running
 
 
 def make_detector(config: ServeConfig, device: Any) -> BlazeFace | HaarFallback:

@@ -67,7 +67,8 @@ class ServeConfig:
                       "phones on a LAN)")
     certfile: Path | None = opt(None, "TLS certificate (PEM) for HTTPS")
     keyfile: Path | None = opt(None, "TLS private key (PEM) for HTTPS")
-    workers: int = opt(None, "decode/face-detection threads (default: the cores available)",
+    workers: int = opt(None, "decode processes and face-detection threads (default: the "
+                       "cores available)",
                        factory=lambda: available_cores())
     threads: int = opt(0, "inference threads (0: one for the int8 runtime, torch's own choice "
                        "-- one per core -- for the TorchScript)")

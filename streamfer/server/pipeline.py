@@ -1,9 +1,13 @@
 """One frame from encoded bytes to its reply body, shared by /ws and /api/predict.
 
-decode + face detection run in a thread pool (OpenCV releases the GIL; the event loop must
-keep reading sockets) -- except a small crop, which decodes faster than the hop to a
-thread and back (INLINE_CROP_PIXELS) -- then the face joins the micro-batcher's queue.
-Whatever happens, the caller gets exactly one reply body (protocol.ok / no_face / dropped / error).
+Every image is checked and decoded in a decode process (streamfer.server.decoder: bounded by
+its entry point's ImageLimits and a time budget, killed when its caller goes), never on the
+event loop -- except a crop whose cost is bounded by construction (decoder.decode_inline: a
+tiny baseline JPEG, fully walked first). A crop comes back as the model-ready face; a full
+frame or photo as grayscale, searched for faces in a thread pool (OpenCV and torch release
+the GIL; the event loop must keep reading sockets). Then the face joins the micro-batcher's
+queue. Whatever happens, the caller gets exactly one reply body (protocol.ok / no_face /
+dropped / error).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from streamfer import protocol
@@ -33,12 +36,11 @@ from streamfer.faces import (
     DetectorUnavailable,
     Face,
     crop_face,
-    decode_gray,
     resize_square,
 )
-from streamfer.imagecheck import check_image
+from streamfer.imagecheck import CROP, FRAME, PHOTO
 from streamfer.server.batcher import Dropped, InferenceFailed, MicroBatcher, Ran
-from streamfer.server.photos import decode_photo
+from streamfer.server.decoder import Abandoned, DecodePool, decode_inline
 
 if TYPE_CHECKING:
     from streamfer.server.inference_worker import WorkerClient
@@ -46,10 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_FACES = 16  # faces answered per photo on /api/predict, largest first
-# A crop this small (the page sends 48-96 px) decodes in ~10 us: on the event loop that is
-# cheaper than a hop to a decode thread and back (~30 us of CPU alone, two thread wake-ups
-# and GIL hand-offs, more under load); larger images still go to the decode threads.
-INLINE_CROP_PIXELS = 128 * 128
 Detector = BlazeFace | HaarFallback
 
 @dataclass
@@ -80,9 +78,11 @@ class FramePipeline:
     expression model: decode threads only letterbox the frames and decode the boxes."""
 
     def __init__(self, *, batcher: MicroBatcher[np.ndarray, np.ndarray] | WorkerClient,
-                 classes: list[str], input_size: int, decode_pool: Executor, detector: Detector,
-                 deadline_s: float, detect_batcher: DetectBatcher | None = None) -> None:
+                 classes: list[str], input_size: int, decoder: DecodePool,
+                 decode_pool: Executor, detector: Detector, deadline_s: float,
+                 detect_batcher: DetectBatcher | None = None) -> None:
         self.batcher = batcher
+        self.decoder = decoder
         self.classes = classes
         self.input_size = input_size
         self.decode_pool = decode_pool
@@ -90,17 +90,15 @@ class FramePipeline:
         self.deadline_s = deadline_s
         self.detect_batcher = detect_batcher
 
-    def _decode(self, data: bytes, photo: bool, checked: bool = False) -> tuple[np.ndarray, int]:
-        """Grayscale pixels and the photo's DCT reduction factor (1 for frames).
-        `checked`: check_image has passed it already."""
-        if not checked:
-            check_image(data)  # before OpenCV allocates anything: refuses decompression bombs
-        try:
-            if photo:
-                return decode_photo(data)
-            return decode_gray(data), 1
-        except cv2.error as exc:  # OpenCV's own complaint about a malformed image
-            raise BadImage(f"not a decodable JPEG/PNG image ({exc.msg.strip()})") from None
+    async def _decode(self, data: bytes, is_crop: bool, photo: bool) -> tuple[np.ndarray,
+                                                                                int, Box]:
+        """(pixels, the photo's DCT reduction factor, the whole decoded image as a box); a crop
+        (not a photo) comes back as the model-ready face."""
+        kind = PHOTO if photo else CROP if is_crop else FRAME
+        out = decode_inline(data, self.input_size) if kind is CROP else None
+        if out is None:
+            out = await self.decoder.decode(kind.name, data)
+        return out.pixels, out.scale, Box(0, 0, *out.size)
 
     def _faces(self, gray: np.ndarray, found: list[Detection], limit: int) -> list[
             tuple[Face, float | None]]:
@@ -129,14 +127,9 @@ class FramePipeline:
         seconds["detect"] = time.monotonic() - t
         return found
 
-    def _prepare(self, data: bytes, is_crop: bool, photo: bool,
-                 track: FaceTrack | None, checked: bool = False) -> Found:
-        """Decode + detect + crop, all in one decode thread (the CPU path)."""
-        gray, scale = self._decode(data, photo, checked)
-        if is_crop:
-            h, w = gray.shape[:2]
-            return Found([(Face(resize_square(gray, self.input_size), Box(0, 0, w, h)), None)],
-                         scale=scale)
+    def _prepare(self, gray: np.ndarray, scale: int, photo: bool, track: FaceTrack | None
+                 ) -> Found:
+        """Detect + crop a decoded frame or photo, in one thread (the CPU path)."""
         out = Found(scale=scale)
         found = self._search(gray, track, out.seconds, photo)
         out.faces = self._faces(gray, found, MAX_FACES if photo else 1)
@@ -152,14 +145,13 @@ class FramePipeline:
         regress, scores = ran.value
         return self.detector.decode(regress, scores, where, gray.shape[:2])
 
-    async def _prepare_batched(self, data: bytes, is_crop: bool, photo: bool,
+    async def _prepare_batched(self, gray: np.ndarray, scale: int, photo: bool,
                                track: FaceTrack | None, deadline: float) -> Found | Dropped:
-        """The GPU path: decode in a thread, detect in the batched stage, crop in a thread."""
+        """The GPU path: detect in the batched stage, crop in a thread."""
         loop = asyncio.get_running_loop()
-        if is_crop or photo:  # a photo's tiles are one batch already
-            return await loop.run_in_executor(self.decode_pool, self._prepare, data, is_crop,
+        if photo:  # a photo's tiles are one batch already
+            return await loop.run_in_executor(self.decode_pool, self._prepare, gray, scale,
                                               photo, None)
-        gray, scale = await loop.run_in_executor(self.decode_pool, self._decode, data, photo)
         out = Found(scale=scale)
         attempts: list[tuple[str, tuple[int, int, int] | None, float]] = []
         if track is not None and track.box is not None:
@@ -175,9 +167,25 @@ class FramePipeline:
             if got:
                 found = got
                 break
-        out.faces = await loop.run_in_executor(self.decode_pool, self._faces, gray, found,
-                                               MAX_FACES if photo else 1)
+        out.faces = await loop.run_in_executor(self.decode_pool, self._faces, gray, found, 1)
         return out
+
+    async def _found(self, data: bytes, is_crop: bool, photo: bool, track: FaceTrack | None,
+                     deadline: float) -> Found | Dropped:
+        """Decode (a decode process), then for a frame or photo find its faces (threads or
+        the batched stage)."""
+        loop = asyncio.get_running_loop()
+        pixels, scale, whole = await self._decode(data, is_crop, photo)
+        if is_crop and not photo:
+            return Found([(Face(pixels, whole), None)], scale=scale)
+        if is_crop:  # ?crop=1 on /api/predict: the photo is the face
+            face = await loop.run_in_executor(self.decode_pool, resize_square, pixels,
+                                              self.input_size)
+            return Found([(Face(face, whole), None)], scale=scale)
+        if self.detect_batcher is not None:
+            return await self._prepare_batched(pixels, scale, photo, track, deadline)
+        return await loop.run_in_executor(self.decode_pool, self._prepare, pixels, scale,
+                                          photo, track)
 
     async def run(self, data: bytes, *, is_crop: bool, received: float, photo: bool = False,
                   track: FaceTrack | None = None) -> dict[str, Any]:
@@ -187,21 +195,16 @@ class FramePipeline:
         deadline = received + self.deadline_s
         if time.monotonic() > deadline:  # it waited behind a slow frame for too long
             return protocol.dropped(protocol.DEADLINE)
-        loop = asyncio.get_running_loop()
         with self.batcher.expecting() as slot:
             started = time.monotonic()
             try:
-                if is_crop and not photo and _pixels(data) <= INLINE_CROP_PIXELS:
-                    found = self._prepare(data, True, False, None, checked=True)
-                elif self.detect_batcher is not None:
-                    found = await self._prepare_batched(data, is_crop, photo, track, deadline)
-                else:
-                    found = await loop.run_in_executor(self.decode_pool, self._prepare, data,
-                                                       is_crop, photo, track)
+                found = await self._found(data, is_crop, photo, track, deadline)
             except BadImage as exc:
                 return protocol.error(str(exc), protocol.BAD_IMAGE)
             except DetectorUnavailable as exc:
                 return protocol.error(str(exc), protocol.NO_DETECTOR)
+            except Abandoned:  # the server is closing its decoders
+                return protocol.dropped(protocol.SHUTTING_DOWN)
             except Exception:
                 log.exception("preprocessing failed")
                 return protocol.error("internal error while decoding the image",
@@ -242,12 +245,6 @@ class FramePipeline:
 
     def _probs(self, outcome: Ran[np.ndarray]) -> dict[str, float]:
         return {c: round(float(p), 5) for c, p in zip(self.classes, outcome.value, strict=True)}
-
-
-def _pixels(data: bytes) -> int:
-    """The image's pixel count from its header (check_image: raises BadImage)."""
-    w, h = check_image(data)
-    return w * h
 
 
 def _scaled(box: Box, scale: int) -> list[int]:
