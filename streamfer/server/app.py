@@ -27,7 +27,7 @@ from streamfer import protocol
 from streamfer.detect import BlazeFace, HaarFallback, load_detector
 from streamfer.faces import FRAMING, NO_HAAR
 from streamfer.model import Predictor
-from streamfer.server import vendor
+from streamfer.server import vendor, video
 from streamfer.server.batcher import MicroBatcher
 from streamfer.server.config import ServeConfig
 from streamfer.server.decoder import DecodePool
@@ -121,6 +121,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/predict", post_only)  # else the static route below says 404
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    video.add_routes(app, app[STATE])  # /api/video: recordings to timelines, as jobs
     web_dir = app[STATE].config.web_dir
     if app[STATE].page_detector is not None:  # /vendor/...: that npm package's files only
         vendor.add_routes(app, app[STATE].page_detector)

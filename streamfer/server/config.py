@@ -17,6 +17,7 @@ from streamfer.model import DEVICES
 from streamfer.onnx_int8 import RUNTIMES
 from streamfer.paths import DEFAULT_MODEL, DEFAULT_WEB_DIR
 from streamfer.server.vendor import INFERENCE, INFERENCES
+from streamfer.video.decode import MAX_VIDEO_BYTES, MAX_VIDEO_PIXELS, MAX_VIDEO_SECONDS
 
 TTA_CHOICES = TTA_MODES
 DETECTOR_CHOICES = ("auto", "blazeface", "haar")
@@ -100,6 +101,19 @@ class ServeConfig:
                                  "context) and batches the faces of every serving process; "
                                  "these then only decode, detect and crop (shared memory "
                                  "between them; the GPU machine's layout, docs/DEPLOY.md)")
+    max_video_bytes: int = opt(MAX_VIDEO_BYTES, "largest video on /api/video (bigger: HTTP "
+                               "413 naming this flag)")
+    max_video_seconds: float = opt(MAX_VIDEO_SECONDS, "longest video on /api/video, by its "
+                                   "header and again while decoding")
+    max_video_pixels: int = opt(MAX_VIDEO_PIXELS, "largest video frame on /api/video, in "
+                                "pixels")
+    video_jobs: int = opt(2, "/api/video jobs held at once (uploading, queued, running, or "
+                          "done and not yet expired); more get HTTP 503. They run one at a "
+                          "time, so their disk use is at most this many videos and timelines")
+    video_keep_s: float = opt(600.0, "a finished /api/video job's files are deleted this "
+                              "many seconds after it ended (or at DELETE, or at shutdown)")
+    video_upload_s: float = opt(300.0, "an /api/video upload must arrive completely within "
+                                "this many seconds (else 408)")
     web_dir: Path = opt(DEFAULT_WEB_DIR, "the phone page's folder")
     page_inference: str = opt(INFERENCE, "where phones run the in-page face detector's "
                               "network: cpu (wasm SIMD; cheaper than webgl's draws and "
@@ -127,6 +141,10 @@ class ServeConfig:
             problems.append("deadline_ms must be > 0")
         if self.threads < 0:
             problems.append("threads must be >= 0")
+        for name in ("max_video_bytes", "max_video_seconds", "max_video_pixels", "video_jobs",
+                     "video_keep_s", "video_upload_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
         for name in ("read_timeout_s", "write_timeout_s", "heartbeat_s", "shutdown_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")

@@ -1,0 +1,5 @@
+import sys
+
+from streamfer.video.cli import main
+
+sys.exit(main())
