@@ -34,6 +34,24 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny8_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny network with FER+'s eight classes (training.data.FERPLUS8's order): code that
+    must not assume five classes is tested with it."""
+    import torch
+
+    from training.data import FERPLUS8
+    from training.export import Deployed, export
+    from training.network import FERNet, NetConfig
+
+    torch.manual_seed(1)
+    net = FERNet(NetConfig(crop=44, classes=8, conv_channels=(8, 8), local_channels=4))
+    deployed = Deployed(net, size=48, crop=44, mean=128.0, std=64.0, tta="mirror")
+    path = tmp_path_factory.mktemp("model8") / "tiny8.pt"
+    export(deployed, path, {"name": "tiny8", "classes": list(FERPLUS8), "metrics": {}})
+    return path
+
+
+@pytest.fixture(scope="session")
 def astronaut_rgb() -> np.ndarray:
     """scikit-image's astronaut: a real, smiling, frontal face (512x512 RGB)."""
     from skimage import data

@@ -8,7 +8,8 @@ import { chooseDetector, Fallback } from "./detectors.js";
 import { socketUrl } from "./protocol.js";
 import { argmax, ProbabilityEma } from "./smooth.js";
 import { StreamClient } from "./stream.js";
-import { View } from "./view.js";
+import { download, drawChart, Timeline } from "./timeline.js";
+import { colourFor, View } from "./view.js";
 
 const REFRESH_MS = 1000; // an unchanged scene is still re-sent this often, so the page stays live
 const IDLE_FPS = 5; // while no face is in view: keep looking, but spare the server and the battery
@@ -25,6 +26,7 @@ const grabber = new FrameGrabber();
 const ema = new ProbabilityEma();
 const client = new StreamClient(socketUrl());
 const smoothBox = document.getElementById("smooth");
+const timeline = new Timeline(); // the live recording: in this page's memory only
 
 const state = {
   cameraReady: false,
@@ -70,6 +72,15 @@ function setFace(face) {
 function median(values) {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted.length ? sorted[Math.floor(sorted.length / 2)] : null;
+}
+
+function scaled(box, scale = 1) {
+  return box ? { x: box[0] * scale, y: box[1] * scale, w: box[2] * scale, h: box[3] * scale } : null;
+}
+
+function showTimeline() {
+  drawChart(document.getElementById("timeline-chart"), timeline, colourFor);
+  document.getElementById("download-csv").dataset.rows = String(timeline.length);
 }
 
 function showTiming() {
@@ -165,6 +176,7 @@ function onResult(event) {
       state.answeredAt.push(performance.now());
       state.lastRaw = reply.probs;
       ema.update(reply.probs);
+      timeline.add(reply.probs, meta?.faceBox ?? scaled(reply.box, meta?.scale), reply.id);
       state.face = "streaming";
       render();
       showProbs();
@@ -290,6 +302,7 @@ function main() {
   client.addEventListener("hello", (event) => {
     const { hello } = event.detail;
     view.buildBars(hello.classes);
+    if (timeline.classes.join() !== hello.classes.join()) timeline.reset(hello.classes, targetFps());
     view.setModel(hello);
     if (!state.detector && !state.choosing) startDetector(hello);
     state.lastRaw = null;
@@ -303,6 +316,9 @@ function main() {
   client.start();
   showTiming(); // the counters exist from the start, not only after the first tick
   setInterval(showTiming, 500);
+  setInterval(showTimeline, 1000);
+  document.getElementById("download-csv").addEventListener("click", () =>
+    download(timeline.toCsv(), `streamfer-${new Date().toISOString().replace(/[:.]/g, "-")}.csv`));
 
   startVideo();
   loop();

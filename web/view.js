@@ -14,7 +14,7 @@ const LOOK = {
 };
 const UNKNOWN = ["🙂", "#9ca3af"];
 
-function colourFor(name) {
+export function colourFor(name) {
   return (LOOK[name] ?? UNKNOWN)[1];
 }
 

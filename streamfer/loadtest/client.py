@@ -168,6 +168,9 @@ class Client:
                     self.log.server_ms[key].append(float(value))
             if status == "ok" and isinstance(reply.get("batch"), int):
                 self.log.batches[reply["batch"]] += 1
+            if status == "ok" and self.log.hello is not None and \
+                    list(reply.get("probs") or {}) != list(self.log.hello.get("classes") or []):
+                self.log.protocol["probs do not name the greeting's classes"] += 1
         elif status == "dropped":
             self.log.dropped[str(reply.get("reason"))] += 1
         elif status == "error":

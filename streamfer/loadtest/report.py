@@ -76,6 +76,7 @@ def summarize(run: RunLog) -> dict:
         "frame_bytes_mean": round(run.frames.mean_bytes),
         "model": hello.get("model"),
         "tta": hello.get("tta"),
+        "classes": hello.get("classes"),
         "window": load.window or (hello.get("limits") or {}).get("window"),
         "offered_fps": round(load.clients * load.fps, 2),
         "slots": sum(c.slots for c in logs),
