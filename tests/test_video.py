@@ -24,6 +24,7 @@ from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.faces import Box
 from streamfer.model import Predictor
 from streamfer.server.app import init_app
+from streamfer.server.video import VIDEO_JOBS
 from streamfer.smooth import ProbabilityEma, smooth_series
 from streamfer.track import IouTracker
 from streamfer.video import cli as video_cli
@@ -193,6 +194,8 @@ async def test_bad_videos_get_their_codes_and_the_server_goes_on(
                            size=(1280, 720))
     status, body = await post(big.read_bytes())
     assert (status, body["code"]) == (413, "too_large") and "pixels" in body["error"], body
+    status, body = await post(short.read_bytes(), params={"every": "0"})
+    assert (status, body["code"]) == (400, "bad_query"), body
     assert (await bound(client.get("/api/video/nope"))).status == 404
     # Nothing is held after refusals; the live path still answers.
     assert (await bound(client.post("/api/predict", data=frame_jpeg))).status == 200
@@ -206,7 +209,18 @@ async def test_jobs_beyond_the_limit_get_503(aiohttp_client: Any, predictor: Pre
     assert first.status == 202
     second = await bound(client.post("/api/video", data=video_bytes))
     assert second.status == 503 and (await second.json())["code"] == "busy"
-    await wait_done(client, (await first.json())["url"])
+    # DELETE frees the slot at once (a running job stops; its files go when it has).
+    assert (await bound(client.delete((await first.json())["url"]))).status == 204
+    third = await bound(client.post("/api/video?every=5", data=video_bytes))
+    assert third.status == 202, await third.text()
+    status = await wait_done(client, (await third.json())["url"])
+    assert status["status"] == "done"
+    jobs = client.app[VIDEO_JOBS]
+    for _ in range(100):  # the stopped job's folder is deleted once its thread has let go
+        if len(list(jobs.root.iterdir())) == 1:
+            break
+        await asyncio.sleep(0.1)
+    assert len(list(jobs.root.iterdir())) == 1  # the finished job's results only
 
 
 def test_the_tracker_keeps_ids_and_starts_new_ones() -> None:

@@ -30,8 +30,16 @@ from aiohttp import BodyPartReader, web
 
 from streamfer.protocol import OVERLOADED
 from streamfer.server.batcher import Ran
+from streamfer.smooth import SMOOTH_MS
 from streamfer.video.analyse import Cancelled
-from streamfer.video.decode import TOO_LARGE, Limits, VideoError, VideoInfo, open_video
+from streamfer.video.decode import (
+    NOT_A_VIDEO,
+    TOO_LARGE,
+    Limits,
+    VideoError,
+    VideoInfo,
+    open_video,
+)
 from streamfer.video.run import expected_frames, process
 from streamfer.video.timeline import CSV_NAME, JSON_NAME, SUMMARY_NAME
 
@@ -116,7 +124,7 @@ class VideoJobs:
         for job in self.jobs.values():
             job.cancelled = True
         await loop.run_in_executor(None, self.runner.shutdown, True)
-        await loop.run_in_executor(None, lambda: shutil.rmtree(self.root, ignore_errors=True))
+        await _rmtree(self.root)
         self.jobs.clear()
 
     async def _sweep(self) -> None:
@@ -128,10 +136,11 @@ class VideoJobs:
                 await self.remove(job)
 
     async def remove(self, job: Job) -> None:
+        """Forget the job and delete its files (a queued or running one's when it stops)."""
         job.cancelled = True
         self.jobs.pop(job.id, None)
-        await asyncio.get_running_loop().run_in_executor(
-            None, lambda: shutil.rmtree(job.folder, ignore_errors=True))
+        if job.state not in ("queued", "running"):
+            await _rmtree(job.folder)
 
     def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         """On the job thread: decode, detect, crop here; faces through the batcher."""
@@ -145,6 +154,8 @@ class VideoJobs:
         def on_frame(_index: int) -> None:
             job.done += 1
 
+        if job.cancelled or self.state.closing:
+            raise Cancelled("stopped before it started")
         cap, info = open_video(job.video_path, self.limits)
         job.state = "running"
         job.summary = process(cap, info, job.out_dir, detector=pipeline.detector,
@@ -174,8 +185,16 @@ class VideoJobs:
                                              "error": f"the video job failed: {exc}"}
         finally:
             job.ended = time.monotonic()
-            with contextlib.suppress(OSError):
-                await loop.run_in_executor(None, job.video_path.unlink, True)
+            if job.id not in self.jobs:  # deleted while it ran
+                await _rmtree(job.folder)
+            else:
+                with contextlib.suppress(OSError):
+                    await loop.run_in_executor(None, job.video_path.unlink, True)
+
+
+async def _rmtree(path: Path) -> None:
+    await asyncio.get_running_loop().run_in_executor(
+        None, lambda: shutil.rmtree(path, ignore_errors=True))
 
 
 async def _classify(batcher: Any, faces: np.ndarray) -> np.ndarray:
@@ -228,7 +247,7 @@ def _query_number(request: web.Request, name: str, default: float, low: float,
     except ValueError:
         value = float("nan")
     if not low <= value <= high:
-        raise web.HTTPBadRequest(text=f"{name} must be a number from {low:g} to {high:g}\n")
+        raise ValueError(f"?{name}= must be a number from {low:g} to {high:g}")
     return value
 
 
@@ -248,7 +267,7 @@ async def _receive(request: web.Request, path: Path, limit: int) -> None:
                         raise too_large
             part = await reader.next()
         if part is None:
-            raise VideoError("multipart body has no field named 'video'", "not_a_video")
+            raise VideoError("multipart body has no field named 'video'", NOT_A_VIDEO)
         read = part.read_chunk
     else:
         read = request.content.read
@@ -266,7 +285,7 @@ async def _receive(request: web.Request, path: Path, limit: int) -> None:
         await loop.run_in_executor(None, f.write, bytes(buffer))
     if size == 0:
         raise VideoError("empty body: POST a video file (or the multipart field 'video')",
-                         "not_a_video")
+                         NOT_A_VIDEO)
 
 
 async def upload(request: web.Request) -> web.Response:
@@ -286,8 +305,13 @@ async def upload(request: web.Request) -> web.Response:
                        **{"Retry-After": "10"})
         resp.force_close()
         return resp
-    every = int(_query_number(request, "every", 1, 1, MAX_EVERY))
-    smooth_ms = _query_number(request, "smooth_ms", 300.0, 0, 60_000)
+    try:
+        every = int(_query_number(request, "every", 1, 1, MAX_EVERY))
+        smooth_ms = _query_number(request, "smooth_ms", SMOOTH_MS, 0, 60_000)
+    except ValueError as exc:
+        resp = _refuse(400, "bad_query", str(exc))
+        resp.force_close()
+        return resp
     job = Job(secrets.token_urlsafe(12), jobs.root / secrets.token_hex(8), every, smooth_ms)
     jobs.jobs[job.id] = job  # the slot is held from here, so parallel uploads cannot overfill
     loop = asyncio.get_running_loop()
