@@ -49,7 +49,7 @@ class VideoBenchConfig:
     every: tuple[int, ...] = opt((1, 3), "process every Nth frame (a comma-separated list)",
                                  comma=True)
     model: Path = opt(DEFAULT_MODEL, "TorchScript model")
-    threads: int = opt(0, "inference threads (0: as the server)")
+    threads: int = opt(1, "torch threads (as python -m streamfer.video --threads)")
     out: Path = opt(BENCH / "results" / "video_throughput.json", "results JSON")
 
 
@@ -62,8 +62,10 @@ def timed(fn: object) -> tuple[float, float, object]:
 def main(argv: list[str] | None = None) -> int:
     cfg = parse(VideoBenchConfig, argv, prog="python -m bench.video_bench",
                 description=__doc__.split("\n\n")[0])
+    import torch
     from skimage import data
 
+    torch.set_num_threads(cfg.threads)
     limits = Limits(MAX_VIDEO_BYTES, MAX_VIDEO_SECONDS, MAX_VIDEO_PIXELS)
     predictor = Predictor(cfg.model, device="cpu", threads=cfg.threads)
     detector = load_detector("cpu")
@@ -105,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"benchmark": "video_throughput",
               "config": {"seconds": cfg.seconds, "fps": cfg.fps, "size": [cfg.width, cfg.height],
                          "model": predictor.name, "runtime": predictor.runtime,
+                         "torch_threads": cfg.threads,
                          "detector": detector.description},
               "versions": {"opencv": cv2.__version__}, "machine": machine, "rows": rows}
     cfg.out.parent.mkdir(parents=True, exist_ok=True)

@@ -49,7 +49,8 @@ class VideoConfig:
     device: str = opt("auto", "auto = CUDA when torch sees a GPU", DEVICES)
     runtime: str = opt("auto", "CPU inference, as the server's --runtime", RUNTIMES)
     tta: str | None = opt(None, "test-time averaging (default: the model's own)", TTA_MODES)
-    threads: int = opt(0, "inference threads (0: as the server)")
+    threads: int = opt(1, "torch threads for the face detector and the model (decoding, "
+                       "detection and inference already run side by side, one thread each)")
     batch: int = opt(32, "faces per inference batch")
     max_faces: int = opt(4, "faces per frame, largest first")
     smooth_ms: float = opt(SMOOTH_MS, "the plots' smoothing time constant in ms, as the live "
@@ -60,8 +61,8 @@ class VideoConfig:
     progress: bool = opt(True, "show a progress bar (tqdm, on stderr)")
 
     def __post_init__(self) -> None:
-        if self.every < 1 or self.batch < 1 or self.max_faces < 1:
-            raise ValueError("--every, --batch and --max-faces must be >= 1")
+        if min(self.every, self.batch, self.max_faces, self.threads) < 1:
+            raise ValueError("--every, --batch, --max-faces and --threads must be >= 1")
         if self.smooth_ms < 0:
             raise ValueError("--smooth-ms must be >= 0")
 
@@ -82,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (VideoError, OSError) as exc:
         print(f"{PROG}: {config.video}: {exc}", file=sys.stderr)
         return 2
+    import torch
+
+    torch.set_num_threads(max(1, config.threads))
     try:
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
                               max_batch=config.batch, runtime=config.runtime,
