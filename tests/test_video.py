@@ -221,6 +221,13 @@ async def test_jobs_beyond_the_limit_get_503(aiohttp_client: Any, predictor: Pre
             break
         await asyncio.sleep(0.1)
     assert len(list(jobs.root.iterdir())) == 1  # the finished job's results only
+    # Shutdown with a job running: it stops, and every file the jobs made goes.
+    assert (await bound(client.delete((await third.json())["url"]))).status == 204
+    fourth = await bound(client.post("/api/video", data=video_bytes))
+    assert fourth.status == 202
+    root = jobs.root
+    await bound(client.close())
+    assert not root.exists()
 
 
 def test_the_tracker_keeps_ids_and_starts_new_ones() -> None:

@@ -107,6 +107,7 @@ class VideoJobs:
         self.jobs: dict[str, Job] = {}
         self.root: Path | None = None
         self.runner: ThreadPoolExecutor | None = None
+        self.tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps weak references
 
     @property
     def limits(self) -> Limits:
@@ -124,6 +125,7 @@ class VideoJobs:
         for job in self.jobs.values():
             job.cancelled = True
         await loop.run_in_executor(None, self.runner.shutdown, True)
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         await _rmtree(self.root)
         self.jobs.clear()
 
@@ -167,7 +169,13 @@ class VideoJobs:
         job.files = [CSV_NAME, JSON_NAME, SUMMARY_NAME, *job.summary["plots"].values()]
         job.video_path.unlink(missing_ok=True)  # the results are what is kept
 
-    async def start(self, job: Job) -> None:
+    def submit(self, job: Job) -> None:
+        """Queue the job on the job thread."""
+        task = asyncio.get_running_loop().create_task(self._start(job), name=f"video-{job.id}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _start(self, job: Job) -> None:
         loop = asyncio.get_running_loop()
         assert self.runner is not None
         job.state = "queued"
@@ -344,7 +352,7 @@ async def upload(request: web.Request) -> web.Response:
         raise
     job.info, job.total = info, expected_frames(info, every, jobs.limits)
     job.state = "queued"
-    asyncio.get_running_loop().create_task(jobs.start(job), name=f"video-{job.id}")
+    jobs.submit(job)
     return web.json_response({**job.status(config.video_keep_s),
                               "url": f"/api/video/{job.id}"}, status=202,
                              headers={"Location": f"/api/video/{job.id}"})
