@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import cv2
 import numpy as np
 import pytest
@@ -223,8 +224,11 @@ async def test_jobs_beyond_the_limit_get_503(aiohttp_client: Any, predictor: Pre
     assert len(list(jobs.root.iterdir())) == 1  # the finished job's results only
     # Shutdown with a job running: it stops, and every file the jobs made goes.
     assert (await bound(client.delete((await third.json())["url"]))).status == 204
-    fourth = await bound(client.post("/api/video", data=video_bytes))
-    assert fourth.status == 202
+    form = aiohttp.FormData()  # as `curl -F video=@clip.mp4` posts it
+    form.add_field("note", "a field before the video is read and skipped")
+    form.add_field("video", video_bytes, filename="clip.mp4", content_type="video/mp4")
+    fourth = await bound(client.post("/api/video", data=form))
+    assert fourth.status == 202, await fourth.text()
     root = jobs.root
     await bound(client.close())
     assert not root.exists()
