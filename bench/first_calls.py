@@ -43,7 +43,7 @@ def calls(predictor: Predictor, sizes: tuple[int, ...], repeats: int = 3) -> dic
         faces = np.full((n, side, side), 100, np.uint8)
         times = []
         for _ in range(repeats):
-            if predictor.device.type == "cuda":
+            if predictor.device == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
             predictor.forward(faces)  # returns host numpy: the result is complete
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     warm.warm_up(a.max_batch)
     result["warm_up_s"] = round(time.perf_counter() - t, 2)
     result["warm_ms"] = calls(warm, sizes)
-    if cold.device.type == "cuda":
+    if cold.device == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
     print(f"{describe(result['machine'])}; {result['device']}, torch {torch.__version__}")
     print(f"ms of three successive calls; warm-up of sizes up to {a.max_batch} took "
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     for n in sizes:
         print(f"{n:>5}  {result['cold_ms'][n]!s:<26} {result['warm_ms'][n]!s:<26}")
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    out = a.out_dir / f"first_calls_{cold.device.type}.json"
+    out = a.out_dir / f"first_calls_{cold.device}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
     return result

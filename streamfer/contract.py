@@ -5,18 +5,24 @@ An exported model is a TorchScript file whose `predict(faces, tta)` takes N x 1 
 NAME.json) with everything the server needs besides the weights: class names, input size,
 normalisation, the test-time-averaging modes and default, the preprocessing, the network
 config (so training can rebuild it), metrics and the command that made it. training/export.py
-writes it through `write`; the server, training, export and the benchmarks read it through
-`read`. Nothing here imports training code.
+writes it through `write`; training, export and the benchmarks read it through `read`.
+
+A TorchScript file is a zip archive, its extra files under `<archive>/extra/`:
+`read_metadata` takes the metadata from there with `zipfile`, without PyTorch, so a CPU server
+running the int8 derivative (streamfer/onnx_int8.py) never imports torch. Nothing here
+imports training code, nor torch until a TorchScript module is loaded or saved.
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "streamfer-torchscript-1"
 METADATA = "metadata.json"
@@ -29,6 +35,8 @@ class ModelError(RuntimeError):
 
 def read(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """Load a model file (on the CPU) and its metadata, or raise ModelError saying why not."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
@@ -37,13 +45,34 @@ def read(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:
         raise ModelError(f"{path} is not a loadable TorchScript file: {exc}") from exc
+    return module, _parse(path, extra[METADATA])
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """A model file's metadata, read from the zip archive TorchScript writes, without torch;
+    raises ModelError saying why not (the same checks as `read`, but the network itself is
+    not loaded: a file whose archive holds corrupt weights passes here)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
     try:
-        meta = json.loads(extra[METADATA] or "{}")
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist()
+                     if n.count("/") == 2 and n.endswith(f"/extra/{METADATA}")]
+            text = archive.read(names[0]).decode() if names else ""
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path} is not a TorchScript file: {exc}") from exc
+    return _parse(path, text)
+
+
+def _parse(path: Path, text: str) -> dict[str, Any]:
+    try:
+        meta = json.loads(text or "{}")
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path}: {METADATA} inside it is not JSON: {exc}") from exc
-    if not meta.get("classes"):
+    if not isinstance(meta, dict) or not meta.get("classes"):
         raise ModelError(f"{path}: {METADATA} has no 'classes' list")
-    return module, meta
+    return meta
 
 
 def input_size(meta: dict[str, Any]) -> int:
@@ -53,6 +82,8 @@ def input_size(meta: dict[str, Any]) -> int:
 
 def write(scripted: torch.jit.ScriptModule, path: str | Path, meta: dict[str, Any]) -> Path:
     """Save `scripted` with `meta` inside it and beside it (NAME.json); returns the path."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"format": FORMAT, **meta}, indent=2, sort_keys=False)

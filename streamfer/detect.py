@@ -1,12 +1,13 @@
-"""Find faces: BlazeFace, the network the phone page runs, on the server in PyTorch.
+"""Find faces: BlazeFace, the network the phone page runs, on the server.
 
 Why this detector (docs/BENCHMARKS.md, bench/detect_bench.py): on webfaces-dev photos it
 finds more faces than OpenCV's Haar cascade at a fraction of its CPU time, it runs batched on
 a GPU, and it needs no OpenCV extras (OpenCV 5 wheels have no cascades). Its weights are the
-.tflite files of the npm package `@mediapipe/face_detection` (web/package.json, `npm ci`):
-read at start-up by streamfer.tflite_torch, never downloaded at run time, never copied into
-the repository. Page and server thus share one network and one framing calibration
-(faces.FRAMING["blazeface"]).
+.tflite files of the npm package `@mediapipe/face_detection` (web/package.json, `npm ci`),
+never downloaded at run time, never copied into the repository. On the CPU they run on
+Google's LiteRT interpreter (streamfer.detect_litert, no PyTorch); on a GPU, read into
+PyTorch and batched on the device (streamfer.detect_torch). Page and server thus share one
+network and one framing calibration (faces.FRAMING["blazeface"]).
 
 The geometry follows MediaPipe's face detection graph (face_detection_short_range.pbtxt):
 letterbox the image into the square input, SSD anchors (896 for short range: 16x16x2 +
@@ -16,7 +17,8 @@ its default (0.5 short range, 0.6 full range) - chosen on principle, not on our 
 
 Three steps, so a GPU server can batch the middle one across connections:
 `prepare` (CPU: letterbox one gray image) -> `infer` (device: N inputs at once) ->
-`decode` (CPU: boxes for one image). `detect` chains them for one image.
+`decode` (CPU: boxes for one image). `detect` chains them for one image. This module holds
+the geometry; the network runs in one of the two runtimes (RUNTIMES).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 from streamfer.faces import Box, FaceDetector, square_at
+from streamfer.optional import import_torch
 from streamfer.paths import PACKAGE_ROOT
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR = PACKAGE_ROOT / "web" / "node_modules" / "@mediapipe" / "face_detection"
 NPM_HINT = "run `npm ci` in web/ to install @mediapipe/face_detection"
 NMS_IOU = 0.3  # MediaPipe's min_suppression_threshold
-SCORE_CLIP = 100.0
+RUNTIMES = ("litert", "torch")  # LiteRT on the CPU, the PyTorch port on any device
 TIGHT_PAD = 0.3  # a frame with no face is searched again with this margin added on each side
 TILE_MIN_SCORE = 0.6  # MediaPipe's full-range default: see BlazeFace.detect_photo
 TRACK_SCALE = 2.2  # the tracking region's side, in last-box sides
@@ -104,18 +107,6 @@ class Letterbox:
         return (x - self.ox) / self.scale + self.x0, (y - self.oy) / self.scale + self.y0
 
 
-class _Net(torch.nn.Module):
-    """uint8 N x S x S gray -> (N x A x 16 regressors, N x A scores in 0..1)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        regress, logits = self.net(x.unsqueeze(1).float() / 127.5 - 1.0)
-        return regress, torch.sigmoid(logits.squeeze(-1).clamp(-SCORE_CLIP, SCORE_CLIP))
-
-
 def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one (x0, y0, x1, y1) box with many."""
     ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
@@ -142,30 +133,37 @@ def weighted_nms(boxes: np.ndarray, scores: np.ndarray,
 
 
 class BlazeFace:
-    """BlazeFace on `device`; thread-safe (inference holds no per-call state)."""
+    """BlazeFace on `device`; thread-safe. `runtime`: "litert" (the CPU's, the default there)
+    or "torch" (the PyTorch port, the default elsewhere; needs the `[gpu]` extra)."""
 
     name = "blazeface"
 
-    def __init__(self, variant: str = "short", *, device: str | torch.device = "cpu",
-                 weights_dir: str | Path = WEIGHTS_DIR, min_score: float | None = None) -> None:
-        from streamfer.tflite_torch import TfliteNet
-
+    def __init__(self, variant: str = "short", *, device: Any = "cpu",
+                 weights_dir: str | Path = WEIGHTS_DIR, min_score: float | None = None,
+                 runtime: str | None = None) -> None:
         self.spec = SPECS[variant]
         self.path = Path(weights_dir) / self.spec.file
         if not self.path.is_file():
             raise FileNotFoundError(f"BlazeFace weights not found at {self.path} ({NPM_HINT})")
-        self.device = torch.device(device)
+        self.device = str(device)
+        self.runtime = runtime or ("litert" if self.device == "cpu" else "torch")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, not {self.runtime!r}")
+        if self.runtime == "litert" and self.device != "cpu":
+            raise ValueError("BlazeFace on LiteRT runs on the CPU only")
         self.size = self.spec.size
         self.min_score = self.spec.min_score if min_score is None else min_score
         self.anchors = ssd_anchors(self.spec)
-        net = _Net(TfliteNet(self.path, gray_input=True)).eval().to(self.device)
-        example = torch.full((1, self.size, self.size), 128, dtype=torch.uint8,
-                             device=self.device)
-        # Traced (one graph, no Python per layer). Not passed through oneDNN's
-        # optimize_for_inference: on these small layers it doubled the CPU time (1.4 -> 3.9
-        # ms per 128 px input, one core).
-        with torch.inference_mode():
-            self.module = torch.jit.trace(net, example, check_trace=False)
+        self.net: Any
+        if self.runtime == "litert":
+            from streamfer.detect_litert import LiteRTNet
+
+            self.net = LiteRTNet(self.path)
+        else:
+            import_torch(f"BlazeFace on {self.device} (its PyTorch port)")
+            from streamfer.detect_torch import TorchNet
+
+            self.net = TorchNet(self.path, self.device)
         self.warm_up()
 
     def warm_up(self, batch: int = 1) -> None:
@@ -174,7 +172,8 @@ class BlazeFace:
 
     @property
     def description(self) -> str:
-        return f"BlazeFace {self.spec.name}-range ({self.path.name}, {self.device})"
+        where = "LiteRT, cpu" if self.runtime == "litert" else f"PyTorch, {self.device}"
+        return f"BlazeFace {self.spec.name}-range ({self.path.name}, {where})"
 
     def prepare(self, gray: np.ndarray, region: tuple[int, int, int] | None = None,
                 pad: float = 0.0) -> tuple[np.ndarray, Letterbox]:
@@ -202,10 +201,7 @@ class BlazeFace:
 
     def infer(self, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """N x S x S uint8 -> (N x A x 16 regressors, N x A scores), on this detector's device."""
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(inputs)).to(self.device)
-            regress, scores = self.module(x)
-            return regress.float().cpu().numpy(), scores.float().cpu().numpy()
+        return self.net.infer(inputs)
 
     def decode(self, regress: np.ndarray, scores: np.ndarray, where: Letterbox,
                bounds: tuple[int, int] | None = None) -> list[Detection]:
@@ -332,7 +328,7 @@ def track_region(box: Box, scale: float = TRACK_SCALE) -> tuple[int, int, int]:
     return (round(box.x + box.w / 2 - side / 2), round(box.y + box.h / 2 - side / 2), side)
 
 
-def load_detector(device: str | torch.device = "cpu", variant: str = "short",
+def load_detector(device: Any = "cpu", variant: str = "short",
                   weights_dir: str | Path = WEIGHTS_DIR) -> BlazeFace | HaarFallback:
     """BlazeFace when its weights are installed, else the Haar cascade (with a warning)."""
     try:

@@ -41,7 +41,7 @@ def test_predictor_on_cuda_matches_cpu_through_the_staging_buffer(
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     cpu = Predictor(SHIPPED_MODEL, device="cpu", runtime="torchscript")  # the float reference
     gpu = Predictor(SHIPPED_MODEL, device="cuda", max_batch=4)
-    assert gpu.device.type == "cuda" and gpu._staging is not None
+    assert gpu.device == "cuda" and gpu._staging is not None
     assert gpu._staging.is_pinned()
     # Back-to-back batches reuse the pinned buffer; each result must be its own batch's
     # (a copy that raced the next fill would show up as the wrong probabilities).

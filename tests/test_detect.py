@@ -1,5 +1,7 @@
 """BlazeFace on the server (streamfer.detect): the PyTorch port against the LiteRT reference
-runtime on the same input, its boxes on a real face, batches, regions and the fallback."""
+runtime on the same input, the server's two runtimes (LiteRT on the CPU, the port for a GPU's
+batched stage) against each other, their boxes on a real face, batches, regions and the
+fallback."""
 
 from __future__ import annotations
 
@@ -33,12 +35,13 @@ def gray(astronaut_rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2GRAY)
 
 
-@pytest.fixture(scope="module")
-def blaze() -> BlazeFace:
+@pytest.fixture(scope="module", params=["litert", "torch"])
+def blaze(request: pytest.FixtureRequest) -> BlazeFace:
+    """Each test below runs on both runtimes: LiteRT (the CPU's) and the PyTorch port."""
     if not (WEIGHTS_DIR / SPECS["short"].file).is_file():
         pytest.skip("BlazeFace weights not installed (`npm ci` in web/)")
     torch.set_num_threads(1)
-    return BlazeFace()
+    return BlazeFace(runtime=request.param)
 
 
 def on_the_nose(box: object, scale: float = 1.0) -> bool:
@@ -77,6 +80,32 @@ def test_port_matches_the_litert_runtime(variant: str, gray: np.ndarray) -> None
             outs = net(torch.from_numpy(x).permute(0, 3, 1, 2))
         for name, out in zip(net.output_names, outs, strict=True):
             np.testing.assert_allclose(out.numpy(), ref[name], atol=1e-3, rtol=1e-4)
+
+
+@needs_weights
+@pytest.mark.parametrize("variant", ["short", "full"])
+def test_the_cpus_litert_runtime_and_the_gpus_port_agree(variant: str,
+                                                         gray: np.ndarray) -> None:
+    """The server's two runtimes of one file: the same raw outputs on real and random inputs
+    (in one batch: LiteRT runs them one by one), so the same boxes on the CPU and a GPU."""
+    litert = BlazeFace(variant, runtime="litert")
+    port = BlazeFace(variant, runtime="torch")
+    assert litert.net.device == port.net.device == "cpu"
+    assert "LiteRT" in litert.description and "PyTorch" in port.description
+    rng = np.random.default_rng(1)
+    inputs = np.stack([litert.prepare(gray)[0], litert.prepare(np.fliplr(gray).copy())[0],
+                       rng.integers(0, 256, (litert.size,) * 2, dtype=np.uint8)])
+    (r1, s1), (r2, s2) = litert.infer(inputs), port.infer(inputs)
+    assert r1.shape == r2.shape == (3, len(litert.anchors), 16) and s1.shape == s2.shape
+    assert r1.dtype == s1.dtype == np.float32
+    np.testing.assert_allclose(r1, r2, atol=1e-3, rtol=1e-4)
+    np.testing.assert_allclose(s1, s2, atol=1e-5)
+    assert [d.box for d in litert.detect_photo(gray)] == [d.box for d in port.detect_photo(gray)]
+
+
+def test_litert_runs_on_the_cpu_only() -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        BlazeFace(device="cuda", runtime="litert")
 
 
 @needs_weights

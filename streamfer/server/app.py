@@ -156,7 +156,7 @@ async def _resources(app: web.Application) -> Any:
         detector = await loop.run_in_executor(None, make_detector, config, device)
         detect_batcher = None
         if isinstance(detector, BlazeFace) and (config.detect_batch if config.detect_batch
-                                                is not None else detector.device.type == "cuda"):
+                                                is not None else detector.device == "cuda"):
             # The batched stage before the expression model (same batching policy).
             detect_batcher = DetectBatcher(
                 lambda xs: list(zip(*detector.infer(np.stack(xs)), strict=True)),

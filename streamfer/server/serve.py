@@ -37,10 +37,9 @@ from streamfer.imagecheck import limit_opencv
 
 limit_opencv()  # OpenCV reads its pixel limit once, at import: set it before anything imports cv2
 
-import torch  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from streamfer.model import ModelError  # noqa: E402
+from streamfer.model import ModelError, check_torch  # noqa: E402
 from streamfer.server import vendor  # noqa: E402
 from streamfer.server.app import STATE, close_streams, init_app  # noqa: E402
 from streamfer.server.config import HTTP_DRAIN_S, ServeConfig, available_cores, parse_config  # noqa: E402
@@ -149,8 +148,6 @@ def _setup_logging(config: ServeConfig) -> None:
 
 def _serve_one(config: ServeConfig, reuse_port: bool = False, link: Connection | None = None
                ) -> int:
-    if config.threads:
-        torch.set_num_threads(config.threads)
     try:
         worker = None
         if link is not None:
@@ -172,8 +169,6 @@ def _child(config: ServeConfig, link: Connection | None = None) -> None:
 def _inference_child(config: ServeConfig, links: list[Connection], names: list[str]) -> None:
     """The inference worker of `--inference-worker`."""
     _setup_logging(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     raise SystemExit(serve_worker(config, links, names))
 
 
@@ -262,6 +257,11 @@ def serve_processes(config: ServeConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv)
     _setup_logging(config)
+    try:  # one line and exit 2, before any process starts, when torch is needed and missing
+        check_torch(config.model, config.device, config.runtime)
+    except ModelError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
     if config.processes > 1 or config.inference_worker:
         raise SystemExit(serve_processes(config))
     code = _serve_one(config)

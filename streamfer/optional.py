@@ -1,0 +1,50 @@
+"""PyTorch, an optional dependency of the server: asked for without importing it.
+
+A CPU server runs the int8 model on ONNX Runtime and BlazeFace on LiteRT, so `pip install
+streamfer` brings no torch. What does need it (the TorchScript model, CUDA, the batched
+PyTorch BlazeFace) imports it through `import_torch`, which names the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+from streamfer.contract import ModelError
+
+TORCH_EXTRA = "streamfer[gpu]"  # the extra that brings PyTorch (pyproject.toml)
+
+
+class TorchMissing(ModelError):
+    """What was asked for runs on PyTorch, which is not installed."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} needs PyTorch, which is not installed: pip install "
+                         f"'{TORCH_EXTRA}' (README, \"Install\")")
+
+
+def has_torch() -> bool:
+    """Is PyTorch installed? (Asked without importing it.)"""
+    return "torch" in sys.modules or importlib.util.find_spec("torch") is not None
+
+
+def import_torch(what: str) -> Any:
+    """`import torch`, or TorchMissing saying that `what` needs it and which extra brings it."""
+    if not has_torch():
+        raise TorchMissing(what)
+    import torch
+
+    return torch
+
+
+def may_have_cuda() -> bool:
+    """Could torch see a GPU here? Not without torch, nor on Linux without an NVIDIA (or
+    WSL) device node: then torch is not imported just to hear so."""
+    if not has_torch():
+        return False
+    if sys.platform.startswith("linux"):
+        dev = Path("/dev")
+        return (dev / "dxg").exists() or any(dev.glob("nvidia[0-9]*"))
+    return True
