@@ -97,13 +97,31 @@ class Server:
         """CPU time (user + system) the server has used so far: its process and the live
         processes it started (--processes, --inference-worker) (Linux /proc)."""
         stats = _proc_stats()
-        total, todo = 0, [self.pid]
+        return sum(stats[pid][1] for pid in self.pids() if pid in stats) / os.sysconf(
+            "SC_CLK_TCK")
+
+    def pids(self) -> list[int]:
+        """The server's process and every live process under it (Linux /proc)."""
+        stats = _proc_stats()
+        out, todo = [], [self.pid]
         while todo:
             pid = todo.pop()
-            if pid in stats:
-                total += stats[pid][1]
+            out.append(pid)
             todo += [c for c, (ppid, _) in stats.items() if ppid == pid]
-        return total / os.sysconf("SC_CLK_TCK")
+        return out
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (VmRSS), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def maps_torch(pid: int) -> bool:
+    """Has this process loaded PyTorch's native library (imported torch)? (/proc/PID/maps)"""
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 def _proc_stats() -> dict[int, tuple[int, int]]:
@@ -130,24 +148,30 @@ def _tail(path: Path, n: int = 30) -> str:
 @contextlib.contextmanager
 def running_server(model: Path, args: Sequence[str] = (), *, cpus: set[int] | None = None,
                    log_path: Path, start_timeout: float = 60.0,
-                   root: Path | None = None) -> Iterator[Server]:
+                   root: Path | None = None, python: Path | None = None) -> Iterator[Server]:
     """Run the server until the block ends; yields once /healthz answers. `root`: run the
-    server of another checkout (e.g. the code before a change), not this one.
+    server of another checkout (e.g. the code before a change), not this one. `python`: the
+    interpreter of a virtual environment where streamfer is installed, which then runs as
+    installed (no checkout on its path; from the log's folder).
 
     With "--https" among `args` the server makes a self-signed certificate, which the health
     check accepts unverified; the URL is then wss://.
     """
     tls = "--https" in args
     port = free_port()
-    cmd = [sys.executable, "-m", "streamfer.serve", "--model", str(model),
+    cmd = [str(python or sys.executable), "-m", "streamfer.serve", "--model", str(model),
            "--host", "127.0.0.1", "--port", str(port), *args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     root = ROOT if root is None else root.resolve()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)}
+    cwd = root
+    if python is not None:
+        env = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        cwd = log_path.parent
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env,
+            cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env,
             preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         try:
             health = wait_healthy(proc, port, start_timeout, log_path, tls)

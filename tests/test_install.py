@@ -1,5 +1,6 @@
 """`pip install .` (not editable): the wheel carries the shipped model and the page, and the
-installed server runs from anywhere, with no checkout beside it."""
+installed server runs from anywhere, with no checkout beside it; installed into a fresh venv
+it brings no torch, and the CPU server never imports it."""
 
 from __future__ import annotations
 
@@ -16,12 +17,17 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.serverproc import free_port
+from bench.serverproc import free_port, maps_torch, running_server
+from bench.venvs import Venv, build_wheel, clean_env, make_venv
+from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.paths import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.slow
+WEIGHTS_FILE = WEIGHTS_DIR / SPECS["short"].file
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="Linux /proc")]
 
 
 def test_a_non_editable_install_serves_the_page_and_predicts(
@@ -76,3 +82,96 @@ def test_a_non_editable_install_serves_the_page_and_predicts(
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def lean_venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
+    """The wheel installed into a fresh venv, as README's run command installs it: no torch."""
+    where = tmp_path_factory.mktemp("lean")
+    wheel = build_wheel(where / "wheels")
+    venv = make_venv(where / "venv", str(wheel))
+    print(f"pip install of the wheel into a fresh venv: {venv.install_s:.1f} s, "
+          f"{venv.size_mb():.0f} MB")
+    return venv
+
+
+def loadtest(venv: Venv, url: str, images: Path, kind: str) -> dict:
+    """The installed load-test client: 2 s of one client at 10 fps; its JSON summary (every
+    frame sent must be answered; how many it sent is the machine's business)."""
+    done = subprocess.run([str(venv.python), "-m", "streamfer.loadtest", "--url", url,
+                           "--images", str(images), "--kind", kind, "--clients", "1",
+                           "--fps", "10", "--seconds", "2", "--json", "--target-ms", "60000",
+                           "--max-loss", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=images,
+                          env=clean_env())
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_cpu_server_installs_and_runs_without_torch(
+        lean_venv: Venv, tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
+    """`pip install` brings no torch (nor the tflite parser); the installed server streams
+    crops and full frames over /ws and answers /api/predict, one process or two with an
+    inference worker, and none of its processes ever loads PyTorch."""
+    assert not lean_venv.has("torch") and not lean_venv.has("tflite")
+    assert lean_venv.has("onnxruntime") and lean_venv.has("ai_edge_litert")
+    images = tmp_path / "images"
+    images.mkdir()
+    _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))
+    (images / "astronaut.jpg").write_bytes(jpeg.tobytes())
+    model = installed_model(lean_venv)
+    for args in ((), ("--processes", "2", "--inference-worker")):
+        with running_server(model, args, log_path=tmp_path / f"server{len(args)}.log",
+                            python=lean_venv.python, start_timeout=120) as server:
+            assert server.health["runtime"] == "onnx-int8", server.health
+            if WEIGHTS_FILE.is_file():  # the wheel carries the page's detector
+                assert "LiteRT" in server.health["face_detector"], server.health
+            for kind in ("crops", "frames"):
+                summary = loadtest(lean_venv, server.url, images, kind)
+                assert summary["answered"] == summary["sent"] == summary["ok"] > 0, summary
+            base = server.url.replace("ws://", "http://").removesuffix("/ws")
+            request = urllib.request.Request(base + "/api/predict", data=jpeg.tobytes(),
+                                             headers={"Content-Type": "image/jpeg"})
+            reply = json.loads(urllib.request.urlopen(request, timeout=60).read())
+            assert reply["status"] == "ok" and reply["top"] == "happiness", reply
+            pids = server.pids()
+            assert len(pids) == (1 if not args else 4), pids  # parent, 2 front-ends, worker
+            assert not [pid for pid in pids if maps_torch(pid)]
+
+
+@pytest.mark.parametrize("args, what", [
+    (("--runtime", "torchscript"), "--runtime torchscript"),
+    (("--device", "cuda"), "--device cuda"),
+    (("--device", "cuda", "--processes", "2", "--inference-worker"), "--device cuda"),
+])
+def test_without_torch_what_needs_it_names_the_extra(lean_venv: Venv, tmp_path: Path,
+                                                     args: tuple[str, ...], what: str) -> None:
+    done = subprocess.run([str(lean_venv.python), "-m", "streamfer.serve", "--host",
+                           "127.0.0.1", "--port", str(free_port()), *args],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=clean_env())
+    assert done.returncode == 2
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and what in lines[0] and "pip install 'streamfer[gpu]'" in lines[0], (
+        lines)
+
+
+def test_where_torch_is_installed_the_cpu_server_still_never_imports_it(
+        tmp_path: Path) -> None:
+    """In a test or training environment (torch installed) the int8 server does not load it
+    either; the TorchScript runtime does (the check can fail)."""
+    with running_server(DEFAULT_MODEL, ("--device", "cpu"),
+                        log_path=tmp_path / "int8.log") as server:
+        assert server.health["runtime"] == "onnx-int8"
+        assert not maps_torch(server.pid)
+    with running_server(DEFAULT_MODEL, ("--device", "auto", "--runtime", "torchscript"),
+                        log_path=tmp_path / "torchscript.log") as server:
+        assert server.health["runtime"] == "torchscript"
+        assert maps_torch(server.pid)
+
+
+def installed_model(venv: Venv) -> Path:
+    where = subprocess.run([str(venv.python), "-c", "from streamfer.paths import "
+                            "DEFAULT_MODEL; print(DEFAULT_MODEL)"], capture_output=True,
+                           text=True, check=True, cwd=venv.path, env=clean_env())
+    return Path(where.stdout.strip())
