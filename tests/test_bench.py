@@ -151,3 +151,25 @@ def test_webfaces_e2e_scores_every_photo_and_lists_the_refused(tiny_model_path: 
         "anger", "happiness", "neutral", "sadness", "surprise"}
     assert [Path(p).name for p in r["errors"]["bad_image"]] == ["not_a_jpeg.jpg"]
     assert r["with_face"] <= 5 / 6
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_cpu_parts(tmp_path: Path) -> None:
+    """bench/gpu_check.sh on the CPU, tiny durations: every part runs and writes its file
+    (the CUDA tests skip here; on a GPU machine the same script times the GPU)."""
+    proc = subprocess.run([str(ROOT / "bench" / "gpu_check.sh"), "--cpu", "--quick",
+                           "--processes", "2", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=900)
+    summary = (tmp_path / "summary.txt").read_text()
+    assert proc.returncode == 0, summary + proc.stdout + proc.stderr
+    assert "mode=cpu" in summary and summary.count("   exit 0,") == 4, summary
+    assert "skipped" in (tmp_path / "cuda_tests.log").read_text()
+    model = json.loads((tmp_path / "model_cpu.json").read_text())
+    assert model
+    for name, layouts in (("crops_ramp", ("2 processes", "2 processes + inference worker")),
+                          ("frames_ramp", ("1 process, detection batched on the cpu",
+                                           "2 processes + inference worker"))):
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert list(result["best_clients"]) == list(layouts), result["best_clients"]
+        for res in result["results"].values():
+            assert res["steps"] and all(s["sent"] == s["answered"] for s in res["steps"])
