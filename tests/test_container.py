@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from streamfer.server.config import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 dockerfile = pytest.importorskip("dockerfile")
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 
 @pytest.fixture(scope="module")
