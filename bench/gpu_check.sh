@@ -9,8 +9,9 @@
 #   bench/gpu_check.sh --cpu --quick   # the CPU-capable parts, tiny durations (tests/test_bench.py)
 #
 # Needs the test install (README, "Run the tests": torch, the [gpu] and [test] extras) and
-# `npm ci` in web/ (BlazeFace's weights). Each part is bounded by `timeout`; one failing does
-# not stop the others, and the script exits 1 when any did.
+# `npm ci` in web/ (BlazeFace's weights). Each part is bounded by `timeout` (a ramp cut short
+# still leaves its log); one failing does not stop the others, and the script exits 1 when
+# any did.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=auto quick=0 out=bench/results/gpu_check processes=""
@@ -41,11 +42,11 @@ if [ "$quick" = 1 ]; then
   ramp=(--step-seconds 0.5 --pause 0.1 --start-clients 1 --max-clients 2 --fps 10
         --warmup-seconds 0.3)
   model=(--max-batch 4 --modes mirror --repeats 1 --warmup 1 --min-seconds 0.01)
-  limit=120
+  limits=(300 300 300 300)
 else
   ramp=(--step-seconds 3 --pause 0.5 --start-clients 8 --max-clients 512 --warmup-seconds 2)
   model=(--max-batch 256 --modes mirror,ten --repeats 5)
-  limit=150
+  limits=(80 70 150 150)  # seconds per part: 7 min 30 s at most, all four together
 fi
 mkdir -p "$out"
 summary="$out/summary.txt"
@@ -55,22 +56,22 @@ summary="$out/summary.txt"
   "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
 } > "$summary" 2>&1
 failed=0
-part() {  # part NAME COMMAND...: run one part under the time limit, log it, note its exit code
-  local name=$1; shift
+part() {  # part LIMIT NAME COMMAND...: run one part within LIMIT s, log it, note its exit code
+  local limit=$1 name=$2; shift 2
   local start=$SECONDS
-  echo "== $name: $*" | tee -a "$summary"
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  echo "== $name (at most $limit s): $*" | tee -a "$summary"
+  timeout --kill-after=10 "$limit" "$@" > "$out/$name.log" 2>&1
   local code=$?
   echo "   exit $code, $(( SECONDS - start )) s (log: $out/$name.log)" | tee -a "$summary"
   [ "$code" = 0 ] || failed=1
 }
-part cuda_tests "$python" -m pytest -q -rs tests/test_cuda.py
-part model "$python" -m bench.model_bench --device "$mode" --out-dir "$out" "${model[@]}"
-part crops_ramp "$python" -m bench.server_bench --out-dir "$out" --name crops_ramp \
+part "${limits[0]}" cuda_tests "$python" -m pytest -q -rs tests/test_cuda.py
+part "${limits[1]}" model "$python" -m bench.model_bench --device "$mode" --out-dir "$out" "${model[@]}"
+part "${limits[2]}" crops_ramp "$python" -m bench.server_bench --out-dir "$out" --name crops_ramp \
   --server-arg=--device="$mode" "${ramp[@]}" \
   --variant "$processes processes=--processes $processes" \
   --variant "$processes processes + inference worker=--processes $processes --inference-worker"
-part frames_ramp "$python" -m bench.server_bench --out-dir "$out" --name frames_ramp \
+part "${limits[3]}" frames_ramp "$python" -m bench.server_bench --out-dir "$out" --name frames_ramp \
   --kind frames --server-arg=--device="$mode" "${ramp[@]}" \
   --variant "1 process, detection batched on the $mode=--detect-batch" \
   --variant "$processes processes + inference worker=--processes $processes --inference-worker"
