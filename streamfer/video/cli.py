@@ -83,10 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (VideoError, OSError) as exc:
         print(f"{PROG}: {config.video}: {exc}", file=sys.stderr)
         return 2
-    import torch
-
-    torch.set_num_threads(max(1, config.threads))
-    try:
+    try:  # its threads also set torch's where the TorchScript runs (torch is not imported else)
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
                               max_batch=config.batch, runtime=config.runtime,
                               threads=config.threads)
