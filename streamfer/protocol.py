@@ -34,6 +34,17 @@ INTERNAL = "internal"
 NO_DETECTOR = "no_detector"  # a full frame, but this server cannot detect faces
 ERROR_CODES = (BAD_MESSAGE, TOO_LARGE, BAD_IMAGE, INTERNAL, NO_DETECTOR)
 
+# WebSocket close code for a client that floods or keeps sending what is not a frame
+# (RFC 6455 1008, policy violation); the close reason says which. A client should not
+# reconnect at once: what it sent will be refused again.
+CLOSE_ABUSE = 1008
+BAD_MESSAGES_PER_S = 2.0  # messages that are not frames, forgiven per second ...
+BAD_MESSAGES_BURST = 20  # ... beyond this many in a row: closed with CLOSE_ABUSE
+# Every message (frame, ping, text, ...) counts: more than this many times the frame-rate
+# cap per second (MESSAGES_UNCAPPED without a cap), over a second's burst, closes it too.
+MESSAGES_PER_FRAME = 4
+MESSAGES_UNCAPPED = 1000.0
+
 
 class BadMessage(ValueError):
     """A WebSocket message that is not a frame: its reply carries `"id": null`."""

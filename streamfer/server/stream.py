@@ -75,7 +75,12 @@ class FrameStream:
         self.timeouts = timeouts
         self.transport = transport  # the request's: what cut() aborts
         self.gate: LatestGate[Frame] = LatestGate()
-        self.rate = RateLimiter(max_fps)
+        self.rate = RateLimiter(max_fps)  # every message takes one of these
+        per_s = max(60.0, protocol.MESSAGES_PER_FRAME * max_fps) if max_fps > 0 \
+            else protocol.MESSAGES_UNCAPPED
+        self.messages = RateLimiter(per_s, burst=per_s)  # past it: a flood, closed
+        self.strikes = RateLimiter(protocol.BAD_MESSAGES_PER_S,
+                                   burst=protocol.BAD_MESSAGES_BURST)  # messages not frames
         self.track = FaceTrack()  # where this connection's face was last seen
         self.closing = False
         self.cut_reason: str | None = None  # why the server aborted the connection, if it did
@@ -84,6 +89,7 @@ class FrameStream:
         self._parked = asyncio.Event()  # set while serve() waits for a message, none queued
         self._read_at = 0.0  # time.monotonic() of the last message read
         self._shut_down = False
+        self._struck_out = False  # too many messages that are not frames: to be closed
 
     async def send_hello(self, hello: dict[str, Any]) -> bool:
         """The greeting, within the write deadline; False when the connection was cut."""
@@ -102,23 +108,51 @@ class FrameStream:
                 if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
                     break
                 received = self._read_at = time.monotonic()
+                if msg.type is WSMsgType.ERROR:
+                    log.info("websocket closed on error: %s", self.ws.exception())
+                    break
+                # Every kind of message counts against the connection's rate.
+                within_rate = self.rate.allow()
+                if not self.messages.allow():
+                    await self._close_abuse(f"more than {self.messages.rate:g} messages a "
+                                            "second")
+                    break
                 if msg.type is WSMsgType.PING:
-                    await self._write(self.ws.pong(msg.data), "pong")
+                    if within_rate:  # a ping flood is not answered past the rate
+                        await self._write(self.ws.pong(msg.data), "pong")
                 elif msg.type is WSMsgType.PONG:
                     self._pong.set()
                 elif msg.type is WSMsgType.BINARY:
-                    await self._on_frame(msg.data, received)
+                    await self._on_frame(msg.data, received, within_rate)
                 elif msg.type is WSMsgType.TEXT:
                     self.metrics.frames_in.labels("ws").inc()
+                    self._strike()
                     await self._send(None, protocol.error(
                         "text message ignored: a frame is a binary message (8-byte header, "
                         "then a JPEG/PNG image)", protocol.BAD_MESSAGE))
-                elif msg.type is WSMsgType.ERROR:
-                    log.info("websocket closed on error: %s", self.ws.exception())
+                if self._struck_out:
+                    await self._close_abuse(
+                        f"more than {protocol.BAD_MESSAGES_BURST} messages that are not "
+                        "frames (text, empty, unknown version, oversize)")
                     break
+                await asyncio.sleep(0)  # one message per turn: other connections run too
         finally:
             keepalive.cancel()
             await self._abandon()
+
+    def _strike(self) -> None:
+        """A message that is not a frame: a few are forgiven, a stream of them is not."""
+        if not self.strikes.allow():
+            self._struck_out = True
+
+    async def _close_abuse(self, why: str) -> None:
+        """Close with protocol.CLOSE_ABUSE, the reason in the close frame."""
+        log.info("closed a WebSocket (%d): %s", protocol.CLOSE_ABUSE, why)
+        self.closing = True
+        if not self.ws.closed and self.cut_reason is None:
+            await self._write(self.ws.close(code=protocol.CLOSE_ABUSE,
+                                            message=why.encode()[:120]), "close frame",
+                              timeout=min(self.timeouts.write, CLOSE_FRAME_S))
 
     async def _keepalive(self) -> None:
         """Ping every `heartbeat` s; no pong within `read` s: the client is gone or stalled."""
@@ -156,25 +190,28 @@ class FrameStream:
         if self.transport is not None:
             self.transport.abort()
 
-    async def _on_frame(self, data: bytes, received: float) -> None:
+    async def _on_frame(self, data: bytes, received: float, within_rate: bool) -> None:
         self.metrics.frames_in.labels("ws").inc()
         try:
             header, image = protocol.parse_frame(data)
         except protocol.BadMessage as exc:
+            self._strike()
             await self._send(None, protocol.error(str(exc), protocol.BAD_MESSAGE))
             return
         self.metrics.observe_kind(header.is_crop)
         fid = header.frame_id
         if len(image) > self.max_frame_bytes:
+            self._strike()
             await self._send(fid, protocol.error(
                 f"frame of {len(image)} bytes exceeds max_frame_bytes {self.max_frame_bytes}",
                 protocol.TOO_LARGE))
         elif not image:
+            self._strike()
             await self._send(fid, protocol.error("frame has a header but no image",
                                                  protocol.BAD_IMAGE))
         elif self.closing:
             await self._send(fid, protocol.dropped(protocol.SHUTTING_DOWN))
-        elif not self.rate.allow():
+        elif not within_rate:
             await self._send(fid, protocol.dropped(protocol.RATE_LIMITED))
         else:
             frame = Frame(fid, image, header.is_crop, received)
