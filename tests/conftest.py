@@ -17,6 +17,17 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 CLASSES = ["anger", "happiness", "sadness", "surprise", "neutral"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The server's per-user state (--https's certificate) in a folder of the test run's,
+    never the user's own ~/.local/state; servers started as subprocesses inherit it."""
+    import os
+
+    folder = tmp_path_factory.mktemp("xdg-state")
+    os.environ["XDG_STATE_HOME"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small untrained network exported through the real export path (fast to run)."""

@@ -31,7 +31,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 from streamfer.imagecheck import limit_opencv
 
@@ -43,9 +42,16 @@ from streamfer.model import ModelError, check_torch  # noqa: E402
 from streamfer.server import vendor  # noqa: E402
 from streamfer.server.app import STATE, close_streams, init_app  # noqa: E402
 from streamfer.server.config import HTTP_DRAIN_S, ServeConfig, available_cores, parse_config  # noqa: E402
+from streamfer.server.connections import CappedSite  # noqa: E402
 from streamfer.server.inference_worker import WorkerClient, serve_worker, shm_name  # noqa: E402
 from streamfer.server.metrics import MULTIPROC_ENV  # noqa: E402
-from streamfer.server.tls import lan_addresses, self_signed, server_context  # noqa: E402
+from streamfer.server.tls import (  # noqa: E402
+    Certificate,
+    lan_addresses,
+    persistent,
+    server_context,
+    state_dir,
+)
 
 log = logging.getLogger("streamfer.server.serve")
 
@@ -75,6 +81,27 @@ def urls(config: ServeConfig, port: int) -> list[str]:
     return [f"{scheme}://{h if ':' not in h else f'[{h}]'}:{port}/" for h in hosts]
 
 
+def named_hosts(config: ServeConfig) -> list[str]:
+    """Hosts a self-signed certificate names besides this machine's own (--host, if one)."""
+    return [] if config.host in ("0.0.0.0", "::", "") else [config.host]
+
+
+def bind_note(config: ServeConfig) -> str:
+    """What the listening address means, for the start line."""
+    if config.host in ("0.0.0.0", "::", ""):
+        return (f"listening on {config.host or '0.0.0.0'}: every interface, reachable by "
+                "anyone who can reach this machine; --host 127.0.0.1 for this machine only")
+    return f"listening on {config.host} only"
+
+
+def tls_note(config: ServeConfig, cert: Certificate | None) -> str:
+    if cert is None:
+        return ""
+    return (f"; self-signed certificate {'reused' if cert.reused else 'made'} "
+            f"({cert.certfile.parent}), SHA-256 {cert.fingerprint}: accept it once in the "
+            "browser")
+
+
 @contextlib.asynccontextmanager
 async def running(config: ServeConfig, *, reuse_port: bool = False,
                   worker: WorkerClient | None = None
@@ -82,47 +109,46 @@ async def running(config: ServeConfig, *, reuse_port: bool = False,
     """Start the server for `config`; yields (runner, urls); shuts down gracefully on exit.
     `reuse_port`: share the port with the other processes of `--processes N`; `worker`: the
     inference worker's link (`--inference-worker`)."""
-    with tempfile.TemporaryDirectory(prefix="streamfer-tls-") as tmp:
-        ssl_ctx: ssl.SSLContext | None = None
-        if config.https:
-            named = [] if config.host in ("0.0.0.0", "::", "") else [config.host]
-            certfile, keyfile = self_signed(tmp, hosts=named)
-            ssl_ctx = server_context(certfile, keyfile)
-        elif config.certfile is not None and config.keyfile is not None:
-            ssl_ctx = server_context(config.certfile, config.keyfile)
-        app = init_app(config, worker=worker)
-        # keepalive_timeout: aiohttp closes a connection whose next request's headers are not
-        # complete this long after it opened or after the previous reply (slow-loris headers).
-        runner = web.AppRunner(app, shutdown_timeout=HTTP_DRAIN_S, access_log=None,
-                               keepalive_timeout=config.read_timeout_s)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_ctx,
-                               reuse_port=reuse_port or None)
-            await site.start()
-            port = runner.addresses[0][1]
-            where = urls(config, port)
-            p = app[STATE].predictor
-            page = app[STATE].page_detector
-            pipe = app[STATE].pipeline
-            log.info("streamfer: model %s on %s (%s), classes %s, tta %s, faces by %s, "
-                     "serving %s%s; %s", p.name, p.device, p.runtime, ",".join(p.classes), p.tta,
-                     pipe.detector.description if pipe else "?", " ".join(where),
-                     " (self-signed certificate: accept it once in the browser)"
-                     if config.https else "",
-                     f"in-page face detector {vendor.NAME} ({vendor.PACKAGE}@{page.version}, "
-                     f"network on the phone's {page.inference})"
-                     if page else vendor.MISSING)
-            yield runner, where
-        finally:
-            # Stop listening, then shut the WebSockets down while their frames are still read
-            # and answered; aiohttp's own shutdown then stops reading every connection.
-            for site in list(runner.sites):
-                await site.stop()
-            await close_streams(app)
-            log.debug("WebSockets closed; stopping HTTP")
-            await runner.cleanup()
-            log.debug("stopped")
+    ssl_ctx: ssl.SSLContext | None = None
+    cert: Certificate | None = None
+    if config.https:
+        cert = persistent(state_dir(config.state_dir), hosts=named_hosts(config))
+        ssl_ctx = server_context(cert.certfile, cert.keyfile)
+    elif config.certfile is not None and config.keyfile is not None:
+        ssl_ctx = server_context(config.certfile, config.keyfile)
+    app = init_app(config, worker=worker)
+    # keepalive_timeout: aiohttp closes a connection whose next request's headers are not
+    # complete this long after it opened or after the previous reply (slow-loris headers).
+    runner = web.AppRunner(app, shutdown_timeout=HTTP_DRAIN_S, access_log=None,
+                           keepalive_timeout=config.read_timeout_s)
+    await runner.setup()
+    try:
+        site = CappedSite(runner, config.host, config.port, limit=config.max_sockets,
+                          ssl_context=ssl_ctx, handshake_s=config.tls_handshake_timeout_s,
+                          reuse_port=reuse_port or None)
+        await site.start()
+        port = runner.addresses[0][1]
+        where = urls(config, port)
+        p = app[STATE].predictor
+        page = app[STATE].page_detector
+        pipe = app[STATE].pipeline
+        log.info("streamfer: model %s on %s (%s), classes %s, tta %s, faces by %s, "
+                 "serving %s (%s)%s; %s", p.name, p.device, p.runtime, ",".join(p.classes),
+                 p.tta, pipe.detector.description if pipe else "?", " ".join(where),
+                 bind_note(config), tls_note(config, cert),
+                 f"in-page face detector {vendor.NAME} ({vendor.PACKAGE}@{page.version}, "
+                 f"network on the phone's {page.inference})"
+                 if page else vendor.MISSING)
+        yield runner, where
+    finally:
+        # Stop listening, then shut the WebSockets down while their frames are still read
+        # and answered; aiohttp's own shutdown then stops reading every connection.
+        for site in list(runner.sites):
+            await site.stop()
+        await close_streams(app)
+        log.debug("WebSockets closed; stopping HTTP")
+        await runner.cleanup()
+        log.debug("stopped")
 
 
 async def serve(config: ServeConfig, *, reuse_port: bool = False,
@@ -178,18 +204,17 @@ def serve_processes(config: ServeConfig) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with tempfile.TemporaryDirectory(prefix="streamfer-metrics-") as metrics_dir, \
-            tempfile.TemporaryDirectory(prefix="streamfer-tls-") as tls_dir:
+    with tempfile.TemporaryDirectory(prefix="streamfer-metrics-") as metrics_dir:
         os.environ[MULTIPROC_ENV] = metrics_dir  # read by prometheus-client in each child
         share = max(1, available_cores() // n)  # each process's share of the cores
         child = dataclasses.replace(
             config, processes=1, threads=config.threads or share,
             workers=share if config.workers == available_cores() else config.workers)
-        if config.https:  # one certificate for all, made once
-            named = [] if config.host in ("0.0.0.0", "::", "") else [config.host]
-            certfile, keyfile = self_signed(tls_dir, hosts=named)
-            child = dataclasses.replace(child, https=False, certfile=Path(certfile),
-                                        keyfile=Path(keyfile))
+        cert = None
+        if config.https:  # one certificate for all, made (or reused) here
+            cert = persistent(state_dir(config.state_dir), hosts=named_hosts(config))
+            child = dataclasses.replace(child, https=False, certfile=cert.certfile,
+                                        keyfile=cert.keyfile)
         spawn = multiprocessing.get_context("spawn")
         inference, names, links = None, [], [None] * n
         if config.inference_worker:  # one pipe and one shared-memory block per front-end
@@ -215,8 +240,7 @@ def serve_processes(config: ServeConfig) -> int:
                  0 if inference else child.threads, child.workers,
                  f"; one inference worker (pid {inference.pid}) batches for all"
                  if inference else "",
-                 " (self-signed certificate: accept it once in the browser)"
-                 if config.https else "")
+                 f" ({bind_note(config)}){tls_note(config, cert)}")
         code = 0
         while not stop.wait(0.25):
             if inference is not None and not inference.is_alive():
