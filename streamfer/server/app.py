@@ -27,7 +27,7 @@ from streamfer import protocol
 from streamfer.detect import BlazeFace, HaarFallback, load_detector
 from streamfer.faces import FRAMING, NO_HAAR
 from streamfer.model import Predictor
-from streamfer.server import vendor, video
+from streamfer.server import guard, vendor, video
 from streamfer.server.batcher import MicroBatcher
 from streamfer.server.config import ServeConfig
 from streamfer.server.decoder import DecodePool
@@ -47,6 +47,7 @@ class ServerState:
     metrics: Metrics = field(default_factory=Metrics)
     streams: set[FrameStream] = field(default_factory=set)
     pending_upgrades: int = 0
+    uploads: int = 0  # /api/predict requests admitted and not yet answered
     closing: bool = False
     pipeline: FramePipeline | None = None  # set while the app runs (see _resources)
     page_detector: vendor.VendorPackage | None = None  # the in-page detector's files, if installed
@@ -103,7 +104,7 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None, *,
         predictor = Predictor(config.model, device=config.device, tta=config.tta,
                               max_batch=config.max_batch, optimize=config.optimize,
                               runtime=config.runtime, threads=config.threads)
-    app = web.Application(client_max_size=config.max_request_bytes)
+    app = web.Application(client_max_size=config.max_request_bytes, middlewares=[checked])
     app[STATE] = ServerState(config=config, predictor=predictor,
                              page_detector=vendor.find(config.web_dir, config.page_inference),
                              worker=worker)
@@ -125,9 +126,24 @@ def setup_routes(app: web.Application) -> None:
     web_dir = app[STATE].config.web_dir
     if app[STATE].page_detector is not None:  # /vendor/...: that npm package's files only
         vendor.add_routes(app, app[STATE].page_detector)
-    if web_dir.is_dir():  # the page's scripts and styles, after the routes above
-        app.router.add_get("/node_modules/{rest:.*}", not_served)  # only /vendor/ serves them
-        app.router.add_static("/", web_dir, name="web")
+    if web_dir.is_dir():  # the page's scripts and styles, after the routes above (and never
+        app.router.add_static("/", web_dir, name="web")  # node_modules: see `checked`)
+
+
+@web.middleware
+async def checked(request: web.Request, handler: Any) -> web.StreamResponse:
+    """streamfer.server.guard's checks, before any route: the Host (DNS rebinding), the
+    normalised path (node_modules only through /vendor/)."""
+    config = request.app[STATE].config
+    if not guard.host_allowed(request.headers.get("Host"), config.allow_host,
+                              config.allow_origin):
+        log.info("refused a request for host %r from %s (see --allow-host)",
+                 request.headers.get("Host", "")[:100], request.remote)
+        raise web.HTTPForbidden(text="this server does not answer to that host name "
+                                     "(see --allow-host)\n")
+    if guard.path_hidden(request.raw_path):
+        raise web.HTTPNotFound()
+    return await handler(request)
 
 
 async def _resources(app: web.Application) -> Any:
@@ -227,10 +243,6 @@ async def _write_deadline(request: web.Request, response: web.StreamResponse) ->
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
 
 
-async def not_served(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPNotFound()
-
-
 async def index(request: web.Request) -> web.StreamResponse:
     page = request.app[STATE].config.web_dir / "index.html"
     if not page.is_file():
@@ -259,6 +271,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     state.pending_upgrades += 1  # counted from here so simultaneous handshakes cannot overfill
     try:
         await ws.prepare(request)
+    except ConnectionError as exc:  # the client left mid-handshake: one line, no traceback
+        log.info("client %s left during its WebSocket handshake (%s)", request.remote, exc)
+        return web.Response(status=400)  # nobody reads it; aiohttp drops it quietly
     finally:
         state.pending_upgrades -= 1
     stream = FrameStream(ws, state.pipeline, state.metrics,
@@ -276,6 +291,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         state.streams.discard(stream)
         state.metrics.connections.dec()
     return ws
+
+
+MAX_PARTS = 16  # multipart parts read from an upload, the 'image' field among them
 
 
 class _BadRequest(Exception):
@@ -319,10 +337,20 @@ async def _read_image(request: web.Request, limit: int, max_body: int) -> bytes:
 
 async def _read_multipart(request: web.Request, limit: int, max_body: int,
                           too_large: _BadRequest) -> bytes:
+    """The `image` field, reading at most MAX_PARTS parts and yielding to the event loop
+    after each: a body of many tiny parts (each costs a header parse) cannot hold the loop."""
     reader = await request.multipart()
+    parts = 0
     async for part in reader:
         if not isinstance(part, BodyPartReader):
             raise ValueError("nested multipart parts are not supported")
+        parts += 1
+        if parts > MAX_PARTS:
+            raise _BadRequest(400, protocol.error(
+                f"multipart body has more than {MAX_PARTS} parts before its 'image' field: "
+                "POST the image as the form field 'image' (curl -F image=@face.jpg)",
+                protocol.BAD_IMAGE))
+        await asyncio.sleep(0)  # one part per turn of the event loop
         if part.name != "image":  # read and discarded, within the body's limit
             while await part.read_chunk(64 * 1024):
                 if request.content.total_bytes > max_body:
@@ -346,9 +374,26 @@ async def predict(request: web.Request) -> web.Response:
     state = request.app[STATE]
     config = state.config
     state.metrics.frames_in.labels("http").inc()
-    received = time.monotonic()
     is_crop = request.query.get("crop", "0").lower() in ("1", "true", "yes")
     state.metrics.observe_kind(is_crop)
+    if state.uploads >= config.max_uploads:  # before a byte of the body is read
+        body = protocol.dropped(protocol.OVERLOADED)
+        state.metrics.observe_reply(body)
+        resp = web.json_response({"type": "result", **body,
+                                  "error": f"{config.max_uploads} uploads in progress "
+                                           "(--max-uploads): try again shortly"},
+                                 status=503, headers={"Retry-After": "1"})
+        resp.force_close()  # its body is not read
+        return resp
+    state.uploads += 1
+    try:
+        return await _predict(request, state, is_crop)
+    finally:
+        state.uploads -= 1
+
+
+async def _predict(request: web.Request, state: ServerState, is_crop: bool) -> web.Response:
+    config = state.config
     try:
         async with deadline(config.read_timeout_s):  # a trickled body is cut off
             data = await _read_image(request, config.max_upload_bytes, config.max_request_bytes)
@@ -372,7 +417,10 @@ async def predict(request: web.Request) -> web.Response:
         body = protocol.dropped(protocol.SHUTTING_DOWN)
     else:
         assert state.pipeline is not None
-        body = await state.pipeline.run(data, is_crop=is_crop, received=received, photo=True)
+        # The photo's own deadline, counted from its whole body: its upload time is the
+        # client's network, not the server's queue.
+        body = await state.pipeline.run(data, is_crop=is_crop, received=time.monotonic(),
+                                        photo=True, deadline_s=config.photo_deadline_ms / 1e3)
     state.metrics.observe_reply(body)
     status, headers = 200, {}
     if body["status"] == "error":
@@ -388,11 +436,20 @@ async def post_only(request: web.Request) -> web.Response:
                                    text="POST an image to /api/predict (docs/PROTOCOL.md)\n")
 
 
+def _internals_allowed(request: web.Request) -> bool:
+    return guard.remote_allowed(request.remote, request.app[STATE].config.metrics_from)
+
+
 async def healthz(request: web.Request) -> web.Response:
+    """The status for anyone (a load balancer's probe); the details (model, pid, connection
+    count, ...) only for the networks of --metrics-from."""
     state = request.app[STATE]
     p = state.predictor
     down = state.worker is not None and not state.worker.alive
     status = "shutting_down" if state.closing else "inference_worker_down" if down else "ok"
+    code = 503 if state.closing or down else 200
+    if not _internals_allowed(request):
+        return web.json_response({"status": status}, status=code)
     return web.json_response(
         {"status": status,
          **({"error": state.worker.why_not} if down and state.worker is not None else {}),
@@ -404,9 +461,12 @@ async def healthz(request: web.Request) -> web.Response:
          "connections": len(state.streams), "pid": os.getpid(),
          **({"inference_worker": state.worker.model.pid} if state.worker is not None and
             state.worker.model is not None else {})},
-        status=503 if state.closing or down else 200)
+        status=code)
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not _internals_allowed(request):
+        raise web.HTTPForbidden(text="/metrics is open to the networks of --metrics-from "
+                                     "only\n")
     return web.Response(body=request.app[STATE].metrics.render(),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

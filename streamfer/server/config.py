@@ -6,6 +6,7 @@ its flag, --help text, choices and environment variable all derive from it
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ DESCRIPTION = ("Serve the phone page, the /ws frame stream and /api/predict. Eve
 class ServeConfig:
     model: Path = opt(DEFAULT_MODEL, "TorchScript model (classes, input size and averaging "
                       "modes come from its metadata)")
-    host: str = opt("0.0.0.0", "interface to listen on: 0.0.0.0 = every interface, so phones "
-                    "on the LAN can connect; 127.0.0.1 for this machine only")
+    host: str = opt("0.0.0.0", "interface to listen on: 0.0.0.0 = every interface, so anyone "
+                    "who can reach this machine (phones on the LAN, and more where it has a "
+                    "public address) can connect; 127.0.0.1 for this machine only")
     port: int = opt(8080, "TCP port")
     device: str = opt("auto", "auto = CUDA when torch sees a GPU", DEVICES)
     max_batch: int = opt(32, "largest inference batch")
@@ -53,6 +55,18 @@ class ServeConfig:
                                     "model's device (default: on with CUDA; on the CPU it "
                                     "runs in the decode threads)")
     max_connections: int = opt(64, "WebSocket connections at once; more get HTTP 503")
+    max_sockets: int = opt(256, "open TCP connections at once, counted from the accept (HTTP, "
+                           "WebSockets, TLS handshakes in progress); past it a new one gets "
+                           "503 and is closed (over TLS: closed). Keep it below the process's "
+                           "descriptor limit (docs/DEPLOY.md)")
+    tls_handshake_timeout_s: float = opt(5.0, "a TLS handshake not finished within this many "
+                                         "seconds of the connection opening closes it")
+    max_uploads: int = opt(8, "photos on /api/predict at once, from the start of their body to "
+                           "their reply; more get 503 with Retry-After before their body is "
+                           "read (memory: about this times --max-upload-bytes plus a decoded "
+                           "photo each, docs/DEPLOY.md)")
+    photo_deadline_ms: float = opt(10000.0, "an uploaded photo not in a batch this long after "
+                                   "its whole body arrived is answered dropped/deadline")
     max_fps: float = opt(30.0, "frames per second per connection (0 = no cap); faster ones "
                          "are answered dropped/rate_limited")
     suggested_fps: float = opt(15.0, "frame rate the greeting suggests to the page")
@@ -64,8 +78,22 @@ class ServeConfig:
                                         "https://example.org (repeatable; '*' allows any; the "
                                         "environment variable takes a comma-separated list)",
                                         metavar="ORIGIN")
-    https: bool = opt(False, "serve HTTPS with a self-signed certificate made at start (for "
-                      "phones on a LAN)")
+    allow_host: tuple[str, ...] = opt((), "extra host name the server answers to (the Host "
+                                      "header; repeatable; '*' answers any). Always answered: IP "
+                                      "addresses, localhost, this machine's names and the hosts "
+                                      "of --allow-origin; other names (a DNS-rebinding page) "
+                                      "get 403", metavar="HOST")
+    metrics_from: tuple[str, ...] = opt(("127.0.0.0/8", "::1/128"), "networks allowed to read "
+                                        "/metrics and /healthz's details (repeatable CIDR, e.g. "
+                                        "10.0.0.0/8 for a cluster's Prometheus; 0.0.0.0/0 and "
+                                        "::/0 for anyone); others get 403 on /metrics and only "
+                                        "the status from /healthz", metavar="CIDR")
+    https: bool = opt(False, "serve HTTPS with a self-signed certificate (for phones on a "
+                      "LAN), kept in --state-dir and reused across restarts while it names "
+                      "the same hosts")
+    state_dir: Path | None = opt(None, "where --https keeps its certificate and key (made "
+                                 "0700; default $XDG_STATE_HOME/streamfer, else "
+                                 "~/.local/state/streamfer)")
     certfile: Path | None = opt(None, "TLS certificate (PEM) for HTTPS")
     keyfile: Path | None = opt(None, "TLS private key (PEM) for HTTPS")
     workers: int = opt(None, "decode processes and face-detection threads (default: the "
@@ -135,6 +163,17 @@ class ServeConfig:
             problems.append(f"detector must be one of {DETECTOR_CHOICES}")
         if self.max_connections < 1:
             problems.append("max_connections must be >= 1")
+        if self.max_sockets <= self.max_connections:
+            problems.append("max_sockets must be > max_connections (WebSockets are sockets too)")
+        if self.max_uploads < 1:
+            problems.append("max_uploads must be >= 1")
+        if self.photo_deadline_ms <= 0:
+            problems.append("photo_deadline_ms must be > 0")
+        try:
+            for net in self.metrics_from:
+                ipaddress.ip_network(net, strict=False)
+        except ValueError as exc:
+            problems.append(f"metrics_from: {exc}")
         if self.queue_limit < 1:
             problems.append("queue_limit must be >= 1")
         if self.deadline_ms <= 0:
@@ -145,7 +184,8 @@ class ServeConfig:
                      "video_keep_s", "video_upload_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
-        for name in ("read_timeout_s", "write_timeout_s", "heartbeat_s", "shutdown_timeout_s"):
+        for name in ("read_timeout_s", "write_timeout_s", "heartbeat_s", "shutdown_timeout_s",
+                     "tls_handshake_timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
         if self.workers < 1:

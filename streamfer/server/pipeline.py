@@ -188,14 +188,20 @@ class FramePipeline:
                                           photo, track)
 
     async def run(self, data: bytes, *, is_crop: bool, received: float, photo: bool = False,
-                  track: FaceTrack | None = None) -> dict[str, Any]:
+                  track: FaceTrack | None = None, deadline_s: float | None = None
+                  ) -> dict[str, Any]:
         """Reply body for one image; `received` is its arrival time (time.monotonic()).
         `photo`: an uploaded photo (reduced decoding, EXIF orientation, every face);
-        `track`: the connection's FaceTrack, updated with this frame's face."""
-        deadline = received + self.deadline_s
+        `track`: the connection's FaceTrack, updated with this frame's face; `deadline_s`:
+        its own deadline after `received` (default: the streaming one)."""
+        deadline = received + (self.deadline_s if deadline_s is None else deadline_s)
         if time.monotonic() > deadline:  # it waited behind a slow frame for too long
             return protocol.dropped(protocol.DEADLINE)
-        with self.batcher.expecting() as slot:
+        # A frame announces its face to the batcher while it decodes (the forming batch
+        # waits for it; under --inference-worker that holds a shared-memory slot). A photo
+        # does not: it joins only once it has a face, so uploads never hold slots or batches
+        # that streaming frames need.
+        with (self.batcher.expecting() if not photo else _Unannounced(self.batcher)) as slot:
             started = time.monotonic()
             try:
                 found = await self._found(data, is_crop, photo, track, deadline)
@@ -245,6 +251,22 @@ class FramePipeline:
 
     def _probs(self, outcome: Ran[np.ndarray]) -> dict[str, float]:
         return {c: round(float(p), 5) for c, p in zip(self.classes, outcome.value, strict=True)}
+
+
+class _Unannounced:
+    """`batcher.expecting()`'s stand-in for a face not announced: submit joins the queue."""
+
+    def __init__(self, batcher: Any) -> None:
+        self.batcher = batcher
+
+    def __enter__(self) -> _Unannounced:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    async def submit(self, item: np.ndarray, *, deadline: float | None = None) -> Any:
+        return await self.batcher.submit(item, deadline=deadline)
 
 
 def _scaled(box: Box, scale: int) -> list[int]:
