@@ -24,6 +24,7 @@ TTA_CHOICES = TTA_MODES
 DETECTOR_CHOICES = ("auto", "blazeface", "haar")
 ENV_PREFIX = "STREAMFER_"
 HTTP_DRAIN_S = 2.0  # after the WebSockets: how long HTTP requests in progress may finish
+HTTP_LINGER_S = 2.0  # the rest of a refused request's body is read and dropped this long
 PROG = "python -m streamfer.serve"
 DESCRIPTION = ("Serve the phone page, the /ws frame stream and /api/predict. Every flag falls "
                "back to the environment variable STREAMFER_<FLAG> (e.g. STREAMFER_PORT); "
@@ -80,9 +81,9 @@ class ServeConfig:
                                         metavar="ORIGIN")
     allow_host: tuple[str, ...] = opt((), "extra host name the server answers to (the Host "
                                       "header; repeatable; '*' answers any). Always answered: IP "
-                                      "addresses, localhost, this machine's names and the hosts "
-                                      "of --allow-origin; other names (a DNS-rebinding page) "
-                                      "get 403", metavar="HOST")
+                                      "addresses, names without a dot (localhost), .local, this "
+                                      "machine's names and the hosts of --allow-origin; other "
+                                      "names (a DNS-rebinding page) get 403", metavar="HOST")
     metrics_from: tuple[str, ...] = opt(("127.0.0.0/8", "::1/128"), "networks allowed to read "
                                         "/metrics and /healthz's details (repeatable CIDR, e.g. "
                                         "10.0.0.0/8 for a cluster's Prometheus; 0.0.0.0/0 and "

@@ -3,8 +3,9 @@ who may read the server's internals (/metrics, /healthz's details).
 
 - Host: a DNS-rebinding page (evil.example resolving to this machine) is same-origin with
   the server in the browser's eyes, so the Origin check passes; its Host header still names
-  evil.example. Answered: IP addresses (phones on a LAN type those), localhost, this
-  machine's own names, the hosts of --allow-origin, and --allow-host.
+  evil.example. Answered: IP addresses (phones on a LAN type those), names without a dot
+  (localhost, intranet short names), .local and .localhost names, this machine's own names,
+  the hosts of --allow-origin, and --allow-host.
 - Path: web/node_modules is served only through /vendor/ (streamfer.server.vendor). The
   path is decoded and normalised once here (percent-escapes, backslashes, dot segments), so
   no spelling of it reaches the static route.
@@ -74,8 +75,8 @@ def host_allowed(host: str | None, allowed: Iterable[str], origins: Iterable[str
         return True
     except ValueError:
         pass
-    if name == "localhost" or name.endswith(".localhost") or name in own_names():
-        return True
+    if "." not in name or name.endswith((".localhost", ".local")) or name in own_names():
+        return True  # a rebinding attack needs a name it controls in public DNS
     return name in extra or name in {host_name(urlsplit(o.strip()).netloc)
                                      for o in origins if o.strip() != "*"}
 

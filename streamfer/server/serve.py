@@ -37,11 +37,18 @@ from streamfer.imagecheck import limit_opencv
 limit_opencv()  # OpenCV reads its pixel limit once, at import: set it before anything imports cv2
 
 from aiohttp import web  # noqa: E402
+from aiohttp.http_exceptions import HttpProcessingError  # noqa: E402
 
 from streamfer.model import ModelError, check_torch  # noqa: E402
 from streamfer.server import vendor  # noqa: E402
 from streamfer.server.app import STATE, close_streams, init_app  # noqa: E402
-from streamfer.server.config import HTTP_DRAIN_S, ServeConfig, available_cores, parse_config  # noqa: E402
+from streamfer.server.config import (  # noqa: E402
+    HTTP_DRAIN_S,
+    HTTP_LINGER_S,
+    ServeConfig,
+    available_cores,
+    parse_config,
+)
 from streamfer.server.connections import CappedSite  # noqa: E402
 from streamfer.server.inference_worker import WorkerClient, serve_worker, shm_name  # noqa: E402
 from streamfer.server.metrics import MULTIPROC_ENV  # noqa: E402
@@ -57,17 +64,24 @@ log = logging.getLogger("streamfer.server.serve")
 
 
 class OneLineForCutClients(logging.Filter):
-    """When the write deadline (TCP_USER_TIMEOUT, see app._write_deadline) drops a client in
-    the middle of a response, aiohttp logs the ETIMEDOUT with a traceback; one INFO line is
-    enough (hundreds of such clients must not flood the log)."""
+    """aiohttp logs a client's own failures with a traceback: a malformed request (bad
+    request line, header or chunk size), a client gone mid-response, a connection the write
+    deadline cut (TCP_USER_TIMEOUT, see app._write_deadline). Each is one INFO line here
+    instead: hundreds of such clients must not flood the log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT:
-            record.msg, record.args = "a client stopped taking its response: cut (%s)", (
-                exc.strerror,)
-            record.exc_info, record.exc_text = None, None
-            record.levelno, record.levelname = logging.INFO, "INFO"
+            line = ("a client stopped taking its response: cut (%s)", (exc.strerror,))
+        elif isinstance(exc, HttpProcessingError):
+            line = ("bad HTTP request: %s", (" ".join(str(exc.message).split())[:200],))
+        elif isinstance(exc, ConnectionError):
+            line = ("a client left mid-request (%s)", (exc,))
+        else:
+            return True
+        record.msg, record.args = line
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.INFO, "INFO"
         return True
 
 
@@ -119,8 +133,11 @@ async def running(config: ServeConfig, *, reuse_port: bool = False,
     app = init_app(config, worker=worker)
     # keepalive_timeout: aiohttp closes a connection whose next request's headers are not
     # complete this long after it opened or after the previous reply (slow-loris headers).
+    # lingering_time: after answering a request whose body it did not read (a refusal), how
+    # long aiohttp reads and discards the rest so the client sees the answer, not a reset.
     runner = web.AppRunner(app, shutdown_timeout=HTTP_DRAIN_S, access_log=None,
-                           keepalive_timeout=config.read_timeout_s)
+                           keepalive_timeout=config.read_timeout_s,
+                           lingering_time=HTTP_LINGER_S)
     await runner.setup()
     try:
         site = CappedSite(runner, config.host, config.port, limit=config.max_sockets,
