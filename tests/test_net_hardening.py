@@ -16,6 +16,8 @@ import ssl
 import struct
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -388,12 +390,12 @@ def test_the_page_and_vendor_files_are_still_served(server: Server) -> None:
     assert not guard.path_hidden("/app.js") and not guard.path_hidden("/vendor/x@1/a.js")
     assert get_json(base(server) + "/healthz")[0] == 200
     page = vendor.find(ROOT / "web")
-    with __import__("urllib.request").request.urlopen(base(server) + "/", timeout=10) as r:
+    with urllib.request.urlopen(base(server) + "/", timeout=10) as r:
         assert r.status == 200
     if page is None:
         pytest.skip(vendor.MISSING)
     url = base(server) + "/" + page.url + vendor.SCRIPT
-    with __import__("urllib.request").request.urlopen(url, timeout=10) as r:
+    with urllib.request.urlopen(url, timeout=10) as r:
         assert r.status == 200 and len(r.read()) > 1000
 
 
@@ -405,6 +407,9 @@ async def test_a_foreign_host_name_is_refused_and_lan_addresses_are_not(
                            (f"localhost:{port}", 200), (f"[::1]:{port}", 200)):
             async with session.get(base(server) + "/", headers={"Host": host}) as resp:
                 assert resp.status == want, (host, resp.status)
+        async with session.get(base(server) + "/", headers={  # a proxy chose it by name
+                "Host": "streamfer.example.org", "X-Forwarded-For": "203.0.113.7"}) as resp:
+            assert resp.status == 200
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
             await session.ws_connect(server.url, headers={
                 "Host": f"rebind.example:{port}", "Origin": f"http://rebind.example:{port}"})
@@ -415,9 +420,9 @@ def test_internals_only_for_metrics_from(server: Server) -> None:
     status, body = get_json(base(server) + "/healthz")  # loopback is not in 10.0.0.0/8
     assert status == 200 and body == {"status": "ok"}
     try:
-        __import__("urllib.request").request.urlopen(base(server) + "/metrics", timeout=10)
+        urllib.request.urlopen(base(server) + "/metrics", timeout=10)
         raise AssertionError("/metrics answered outside --metrics-from")
-    except __import__("urllib.error").error.HTTPError as err:
+    except urllib.error.HTTPError as err:
         assert err.code == 403
 
 
@@ -425,9 +430,14 @@ def test_by_default_loopback_reads_metrics(tiny_model_path: Path, tmp_path: Path
     with running_server(tiny_model_path, ("--device", "cpu", "--workers", "1"),
                         log_path=tmp_path / "s.log", start_timeout=120) as srv:
         assert "pid" in srv.health and "model" in srv.health
-        with __import__("urllib.request").request.urlopen(base(srv) + "/metrics",
+        with urllib.request.urlopen(base(srv) + "/metrics",
                                                           timeout=10) as r:
             assert b"streamfer_" in r.read()
+        # The same request through a proxy (it says whom it forwards for) gets the status.
+        request = urllib.request.Request(
+            base(srv) + "/healthz", headers={"X-Forwarded-For": "203.0.113.7"})
+        with urllib.request.urlopen(request, timeout=10) as r:
+            assert r.read() == b'{"status": "ok"}'
         assert "every interface" not in srv.log_path.read_text()  # bound to 127.0.0.1
         assert "listening on 127.0.0.1 only" in srv.log_path.read_text()
 

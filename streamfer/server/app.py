@@ -132,11 +132,13 @@ def setup_routes(app: web.Application) -> None:
 
 @web.middleware
 async def checked(request: web.Request, handler: Any) -> web.StreamResponse:
-    """streamfer.server.guard's checks, before any route: the Host (DNS rebinding), the
-    normalised path (node_modules only through /vendor/)."""
+    """streamfer.server.guard's checks, before any route: the Host (DNS rebinding; a
+    request a proxy forwarded was routed by the proxy's own names, e.g. nginx's
+    server_name, and is answered), the normalised path (node_modules only through
+    /vendor/)."""
     config = request.app[STATE].config
-    if not guard.host_allowed(request.headers.get("Host"), config.allow_host,
-                              config.allow_origin):
+    if not _proxied(request) and not guard.host_allowed(
+            request.headers.get("Host"), config.allow_host, config.allow_origin):
         log.info("refused a request for host %r from %s (see --allow-host)",
                  request.headers.get("Host", "")[:100], request.remote)
         raise web.HTTPForbidden(text="this server does not answer to that host name "
@@ -436,8 +438,17 @@ async def post_only(request: web.Request) -> web.Response:
                                    text="POST an image to /api/predict (docs/PROTOCOL.md)\n")
 
 
+def _proxied(request: web.Request) -> bool:
+    """Whether a proxy says it forwarded this request (X-Forwarded-For, Forwarded)."""
+    return "X-Forwarded-For" in request.headers or "Forwarded" in request.headers
+
+
 def _internals_allowed(request: web.Request) -> bool:
-    return guard.remote_allowed(request.remote, request.app[STATE].config.metrics_from)
+    """A client within --metrics-from, talking to this server directly: a request a proxy
+    forwarded (X-Forwarded-For, Forwarded) comes from the proxy's address, so it counts as
+    from outside (a client adding the header itself only loses its own access)."""
+    return not _proxied(request) and guard.remote_allowed(request.remote,
+                                                request.app[STATE].config.metrics_from)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -56,10 +56,10 @@ class ServeConfig:
                                     "model's device (default: on with CUDA; on the CPU it "
                                     "runs in the decode threads)")
     max_connections: int = opt(64, "WebSocket connections at once; more get HTTP 503")
-    max_sockets: int = opt(256, "open TCP connections at once, counted from the accept (HTTP, "
-                           "WebSockets, TLS handshakes in progress); past it a new one gets "
-                           "503 and is closed (over TLS: closed). Keep it below the process's "
-                           "descriptor limit (docs/DEPLOY.md)")
+    max_sockets: int = opt(256, "open TCP connections at once per serving process, counted "
+                           "from the accept (HTTP, WebSockets, TLS handshakes in progress); "
+                           "past it a new one gets 503 and is closed (over TLS: closed). Keep "
+                           "it below the descriptor limit (docs/DEPLOY.md)")
     tls_handshake_timeout_s: float = opt(5.0, "a TLS handshake not finished within this many "
                                          "seconds of the connection opening closes it")
     max_uploads: int = opt(8, "photos on /api/predict at once, from the start of their body to "
