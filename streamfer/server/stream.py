@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import sys
 import time
 from collections.abc import Awaitable
@@ -146,13 +147,28 @@ class FrameStream:
             self._struck_out = True
 
     async def _close_abuse(self, why: str) -> None:
-        """Close with protocol.CLOSE_ABUSE, the reason in the close frame."""
+        """Send a close frame with protocol.CLOSE_ABUSE and the reason, then drop the
+        connection. Not aiohttp's close(): that reads on until the client's own close frame,
+        and a flood already buffered would be read through without a pause."""
+        if self.cut_reason is not None:
+            return
         log.info("closed a WebSocket (%d): %s", protocol.CLOSE_ABUSE, why)
-        self.closing = True
-        if not self.ws.closed and self.cut_reason is None:
-            await self._write(self.ws.close(code=protocol.CLOSE_ABUSE,
-                                            message=why.encode()[:120]), "close frame",
-                              timeout=min(self.timeouts.write, CLOSE_FRAME_S))
+        self.cut_reason, self.closing = why, True
+        t = self.transport
+        if t is None or t.is_closing():
+            return
+        payload = struct.pack(">H", protocol.CLOSE_ABUSE) + why.encode()[:120]
+        t.write(bytes([0x88, len(payload)]) + payload)  # an unmasked close frame (RFC 6455)
+        # What the client still sends is dropped unread (closing on unread data would reset
+        # the connection, and the client could lose the close frame); it has CLOSE_FRAME_S
+        # to take the frame and close, then the connection is cut.
+        sink = _Sink(t.get_protocol())
+        t.set_protocol(sink)
+        if t.can_write_eof():
+            t.write_eof()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(sink.lost), CLOSE_FRAME_S)
+        t.abort()
 
     async def _keepalive(self) -> None:
         """Ping every `heartbeat` s; no pong within `read` s: the client is gone or stalled."""
@@ -285,3 +301,29 @@ class FrameStream:
         if self._worker is not None and not self._worker.done():
             self._worker.cancel()
             await asyncio.wait([self._worker])
+
+
+class _Sink(asyncio.Protocol):
+    """Stands in for aiohttp's protocol on a connection being closed: drops what arrives,
+    hands the end of the connection on."""
+
+    def __init__(self, inner: asyncio.BaseProtocol) -> None:
+        self.inner = inner
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> bool | None:
+        return None  # the client closed its side too: close
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.inner.connection_lost(exc)
