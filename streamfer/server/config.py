@@ -58,8 +58,10 @@ class ServeConfig:
     max_connections: int = opt(64, "WebSocket connections at once; more get HTTP 503")
     max_sockets: int = opt(256, "open TCP connections at once per serving process, counted "
                            "from the accept (HTTP, WebSockets, TLS handshakes in progress); "
-                           "past it a new one gets 503 and is closed (over TLS: closed). Keep "
-                           "it below the descriptor limit (docs/DEPLOY.md)")
+                           "at it, the oldest connection that has sent nothing yet (or is in "
+                           "its TLS handshake) is closed to make room, and when none has, the "
+                           "new one gets 503 and is closed (over TLS: closed). Keep it below "
+                           "the descriptor limit (docs/DEPLOY.md)")
     tls_handshake_timeout_s: float = opt(5.0, "a TLS handshake not finished within this many "
                                          "seconds of the connection opening closes it")
     max_uploads: int = opt(8, "photos on /api/predict at once, from the start of their body to "

@@ -4,10 +4,15 @@ aiohttp counts requests and WebSockets, not sockets: a client that opens connect
 sends nothing (or stalls in the TLS handshake) would hold a descriptor and its buffers each,
 until the process runs out of descriptors and nobody can connect. `CappedSite` listens in
 aiohttp's place and puts a gate in front of aiohttp's protocol: at most `limit` connections
-are open at once (a new one past it is answered 503 and closed; over TLS it is closed, there
-being no way to say why before the handshake), and the TLS handshake, done here with
+are open at once (see below for which gives way), and the TLS handshake, done here with
 `loop.start_tls`, must finish within `handshake_s`. After the gate, aiohttp's own deadlines
 take over (--read-timeout-s for a request's headers and between keep-alive requests).
+
+At the limit, a connection that has sent nothing yet (or is still in its TLS handshake) is
+closed, the oldest first, to make room for the new one: sockets held open in silence cannot
+lock out clients that talk. Only when every open connection has spoken is the new one
+refused: a plain one is answered 503 and closed, a TLS one closed (nothing can be said
+before the handshake).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ class ConnectionGate:
         self.open = 0
         self.refused = 0  # since the last refusal log line
         self.handshakes_failed = 0
+        self.evicted = 0  # silent connections closed to make room
+        # Connections that have sent nothing yet (or are in their TLS handshake), oldest first.
+        self.silent: dict[_Gate, asyncio.Transport] = {}
         self._logged_at = 0.0
         lost = server.connection_lost
 
@@ -51,20 +59,35 @@ class ConnectionGate:
     def __call__(self) -> asyncio.Protocol:
         return _Gate(self)
 
-    def admit(self, transport: asyncio.Transport) -> None:
-        if self.open >= self.limit:
+    def admit(self, gate: _Gate, transport: asyncio.Transport) -> None:
+        if self.open >= self.limit and not self._evict_silent():
             self._refuse(transport)
             return
         self.open += 1
         handler = self.server()
         if self.ssl_context is None:
-            transport.set_protocol(handler)
+            gate.handler = handler  # it forwards to aiohttp's protocol from now on
+            self.silent[gate] = transport
             handler.connection_made(transport)
         else:
             transport.pause_reading()  # no byte of the handshake read before start_tls
-            asyncio.get_running_loop().create_task(self._tls(transport, handler))
+            self.silent[gate] = transport
+            asyncio.get_running_loop().create_task(self._tls(gate, transport, handler))
 
-    async def _tls(self, transport: asyncio.Transport, handler: asyncio.Protocol) -> None:
+    def _evict_silent(self) -> bool:
+        """Close the oldest connection that has sent nothing (or not finished its TLS
+        handshake); False when there is none."""
+        while self.silent:
+            gate, transport = next(iter(self.silent.items()))
+            del self.silent[gate]
+            if not transport.is_closing():
+                self.evicted += 1
+                transport.abort()
+                return True
+        return False
+
+    async def _tls(self, gate: _Gate, transport: asyncio.Transport,
+                   handler: asyncio.Protocol) -> None:
         assert self.ssl_context is not None
         waiting = _Buffered()
         try:
@@ -72,6 +95,7 @@ class ConnectionGate:
                 transport, waiting, self.ssl_context, server_side=True,
                 ssl_handshake_timeout=self.handshake_s)
         except (OSError, asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            self.silent.pop(gate, None)
             self.open -= 1
             self.handshakes_failed += 1
             transport.abort()
@@ -80,6 +104,7 @@ class ConnectionGate:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
+        self.silent.pop(gate, None)
         if tls is None or tls.is_closing():
             self.open -= 1
             return
@@ -97,20 +122,46 @@ class ConnectionGate:
             transport.abort()
         now = time.monotonic()
         if now - self._logged_at >= REFUSAL_LOG_S:
-            log.warning("refused %d connection(s): %d open, the limit (--max-sockets)",
-                        self.refused, self.open)
+            log.warning("refused %d connection(s): %d open, the limit (--max-sockets), and "
+                        "none silent to make room", self.refused, self.open)
             self._logged_at, self.refused = now, 0
 
 
 class _Gate(asyncio.Protocol):
-    """The protocol of a connection just accepted: counts it, then steps aside."""
+    """The protocol of a plain connection: counts it, notes its first byte, and hands
+    everything to aiohttp's protocol (over TLS it only starts the handshake)."""
 
     def __init__(self, gate: ConnectionGate) -> None:
         self.gate = gate
+        self.handler: asyncio.Protocol | None = None
+        self.spoke = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.gate.admit(transport)
+        self.gate.admit(self, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.spoke:
+            self.spoke = True
+            self.gate.silent.pop(self, None)
+        if self.handler is not None:  # else refused: what it sends is dropped
+            self.handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received() if self.handler is not None else None
+
+    def pause_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.handler is not None:
+            self.handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate.silent.pop(self, None)
+        if self.handler is not None:
+            self.handler.connection_lost(exc)
 
 
 class _Buffered(asyncio.Protocol):
