@@ -48,6 +48,8 @@ class ServerState:
     streams: set[FrameStream] = field(default_factory=set)
     pending_upgrades: int = 0
     uploads: int = 0  # /api/predict requests admitted and not yet answered
+    # This machine's names for the Host check, looked up once (DNS), not by a request.
+    own_names: frozenset[str] = field(default_factory=guard.own_names)
     closing: bool = False
     pipeline: FramePipeline | None = None  # set while the app runs (see _resources)
     page_detector: vendor.VendorPackage | None = None  # the in-page detector's files, if installed
@@ -136,9 +138,11 @@ async def checked(request: web.Request, handler: Any) -> web.StreamResponse:
     request a proxy forwarded was routed by the proxy's own names, e.g. nginx's
     server_name, and is answered), the normalised path (node_modules only through
     /vendor/)."""
-    config = request.app[STATE].config
+    state = request.app[STATE]
+    config = state.config
     if not _proxied(request) and not guard.host_allowed(
-            request.headers.get("Host"), config.allow_host, config.allow_origin):
+            request.headers.get("Host"), config.allow_host, config.allow_origin,
+            state.own_names):
         log.info("refused a request for host %r from %s (see --allow-host)",
                  request.headers.get("Host", "")[:100], request.remote)
         raise web.HTTPForbidden(text="this server does not answer to that host name "

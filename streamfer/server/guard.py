@@ -18,7 +18,6 @@ import ipaddress
 import posixpath
 import socket
 from collections.abc import Iterable
-from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
 HIDDEN_FOLDER = "node_modules"  # never served as such: /vendor/ serves what the page needs
@@ -43,9 +42,9 @@ def path_hidden(raw: str) -> bool:
     return HIDDEN_FOLDER in (part.lower() for part in normalised_path(raw).split("/"))
 
 
-@lru_cache(maxsize=1)
 def own_names() -> frozenset[str]:
-    """This machine's host names (short, fully qualified, .local), lower case."""
+    """This machine's host names (short, fully qualified, .local), lower case. getfqdn may
+    ask DNS: call it once, at start."""
     names = {"localhost"}
     for name in (socket.gethostname(), socket.getfqdn()):
         if name:
@@ -62,11 +61,15 @@ def host_name(host: str) -> str:
         return ""
 
 
-def host_allowed(host: str | None, allowed: Iterable[str], origins: Iterable[str] = ()) -> bool:
-    """Whether the server answers a request for `host` (its Host header)."""
+def host_allowed(host: str | None, allowed: Iterable[str], origins: Iterable[str] = (),
+                 own: frozenset[str] = frozenset()) -> bool:
+    """Whether the server answers a request for `host` (its Host header); `own`: this
+    machine's names (own_names())."""
     extra = {a.strip().lower().rstrip(".") for a in allowed}
     if "*" in extra:
         return True
+    if not (host or "").strip():
+        return True  # no Host (HTTP/1.0 probes): browsers always send one
     name = host_name(host or "")
     if not name:
         return False
@@ -75,7 +78,7 @@ def host_allowed(host: str | None, allowed: Iterable[str], origins: Iterable[str
         return True
     except ValueError:
         pass
-    if "." not in name or name.endswith((".localhost", ".local")) or name in own_names():
+    if "." not in name or name.endswith((".localhost", ".local")) or name in own:
         return True  # a rebinding attack needs a name it controls in public DNS
     return name in extra or name in {host_name(urlsplit(o.strip()).netloc)
                                      for o in origins if o.strip() != "*"}
