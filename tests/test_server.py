@@ -154,8 +154,11 @@ async def test_png_frames_are_accepted(client: Client, frame_png: bytes) -> None
 
 
 async def test_bad_messages_get_clear_errors_and_the_connection_stays_usable(
-        client: Client, frame_jpeg: bytes, blank_jpeg: bytes, crop_jpeg: bytes) -> None:
-    ws, hello = await connect(client)
+        make_client: MakeClient, frame_jpeg: bytes, blank_jpeg: bytes,
+        crop_jpeg: bytes) -> None:
+    # Every message counts against the frame rate (docs/PROTOCOL.md): ten messages in a few
+    # milliseconds would pass the default burst, so this test lifts the cap.
+    ws, hello = await connect(await make_client(max_fps=0))
     cases: list[tuple[Callable[[], Awaitable[None]], Any, str, str]] = [
         (lambda: ws.send_bytes(pack_frame(1, frame_jpeg[:200])), 1, "error", "not a decodable"),
         (lambda: ws.send_bytes(pack_frame(2, b"\x00garbage" * 50)), 2, "error", "decodable"),
@@ -274,6 +277,20 @@ async def test_newer_frame_supersedes_the_waiting_one(make_client: MakeClient,
     assert replies[1] == {"type": "result", "id": 1, "status": "dropped",
                           "reason": "superseded"}
     assert replies[0]["status"] == "ok" and replies[2]["status"] == "ok"
+    await ws.close()
+
+
+async def test_messages_that_are_not_frames_count_against_the_rate(
+        make_client: MakeClient, crop_jpeg: bytes) -> None:
+    client = await make_client(max_fps=1)  # a burst of 2
+    ws, _ = await connect(client)
+    await ws.send_str("not a frame")
+    await ws.send_bytes(b"")
+    assert (await recv(ws))["code"] == "bad_message"
+    assert (await recv(ws))["code"] == "bad_message"
+    await ws.send_bytes(pack_frame(1, crop_jpeg, is_crop=True))  # the burst is spent
+    assert await recv(ws) == {"type": "result", "id": 1, "status": "dropped",
+                              "reason": "rate_limited"}
     await ws.close()
 
 
