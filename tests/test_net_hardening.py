@@ -471,10 +471,14 @@ def fingerprint_of(port: int) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, 64, 2))
 
 
+# Temporary folders other parts of the server make, none with key material: multiprocessing's
+# own (the decode processes), and the video jobs' uploads and results.
+OTHERS_TMP = ("pymp-", "streamfer-video-")
+
+
 def made_here(tmp: Path) -> list[Path]:
-    """What the server left in its TMPDIR besides multiprocessing's own folder (pymp-*, the
-    decode processes' sockets: no key material), and any PEM file anywhere in it."""
-    return [p for p in tmp.iterdir() if not p.name.startswith("pymp-")] + \
+    """What the server left in its TMPDIR besides OTHERS_TMP, and any PEM file anywhere."""
+    return [p for p in tmp.iterdir() if not p.name.startswith(OTHERS_TMP)] + \
         list(tmp.rglob("*.pem"))
 
 
