@@ -3,7 +3,8 @@
 //
 // A detector is an object {name, framing, thread, detect(video)} where `thread` says where
 // its work runs ("worker", "main", or "none" for the server's) and `await detect(video)` returns
-//   {box: {x, y, w, h}, faces}  the face to read, in video pixels (the largest of `faces`):
+//   {box: {x, y, w, h}, faces, id}  the face to read, in video pixels (the largest of `faces`;
+//                               `id`, where the detector tracks faces, names it across frames):
 //                               the page sends a crop of it, framed with `framing`;
 //   null                        the page is sure no usable face is in view: it sends nothing;
 //   undefined                   the detector cannot tell: the page sends the (downscaled) full
@@ -193,7 +194,7 @@ export function pickFace(boxes, frameW, frameH) {
 export const DETECTOR_NAMES = ["blazeface", "shape", "server"];
 const ALL_NAMES = ["worker", ...DETECTOR_NAMES];
 
-async function make(name, hello) {
+async function make(name, hello, baseUrl) {
   const framing = (hello.framing || {})[name];
   switch (name) {
     case "worker":
@@ -203,13 +204,13 @@ async function make(name, hello) {
       if (!hello.framing || !hello.framing.blazeface) {
         throw new Unavailable("the server sent no framing for BlazeFace");
       }
-      return WorkerFaceDetector.load(hello.page_detector, hello.framing.blazeface);
+      return WorkerFaceDetector.load(resolved(hello.page_detector, baseUrl), hello.framing.blazeface);
     case "blazeface":
       if (!hello.page_detector) {
         throw new Unavailable("this server has no in-page detector installed (web/node_modules)");
       }
       if (!framing) throw new Unavailable("the server sent no framing for it");
-      return BlazeFaceDetector.load(hello.page_detector, framing);
+      return BlazeFaceDetector.load(resolved(hello.page_detector, baseUrl), framing);
     case "shape":
       if (!ShapeFaceDetector.available()) throw new Unavailable("this browser has no FaceDetector");
       if (!framing) throw new Unavailable("the server sent no framing for it");
@@ -223,16 +224,25 @@ async function make(name, hello) {
 
 class Unavailable extends Error {}
 
+/** The greeting's `page_detector` with its URLs (relative to the server's root) made absolute. */
+function resolved(info, baseUrl) {
+  const absolute = (url) => new URL(url, baseUrl).href;
+  const out = { ...info, base: absolute(info.base), script: absolute(info.script) };
+  if (info.runtime && info.runtime.base) out.runtime = { ...info.runtime, base: absolute(info.runtime.base) };
+  return out;
+}
+
 /**
  * The detector to use, after the server's greeting: the one named in `wanted` (the page's
- * `?detector=`), else the first of DETECTOR_NAMES that is available and loads. Every one
+ * `?detector=`), else the first of DETECTOR_NAMES that is available and loads; `baseUrl` is
+ * the server's root, against which the greeting's file URLs are read. Every one
  * skipped is reported to `onNote(message)`, so a fallback is always visible, never silent.
  */
-export async function chooseDetector(hello, wanted, onNote) {
+export async function chooseDetector(hello, wanted, onNote, baseUrl = document.baseURI) {
   const order = wanted ? [wanted, ...DETECTOR_NAMES.filter((n) => n !== wanted)] : DETECTOR_NAMES;
   for (const name of order) {
     try {
-      return await make(name, hello);
+      return await make(name, hello, baseUrl);
     } catch (err) {
       const why = err instanceof Unavailable ? "unavailable" : "failed to load";
       // Only what the person asked for, or a real failure, is worth a note: a browser

@@ -1,0 +1,420 @@
+// The embeddable streamfer client: live facial expressions from a camera, in any page.
+//
+//   import { Streamfer } from "https://your-server:8080/streamfer.js";
+//   const client = new Streamfer({ smoothing: true });
+//   client.addEventListener("expression", (e) => console.log(e.detail.top, e.detail.probs));
+//   await client.start(document.querySelector("video")); // or a MediaStream, or nothing
+//
+// docs/CLIENT.md is its guide. The page at / is built on this module alone. Inside: camera ->
+// (in-page face check) -> crop -> socket -> probabilities. Pacing: at most `fps` frames a
+// second, never more than the greeting's `window` unanswered, so a slow network or server
+// costs frames, not latency.
+
+import { CameraError, startCamera } from "./camera.js";
+import { DARK_LEVEL, FrameGrabber, STILL_LEVEL } from "./capture.js";
+import { chooseDetector, Fallback } from "./detectors.js";
+import { socketUrl } from "./protocol.js";
+import { argmax, ProbabilityEma } from "./smooth.js";
+import { StreamClient } from "./stream.js";
+
+export { CameraError } from "./camera.js";
+export { DETECTOR_NAMES } from "./detectors.js";
+
+const REFRESH_MS = 1000; // an unchanged scene is still re-sent this often, so results stay live
+const IDLE_FPS = 5; // while no face is in view: keep looking, but spare the server and the battery
+const RTT_SAMPLES = 15;
+const FPS_WINDOW_MS = 2000;
+const SMOOTHING_MS = 300; // `smoothing: true`: the averaging's time constant
+
+/**
+ * What `status` events say (`event.detail.state`), most urgent first when several hold:
+ * the camera's own states, then the connection's, then what the camera shows.
+ */
+export const STATES = Object.freeze([
+  "starting", "camera-error", "paused", "connecting", "reconnecting",
+  "waiting", "streaming", "no-face", "too-dark",
+]);
+
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length ? sorted[Math.floor(sorted.length / 2)] : null;
+}
+
+/** The server's base URL (ending in "/") from an option, or the folder this module came from. */
+function serverBase(server) {
+  const url = new URL(server ?? ".", import.meta.url);
+  if (!url.pathname.endsWith("/")) url.pathname += "/";
+  return url;
+}
+
+/**
+ * A connection to a streamfer server and the camera it reads. Events (CustomEvent, data in
+ * `event.detail`):
+ *   "expression" {probs, raw, top, box, faceId, frameId, timings: {rttMs, detectMs, server}}
+ *   "status"     {state, detail, connection: {state, attempt, retryInMs}}
+ *   "error"      {kind: "camera"|"server"|"frame", code, message}
+ *   "ready"      {model, classes, hello}          after every greeting (reconnects too)
+ *   "detector"   {name, faces, thread, note}      which detector finds faces, and notes
+ */
+export class Streamfer extends EventTarget {
+  /**
+   * @param {object} [options]
+   * @param {string} [options.server] the server's URL (http/https); by default the server
+   *   this module was loaded from
+   * @param {number} [options.fps] frames a second to send (capped by the server); by default
+   *   what the server suggests
+   * @param {boolean|number} [options.smoothing] average probabilities over recent frames
+   *   (true: 300 ms time constant; a number: that many ms; false: raw per-frame replies)
+   * @param {string} [options.detector] "blazeface", "shape" or "server": try it first
+   * @param {boolean} [options.lifecycle] pause while the page is hidden and close the
+   *   socket when it is left (default true)
+   */
+  constructor(options = {}) {
+    super();
+    this.options = { lifecycle: true, ...options };
+    this.server = serverBase(options.server);
+    this.video = null;
+    this.detector = null; // chosen once, after the first greeting (it says what is offered)
+    this._socket = new StreamClient(socketUrl(this.server));
+    this._grabber = new FrameGrabber();
+    const tau = typeof options.smoothing === "number" ? options.smoothing : SMOOTHING_MS;
+    this._ema = new ProbabilityEma(tau);
+    this._smoothing = options.smoothing !== false && options.smoothing !== 0;
+    this._ownStream = null; // a camera this client opened, stopped by stop()
+    this._cameraReady = false;
+    this._cameraError = null; // {message, kind} while the camera cannot be had
+    this._face = "waiting"; // waiting | streaming | no-face | too-dark
+    this._connection = { state: "closed", attempt: 0, retryInMs: 0 };
+    this._connText = "";
+    this._status = null;
+    this._choosing = false;
+    this._running = false;
+    this._timer = null;
+    this._lastSentAt = -Infinity;
+    this._last = null; // the last expression event's detail, re-sent when smoothing changes
+    this._rtts = [];
+    this._answeredAt = [];
+    this.counts = {
+      sent: 0, ok: 0, noFace: 0, dropped: 0, errors: 0, lost: 0,
+      skippedDark: 0, skippedStill: 0, skippedNoFace: 0,
+    };
+    this._wire();
+  }
+
+  /** The server's greeting once connected (model, classes, limits), else null. */
+  get hello() {
+    return this._socket.hello;
+  }
+
+  /** The state the last `status` event named. */
+  get state() {
+    return this._status ? this._status.state : "starting";
+  }
+
+  /** Frames a second the client sends at now (fewer while no face is in view). */
+  get fps() {
+    return this._targetFps();
+  }
+
+  get smoothing() {
+    return this._smoothing;
+  }
+
+  /** Turn smoothing on or off; the last expression is sent again, re-averaged. */
+  set smoothing(on) {
+    this._smoothing = Boolean(on);
+    if (this._last) this._emitExpression(this._last.raw, this._last);
+  }
+
+  /**
+   * Start reading faces from `source`: a MediaStream, a <video> that plays something, or a
+   * <video> without a source / nothing, for which the front camera is opened. Connects to the
+   * server if not yet connected. Resolves once frames play; rejects with a CameraError (after
+   * an "error" event) when the camera cannot be had, and may then be called again.
+   */
+  async start(source) {
+    if (!this._running) this._connect();
+    this._cameraReady = false;
+    this._cameraError = null;
+    this._setStatus("starting");
+    try {
+      this.video = await this._open(source);
+    } catch (err) {
+      const cameraErr = err instanceof CameraError ? err : new CameraError("failed", String(err));
+      this._cameraError = { message: cameraErr.message, kind: cameraErr.kind };
+      this._render();
+      this._emit("error", { kind: "camera", code: cameraErr.kind, message: cameraErr.message });
+      throw cameraErr;
+    }
+    this._cameraReady = true;
+    this._render();
+    return this.video;
+  }
+
+  /** Stop sending, close the socket and release a camera this client opened. */
+  stop() {
+    this._running = false;
+    clearTimeout(this._timer);
+    this._socket.stop();
+    if (this._ownStream) for (const track of this._ownStream.getTracks()) track.stop();
+    this._ownStream = null;
+    this._cameraReady = false;
+  }
+
+  /** Counters, median round-trip time (ms) and answered frames a second, right now. */
+  stats() {
+    const now = performance.now();
+    while (this._answeredAt.length && now - this._answeredAt[0] > FPS_WINDOW_MS) {
+      this._answeredAt.shift();
+    }
+    return {
+      counts: { ...this.counts },
+      rttMs: median(this._rtts),
+      fps: (this._answeredAt.length * 1000) / FPS_WINDOW_MS,
+    };
+  }
+
+  // ---- setup -------------------------------------------------------------------------------
+
+  _wire() {
+    const socket = this._socket;
+    socket.addEventListener("hello", (event) => this._onHello(event.detail.hello));
+    socket.addEventListener("result", (event) => this._onResult(event.detail));
+    socket.addEventListener("lost", () => {
+      this.counts.lost += 1;
+    });
+    socket.addEventListener("state", (event) => this._onConnection(event.detail));
+    if (this.options.lifecycle && typeof document !== "undefined") {
+      document.addEventListener("visibilitychange", () => this._render());
+      // Leaving the page closes the socket cleanly (1000), so the server frees the slot at
+      // once instead of waiting for its heartbeat; a page restored from the back-forward
+      // cache opens a new one.
+      window.addEventListener("pagehide", () => this._socket.stop());
+      window.addEventListener("pageshow", (event) => {
+        if (event.persisted && this._running) this._socket.start();
+      });
+    }
+  }
+
+  _connect() {
+    this._running = true;
+    this._socket.start();
+    this._loop();
+  }
+
+  async _open(source) {
+    if (typeof MediaStream !== "undefined" && source instanceof MediaStream) {
+      const video = this.video || document.createElement("video");
+      video.muted = true; // iOS Safari plays inline only when muted and playsinline
+      video.setAttribute("playsinline", "");
+      video.srcObject = source;
+      await video.play();
+      return video;
+    }
+    const video = source || this.video || document.createElement("video");
+    if (video.srcObject || video.currentSrc || video.src) {
+      if (video.paused) await video.play();
+      return video;
+    }
+    this._ownStream = await startCamera(video);
+    return video;
+  }
+
+  // ---- state -------------------------------------------------------------------------------
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  _setStatus(state, detail = "", code = "") {
+    const same = this._status && this._status.state === state && this._status.detail === detail;
+    if (same) return;
+    this._status = { state, detail, code, connection: { ...this._connection } };
+    this._emit("status", this._status);
+  }
+
+  _render() {
+    const err = this._cameraError; // stays until start() is called again
+    if (err) this._setStatus("camera-error", err.message, err.kind);
+    else if (!this._cameraReady) this._setStatus("starting");
+    else if (typeof document !== "undefined" && document.hidden) this._setStatus("paused");
+    else if (this._socket.state === "reconnecting") this._setStatus("reconnecting", this._connText);
+    else if (this._socket.state !== "open") this._setStatus("connecting");
+    else this._setStatus(this._face);
+  }
+
+  _setFace(face) {
+    this._face = face;
+    if (face !== "streaming") this._ema.reset();
+    this._render();
+  }
+
+  _targetFps() {
+    const limits = this._socket.limits;
+    const fps = Math.min(Number(this.options.fps) || limits.suggested_fps, limits.max_fps);
+    return this._face === "no-face" ? Math.min(fps, IDLE_FPS) : fps;
+  }
+
+  // ---- sending -----------------------------------------------------------------------------
+
+  async _step() {
+    const video = this.video;
+    if (!this._cameraReady || !video || !this._socket.canSend() || video.readyState < 2) return;
+    if (typeof document !== "undefined" && document.hidden) return;
+    if (!this.detector) return; // still loading: nothing is sent until the client knows how
+    const measured = this._grabber.measure(video);
+    if (measured.mean < DARK_LEVEL) {
+      this.counts.skippedDark += 1;
+      this._grabber.forget();
+      if (this._face !== "too-dark") this._setFace("too-dark");
+      return;
+    }
+    const now = performance.now();
+    if (measured.change < STILL_LEVEL && now - this._lastSentAt < REFRESH_MS) {
+      this.counts.skippedStill += 1;
+      return;
+    }
+    const detectStart = performance.now();
+    const found = await this.detector.detect(video);
+    const detectMs = performance.now() - detectStart;
+    this._detectorEvent(found ? found.faces : 0);
+    if (found === null) {
+      this.counts.skippedNoFace += 1;
+      if (this._face !== "no-face") this._setFace("no-face");
+      return;
+    }
+    let frame;
+    let meta;
+    if (found) {
+      frame = await this._grabber.faceCrop(video, found.box, this.detector.framing);
+      meta = { faceBox: found.box, faceId: found.id ?? null, detectMs };
+    } else {
+      frame = await this._grabber.fullFrame(video);
+      meta = { scale: frame.scale, faceId: null, detectMs: null };
+    }
+    if (frame.bytes.byteLength > this._socket.limits.max_frame_bytes) {
+      console.warn(`streamfer: frame of ${frame.bytes.byteLength} bytes is over the server's limit`);
+      return;
+    }
+    if (this._socket.send(frame.bytes, Boolean(found), meta) === null) return; // window filled
+    this._grabber.accept(measured);
+    this._lastSentAt = now;
+    this.counts.sent += 1;
+    if (this._face === "too-dark") this._setFace("waiting");
+  }
+
+  async _loop() {
+    if (!this._running) return;
+    const started = performance.now();
+    try {
+      await this._step();
+    } catch (err) {
+      console.error("streamfer: frame step failed", err);
+      this._emit("error", { kind: "frame", code: "step", message: String(err.message || err) });
+    }
+    const wait = Math.max(0, 1000 / this._targetFps() - (performance.now() - started));
+    if (this._running) this._timer = setTimeout(() => this._loop(), wait);
+  }
+
+  // ---- the detector ------------------------------------------------------------------------
+
+  _detectorEvent(faces = 0, note = "") {
+    const name = this.detector ? this.detector.name : "loading";
+    const inPage = this.detector && name !== "server";
+    const thread = inPage ? (this.detector.inWorker ? "worker" : "main") : null;
+    if (typeof document !== "undefined") {
+      // Tests (and curious people) read where detection runs from the page.
+      if (thread) document.documentElement.dataset.detectorThread = thread;
+      else delete document.documentElement.dataset.detectorThread;
+    }
+    this._emit("detector", { name, faces, thread, note });
+  }
+
+  // Detection runs in _step(), so only at the send rate (or the idle rate) and one frame at a
+  // time: a slow detector costs frames, never the video (which plays on the browser's own
+  // threads) or the page's responsiveness between frames.
+  async _startDetector(hello) {
+    this._choosing = true;
+    this._detectorEvent();
+    const note = (message) => this._detectorEvent(0, message);
+    const chosen = await chooseDetector(hello, this.options.detector, note, this.server);
+    this.detector = chosen.name === "server" ? chosen : new Fallback(chosen, (message) => {
+      this._detectorEvent(0, message);
+    });
+    this._detectorEvent();
+  }
+
+  // ---- replies -----------------------------------------------------------------------------
+
+  _onHello(hello) {
+    this._last = null;
+    this._ema.reset();
+    this._emit("ready", { model: hello.model, classes: hello.classes, hello });
+    if (!this.detector && !this._choosing) this._startDetector(hello);
+  }
+
+  _emitExpression(raw, base) {
+    const probs = this._smoothing ? this._ema.value ?? raw : raw;
+    this._last = { ...base, raw, probs, top: argmax(probs) };
+    this._emit("expression", this._last);
+  }
+
+  _onResult({ reply, rttMs, meta }) {
+    if (rttMs !== null) {
+      this._rtts.push(rttMs);
+      if (this._rtts.length > RTT_SAMPLES) this._rtts.shift();
+    }
+    switch (reply.status) {
+      case "ok": {
+        this.counts.ok += 1;
+        this._answeredAt.push(performance.now());
+        this._ema.update(reply.probs);
+        this._face = "streaming";
+        this._render();
+        let box = null;
+        if (meta && meta.faceBox) box = meta.faceBox;
+        else if (meta && reply.box) {
+          const [x, y, w, h] = reply.box.map((v) => v * meta.scale);
+          box = { x, y, w, h };
+        }
+        this._emitExpression(reply.probs, {
+          box,
+          faceId: meta ? meta.faceId : null,
+          frameId: reply.id,
+          timings: { rttMs, detectMs: meta ? meta.detectMs : null, server: reply.timings_ms },
+        });
+        break;
+      }
+      case "no_face":
+        this.counts.noFace += 1;
+        this._answeredAt.push(performance.now());
+        this._setFace("no-face");
+        break;
+      case "dropped":
+        this.counts.dropped += 1; // "superseded" is normal flow control; the rest are rare
+        if (reply.reason !== "superseded") console.info("streamfer: frame dropped:", reply.reason);
+        break;
+      case "error":
+        this.counts.errors += 1;
+        console.warn("streamfer: server error:", reply.error);
+        this._emit("error", { kind: "server", code: reply.code, message: reply.error });
+        break;
+      default:
+        console.warn("streamfer: unknown reply", reply);
+    }
+  }
+
+  _onConnection({ state, attempt, retryInMs = 0 }) {
+    this._connection = { state, attempt, retryInMs };
+    if (state === "open") this._connText = "";
+    else if (state === "reconnecting") {
+      if (this._face === "streaming") this._setFace("waiting"); // the last result is now old
+      const secs = (retryInMs / 1000).toFixed(1);
+      this._connText = retryInMs
+        ? `Connection lost — retrying in ${secs} s (attempt ${attempt})`
+        : `Connection lost — reconnecting (attempt ${attempt})…`;
+    }
+    this._status = null; // the connection is part of every status: say it again
+    this._render();
+  }
+}
