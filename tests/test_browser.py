@@ -458,3 +458,98 @@ def test_reconnects_when_the_server_comes_back(server: Server, playwright: Any,
         wait_count(page, "ok", seen + 3)
         wait_state(page, "streaming")
         assert page.errors == []
+
+
+# ---- layouts ---------------------------------------------------------------------------------
+
+# Portrait phones (a large and a small one) and a phone on its side.
+VIEWPORTS = ((390, 844), (375, 667), (844, 390))
+
+# Every element a person reads or taps that is out of reach: cut off by a box that clips it
+# (a nested scrolling box counts: nobody finds the scroll inside one card on a phone), or not
+# inside the page's own scrollable area, or taller than the screen. The page must not scroll
+# sideways either.
+UNREACHABLE = """() => {
+  const W = innerWidth, H = innerHeight, bad = [];
+  const pageH = document.documentElement.scrollHeight;
+  const names = ".bar > *, #status, #help, #detector-note, #retry, #top-emoji, #top-word, " +
+    "#bars li, #stats .metric, #detector, #stats .toggle";
+  const at = (r) => [r.left, r.top + scrollY, r.right, r.bottom + scrollY].map(Math.round);
+  for (const el of document.querySelectorAll(names)) {
+    if (!el.getClientRects().length) continue;  // not displayed in this state
+    const r = el.getBoundingClientRect();
+    const name = el.id || el.className || el.tagName;
+    for (let a = el.parentElement; a; a = a.parentElement) {
+      const s = getComputedStyle(a);
+      if (s.overflowX === "visible" && s.overflowY === "visible") continue;
+      const b = a.getBoundingClientRect();
+      if (r.left < b.left - 0.5 || r.top < b.top - 0.5 || r.right > b.right + 0.5 ||
+          r.bottom > b.bottom + 0.5) {
+        bad.push(`${name} at ${at(r)} clipped by ${a.id || a.className} at ${at(b)}`);
+      }
+    }
+    if (r.left < -0.5 || r.right > W + 0.5 || r.top + scrollY < -0.5 ||
+        r.bottom + scrollY > pageH + 0.5 || r.height > H) {
+      bad.push(`${name} at ${at(r)} outside the page (${W} x ${pageH}, screen ${H} high)`);
+    }
+  }
+  if (document.documentElement.scrollWidth > W) {
+    bad.push(`page ${document.documentElement.scrollWidth} px wide`);
+  }
+  return bad;
+}"""
+
+# The emoji shown in the expression card and beside every bar that the page's fonts cannot
+# draw (they come out as an empty box, the font's "missing glyph", like an unassigned code
+# point does).
+MISSING_GLYPHS = """() => {
+  const draw = (el, ch) => {
+    const c = document.createElement("canvas");
+    c.width = 96; c.height = 96;
+    const ctx = c.getContext("2d");
+    const s = getComputedStyle(el);
+    ctx.font = `${s.fontSize} ${s.fontFamily}`;
+    ctx.fillStyle = "#fff";
+    ctx.textBaseline = "top";
+    ctx.fillText(ch, 8, 8);
+    return Array.from(ctx.getImageData(0, 0, 96, 96).data).join();
+  };
+  return [...document.querySelectorAll("#top-emoji, #bars .e")]
+    .filter((el) => el.getClientRects().length)
+    .filter((el) => draw(el, el.textContent) === draw(el, "\\u0378"))
+    .map((el) => `${el.id || el.closest("li").dataset.class}: ${el.textContent}`);
+}"""
+
+
+def check_layouts(page: Any, state: str) -> None:
+    """At every viewport: nothing out of reach, every glyph drawn; screenshots to look at."""
+    for width, height in VIEWPORTS:
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(300)  # a resize redraws the overlay
+        assert page.evaluate(UNREACHABLE) == [], (state, width, height)
+        assert page.evaluate(MISSING_GLYPHS) == [], (state, width, height)
+        screenshot(page, f"layout-{state}-{width}x{height}.png")
+
+
+@pytest.mark.parametrize(("video", "state"), [("face", "streaming"), ("gradient", "no-face"),
+                                              ("dark", "too-dark")])
+def test_layouts_keep_everything_in_reach(server: Server, playwright: Any,
+                                          videos: dict[str, Path], video: str,
+                                          state: str) -> None:
+    with phone(playwright, videos[video]) as context:
+        page = open_page(context, server.url)
+        wait_state(page, state)
+        check_layouts(page, state)
+        assert page.errors == []
+
+
+def test_layouts_with_a_denied_camera(server: Server, playwright: Any,
+                                      videos: dict[str, Path]) -> None:
+    """The longest message the page shows, with the retry button under it."""
+    with phone(playwright, videos["dark"], allow_camera=False) as context:
+        page = open_page(context, server.url)
+        wait_state(page, "camera-error")
+        page.evaluate("() => { const n = document.getElementById('detector-note');"
+                      " n.hidden = false; n.textContent = 'Face detector note. '.repeat(6); }")
+        check_layouts(page, "camera-error")
+        assert page.errors == []

@@ -12,7 +12,10 @@ const LOOK = {
   neutral: ["😐", "#9ca3af"],
   contempt: ["😒", "#f472b6"],
 };
-const UNKNOWN = ["🙂", "#9ca3af"];
+// A class without a look of its own, and the card before any prediction: U+1F636 (no mouth,
+// no expression read yet) is in every phone's emoji font and in DejaVu Sans, unlike U+1F642.
+export const NO_EXPRESSION = "😶";
+const UNKNOWN = [NO_EXPRESSION, "#9ca3af"];
 
 export function colourFor(name) {
   return (LOOK[name] ?? UNKNOWN)[1];
