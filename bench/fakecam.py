@@ -1,5 +1,5 @@
-"""Fake camera videos for the browser tests and bench/page_stream.py: Chromium plays a
-.y4m file as its camera.
+"""Fake cameras for the browser tests and bench/page_stream.py: Chromium plays a .y4m file
+as its camera; in any engine, FAKECAM_JS shows a photo through a canvas stream.
 
 Chromium's fake capture device (`--use-fake-device-for-media-stream
 --use-file-for-fake-video-capture=FILE`) reads YUV4MPEG2 with 4:2:0 planes and loops it. The
@@ -10,6 +10,8 @@ page skips frames that have not changed since the last one it sent.
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -111,3 +113,67 @@ def dark_frames(count: int = 8, seed: int = 0) -> list[np.ndarray]:
         rng.integers(0, 16, (HEIGHT, WIDTH, 1), dtype=np.uint8).repeat(3, axis=2)
         for _ in range(count)
     ]
+
+
+# A camera for engines whose fake capture device cannot play a file (Firefox, WebKit): run
+# before the page's own scripts, it replaces getUserMedia with a canvas.captureStream() of
+# `window.__fakecam.image` (a data: URL) drifting a few pixels per frame, as a hand-held
+# camera's picture does. `window.__fakecam.mode` picks what the camera shows, and may change
+# while the page runs: "face" (the image), "blank" (a drifting gray gradient: no face), or
+# "deny" (getUserMedia fails as when the person refuses the camera). Page errors are collected
+# in `window.__pageErrors`. Running it again in the same window keeps the same camera.
+FAKECAM_JS = """
+(() => {
+  window.__pageErrors = window.__pageErrors || [];
+  // (Added on every run: document.open() removes a window's listeners.)
+  addEventListener("error", (e) => window.__pageErrors.push(String(e.message || e)));
+  addEventListener("unhandledrejection", (e) => window.__pageErrors.push(String(e.reason)));
+  if (window.__fakecamInstalled) return;
+  window.__fakecamInstalled = true;
+  const cam = () => window.__fakecam || {}; // read on every frame: a test may change the mode
+  let image = null;
+  const picture = () => {
+    if (!image) {
+      image = new Image();
+      image.src = cam().image;
+    }
+    return image.decode().then(() => image);
+  };
+  async function getUserMedia() {
+    if (cam().mode === "deny") throw new DOMException("Permission denied", "NotAllowedError");
+    const img = await picture();
+    const canvas = document.createElement("canvas");
+    canvas.width = 640;
+    canvas.height = 480;
+    const ctx = canvas.getContext("2d");
+    let t = 0;
+    const draw = () => {
+      t += 1;
+      const dx = 4 * Math.cos(t / 2.5);
+      const dy = 4 * Math.sin(t / 2.5);
+      if (cam().mode === "face") {
+        ctx.drawImage(img, dx - 4, dy - 4, 648, 488);
+      } else {
+        const g = ctx.createLinearGradient(dx * 20, 0, 640 - dx * 20, 480);
+        g.addColorStop(0, "#5a5a5a");
+        g.addColorStop(1, "#b4b4b4");
+        ctx.fillStyle = g;
+        ctx.fillRect(0, 0, 640, 480);
+      }
+    };
+    draw();
+    setInterval(draw, 1000 / 15);
+    return canvas.captureStream(15);
+  }
+  if (!navigator.mediaDevices) {
+    Object.defineProperty(navigator, "mediaDevices", { value: {}, configurable: true });
+  }
+  navigator.mediaDevices.getUserMedia = getUserMedia;
+})();
+"""
+
+
+def fakecam_script(image_jpeg: bytes, mode: str = "face") -> str:
+    """FAKECAM_JS set up to show `image_jpeg` (640x480 JPEG bytes) in `mode`."""
+    url = "data:image/jpeg;base64," + base64.b64encode(image_jpeg).decode("ascii")
+    return f"window.__fakecam = {json.dumps({'mode': mode, 'image': url})};\n{FAKECAM_JS}"
