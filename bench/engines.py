@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import sysconfig
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,8 +35,10 @@ from bench.browserkit import CHROMIUM, CHROMIUM_ARGS, PHONE, ROOT
 ENGINES = ("chromium", "firefox", "webkit")
 FIREFOX = Path(os.environ.get("STREAMFER_FIREFOX", "/usr/bin/firefox-esr"))
 WEBKIT_DRIVER = Path(os.environ.get("STREAMFER_WEBKIT_DRIVER", "/usr/bin/WebKitWebDriver"))
-MINIBROWSER = Path(os.environ.get(
-    "STREAMFER_MINIBROWSER", "/usr/lib/x86_64-linux-gnu/webkit2gtk-4.1/MiniBrowser"))
+# MiniBrowser comes with libwebkit2gtk-4.1-0, which webkit2gtk-driver depends on.
+_MULTIARCH = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+MINIBROWSER = Path(os.environ.get("STREAMFER_MINIBROWSER",
+                                  f"/usr/lib/{_MULTIARCH}/webkit2gtk-4.1/MiniBrowser"))
 FIREFOX_DRIVER = ROOT / "bench" / "firefox_driver.mjs"
 PUPPETEER = ROOT / "web" / "node_modules" / "puppeteer-core" / "package.json"
 XVFB = shutil.which("Xvfb") or "/usr/bin/Xvfb"

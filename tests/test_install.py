@@ -53,6 +53,7 @@ def test_a_non_editable_install_serves_the_page_and_predicts(
     assert module.is_relative_to(site)  # the installed copy, not the checkout
     assert model.is_relative_to(prefix) and model.is_file()
     assert web.is_relative_to(prefix) and (web / "index.html").is_file()
+    assert (web / "streamfer.js").is_file() and (web / "examples" / "embed.html").is_file()
 
     port = free_port()
     log = (tmp_path / "server.log").open("w")
@@ -73,6 +74,8 @@ def test_a_non_editable_install_serves_the_page_and_predicts(
         assert health["model"] == DEFAULT_MODEL.stem and health["runtime"] == "onnx-int8"
         page = urllib.request.urlopen(base + "/", timeout=10).read()
         assert b"<html" in page.lower()
+        for path in ("/streamfer.js", "/examples/embed.html"):  # the client and its example
+            assert urllib.request.urlopen(base + path, timeout=10).status == 200, path
         _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))
         request = urllib.request.Request(base + "/api/predict", data=jpeg.tobytes(),
                                          headers={"Content-Type": "image/jpeg"})

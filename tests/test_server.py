@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -536,6 +537,31 @@ async def test_index_serves_the_page_when_present(make_client: MakeClient,
     ws, hello = await connect(client)
     assert hello["type"] == "hello"
     await ws.close()
+
+
+async def test_the_client_module_and_its_example_are_served(make_client: MakeClient) -> None:
+    """/streamfer.js (the embeddable client) with every module it imports, as JavaScript, and
+    the embedding example that imports it: what a browser fetches, from the real web/."""
+    client = await make_client(web_dir=ROOT / "web")
+    seen: set[str] = set()
+    todo = ["/streamfer.js"]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        resp = await client.get(path)
+        assert resp.status == 200, path
+        assert resp.content_type in ("text/javascript", "application/javascript"), path
+        text = await resp.text()
+        folder = path.rsplit("/", 1)[0]
+        todo += [f"{folder}/{name}" for name in re.findall(r'from "\./([\w.-]+\.js)"', text)]
+    assert {"/streamfer.js", "/stream.js", "/capture.js", "/detectors.js"} <= seen
+    resp = await client.get("/examples/embed.html")
+    assert resp.status == 200 and resp.content_type == "text/html"
+    page = await resp.text()
+    assert 'from "../streamfer.js"' in page
+    assert len(page.splitlines()) <= 45  # "a page of about 40 lines"
 
 
 async def test_index_without_the_page_says_so(client: Client) -> None:
