@@ -35,10 +35,10 @@ pytestmark = pytest.mark.browser
 
 WAIT_S = 40.0  # for a page to reach a state: 2 slow shared cores, three engines
 CROP_SHARE = 0.9  # of the frames a page with a face in view sends, at least this many are crops
-# Where the page runs face detection: the Worker-based engine (web/detection/) when it is part
-# of the page, else the main thread (@mediapipe/face_detection's loader cannot start in a
-# Worker).
-DETECTOR_THREAD = "worker" if (ROOT / "web" / "detection" / "index.js").exists() else "main"
+# Where the pages' default detector runs, as they report it: "main" for
+# @mediapipe/face_detection (its loader cannot start in a Worker). SWITCH TO "worker" when the
+# pages' default detector is the Worker-based engine (web/detection/).
+DETECTOR_THREAD = "main"
 PAGES = {"demo": "", "example": "examples/embed.html"}
 
 if vendor.find(ROOT / "web") is None:

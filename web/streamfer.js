@@ -23,6 +23,7 @@ export { DETECTOR_NAMES } from "./detectors.js";
 const REFRESH_MS = 1000; // an unchanged scene is still re-sent this often, so results stay live
 const IDLE_FPS = 5; // while no face is in view: keep looking, but spare the server and the battery
 const RTT_SAMPLES = 15;
+const DETECT_SAMPLES = 30;
 const FPS_WINDOW_MS = 2000;
 const SMOOTHING_MS = 300; // `smoothing: true`: the averaging's time constant
 
@@ -93,6 +94,7 @@ export class Streamfer extends EventTarget {
     this._lastSentAt = -Infinity;
     this._last = null; // the last expression event's detail, re-sent when smoothing changes
     this._rtts = [];
+    this._detectMs = [];
     this._answeredAt = [];
     this.counts = {
       sent: 0, ok: 0, noFace: 0, dropped: 0, errors: 0, lost: 0,
@@ -161,7 +163,11 @@ export class Streamfer extends EventTarget {
     this._cameraReady = false;
   }
 
-  /** Counters, median round-trip time (ms) and answered frames a second, right now. */
+  /**
+   * Counters, the median round-trip time (ms), the detector's median wall time per frame as
+   * the client waits for it (ms; in a Worker the frame's grab and transfer too) and answered
+   * frames a second, right now.
+   */
   stats() {
     const now = performance.now();
     while (this._answeredAt.length && now - this._answeredAt[0] > FPS_WINDOW_MS) {
@@ -170,6 +176,7 @@ export class Streamfer extends EventTarget {
     return {
       counts: { ...this.counts },
       rttMs: median(this._rtts),
+      detectMs: median(this._detectMs),
       fps: (this._answeredAt.length * 1000) / FPS_WINDOW_MS,
     };
   }
@@ -277,6 +284,8 @@ export class Streamfer extends EventTarget {
     const detectStart = performance.now();
     const found = await this.detector.detect(video);
     const detectMs = performance.now() - detectStart;
+    this._detectMs.push(detectMs);
+    if (this._detectMs.length > DETECT_SAMPLES) this._detectMs.shift();
     this._detectorEvent(found ? found.faces : 0);
     if (found === null) {
       this.counts.skippedNoFace += 1;
@@ -320,8 +329,7 @@ export class Streamfer extends EventTarget {
 
   _detectorEvent(faces = 0, note = "") {
     const name = this.detector ? this.detector.name : "loading";
-    const inPage = this.detector && name !== "server";
-    const thread = inPage ? (this.detector.inWorker ? "worker" : "main") : null;
+    const thread = this.detector ? this.detector.thread : null;
     if (typeof document !== "undefined") {
       // Tests (and curious people) read where detection runs from the page.
       if (thread) document.documentElement.dataset.detectorThread = thread;
