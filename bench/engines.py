@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urlsplit, urlunsplit
 
 from bench.browserkit import CHROMIUM, CHROMIUM_ARGS, PHONE, ROOT
 
@@ -218,7 +218,9 @@ class WebKit(Engine):
     def open(self, url: str, init: str) -> None:
         with urllib.request.urlopen(url, timeout=10) as resp:
             page = resp.read().decode()
-        self._driver.get(urljoin(url, BLANK))
+        # (with the page's query: the page reads its options from location.search)
+        parts = urlsplit(url)
+        self._driver.get(urlunsplit((parts.scheme, parts.netloc, BLANK, parts.query, "")))
         self._driver.execute_script(init)
         # The page, written after the camera override, with the override first again (the
         # window is the same, so is the camera; document.open() dropped the error listeners).

@@ -2,7 +2,7 @@
 real server, each with a face photo as its camera (bench/fakecam.py FAKECAM_JS, a canvas
 stream substituted for getUserMedia; bench/engines.py drives the engines).
 
-In every engine and on both pages: the page loads, the in-page detector runs (on the thread
+In every engine and on both pages: the page loads, the in-page detector runs in a Worker (as
 the page reports in `document.documentElement.dataset.detectorThread`), a camera without a
 face sends nothing, a face gets an expression with at least 90% of what is sent being crops,
 a restarted server is reconnected to, and a denied camera is explained.
@@ -35,11 +35,11 @@ pytestmark = pytest.mark.browser
 
 WAIT_S = 40.0  # for a page to reach a state: 2 slow shared cores, three engines
 CROP_SHARE = 0.9  # of the frames a page with a face in view sends, at least this many are crops
-# Where the pages' default detector runs, as they report it: "main" for
-# @mediapipe/face_detection (its loader cannot start in a Worker). SWITCH TO "worker" when the
-# pages' default detector is the Worker-based engine (web/detection/).
-DETECTOR_THREAD = "main"
-PAGES = {"demo": "", "example": "examples/embed.html"}
+# Both pages ask for the Worker-based detector (web/detection/: BlazeFace on LiteRT.js), and
+# must report that it runs in a Worker.
+QUERY = "?detector=worker"
+DETECTOR_THREAD = "worker"
+PAGES = {"demo": QUERY, "example": "examples/embed.html" + QUERY}
 
 if vendor.find(ROOT / "web") is None:
     if os.environ.get("STREAMFER_REQUIRE_BROWSER") == "1":
