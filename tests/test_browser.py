@@ -473,7 +473,7 @@ UNREACHABLE = """() => {
   const W = innerWidth, H = innerHeight, bad = [];
   const pageH = document.documentElement.scrollHeight;
   const names = ".bar > *, #status, #help, #detector-note, #retry, #top-emoji, #top-word, " +
-    "#bars li, #stats .metric, #detector, #stats .toggle";
+    "#bars li, #timeline-chart, #download-csv, #stats .metric, #detector, #stats .toggle";
   const at = (r) => [r.left, r.top + scrollY, r.right, r.bottom + scrollY].map(Math.round);
   for (const el of document.querySelectorAll(names)) {
     if (!el.getClientRects().length) continue;  // not displayed in this state
