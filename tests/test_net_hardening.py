@@ -471,9 +471,10 @@ def fingerprint_of(port: int) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, 64, 2))
 
 
-# Temporary folders other parts of the server make, none with key material: multiprocessing's
-# own (the decode processes), and the video jobs' uploads and results.
-OTHERS_TMP = ("pymp-", "streamfer-video-")
+# The one temporary folder the server may make without being asked: multiprocessing's own (the
+# decode processes' fork server socket), with no key material. (Video jobs make theirs at the
+# first upload.)
+OTHERS_TMP = ("pymp-",)
 
 
 def made_here(tmp: Path) -> list[Path]:

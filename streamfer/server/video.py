@@ -116,8 +116,6 @@ class VideoJobs:
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
-        self.root = Path(await loop.run_in_executor(
-            None, lambda: tempfile.mkdtemp(prefix="streamfer-video-")))
         self.runner = ThreadPoolExecutor(1, thread_name_prefix="streamfer-video")
         sweeper = loop.create_task(self._sweep(), name="video-expiry")
         yield
@@ -126,7 +124,8 @@ class VideoJobs:
             job.cancelled = True
         await loop.run_in_executor(None, self.runner.shutdown, True)
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        await _rmtree(self.root)
+        if self.root is not None:
+            await _rmtree(self.root)
         self.jobs.clear()
 
     async def _sweep(self) -> None:
@@ -299,7 +298,7 @@ async def _receive(request: web.Request, path: Path, limit: int) -> None:
 async def upload(request: web.Request) -> web.Response:
     jobs = request.app[VIDEO_JOBS]
     config = jobs.config
-    if jobs.state.closing or jobs.root is None:
+    if jobs.state.closing or jobs.runner is None:
         return _refuse(503, "shutting_down", "server shutting down")
     limit = config.max_video_bytes
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
@@ -320,9 +319,16 @@ async def upload(request: web.Request) -> web.Response:
         resp = _refuse(400, "bad_query", str(exc))
         resp.force_close()
         return resp
+    loop = asyncio.get_running_loop()
+    if jobs.root is None:  # made at the first upload: a server that takes no video makes none
+        root = Path(await loop.run_in_executor(
+            None, lambda: tempfile.mkdtemp(prefix="streamfer-video-")))
+        if jobs.root is None:
+            jobs.root = root
+        else:  # another upload made one meanwhile
+            await loop.run_in_executor(None, root.rmdir)
     job = Job(secrets.token_urlsafe(12), jobs.root / secrets.token_hex(8), every, smooth_ms)
     jobs.jobs[job.id] = job  # the slot is held from here, so parallel uploads cannot overfill
-    loop = asyncio.get_running_loop()
     try:
         await loop.run_in_executor(None, job.folder.mkdir)
         async with asyncio.timeout(config.video_upload_s):

@@ -9,6 +9,7 @@ live page's "Download CSV" shares (web/timeline.js `columns`; a test checks they
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 from collections import Counter, defaultdict
@@ -91,6 +92,10 @@ class TimelineWriter:
         summary = {**self.about, "classes": self.classes, "frames_processed": frames_processed,
                    "rows": self._rows, "smooth_ms": smooth_ms, **summary}
         plotted = sorted(series, key=lambda f: -len(series[f][0]))[:MAX_PLOTS]
+        if not plots_available():
+            log.info("no per-face plots: matplotlib is not installed "
+                     "(pip install 'streamfer[plots]')")
+            plotted = []
         for face_id in plotted:
             times, probs = series[face_id]
             plot_face(self.out_dir / plot_name(face_id), face_id, times, probs, self.classes,
@@ -129,6 +134,12 @@ def summarise(series: dict[int, tuple[np.ndarray, np.ndarray]], classes: list[st
                       "mean_probs": {c: round(float(v), 4)
                                      for c, v in zip(classes, probs.mean(0), strict=True)}})
     return {"faces": faces}
+
+
+def plots_available() -> bool:
+    """matplotlib is an extra (`streamfer[plots]`): the serving install stays small, and the
+    CSV, JSON and summary need none of it."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def plot_face(path: Path, face_id: int, times: np.ndarray, probs: np.ndarray,
