@@ -2,7 +2,10 @@
 // a frame is worth sending at all. Everything is grayscale: the model sees gray faces, and a
 // gray JPEG is smaller to send and to decode.
 
-export const FULL_WIDTH = 320; // the server's Haar detector works at <= 320 px anyway
+// A full frame is sent at up to 640 px wide (a 640x480 camera frame whole): at 320 px a face
+// across an eighth of the frame is too small for the server's detector. A gray 640x480 JPEG
+// stays far below the server's max_frame_bytes.
+export const FULL_WIDTH = 640;
 export const CROP_SIZE = 96; // 2x the model's 48 px input: room for the server's resize
 const JPEG_QUALITY = 0.8;
 const THUMB_W = 32;
@@ -48,7 +51,7 @@ export class FrameGrabber {
   constructor() {
     this.thumb = canvas(THUMB_W, THUMB_H);
     this.thumbCtx = this.thumb.getContext("2d", { willReadFrequently: true });
-    this.full = canvas(FULL_WIDTH, 240);
+    this.full = canvas(FULL_WIDTH, 480);
     this.fullCtx = this.full.getContext("2d", { willReadFrequently: true });
     this.crop = canvas(CROP_SIZE, CROP_SIZE);
     this.cropCtx = this.crop.getContext("2d", { willReadFrequently: true });
