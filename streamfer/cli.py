@@ -49,6 +49,15 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keep the docstring's layout."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line that names the problem and where the options are listed,
+    not argparse's full usage block (a program with 40 flags would bury the error under it)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists every "
+                     "option)\n")
+
+
 def _kind(annotation: Any) -> tuple[type, bool, bool]:
     """(base type, is a repeatable tuple, may be None) of a field's annotation."""
     optional = False
@@ -67,6 +76,15 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return f.default_factory()  # type: ignore[misc]
     return f.default
+
+
+def shows_default(text: str, default: Any) -> bool:
+    """Whether --help appends "(default: X)": not for an unset or empty default (nothing to
+    show) nor where the help text already says what the default is."""
+    if default is None or (not isinstance(default, bool) and str(default) == "") or (
+            isinstance(default, tuple) and not default):
+        return False
+    return "default:" not in text.lower() and "(default)" not in text.lower()
 
 
 def _flag(name: str) -> str:
@@ -104,14 +122,14 @@ def build_parser(cls: type, *, prog: str, description: str | None,
                  env_prefix: str | None = None) -> argparse.ArgumentParser:
     """The argparse parser for `cls`'s settings. With `env_prefix`, every flag's default is
     None (unset), so the environment can fill it in; the help shows the real default."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Formatter)
+    p = _Parser(prog=prog, description=description, formatter_class=_Formatter)
     for f, base, many, _optional in _settings(cls):
         default = _default(f)
         text = f.metadata["help"]
         if f.metadata.get("positional"):
             p.add_argument(f.name, nargs="+" if many else None, type=base, help=text)
             continue
-        if default is not None:
+        if shows_default(text, default):
             sep = "," if f.metadata.get("comma") else ", "
             text += f" (default: {sep.join(map(str, default)) if many else default})"
         if env_prefix:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamfer.cli import opt
+from streamfer.cli import opt, shows_default
 from training import baseline, fit, framing, tradeoff
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +30,8 @@ def test_every_setting_is_a_documented_flag(module, config, capsys) -> None:
         assert f.metadata.get("help"), f"{config.__name__}.{f.name} has no help text"
         assert "--" + f.name.replace("_", "-") in shown
         assert "".join(f.metadata["help"].split()) in shown
-        assert f"(default:{f.default})" in shown
+        if shows_default(f.metadata["help"], f.default):
+            assert f"(default:{f.default})" in shown
 
 
 @pytest.mark.parametrize(("argv", "flag"), [
@@ -50,7 +51,7 @@ def test_a_bad_fit_flag_stops_at_the_command_line(argv, flag, capsys) -> None:
         fit.parse_args(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: python -m training.fit" in err
+    assert err.startswith("python -m training.fit: error: ") and err.count("\n") == 1
     assert f"argument {flag}" in err or f"error: {flag} " in err
 
 

@@ -40,7 +40,7 @@ def test_bad_detectors_are_usage_errors(argv: list[str], capsys: Any) -> None:
     with pytest.raises(SystemExit) as exc:
         bench.parse_args(argv)
     assert exc.value.code == 2
-    assert "usage:" in capsys.readouterr().err
+    assert "python -m bench.page_detectors: error: " in capsys.readouterr().err
 
 
 @pytest.mark.browser
