@@ -197,6 +197,8 @@ class ServeConfig:
             problems.append(f"runtime must be one of {', '.join(RUNTIMES)}")
         if self.page_inference not in INFERENCES:
             problems.append(f"page_inference must be one of {', '.join(INFERENCES)}")
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must be 0-65535 (0: any free port), got {self.port}")
         if self.processes < 1:
             problems.append("processes must be >= 1")
         if (self.processes > 1 or self.inference_worker) and self.port == 0:

@@ -24,7 +24,9 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -45,6 +47,7 @@ from streamfer.server.app import STATE, close_streams, init_app  # noqa: E402
 from streamfer.server.config import (  # noqa: E402
     HTTP_DRAIN_S,
     HTTP_LINGER_S,
+    PROG,
     ServeConfig,
     available_cores,
     parse_config,
@@ -295,8 +298,40 @@ def serve_processes(config: ServeConfig) -> int:
     return code
 
 
+def port_problem(config: ServeConfig) -> str | None:
+    """Why the server could not listen on its host and port, found by binding a throwaway
+    socket before the model loads (a busy port then costs no start-up time); None if it can."""
+    if config.port == 0:
+        return None
+    try:
+        infos = socket.getaddrinfo(config.host or None, config.port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on host {config.host!r} ({exc.strerror}): check --host"
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            # As asyncio's server binds: SO_REUSEADDR, so sockets in TIME_WAIT do not count.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return (f"port {config.port} on {config.host} is in use (another server "
+                            f"running?): stop it, or choose a free port with --port N "
+                            f"(or STREAMFER_PORT)")
+                if exc.errno == errno.EACCES:
+                    return (f"no permission to listen on port {config.port} (ports below 1024 "
+                            f"need root): choose a port of 1024 or more with --port N")
+                return (f"cannot listen on {config.host}:{config.port} ({exc.strerror}): "
+                        f"check --host and --port")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_config(argv)
+    if (problem := port_problem(config)) is not None:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)  # a usage error, like a bad flag
     _setup_logging(config)
     try:  # one line and exit 2, before any process starts, when torch is needed and missing
         check_torch(config.model, config.device, config.runtime)
