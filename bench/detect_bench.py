@@ -32,6 +32,7 @@ from tqdm import tqdm
 from streamfer.cli import opt, parse
 from streamfer.detect import TIGHT_PAD, BlazeFace, HaarFallback
 from streamfer.faces import load_gray
+from streamfer.paths import DEFAULT_DATASETS
 
 
 def variants() -> dict:
@@ -46,7 +47,7 @@ def variants() -> dict:
 
 @dataclass(frozen=True)
 class DetectBenchConfig:
-    data: str = opt("../shared/datasets/webfaces-dev", "webfaces-dev folder (CLASS/*.jpg)")
+    data: str = opt(str(DEFAULT_DATASETS / "webfaces-dev"), "webfaces-dev folder (CLASS/*.jpg)")
     out: str = opt("bench/results/detect.json", "results JSON")
     limit: int = opt(0, "photos (0: all)")
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from bench.serverproc import running_server
 from streamfer.cli import opt, parse
-from streamfer.paths import DEFAULT_MODEL
+from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
 from streamfer.server.config import DETECTOR_CHOICES
 
 LABELS = {"angry": "anger", "happy": "happiness", "neutral": "neutral", "sad": "sadness",
@@ -68,7 +68,7 @@ def score(rows: list[tuple[str, str | None]]) -> dict:
 
 @dataclass(frozen=True)
 class WebfacesE2EConfig:
-    data: str = opt("../shared/datasets/webfaces-dev", "webfaces-dev folder (CLASS/*.jpg)")
+    data: str = opt(str(DEFAULT_DATASETS / "webfaces-dev"), "webfaces-dev folder (CLASS/*.jpg)")
     model: str = opt(str(DEFAULT_MODEL), "the model the server runs")
     detectors: tuple[str, ...] = opt(("haar", "blazeface"), "one server per detector, in turn",
                                      DETECTOR_CHOICES, comma=True)

@@ -4,6 +4,7 @@ find a file)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,3 +29,8 @@ def _data_root() -> Path:
 PACKAGE_ROOT = _data_root()
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "ferplus-5class.pt"  # docs/RESULTS.md: real faces
 DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
+# The data sets (training and evaluation only, never shipped): the `shared/datasets` folder
+# beside the checkout, or STREAMFER_DATASETS; every training program's defaults start here, so
+# they do not depend on the folder a command is run from.
+DEFAULT_DATASETS = Path(os.environ.get("STREAMFER_DATASETS") or
+                        PACKAGE_ROOT.parent / "shared" / "datasets")

@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamfer.paths import DEFAULT_DATASETS
+
 ROOT = Path(__file__).resolve().parent.parent
-DATASETS = ROOT.parent / "shared" / "datasets"
+DATASETS = DEFAULT_DATASETS  # ../shared/datasets beside the checkout, or STREAMFER_DATASETS
 CLASSES = ["anger", "happiness", "sadness", "surprise", "neutral"]
 
 

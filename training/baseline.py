@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from streamfer.paths import DEFAULT_DATASETS
 from training import data as D
 from training.cli import opt, parse_config
 from training.report import save_confusion
@@ -47,7 +48,7 @@ LBP_METHODS = ("uniform", "nri_uniform")
 @dataclass
 class BaselineConfig:
     data: str = opt("fer2013", "data set layout, as training.fit's --data", D.DATA_KINDS)
-    data_root: str = opt("../shared/datasets/fer2013", "the data set's folder (or the .csv)")
+    data_root: str = opt(str(DEFAULT_DATASETS / "fer2013"), "the data set's folder (or the .csv)")
     val_root: str = opt("", "--data folder without --folds: the tree to report on")
     classes: str = opt("paper5", "paper5 (the paper's five), fer7, ck7, or a comma list")
     size: int = opt(48, "image side the loaders require")

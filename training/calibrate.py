@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from streamfer.model import Predictor
+from streamfer.paths import DEFAULT_DATASETS
 from training import data as D
 from training.cli import opt, parse_config
 from training.evaluate import model_faces, scores
@@ -37,7 +38,7 @@ log = logging.getLogger("training.calibrate")
 class CalibrateConfig:
     model: str = opt("", "exported model to adjust (not already adjusted)")
     out: str = opt("", "where to write the adjusted model (.pt, with its .json beside it)")
-    data_root: str = opt("../shared/datasets/ferplus", "FER+ folder (train/ for the prior, "
+    data_root: str = opt(str(DEFAULT_DATASETS / "ferplus"), "FER+ folder (train/ for the prior, "
                          "valid/ for choosing tau)")
     labels: str = opt("soft", "the label protocol the model was trained with (the prior is "
                       "its mean training target)", D.LABEL_MODES)

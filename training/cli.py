@@ -13,13 +13,14 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from pathlib import Path
+from typing import NoReturn, TypeVar
 
 from streamfer.cli import build_parser, opt
 
 T = TypeVar("T")
 
-__all__ = ["opt", "parse_config"]
+__all__ = ["fail", "need_path", "opt", "parse_config"]
 
 
 def parse_config(cls: type[T], argv: Sequence[str] | None, *, program: str, doc: str | None,
@@ -33,3 +34,17 @@ def parse_config(cls: type[T], argv: Sequence[str] | None, *, program: str, doc:
         p.error(problem)
     cfg.command = f"python -m {program} " + shlex.join(args)  # type: ignore[attr-defined]
     return cfg
+
+
+def fail(program: str, message: str) -> NoReturn:
+    """Stop a training command with one line naming what to fix (exit status 2, as argparse)."""
+    print(f"python -m {program}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def need_path(program: str, path: str | Path, flag: str, what: str) -> Path:
+    """`path` if it exists, else stop with one line naming the flag that sets it."""
+    p = Path(path)
+    if not p.exists():
+        fail(program, f"{what} not found at {p}: give its location with {flag}")
+    return p

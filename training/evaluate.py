@@ -28,15 +28,16 @@ from tqdm import tqdm
 
 from streamfer.faces import FaceDetector, prepare
 from streamfer.model import Predictor
-from streamfer.paths import DEFAULT_MODEL
+from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
 from training import data as D
-from training.cli import opt, parse_config
+from training.cli import need_path, opt, parse_config
 from training.distill import answers_over, geometric_mean
 
 log = logging.getLogger("training.evaluate")
 
 SETS = ("fer2013", "ferplus", "webfaces", "ckplus", "agreement", "by-crowd")
 # by-crowd: PublicTest photos grouped by what the FER+ crowd says of each one
+PROGRAM = "training.evaluate"
 CROWD_GROUPS = ("agree", "disagree", "undecided")
 
 
@@ -48,12 +49,12 @@ class EvalConfig:
                    "agreement: FER2013's labels vs the FER+ majority on PublicTest; "
                    "by-crowd: the model's FER2013 accuracy on PublicTest photos whose FER+ "
                    "majority agrees with FER2013's label, disagrees, or does not exist", SETS)
-    model: str = opt(str(DEFAULT_MODEL.relative_to(DEFAULT_MODEL.parents[1])),
-                     "exported TorchScript model (default: the server's); a comma list scores "
+    model: str = opt(str(DEFAULT_MODEL),
+                     "exported TorchScript model (the server's by default); a comma list scores "
                      "their ensemble as training.distill combines teachers (geometric mean)")
     classes: str = opt("", "score these classes (paper5, fer7, fer8, a list); default: the "
                        "model's own")
-    datasets: str = opt("../shared/datasets", "folder holding fer2013/, ferplus/, webfaces-dev/, "
+    datasets: str = opt(str(DEFAULT_DATASETS), "folder holding fer2013/, ferplus/, webfaces-dev/, "
                         "CK+48/")
     tta: str = opt("", "test-time views (default: the model's own default, as the server)")
     threads: int = opt(1, "torch threads (1: one core, as the server's inference thread)")
@@ -68,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     args = list(argv if argv is not None else __import__("sys").argv[1:])
     if args and args[0] in SETS:
         args = ["--set", args[0], *args[1:]]
-    return parse_config(EvalConfig, args, program="training.evaluate", doc=__doc__, check=check)
+    return parse_config(EvalConfig, args, program=PROGRAM, doc=__doc__, check=check)
 
 
 def scores(true: np.ndarray, pred: np.ndarray, classes: tuple[str, ...]) -> dict:
@@ -221,8 +222,22 @@ def load_set(name: str, root: Path, classes: tuple[str, ...],
             "alone; evaluation only")
 
 
+# The folders under --datasets each set reads.
+SET_FOLDERS = {"fer2013": ("fer2013",), "ferplus": ("ferplus",), "webfaces": ("webfaces-dev",),
+               "ckplus": ("CK+48",), "agreement": ("fer2013", "ferplus"),
+               "by-crowd": ("fer2013", "ferplus")}
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
+    if cfg.set != "agreement":
+        for path in cfg.model.split(","):
+            if path.strip():
+                need_path(PROGRAM, path.strip(), "--model", "model file")
+    need_path(PROGRAM, cfg.datasets, "--datasets", "the data sets folder")
+    for folder in SET_FOLDERS[cfg.set]:
+        need_path(PROGRAM, Path(cfg.datasets) / folder, "--datasets",
+                  f"{cfg.set}'s data set ({folder}/)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 

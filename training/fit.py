@@ -32,6 +32,7 @@ from streamfer import contract
 from streamfer.contract import TTA_MODES
 from streamfer.faces import PREPROCESS_MODES, preprocess_faces
 from streamfer.model import DEVICES
+from streamfer.paths import DEFAULT_DATASETS
 from training import data as D
 from training.augment import (
     AUGMENT_MODES,
@@ -41,7 +42,7 @@ from training.augment import (
     mixup,
     random_views,
 )
-from training.cli import opt, parse_config
+from training.cli import need_path, opt, parse_config
 from training.distill import ensemble_targets, parse_teachers
 from training.export import Deployed, export
 from training.network import PRESETS, FERNet, count_parameters, preset
@@ -53,7 +54,7 @@ log = logging.getLogger("training.fit")
 class FitConfig:
     data: str = opt("fer2013", "data set layout: FER2013 folders, Kaggle's fer2013.csv, CK+48, "
                     "or any root/<class>/*.png tree", D.DATA_KINDS)
-    data_root: str = opt("../shared/datasets/fer2013", "the data set's folder (or the .csv)")
+    data_root: str = opt(str(DEFAULT_DATASETS / "fer2013"), "the data set's folder (or the .csv)")
     val_root: str = opt("", "--data folder: a second tree to validate on")
     classes: str = opt("paper5", "paper5 (the paper's five), fer7, ck7, fer8 (FER+'s eight), "
                        "or a comma list")
@@ -415,6 +416,7 @@ def chosen_folds(spec: str, folds: int) -> list[int]:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
+    need_path("training.fit", cfg.data_root, "--data-root", f"the {cfg.data} data set")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from streamfer.faces import FRAMING, Box, FaceDetector, crop_at
+from streamfer.paths import DEFAULT_DATASETS
 from training.cli import opt, parse_config
 
 log = logging.getLogger("training.framing")
@@ -43,7 +44,7 @@ log = logging.getLogger("training.framing")
 
 @dataclass
 class FramingConfig:
-    data_root: str = opt("../shared/datasets/fer2013", "FER2013's folder")
+    data_root: str = opt(str(DEFAULT_DATASETS / "fer2013"), "FER2013's folder")
     detector: str = opt("haar", "whose boxes to calibrate (a streamfer.faces.FRAMING key)",
                         ("haar", "blazeface"))
     split: str = opt("train", "train (Training) or test (PublicTest)", ("train", "test"))

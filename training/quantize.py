@@ -30,6 +30,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from streamfer import contract, onnx_int8
 from streamfer.faces import load_gray, preprocess_faces, resize_square
+from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
 from training.cli import opt, parse_config
 from training.data import IMAGE_SUFFIXES
 from training.export import Deployed, rebuild
@@ -47,8 +48,8 @@ QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu", "MaxPool", "Gather", "Transpo
 
 @dataclass
 class QuantizeConfig:
-    model: str = opt("models/ferplus-5class.pt", "the exported TorchScript model")
-    data: str = opt("../shared/datasets/fer2013/train",
+    model: str = opt(str(DEFAULT_MODEL), "the exported TorchScript model")
+    data: str = opt(str(DEFAULT_DATASETS / "fer2013/train"),
                     "folder of training face images for calibration (searched recursively)")
     count: int = opt(512, "calibration faces, drawn evenly across the sorted file list")
     batch: int = opt(32, "calibration batch size")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamfer.model import Predictor
+from streamfer.paths import DEFAULT_DATASETS
 from training import data as D
 from training.calibrate import parse_taus, taus_problem, training_prior, with_tau
 from training.cli import opt, parse_config
@@ -54,7 +55,7 @@ class TradeoffConfig:
     taus: str = opt("0,0.25,0.5,0.75,1,1.25,1.5", "tau values to scan, a comma list")
     labels: str = opt("soft", "the label protocol the models were trained with (their prior "
                       "is its mean training target on FER+ train)", D.LABEL_MODES)
-    datasets: str = opt("../shared/datasets", "folder holding ferplus/, fer2013/, webfaces-dev/")
+    datasets: str = opt(str(DEFAULT_DATASETS), "folder holding ferplus/, fer2013/, webfaces-dev/")
     threads: int = opt(1, "torch threads")
     out: str = opt("docs/figures/tau-tradeoff.png", "the figure; its figures go beside it "
                    "as .json")
