@@ -220,9 +220,14 @@ class FramePipeline:
             decoded = time.monotonic()
             if track is not None and not is_crop:
                 track.box = found.faces[0][0].box if found.faces else None
+            # `decode` is the decoding alone: the face search's stages are timed on their own
+            decode_s = max(0.0, decoded - started - sum(found.seconds.values()))
             if not found.faces:
-                return protocol.no_face(timings_ms=protocol.timings(
-                    decode=decoded - started, **found.seconds, total=decoded - received))
+                body = protocol.no_face(timings_ms=protocol.timings(
+                    decode=decode_s, **found.seconds, total=decoded - received))
+                if photo:
+                    body["faces"] = []
+                return body
             (first, _), rest = found.faces[0], found.faces[1:]
             try:
                 if rest:
@@ -238,7 +243,7 @@ class FramePipeline:
             return protocol.dropped(outcome.reason)
         body = protocol.ok(
             box=_scaled(first.box, found.scale), probs=self._probs(outcome), batch=outcome.batch,
-            timings_ms=protocol.timings(decode=decoded - started, **found.seconds,
+            timings_ms=protocol.timings(decode=decode_s, **found.seconds,
                                         queue=outcome.queue_s, inference=outcome.inference_s,
                                         total=time.monotonic() - received))
         if photo:
