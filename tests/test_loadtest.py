@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -173,6 +176,13 @@ async def test_a_refused_connection_is_a_failure() -> None:
     assert rc == 1 and s["connected"] == 0 and s["errors"] == 2 and s["sent"] == 0
 
 
+def test_an_unreachable_server_is_reported_as_such() -> None:
+    proc = loadtest_cli("--url", "ws://127.0.0.1:9/ws", "--clients", "2", "--seconds", "0.2")
+    assert proc.returncode == 1
+    assert "no connection" in proc.stdout and "is a server running at this URL?" in proc.stdout
+    assert "model None" not in proc.stdout and "CPU" not in proc.stdout
+
+
 # -- against the real server -----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -268,3 +278,30 @@ def test_wss_with_a_self_signed_certificate(tiny_model_path: Path, tmp_path: Pat
     s = json.loads(accepted.stdout)
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     assert s["sent"] == s["answered"] == s["ok"] > 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_server_stopping_mid_run_fails_the_run(tiny_model_path: Path, tmp_path: Path,
+                                                 sig: signal.Signals) -> None:
+    """Shut down gracefully (the closing notice) or killed: the run cannot pass."""
+    with running_server(tiny_model_path, ("--device", "cpu"),
+                        log_path=tmp_path / "server.log") as server:
+        proc = subprocess.Popen([sys.executable, "-m", "streamfer.loadtest", "--url",
+                                 server.url, "--clients", "2", "--fps", "15", "--seconds", "8",
+                                 "--grace", "1", *LENIENT], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        metrics = server.url.replace("ws://", "http://").replace("/ws", "/metrics")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:  # both streaming a while
+            with urllib.request.urlopen(metrics, timeout=5) as r:
+                if "streamfer_connections 2.0" in r.read().decode():
+                    break
+            time.sleep(0.2)
+        time.sleep(1)
+        server.proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out + err
+    assert "PASSED" not in out
+    assert "FAILED: " in out and "the server closed 2 of 2 connections before the run's end" in out
+    assert ("with its shutdown notice" if sig == signal.SIGTERM else "without notice") in out
+    assert "(server closed)" in out

@@ -9,7 +9,8 @@ throughput, frames sent vs answered -- which must be equal: the protocol promise
 per frame, so a reply still missing after a grace period is a failure and the exit code is
 non-zero -- drops and errors by reason, and the server's own timing breakdown and batch sizes.
 PASSED (exit code 0) means every frame got one reply, p99 <= --target-ms and losses <=
---max-loss; otherwise FAILED says which of these missed (exit code 1).
+--max-loss, over the whole run; otherwise FAILED says which of these missed (exit code 1),
+a server that cannot be reached or that closes connections before the run's end included.
 `--ramp` finds the most clients the server holds with p99 under `--target-ms`.
 
 It is a client tool: it imports neither torch nor the server.
@@ -125,7 +126,8 @@ async def run_once(cfg: LoadTestConfig, frames: FrameSet, clients: int | None = 
 def loss_rate(summary: dict) -> float:
     """Frames lost to overload (dropped, or not sent for a full window or a late client)."""
     lost = (summary["dropped"] + summary["not_sent_window_full"] + summary["not_sent_late"]
-            + summary.get("lost_on_disconnect", 0) + summary.get("not_sent_disconnected", 0))
+            + summary.get("lost_on_disconnect", 0) + summary.get("not_sent_disconnected", 0)
+            + summary.get("not_sent_server_closed", 0))
     return lost / max(summary["slots"], 1)
 
 

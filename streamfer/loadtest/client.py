@@ -76,6 +76,11 @@ class ClientLog:
     lost_on_disconnect: int = 0  # sent, then the connection was lost before the reply
     not_sent_disconnected: int = 0  # slots that came due while reconnecting
     reconnect_failures: Counter = field(default_factory=Counter)
+    # The server ended this connection before the clock ran out (and it was not opened
+    # again): "closing" (its shutdown notice) or "lost" (closed or gone without one), and the
+    # frame slots left unsent for it.
+    ended_by_server: str | None = None
+    not_sent_server_closed: int = 0
 
 
 def origin_of(url: str) -> str:
@@ -295,6 +300,12 @@ class Client:
                     await asyncio.wait_for(reader, 2.0)
                 if not reader.done():
                     reader.cancel()
+            if not finished and not written_off and self.slot < self.total:
+                self.log.ended_by_server = "closing" if self.server_closing else "lost"
+                left = self.total - self.slot
+                self.log.slots += left
+                self.log.not_sent_server_closed += left
+                self.slot = self.total
             if not written_off or self.slot >= self.total:
                 return
             new_ws = await self._reconnect(session)

@@ -90,6 +90,8 @@ def summarize(run: RunLog) -> dict:
         "lost_on_disconnect": sum(c.lost_on_disconnect for c in logs),
         "not_sent_disconnected": sum(c.not_sent_disconnected for c in logs),
         "reconnect_failures": dict(_sum_counters(c.reconnect_failures for c in logs)),
+        "ended_by_server": dict(Counter(c.ended_by_server for c in logs if c.ended_by_server)),
+        "not_sent_server_closed": sum(c.not_sent_server_closed for c in logs),
         "ok": statuses["ok"],
         "no_face": statuses["no_face"],
         "dropped": sum(dropped.values()),
@@ -116,8 +118,19 @@ def summarize(run: RunLog) -> dict:
         failures.append(f"{unaccounted} of {sent} frames got no reply within "
                         f"{load.grace:g} s of the end")
     if run.connect_errors:
-        failures.append(f"{sum(run.connect_errors.values())} of {load.clients} connections "
-                        "failed")
+        failed = sum(run.connect_errors.values())
+        failures.append(f"{failed} of {load.clients} connections failed"
+                        + (" (is a server running at this URL?)" if failed == load.clients
+                           else ""))
+    ended = summary["ended_by_server"]
+    if ended:
+        how = " and ".join(
+            {"closing": f"{n} with its shutdown notice", "lost": f"{n} without notice"}[k]
+            for k, n in sorted(ended.items()))
+        failures.append(f"the server closed {sum(ended.values())} of {summary['connected']} "
+                        f"connections before the run's end ({how}), so "
+                        f"{summary['not_sent_server_closed']} of {summary['slots']} frame "
+                        "slots were never sent")
     if reply_errors:
         failures.append(f"{sum(reply_errors.values())} error replies")
     if protocol:
@@ -134,6 +147,10 @@ def _fmt(value: float | None, unit: str = "") -> str:
 def format_summary(s: Mapping) -> str:
     """A human-readable block for one run."""
     rtt, res, srv, batch = s["rtt_ms"], s["rtt_result_ms"], s["server_ms_median"], s["batch"]
+    if not s["connected"]:  # nothing was measured: say why, not a table of empty figures
+        return "\n".join([f"{s['url']}  no connection", *(
+            f"ERROR     {count} x {reason}" for reason, count in
+            sorted(s["errors_by_reason"].items())), "FAILED: " + "; ".join(s["failures"])])
     lines = [
         f"{s['url']}  model {s['model']} tta {s['tta']}  window {s['window']}",
         f"load      {s['clients']} clients ({s['connected']} connected) x {s['fps']:g} fps for "
@@ -141,7 +158,9 @@ def format_summary(s: Mapping) -> str:
         f"frames    {s['slots']} slots, {s['sent']} sent, {s['answered']} answered, "
         f"{s['missing']} missing; not sent: {s['not_sent_window_full']} (window full), "
         f"{s['not_sent_late']} (client late)"
-        + (f", {s['not_sent_disconnected']} (reconnecting)" if s.get("reconnects") else ""),
+        + (f", {s['not_sent_disconnected']} (reconnecting)" if s.get("reconnects") else "")
+        + (f", {s['not_sent_server_closed']} (server closed)"
+           if s.get("not_sent_server_closed") else ""),
         f"replies   {s['ok']} ok, {s['no_face']} no_face, {s['dropped']} dropped"
         + (f" {s['dropped_by_reason']}" if s["dropped_by_reason"] else "")
         + f", {s['errors']} errors",
