@@ -233,8 +233,9 @@ class BlazeFace:
         regress, scores = self.infer(x[None])
         return self.decode(regress[0], scores[0], where, gray.shape[:2])
 
-    def detect_photo(self, gray: np.ndarray) -> list[Detection]:
-        """Every face in a photo, small ones included, best first.
+    def detect_photo(self, gray: np.ndarray, whole: bool = True) -> list[Detection]:
+        """Every face in a photo, small ones included, best first (`whole=False`: the tiles
+        alone, for a frame whose whole-image search found nothing).
 
         The short-range model sees the image at 128 px, so it misses faces under ~15% of
         the longer side (a group photo's). A photo is therefore also searched in square
@@ -245,13 +246,15 @@ class BlazeFace:
         that model's default threshold (0.6) rather than the short-range 0.5.
         """
         h, w = gray.shape[:2]
-        regions: list[tuple[int, int, int] | None] = [None]
+        regions: list[tuple[int, int, int] | None] = [None] if whole else []
         tile = max(h, w) // 2
         if tile >= 2 * self.size:
             step = tile // 2
             xs = sorted({*range(0, max(w - tile, 0), step), max(w - tile, 0)})
             ys = sorted({*range(0, max(h - tile, 0), step), max(h - tile, 0)})
             regions += [(x, y, tile) for y in ys for x in xs]
+        if not regions:
+            return []
         prepared = [self.prepare(gray, r) for r in regions]
         regress, scores = self.infer(np.stack([x for x, _ in prepared]))
         found: list[Detection] = []
@@ -309,8 +312,8 @@ class HaarFallback:
         return [Detection(Box(round(box.x / k) + x0, round(box.y / k) + y0, round(box.w / k),
                               round(box.h / k)), 1.0)]
 
-    def detect_photo(self, gray: np.ndarray) -> list[Detection]:
-        return self.detect(gray)
+    def detect_photo(self, gray: np.ndarray, whole: bool = True) -> list[Detection]:
+        return self.detect(gray) if whole else []
 
 
 def _cut_by_inner_edge(box: Box, region: tuple[int, int, int], h: int, w: int,

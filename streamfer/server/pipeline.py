@@ -107,9 +107,11 @@ class FramePipeline:
 
     def _search(self, gray: np.ndarray, track: FaceTrack | None,
                 seconds: dict[str, float], photo: bool = False) -> list[Detection]:
-        """Tracking region first, then the whole frame (a photo: also in tiles, for small
-        faces), then the whole frame with a margin (an image that is all face, with no
-        margin, has no room for a detector's box)."""
+        """Tracking region first, then the whole frame, then (a photo: at once) in tiles of
+        half its size, for faces too small for the detector's input at the whole frame's
+        scale (a face across an eighth of a 640 px frame), then the whole frame with a
+        margin (an image that is all face, with no margin, has no room for a detector's
+        box)."""
         det = self.detector
         if photo:
             t = time.monotonic()
@@ -123,7 +125,8 @@ class FramePipeline:
             if found:
                 return found
         t = time.monotonic()
-        found = det.detect(gray) or det.detect(gray, pad=TIGHT_PAD)
+        found = (det.detect(gray) or det.detect_photo(gray, whole=False)
+                 or det.detect(gray, pad=TIGHT_PAD))
         seconds["detect"] = time.monotonic() - t
         return found
 
@@ -167,6 +170,13 @@ class FramePipeline:
             if got:
                 found = got
                 break
+            if stage == "detect" and not pad:  # the whole frame found none: its tiles next
+                t = time.monotonic()
+                found = await loop.run_in_executor(self.decode_pool, self.detector.detect_photo,
+                                                   gray, False)
+                out.seconds[stage] += time.monotonic() - t
+                if found:
+                    break
         out.faces = await loop.run_in_executor(self.decode_pool, self._faces, gray, found, 1)
         return out
 
