@@ -412,3 +412,21 @@ def test_fer2013_votes_need_ferplus_faces(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         fit.parse_args(["--data", "ferplus", "--fer2013-votes-on", "undecided"])
     assert "give N > 0" in capsys.readouterr().err
+
+
+def test_a_smoke_run_on_the_real_data_validates_what_limit_bounds(tmp_path: Path,
+                                                                   datasets: Path) -> None:
+    """README's smoke run, smaller: `--limit` bounds validation too, which shows a progress
+    bar; the final scoring covers every test-time mode on that bounded set."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "training.fit", "--epochs", "1", "--limit", "300",
+         "--data-root", str(datasets / "fer2013"), "--out", str(tmp_path / "run"),
+         "--export", str(tmp_path / "model.pt")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "validate 300 faces, tta mirror" in proc.stderr  # the per-epoch pass, bounded
+    assert "validate 300 faces, every tta mode" in proc.stderr  # the final scoring, bounded
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["val_images"] == 300
+    assert {"val_accuracy_ten", "val_accuracy_mirror", "val_accuracy_centre"} <= set(metrics)
+    assert (tmp_path / "model.pt").is_file()

@@ -105,3 +105,17 @@ async def test_a_shed_photo_has_the_dropped_shape(make_client: MakeClient,
     status, reply = await predict(client, big)
     assert status == 503 and reply["status"] == "dropped", reply
     check_shape(reply, predictor.classes)
+
+
+@pytest.mark.parametrize("sample", ["coffee", "chelsea", "rocket"])
+async def test_a_photo_without_a_person_gets_no_face(make_client: MakeClient, sample: str,
+                                                     predictor: Predictor) -> None:
+    """scikit-image's coffee cup (MediaPipe's 0.5 threshold alone saw a face, 0.588, in it),
+    its cat and its rocket: no expression for things that are not faces."""
+    from skimage import data
+
+    client = await make_client()
+    status, reply = await predict(client, jpeg(cv2.cvtColor(getattr(data, sample)(),
+                                                            cv2.COLOR_RGB2BGR)))
+    assert status == 200 and reply["status"] == "no_face", reply
+    check_shape(reply, predictor.classes)

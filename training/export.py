@@ -59,19 +59,31 @@ class Deployed(nn.Module):
         five = torch.cat(crops, 0)
         return torch.cat([five, five.flip(-1)], 0)
 
-    @torch.jit.export
-    def predict(self, x: torch.Tensor, tta: str) -> torch.Tensor:
-        """N x 1 x H x W faces (0-255) -> N x C probabilities averaged over the `tta` views."""
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 3:
             x = x.unsqueeze(1)
         x = x.float()
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
             # = F.interpolate(mode="bilinear", antialias=True), without its compiled body
             x = torch._C._nn._upsample_bilinear2d_aa(x, [self.size, self.size], False, None)
-        x = (x - self.mean) / self.std
+        return (x - self.mean) / self.std
+
+    @torch.jit.export
+    def predict(self, x: torch.Tensor, tta: str) -> torch.Tensor:
+        """N x 1 x H x W faces (0-255) -> N x C probabilities averaged over the `tta` views."""
+        x = self._normalised(x)
         n = x.shape[0]
         probs = torch.softmax(self.net(self._views(x, tta)), dim=1)
         return probs.reshape(-1, n, probs.shape[1]).mean(0)
+
+    @torch.jit.ignore
+    def predict_every_mode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """predict(x, tta) for every mode from one pass over the ten views: the centre crop
+        is the fifth of them and its mirror the tenth (training.augment.corner_offsets)."""
+        x = self._normalised(x)
+        n = x.shape[0]
+        views = torch.softmax(self.net(self._views(x, "ten")), dim=1).reshape(10, n, -1)
+        return {"ten": views.mean(0), "mirror": views[[4, 9]].mean(0), "centre": views[4]}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict(x, self.tta)

@@ -109,7 +109,10 @@ class FitConfig:
     device: str = opt("auto", "auto picks CUDA when torch sees one", DEVICES)
     seed: int = opt(0, "seeds the initialisation, the folds and the augmentation")
     threads: int = opt(0, "torch intra-op threads (0: torch's default)")
-    limit: int = opt(0, "use only this many training images (smoke runs; 0: all)")
+    limit: int = opt(0, "use only this many training images (smoke runs; 0: all); also "
+                     "bounds validation unless --val-limit is given")
+    val_limit: int = opt(0, "validate on only this many images of the validation set, drawn "
+                         "at random once (0: all, or --limit's number when that is given)")
     max_steps: int = opt(0, "end each epoch after this many steps (smoke runs; 0: all)")
     stop_after: int = opt(0, "end this run after this many epochs; continue with --resume")
     ckpt_every_s: float = opt(60.0, "write last.ckpt at most this often, and after the last "
@@ -197,11 +200,28 @@ def device_and_rank(want: str = "auto") -> tuple[torch.device, int, int]:
 @torch.inference_mode()
 def predict(deployed: Deployed, images: np.ndarray, tta: str, device: torch.device,
             batch: int = 512) -> np.ndarray:
-    """Probabilities from the deployable module, exactly the path the server runs."""
+    """Probabilities from the deployable module, exactly the path the server runs (a
+    progress bar per call: test-time averaging over ten views takes a while on a CPU)."""
     deployed.eval()
+    starts = range(0, len(images), batch)
     out = [deployed.predict(torch.from_numpy(images[i:i + batch]).to(device)[:, None], tta)
-           for i in range(0, len(images), batch)]
+           for i in tqdm(starts, desc=f"validate {len(images)} faces, tta {tta}", unit="batch",
+                         leave=False)]
     return torch.cat(out).float().cpu().numpy()
+
+
+@torch.inference_mode()
+def predict_every_mode(deployed: Deployed, images: np.ndarray, device: torch.device,
+                       batch: int = 256) -> dict[str, np.ndarray]:
+    """predict() for every test-time mode from one pass over the ten views."""
+    deployed.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    for i in tqdm(range(0, len(images), batch), desc=f"validate {len(images)} faces, every "
+                  f"tta mode", unit="batch", leave=False):
+        x = torch.from_numpy(images[i:i + batch]).to(device)[:, None]
+        for mode, p in deployed.predict_every_mode(x).items():
+            parts.setdefault(mode, []).append(p)
+    return {mode: torch.cat(p).float().cpu().numpy() for mode, p in parts.items()}
 
 
 def _fast_bf16(device: torch.device) -> bool:
@@ -427,6 +447,10 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.limit:
         keep = np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.limit]
         train = train.subset(np.sort(keep))
+    val_limit = cfg.val_limit or cfg.limit
+    if val is not None and val_limit and val_limit < len(val):
+        keep = np.random.default_rng(cfg.seed + 1).permutation(len(val))[:val_limit]
+        val = val.subset(np.sort(keep))
     log.info("train %d images %s; val %s; device %s x%d", len(train), train.counts(),
              len(val) if val is not None else "folds", device, world)
     t0 = time.time()
@@ -445,10 +469,11 @@ def main(argv: list[str] | None = None) -> dict:
             deployed, _ = train_one(cfg, train.subset(tr), None, fold_out, device, rank, world)
             if rank == 0:
                 seen = preprocess_faces(train.images[te], cfg.preprocess)
+                by_mode = predict_every_mode(deployed, seen, device)
                 for tta in TTA_MODES:  # the no-test-time-averaging ablation comes free
-                    p = predict(deployed, seen, tta, device).argmax(1)
+                    p = by_mode[tta].argmax(1)
                     tta_accs.setdefault(tta, []).append(float((p == train.labels[te]).mean()))
-                pred = predict(deployed, seen, cfg.tta, device).argmax(1)
+                pred = by_mode[cfg.tta].argmax(1)
                 accs.append(float((pred == train.labels[te]).mean()))
                 pooled_true += train.labels[te].tolist()
                 pooled_pred += pred.tolist()
@@ -476,8 +501,8 @@ def main(argv: list[str] | None = None) -> dict:
             if val is not None:
                 metrics["val_images"] = len(val)
                 seen = preprocess_faces(val.images, cfg.preprocess)
-                preds = {tta: predict(deployed, seen, tta, device).argmax(1)
-                         for tta in TTA_MODES}
+                preds = {tta: p.argmax(1) for tta, p in
+                         predict_every_mode(deployed, seen, device).items()}
                 for tta, p in preds.items():
                     metrics[f"val_accuracy_{tta}"] = float((p == val.labels).mean())
                 metrics["val_accuracy"] = metrics[f"val_accuracy_{cfg.tta}"]

@@ -107,7 +107,9 @@ class FramePipeline:
 
     def _search(self, gray: np.ndarray, track: FaceTrack | None,
                 seconds: dict[str, float], photo: bool = False) -> list[Detection]:
-        """Tracking region first, then the whole frame, then (a photo: at once) in tiles of
+        """Tracking region first (a face the mirror check confirmed in an earlier frame),
+        then, each stage's faces only where the mirrored image confirms them
+        (detect.BlazeFace.confirm), the whole frame, then (a photo: at once) in tiles of
         half its size, for faces too small for the detector's input at the whole frame's
         scale (a face across an eighth of a 640 px frame), then the whole frame with a
         margin (an image that is all face, with no margin, has no room for a detector's
@@ -115,7 +117,8 @@ class FramePipeline:
         det = self.detector
         if photo:
             t = time.monotonic()
-            found = det.detect_photo(gray) or det.detect(gray, pad=TIGHT_PAD)
+            found = (det.confirm(gray, det.detect_photo(gray))
+                     or det.confirm(gray, det.detect(gray, pad=TIGHT_PAD)))
             seconds["detect"] = time.monotonic() - t
             return found
         if track is not None and track.box is not None:
@@ -125,8 +128,9 @@ class FramePipeline:
             if found:
                 return found
         t = time.monotonic()
-        found = (det.detect(gray) or det.detect_photo(gray, whole=False)
-                 or det.detect(gray, pad=TIGHT_PAD))
+        found = (det.confirm(gray, det.detect(gray))
+                 or det.confirm(gray, det.detect_photo(gray, whole=False))
+                 or det.confirm(gray, det.detect(gray, pad=TIGHT_PAD)))
         seconds["detect"] = time.monotonic() - t
         return found
 
@@ -137,6 +141,9 @@ class FramePipeline:
         found = self._search(gray, track, out.seconds, photo)
         out.faces = self._faces(gray, found, MAX_FACES if photo else 1)
         return out
+
+    def _tiles(self, gray: np.ndarray) -> list[Detection]:
+        return self.detector.confirm(gray, self.detector.detect_photo(gray, whole=False))
 
     async def _detect_batched(self, gray: np.ndarray, region: tuple[int, int, int] | None,
                               pad: float, deadline: float) -> list[Detection] | Dropped:
@@ -167,13 +174,17 @@ class FramePipeline:
             out.seconds[stage] = out.seconds.get(stage, 0.0) + time.monotonic() - t
             if isinstance(got, Dropped):
                 return got
+            if got and stage != "track":
+                t = time.monotonic()
+                got = await loop.run_in_executor(self.decode_pool, self.detector.confirm,
+                                                 gray, got)
+                out.seconds[stage] += time.monotonic() - t
             if got:
                 found = got
                 break
             if stage == "detect" and not pad:  # the whole frame found none: its tiles next
                 t = time.monotonic()
-                found = await loop.run_in_executor(self.decode_pool, self.detector.detect_photo,
-                                                   gray, False)
+                found = await loop.run_in_executor(self.decode_pool, self._tiles, gray)
                 out.seconds[stage] += time.monotonic() - t
                 if found:
                     break
