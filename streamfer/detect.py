@@ -13,8 +13,8 @@ The geometry follows MediaPipe's face detection graph (face_detection_short_rang
 letterbox the image into the square input, SSD anchors (896 for short range: 16x16x2 +
 8x8x6), box offsets scaled by the input side, score = sigmoid(logit clipped to +-100),
 weighted non-maximum suppression at IoU 0.3. The score threshold: MediaPipe's default
-(0.6) for the full-range model; for the short-range one, MediaPipe's 0.5 reported faces in a
-fifth of face-free images (a coffee cup), so the server's search keeps a face only at
+(0.6) for the full-range model; for the short-range one, MediaPipe's 0.5 alone reported faces in
+many face-free images (a coffee cup), so the server's search keeps a face only at
 FACE_MIN_SCORE and when the mirror image confirms it (BlazeFace.confirm), both measured and
 chosen by bench/false_faces.py on face-free images.
 

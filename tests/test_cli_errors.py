@@ -20,7 +20,7 @@ PROGRAMS = [
     "training.fit", "training.baseline", "training.calibrate", "training.evaluate",
     "training.export", "training.framing", "training.quantize", "training.report",
     "training.tradeoff",
-    "bench.decode", "bench.detect_bench", "bench.first_calls", "bench.frame_overhead",
+    "bench.decode", "bench.detect_bench", "bench.false_faces", "bench.first_calls", "bench.frame_overhead",
     "bench.model_bench", "bench.page_detectors", "bench.page_stream", "bench.runtimes",
     "bench.screenshot", "bench.served_cost", "bench.server_bench", "bench.server_variants",
     "bench.webfaces_e2e",
