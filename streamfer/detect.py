@@ -354,7 +354,7 @@ def _cut_by_inner_edge(box: Box, region: tuple[int, int, int], h: int, w: int,
 def mirrored_region(gray: np.ndarray, box: Box) -> np.ndarray:
     """The mirror image of the square around `box` (track_region's): what confirm searches."""
     x0, y0, side = track_region(box)
-    return np.ascontiguousarray(_cut(gray, x0, y0, side)[:, ::-1])
+    return np.ascontiguousarray(square_at(gray, x0, y0, side)[:, ::-1])
 
 
 def track_region(box: Box, scale: float = TRACK_SCALE) -> tuple[int, int, int]:
