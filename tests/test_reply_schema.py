@@ -99,9 +99,9 @@ async def test_every_status_has_its_documented_shape(make_client: MakeClient,
 async def test_a_shed_photo_has_the_dropped_shape(make_client: MakeClient,
                                                   astronaut_rgb: np.ndarray,
                                                   predictor: Predictor) -> None:
-    """A deadline shorter than a photo's decoding: the server sheds it (503, dropped)."""
+    """A photo deadline shorter than its decoding: the server sheds it (503, dropped)."""
     big = jpeg(cv2.resize(cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR), (2000, 2000)))
-    client = await make_client(deadline_ms=0.001)
+    client = await make_client(photo_deadline_ms=0.001)
     status, reply = await predict(client, big)
     assert status == 503 and reply["status"] == "dropped", reply
     check_shape(reply, predictor.classes)
