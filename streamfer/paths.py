@@ -28,6 +28,7 @@ def _data_root() -> Path:
 
 PACKAGE_ROOT = _data_root()
 DEFAULT_MODEL = PACKAGE_ROOT / "models" / "ferplus-5class.pt"  # docs/RESULTS.md: real faces
+FER8_MODEL = PACKAGE_ROOT / "models" / "ferplus-8class.pt"  # the option: FER+'s eight classes
 DEFAULT_WEB_DIR = PACKAGE_ROOT / "web"
 # The data sets (training and evaluation only, never shipped): the `shared/datasets` folder
 # beside the checkout, or STREAMFER_DATASETS; every training program's defaults start here, so

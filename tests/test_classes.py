@@ -1,12 +1,14 @@
 """Nothing assumes five classes: an eight-class model (FER+'s, the tiny network) through the
 real server -- the greeting, /ws replies, /api/predict (every face), /healthz -- and the load
-test, which checks each reply's probabilities name the greeting's classes."""
+test, which checks each reply's probabilities name the greeting's classes; and the shipped
+eight-class model served by `python -m streamfer.serve --model models/ferplus-8class.pt`."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from test_server import bound, config
 
 from bench.serverproc import Server, running_server
 from streamfer.model import Predictor
+from streamfer.paths import FER8_MODEL
 from streamfer.protocol import pack_frame
 from streamfer.server.app import init_app
 from training.data import FERPLUS8
@@ -75,3 +78,21 @@ def test_the_load_test_reads_the_classes_from_the_greeting(server8: Server) -> N
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert s["classes"] == list(FERPLUS8) and s["ok"] > 0 and s["errors"] == 0
     assert not any(k.startswith("protocol") for k in s["errors_by_reason"])
+
+
+def test_the_shipped_eight_class_model_serves_eight_classes(face_jpeg: bytes,
+                                                           tmp_path: Path) -> None:
+    """The real 8-class file on its int8 CPU runtime, as a user starts it: the server's
+    health names its eight classes, and a real photo on /api/predict gets all eight, with
+    the smiling astronaut read as happiness."""
+    with running_server(FER8_MODEL, ("--device", "cpu"), log_path=tmp_path / "server.log") as s:
+        assert s.health["classes"] == list(FERPLUS8), s.health
+        assert s.health["model"] == FER8_MODEL.stem and s.health["runtime"] == "onnx-int8"
+        base = s.url.replace("ws://", "http://").removesuffix("/ws")
+        request = urllib.request.Request(base + "/api/predict", data=face_jpeg,
+                                         headers={"Content-Type": "image/jpeg"})
+        reply = json.loads(urllib.request.urlopen(request, timeout=60).read())
+    assert reply["status"] == "ok" and list(reply["probs"]) == list(FERPLUS8), reply
+    assert sum(reply["probs"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert reply["top"] == "happiness", reply
+    assert reply["faces"] and all(list(f["probs"]) == list(FERPLUS8) for f in reply["faces"])
