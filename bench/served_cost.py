@@ -1,10 +1,11 @@
 """CPU cost per face of models as the server runs them, side by side in one process.
 
-Each model is loaded by `streamfer.model.Predictor` (frozen and fused for the CPU, its own
-preprocessing from the metadata, e.g. histogram equalisation, and its default test-time
-averaging), on one torch thread; every round times one `forward` call per model, in turn,
-so the machine's load hits all of them alike. Reports the median process CPU time and wall
-time per face for each batch size, and their ratio to the first model.
+Each model is loaded by `streamfer.model.Predictor` (on the CPU its int8 ONNX derivative
+where one was made from that file, else the frozen, fused TorchScript; each row names the
+runtime), with its own preprocessing from the metadata, e.g. histogram equalisation, and
+its default test-time averaging, on one thread; every round times one `forward` call per
+model, in turn, so the machine's load hits all of them alike. Reports the median process CPU
+time and wall time per face for each batch size, and their ratio to the first model.
 
     python -m bench.served_cost models/fer2013-5class.pt models/ferplus-5class.pt \\
         --out bench/results/served_cost.json
@@ -56,8 +57,9 @@ def main(argv: list[str] | None = None) -> None:
                 wall[i].append((time.perf_counter() - w0) * 1e3 / n)
         base = statistics.median(cpu[0])
         for i, pr in enumerate(predictors):
-            row = {"model": str(a.models[i]), "tta": pr.tta, "preprocess": pr.preprocess,
-                   "batch": n, "cpu_ms_per_face": statistics.median(cpu[i]),
+            row = {"model": str(a.models[i]), "runtime": pr.runtime, "tta": pr.tta,
+                   "preprocess": pr.preprocess, "batch": n,
+                   "cpu_ms_per_face": statistics.median(cpu[i]),
                    "wall_ms_per_face": statistics.median(wall[i]),
                    "cpu_ratio_to_first": statistics.median(cpu[i]) / base}
             result["rows"].append(row)
