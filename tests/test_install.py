@@ -20,7 +20,8 @@ import pytest
 from bench.serverproc import free_port, maps_torch, running_server
 from bench.venvs import Venv, build_wheel, clean_env, make_venv
 from streamfer.detect import SPECS, WEIGHTS_DIR
-from streamfer.paths import DEFAULT_MODEL
+from streamfer.onnx_int8 import derived_path
+from streamfer.paths import DEFAULT_MODEL, FER8_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +53,12 @@ def test_a_non_editable_install_serves_the_page_and_predicts(
     module, model, web = (Path(line) for line in where.stdout.split())
     assert module.is_relative_to(site)  # the installed copy, not the checkout
     assert model.is_relative_to(prefix) and model.is_file()
+    # the served models (the default and the eight-class option, each with its int8
+    # derivative), not the training artefact they were fine-tuned from
+    served = {p.name for p in model.parent.iterdir()}
+    for m in (DEFAULT_MODEL, FER8_MODEL):
+        assert {m.name, derived_path(m).name} <= served, served
+    assert not any(n.startswith("fer2013-") for n in served), served
     assert web.is_relative_to(prefix) and (web / "index.html").is_file()
     assert (web / "streamfer.js").is_file() and (web / "examples" / "embed.html").is_file()
 
