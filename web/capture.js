@@ -2,12 +2,14 @@
 // a frame is worth sending at all. Everything is grayscale: the model sees gray faces, and a
 // gray JPEG is smaller to send and to decode.
 
+import { CROP_SIZE, cropSquare, drawCrop, JPEG_QUALITY, toGray } from "./crop.js";
+
+export { CROP_SIZE } from "./crop.js";
+
 // A full frame is sent at up to 640 px wide (a 640x480 camera frame whole): at 320 px a face
 // across an eighth of the frame is too small for the server's detector. A gray 640x480 JPEG
 // stays far below the server's max_frame_bytes.
 export const FULL_WIDTH = 640;
-export const CROP_SIZE = 96; // 2x the model's 48 px input: room for the server's resize
-const JPEG_QUALITY = 0.8;
 const THUMB_W = 32;
 const THUMB_H = 24;
 
@@ -23,18 +25,6 @@ function canvas(w, h) {
   c.width = w;
   c.height = h;
   return c;
-}
-
-function toGray(ctx, w, h) {
-  const img = ctx.getImageData(0, 0, w, h);
-  const px = img.data;
-  for (let i = 0; i < px.length; i += 4) {
-    const y = (px[i] * 77 + px[i + 1] * 150 + px[i + 2] * 29) >> 8; // BT.601 luma
-    px[i] = y;
-    px[i + 1] = y;
-    px[i + 2] = y;
-  }
-  ctx.putImageData(img, 0, 0);
 }
 
 function encode(c) {
@@ -103,19 +93,12 @@ export class FrameGrabber {
   }
 
   /**
-   * A CROP_SIZE square gray JPEG around a face box (video pixels), framed like the training
-   * faces: `framing` is the detector's {scale, shift_y} from the greeting (the same geometry
-   * as streamfer/faces.py crop_face). Parts outside the frame are filled with mid-gray.
+   * A CROP_SIZE square gray JPEG around a face box (video pixels), framed with the detector's
+   * `framing` from the greeting (crop.js).
    */
   async faceCrop(video, box, framing) {
-    const side = Math.max(box.w, box.h) * framing.scale;
-    const x0 = box.x + box.w / 2 - side / 2;
-    const y0 = box.y + box.h / 2 + framing.shift_y * side - side / 2;
-    const ctx = this.cropCtx;
-    ctx.fillStyle = "#808080";
-    ctx.fillRect(0, 0, CROP_SIZE, CROP_SIZE);
-    ctx.drawImage(video, x0, y0, side, side, 0, 0, CROP_SIZE, CROP_SIZE);
-    toGray(ctx, CROP_SIZE, CROP_SIZE);
-    return { bytes: await encode(this.crop), box: { x: x0, y: y0, w: side, h: side } };
+    const square = cropSquare(box, framing);
+    drawCrop(this.cropCtx, video, square);
+    return { bytes: await encode(this.crop), box: square };
   }
 }

@@ -3,16 +3,17 @@
 //
 // A detector is an object {name, framing, thread, detect(video)} where `thread` says where
 // its work runs ("worker", "main", or "none" for the server's) and `await detect(video)` returns
-//   {box: {x, y, w, h}, faces, id}  the face to read, in video pixels (the largest of `faces`;
-//                               `id`, where the detector tracks faces, names it across frames):
-//                               the page sends a crop of it, framed with `framing`;
+//   {box: {x, y, w, h}, faces, id, crop}  the face to read, in video pixels (the largest of
+//                               `faces`; `id`, where the detector tracks faces, names it across
+//                               frames): the page sends a crop of it, framed with `framing`
+//                               (`crop`, where the detector already cut it: its JPEG bytes);
 //   null                        the page is sure no usable face is in view: it sends nothing;
 //   undefined                   the detector cannot tell: the page sends the (downscaled) full
 //                               frame and the server detects.
 // `framing` ({scale, shift_y}) comes from the server's greeting (streamfer/faces.py FRAMING,
 // calibrated per detector against the training faces), never from a copy here.
 
-import { createFaceDetector } from "./detection/index.js";
+import { createFaceDetector, workerSupported } from "./detection/index.js";
 
 // A face this close to the frame's edge is probably cut off: its crop would not look like a
 // training face, so it is not sent.
@@ -20,6 +21,8 @@ const EDGE_MARGIN = 0.02;
 // A detector that has not loaded by then (a stalled download, say) counts as failed: the
 // page falls back rather than wait for ever without sending.
 const LOAD_TIMEOUT_MS = 30000;
+// The tracking detector reports up to this many faces a frame (the largest is read).
+const MAX_FACES = 4;
 
 /** The server detects: the page only sends frames. Always available. */
 export class ServerSideDetector {
@@ -145,9 +148,22 @@ export class BlazeFaceDetector {
  * boxes are BlazeFace's, so it crops with BlazeFace's framing.
  */
 export class WorkerFaceDetector {
-  static async load(info, framing) {
-    const impl = await createFaceDetector({ baseUrl: info.runtime.base, inference: info.inference });
-    return new WorkerFaceDetector(impl, framing);
+  /**
+   * In a Worker where the browser allows; where that fails to start (or the browser cannot
+   * hand frames to one), on the main thread, with `onNote` told why.
+   */
+  static async load(info, framing, onNote = () => {}) {
+    const settings = { baseUrl: info.runtime.base, inference: info.inference, maxFaces: MAX_FACES };
+    if (workerSupported()) {
+      try {
+        return new WorkerFaceDetector(await createFaceDetector({ ...settings, worker: true }), framing);
+      } catch (err) {
+        onNote(`Face detector "worker" could not run in a Worker (${err.message || err}): ` +
+          "it runs on the page's main thread.");
+        console.warn("streamfer: detection Worker failed, trying the main thread", err);
+      }
+    }
+    return new WorkerFaceDetector(await createFaceDetector({ ...settings, worker: false }), framing);
   }
 
   constructor(impl, framing) {
@@ -157,9 +173,13 @@ export class WorkerFaceDetector {
     this.thread = impl.inWorker ? "worker" : "main";
   }
 
+  /** pickFace's answer, with the face's tracking `id` and, from a Worker, its `crop`. */
   async detect(video) {
-    const { faces } = await this.impl.detect(video);
-    return pickFace(faces.map((f) => f.box), video.videoWidth, video.videoHeight);
+    const { faces } = await this.impl.detect(video, this.framing);
+    const picked = pickFace(faces.map((f) => f.box), video.videoWidth, video.videoHeight);
+    if (!picked) return null;
+    const face = faces.find((f) => f.box === picked.box);
+    return { ...picked, id: face.id ?? null, crop: face.crop ?? null, cropBox: face.cropBox ?? null };
   }
 }
 
@@ -188,13 +208,13 @@ export function pickFace(boxes, frameW, frameH) {
 }
 
 /**
- * Detector names in the order the page tries them; `?detector=NAME` picks one ("worker" is
- * only tried when asked for).
+ * Detector names in the order the page tries them (`?detector=NAME` puts one first): BlazeFace
+ * on LiteRT.js (in a Worker, else on the main thread), MediaPipe's BlazeFace package, the
+ * browser's FaceDetector, the server's.
  */
-export const DETECTOR_NAMES = ["blazeface", "shape", "server"];
-const ALL_NAMES = ["worker", ...DETECTOR_NAMES];
+export const DETECTOR_NAMES = ["worker", "blazeface", "shape", "server"];
 
-async function make(name, hello, baseUrl) {
+async function make(name, hello, baseUrl, onNote) {
   const framing = (hello.framing || {})[name];
   switch (name) {
     case "worker":
@@ -204,7 +224,8 @@ async function make(name, hello, baseUrl) {
       if (!hello.framing || !hello.framing.blazeface) {
         throw new Unavailable("the server sent no framing for BlazeFace");
       }
-      return WorkerFaceDetector.load(resolved(hello.page_detector, baseUrl), hello.framing.blazeface);
+      return WorkerFaceDetector.load(resolved(hello.page_detector, baseUrl), hello.framing.blazeface,
+        onNote);
     case "blazeface":
       if (!hello.page_detector) {
         throw new Unavailable("this server has no in-page detector installed (web/node_modules)");
@@ -218,7 +239,7 @@ async function make(name, hello, baseUrl) {
     case "server":
       return new ServerSideDetector();
     default:
-      throw new Unavailable(`no detector is called "${name}" (${ALL_NAMES.join(", ")})`);
+      throw new Unavailable(`no detector is called "${name}" (${DETECTOR_NAMES.join(", ")})`);
   }
 }
 
@@ -242,7 +263,7 @@ export async function chooseDetector(hello, wanted, onNote, baseUrl = document.b
   const order = wanted ? [wanted, ...DETECTOR_NAMES.filter((n) => n !== wanted)] : DETECTOR_NAMES;
   for (const name of order) {
     try {
-      return await make(name, hello, baseUrl);
+      return await make(name, hello, baseUrl, onNote);
     } catch (err) {
       const why = err instanceof Unavailable ? "unavailable" : "failed to load";
       // Only what the person asked for, or a real failure, is worth a note: a browser

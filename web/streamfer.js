@@ -26,6 +26,10 @@ const RTT_SAMPLES = 15;
 const DETECT_SAMPLES = 30;
 const FPS_WINDOW_MS = 2000;
 const SMOOTHING_MS = 300; // `smoothing: true`: the averaging's time constant
+const PIPELINE_DEPTH = 2; // frames in the pipe at once when a Worker detects
+// A face narrower than this share of the frame moves the 32x24 "unchanged" thumbnail too
+// little to tell: while such a face is read, no frame is skipped as unchanged.
+const SMALL_FACE_SHARE = 1 / 8;
 
 /**
  * What `status` events say (`event.detail.state`), most urgent first when several hold:
@@ -91,6 +95,8 @@ export class Streamfer extends EventTarget {
     this._choosing = false;
     this._running = false;
     this._timer = null;
+    this._steps = new Set(); // frame steps under way (see _loop)
+    this._lastBox = null; // the face box of the last crop sent, else null
     this._lastSentAt = -Infinity;
     this._last = null; // the last expression event's detail, re-sent when smoothing changes
     this._rtts = [];
@@ -277,7 +283,8 @@ export class Streamfer extends EventTarget {
       return;
     }
     const now = performance.now();
-    if (measured.change < STILL_LEVEL && now - this._lastSentAt < REFRESH_MS) {
+    const small = this._lastBox && this._lastBox.w < SMALL_FACE_SHARE * video.videoWidth;
+    if (!small && measured.change < STILL_LEVEL && now - this._lastSentAt < REFRESH_MS) {
       this.counts.skippedStill += 1;
       return;
     }
@@ -295,7 +302,10 @@ export class Streamfer extends EventTarget {
     let frame;
     let meta;
     if (found) {
-      frame = await this._grabber.faceCrop(video, found.box, this.detector.framing);
+      // A crop the Worker cut from the frame it detected on is sent as it is: no drawing,
+      // reading back or encoding on the main thread.
+      frame = found.crop ? { bytes: found.crop }
+        : await this._grabber.faceCrop(video, found.box, this.detector.framing);
       meta = { faceBox: found.box, faceId: found.id ?? null, detectMs };
     } else {
       frame = await this._grabber.fullFrame(video);
@@ -307,20 +317,29 @@ export class Streamfer extends EventTarget {
     }
     if (this._socket.send(frame.bytes, Boolean(found), meta) === null) return; // window filled
     this._grabber.accept(measured);
+    this._lastBox = found ? found.box : null;
     this._lastSentAt = now;
     this.counts.sent += 1;
     if (this._face === "too-dark") this._setFace("waiting");
   }
 
+  // Frames are pipelined when detection runs in a Worker: the next frame is grabbed and
+  // handed to it while this one is still detected, cropped and sent, so the Worker is never
+  // idle waiting for the page. At most `_depth()` frames are in the pipe; replies still
+  // respect the server's window (a frame that finds it full is not sent).
+  _depth() {
+    return this.detector && this.detector.thread === "worker" ? PIPELINE_DEPTH : 1;
+  }
+
   async _loop() {
     if (!this._running) return;
     const started = performance.now();
-    try {
-      await this._step();
-    } catch (err) {
+    const step = this._step().catch((err) => {
       console.error("streamfer: frame step failed", err);
       this._emit("error", { kind: "frame", code: "step", message: String(err.message || err) });
-    }
+    }).finally(() => this._steps.delete(step));
+    this._steps.add(step);
+    while (this._steps.size >= this._depth()) await Promise.race(this._steps);
     const wait = Math.max(0, 1000 / this._targetFps() - (performance.now() - started));
     if (this._running) this._timer = setTimeout(() => this._loop(), wait);
   }

@@ -4,8 +4,9 @@
 // not copied) and draws; decoding, inference and suppression all happen off the main thread.
 //
 //   const det = await createFaceDetector({ baseUrl, range, maxFaces, worker, inference });
-//   const { faces, ms, range } = await det.detect(videoOrBitmapOrCanvas);
-//   // faces: [{ box: {x, y, w, h} in source pixels, score, id }], largest first
+//   const { faces, ms, range } = await det.detect(videoOrBitmapOrCanvas, framing);
+//   // faces: [{ box: {x, y, w, h} in source pixels, score, id }], largest first; with
+//   // `framing` ({scale, shift_y}) and in a Worker also {crop: gray JPEG bytes, cropBox}
 //   det.close();
 //
 // `baseUrl` is the folder the server serves the runtime and both networks from (the
@@ -71,7 +72,7 @@ class WorkerDetector {
     }
   }
 
-  async detect(source) {
+  async detect(source, framing = null) {
     const [w, h] = sourceSize(source);
     if (!w || !h) return { faces: [], ms: 0, range: "none" };
     const frame = source instanceof ImageBitmap ? source : await createImageBitmap(source);
@@ -84,7 +85,7 @@ class WorkerDetector {
         reject(new Error(`the detection Worker did not answer within ${FRAME_TIMEOUT_MS / 1000} s`));
       }, FRAME_TIMEOUT_MS);
     });
-    this.worker.postMessage({ type: "detect", seq, frame }, [frame]);
+    this.worker.postMessage({ type: "detect", seq, frame, framing }, [frame]);
     return result.finally(() => clearTimeout(timer));
   }
 
@@ -116,7 +117,7 @@ export async function createFaceDetector(options = {}) {
     const impl = await WorkerDetector.start(settings);
     return {
       name, runtime: impl.runtime, inWorker: true,
-      detect: (source) => impl.detect(source),
+      detect: (source, framing) => impl.detect(source, framing),
       close: () => impl.close(),
     };
   }
