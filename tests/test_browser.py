@@ -182,7 +182,7 @@ def test_face_video_streams_predictions(server: Server, playwright: Any,
     # (>=: frames sent after the page's counts were read still reach the server)
     assert crops + full >= page_counts["sent"]
     if PAGE_DETECTOR is not None:
-        assert detector == "blazeface"
+        assert detector == "worker"
         assert crops >= CROP_SHARE * (crops + full), (crops, full)
     else:
         assert detector == "server"  # Chromium on Linux has no FaceDetector
@@ -215,7 +215,7 @@ def check_crops_and_expression(seen: dict[str, Any], classes: list[str]) -> None
     assert seen["note_hidden"]  # nothing fell back
     received = seen["crop"] + seen["full"]  # what the server read from this page, by kind
     assert received >= seen["counts"]["sent"] >= 8  # (later frames still reach the server)
-    assert seen["detector"] == "blazeface"
+    assert seen["detector"] == "worker"
     # Its network runs in the wasm runtime on the CPU (the greeting's inference: "cpu"), not
     # as WebGL draws: the runtime says so when it starts.
     assert any("XNNPACK delegate for CPU" in m for m in seen["console"]), seen["console"]
@@ -299,7 +299,9 @@ def test_detector_that_fails_to_load_falls_back_visibly(server: Server, playwrig
         page.goto(server.url)
         page.wait_for_selector("#detector-note:not([hidden])", timeout=WAIT_MS)
         note = page.inner_text("#detector-note")
-        assert "blazeface" in note and "failed to load" in note, note
+        # Every in-page detector is tried, each failure said: the Worker one (in a Worker,
+        # then on the main thread), MediaPipe's package; then the server detects.
+        assert "worker" in note and "blazeface" in note and "failed to load" in note, note
         wait_state(page, "streaming")
         wait_count(page, "ok", 3)
         assert page.get_attribute("body", "data-detector") == "server"
@@ -321,7 +323,7 @@ def test_unavailable_detector_is_noted(server: Server, playwright: Any,
         note = page.inner_text("#detector-note")
         assert "shape" in note and "unavailable" in note, note
         wait_state(page, "streaming")
-        expected = "blazeface" if PAGE_DETECTOR is not None else "server"
+        expected = "worker" if PAGE_DETECTOR is not None else "server"
         assert page.get_attribute("#detector", "data-name") == expected
         assert page.errors == []
 

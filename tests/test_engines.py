@@ -35,11 +35,10 @@ pytestmark = pytest.mark.browser
 
 WAIT_S = 40.0  # for a page to reach a state: 2 slow shared cores, three engines
 CROP_SHARE = 0.9  # of the frames a page with a face in view sends, at least this many are crops
-# Both pages ask for the Worker-based detector (web/detection/: BlazeFace on LiteRT.js), and
-# must report that it runs in a Worker.
-QUERY = "?detector=worker"
+# Both pages, as they are (no ?detector=), must pick the Worker-based detector (web/detection/:
+# BlazeFace on LiteRT.js) and report that it runs in a Worker.
 DETECTOR_THREAD = "worker"
-PAGES = {"demo": QUERY, "example": "examples/embed.html" + QUERY}
+PAGES = {"demo": "", "example": "examples/embed.html"}
 
 if vendor.find(ROOT / "web") is None:
     if os.environ.get("STREAMFER_REQUIRE_BROWSER") == "1":

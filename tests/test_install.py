@@ -22,6 +22,7 @@ from bench.venvs import Venv, build_wheel, clean_env, make_venv
 from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.onnx_int8 import derived_path
 from streamfer.paths import DEFAULT_MODEL, FER8_MODEL
+from streamfer.server import vendor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,8 +82,15 @@ def test_a_non_editable_install_serves_the_page_and_predicts(
         assert health["model"] == DEFAULT_MODEL.stem and health["runtime"] == "onnx-int8"
         page = urllib.request.urlopen(base + "/", timeout=10).read()
         assert b"<html" in page.lower()
-        for path in ("/streamfer.js", "/examples/embed.html"):  # the client and its example
+        # The client, its example, and the Worker detector with what it imports.
+        for path in ("/streamfer.js", "/examples/embed.html", "/detection/worker.js",
+                     "/detection/engine.js", "/detection/index.js", "/crop.js"):
             assert urllib.request.urlopen(base + path, timeout=10).status == 200, path
+        checkout = vendor.find(ROOT / "web")
+        if checkout is not None and checkout.runtime is not None:  # the wheel was built with it
+            for name in vendor.RUNTIME_FILES:  # LiteRT.js and both networks, under /vendor/
+                url = f"{base}/{checkout.runtime.url}{name}"
+                assert urllib.request.urlopen(url, timeout=10).status == 200, url
         _, jpeg = cv2.imencode(".jpg", cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))
         request = urllib.request.Request(base + "/api/predict", data=jpeg.tobytes(),
                                          headers={"Content-Type": "image/jpeg"})

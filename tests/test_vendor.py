@@ -5,6 +5,7 @@ server without them (no npm, or before `npm ci`): it still starts and says so.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import os
 import re
@@ -197,3 +198,24 @@ def test_find_runtime_needs_every_file(tmp_path: Path) -> None:
     assert vendor.find_runtime(tmp_path, "1.0") is None  # another build: not served half-done
     (modules / vendor.RUNTIME_PACKAGE / "wasm/litert_wasm_internal.wasm").unlink()
     assert vendor.find_runtime(tmp_path, "1.0") is None
+
+
+def test_the_wheel_carries_every_served_runtime_file() -> None:
+    """pyproject's data-files (what `pip install .` copies) cover every file RUNTIME_FILES
+    serves and the package.json that names its version, so an installed server offers the
+    Worker detector too (tests/test_install.py serves them from a real install)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "data-files"]
+    shipped = [(target, pattern) for target, patterns in data_files.items()
+               for pattern in patterns]
+    needed = {f"web/node_modules/{package}/{path}"
+              for package, path in vendor.RUNTIME_FILES.values()}
+    needed |= {f"web/node_modules/{p}/package.json" for p in (vendor.RUNTIME_PACKAGE,
+                                                              vendor.PACKAGE)}
+    needed |= {str(p.relative_to(ROOT)) for p in (ROOT / "web/detection").glob("*.js")}
+    for path in sorted(needed):
+        targets = [t for t, pattern in shipped if fnmatch.fnmatch(path, pattern)]
+        assert targets, f"{path} is not in pyproject's data-files"
+        # ... and lands where the server looks: share/streamfer/<the same relative folder>
+        assert f"share/streamfer/{path.rsplit('/', 1)[0]}" in targets, (path, targets)

@@ -70,7 +70,8 @@ export class Streamfer extends EventTarget {
    *   what the server suggests
    * @param {boolean|number} [options.smoothing] average probabilities over recent frames
    *   (true: 300 ms time constant; a number: that many ms; false: raw per-frame replies)
-   * @param {string} [options.detector] "blazeface", "shape" or "server": try it first
+   * @param {string} [options.detector] "worker", "blazeface", "shape" or "server": try it first
+   *   (by default they are tried in that order)
    * @param {boolean} [options.lifecycle] pause while the page is hidden and close the
    *   socket when it is left (default true)
    */
