@@ -4,8 +4,9 @@
 # Flags go after the image name (they replace CMD's) or in STREAMFER_* environment variables
 # (README, "The server"). deploy/kubernetes/streamfer.yaml runs this image.
 
-# The page's face detector (npm @mediapipe/face_detection, pinned in web/package-lock.json):
-# its files are served to phones, and its .tflite weights are the server's BlazeFace.
+# The page's face detectors (npm @mediapipe/face_detection and @litertjs/core, the Worker
+# detector's runtime, pinned in web/package-lock.json): their files are served to phones, and
+# the .tflite weights are the server's BlazeFace too.
 FROM node:22-bookworm-slim AS page
 WORKDIR /src/web
 COPY web/package.json web/package-lock.json ./
@@ -21,6 +22,7 @@ COPY training/ training/
 COPY models/ models/
 COPY web/ web/
 COPY --from=page /src/web/node_modules/@mediapipe/face_detection/ web/node_modules/@mediapipe/face_detection/
+COPY --from=page /src/web/node_modules/@litertjs/ web/node_modules/@litertjs/
 RUN pip wheel --no-cache-dir --no-deps -w /wheels .
 
 # The server: the wheel and its dependencies only (no build tools, no npm), run as a user

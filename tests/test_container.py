@@ -55,6 +55,8 @@ def test_the_page_stage_installs_the_detector_without_dev_dependencies(
     assert "npm ci --omit=dev" in run.value[0]
     copied = [c for s in stages for c in named(s, "COPY") if "--from=page" in c.flags]
     assert copied and "@mediapipe/face_detection" in copied[0].value[0]
+    # ... and the Worker detector's runtime (streamfer/server/vendor.py RUNTIME_FILES)
+    assert any(c.value[0].rstrip("/").endswith("node_modules/@litertjs") for c in copied)
 
 
 def test_the_server_image_is_slim_non_root_and_installs_no_extra(stages: list[list]) -> None:
