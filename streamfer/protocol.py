@@ -11,9 +11,15 @@ from dataclasses import dataclass
 from typing import Any
 
 PROTOCOL_VERSION = 1
-HEADER = struct.Struct(">BBHI")  # version, flags, reserved, frame id
+HEADER = struct.Struct(">BBHI")  # version, flags, face id (reserved without FLAG_FACE), frame id
 FLAG_CROP = 0x01
-WINDOW = 2  # frames a client may keep unanswered: one in flight, one waiting (the greeting's)
+FLAG_FACE = 0x02  # bytes 2-3 carry the face id: the client's name for one face across frames
+MAX_FACE_ID = 0xFFFF
+WINDOW = 2  # frames a client may keep unanswered per face: one in flight, one waiting
+# Faces one connection may stream at once (each with its own window and frame-rate budget);
+# a frame for a further face id takes the slot of the face least recently sent whose
+# frames are all answered, else it is dropped "overloaded" (the greeting's limits.max_faces).
+MAX_FACES = 4
 # The stages a reply's `timings_ms` may name, in the order a frame meets them.
 TIMING_KEYS = ("decode", "track", "detect", "queue", "inference", "total")
 
@@ -55,30 +61,36 @@ class FrameHeader:
     version: int
     is_crop: bool
     frame_id: int
+    face_id: int | None = None  # None: a frame without FLAG_FACE (one face, or a full frame)
 
 
-def pack_frame(frame_id: int, image: bytes, *, is_crop: bool = False) -> bytes:
-    """One binary message: the 8-byte header, then the encoded image."""
-    return HEADER.pack(PROTOCOL_VERSION, FLAG_CROP if is_crop else 0, 0,
-                       frame_id & 0xFFFFFFFF) + image
+def pack_frame(frame_id: int, image: bytes, *, is_crop: bool = False,
+               face_id: int | None = None) -> bytes:
+    """One binary message: the 8-byte header, then the encoded image. `face_id` (0-65535)
+    names the face a crop shows, for a client that streams several faces."""
+    if face_id is not None and not 0 <= face_id <= MAX_FACE_ID:
+        raise ValueError(f"face_id must be within 0..{MAX_FACE_ID}, not {face_id}")
+    flags = (FLAG_CROP if is_crop else 0) | (FLAG_FACE if face_id is not None else 0)
+    return HEADER.pack(PROTOCOL_VERSION, flags, face_id or 0, frame_id & 0xFFFFFFFF) + image
 
 
 def parse_frame(message: bytes) -> tuple[FrameHeader, bytes]:
     """Split a binary message into its header and image bytes, or raise BadMessage.
 
-    Unknown flag bits and the reserved field are ignored, so a later minor revision can use
-    them without breaking version-1 servers.
+    Unknown flag bits are ignored, and bytes 2-3 too unless FLAG_FACE is set, so a later
+    minor revision can use them without breaking version-1 servers.
     """
     if len(message) < HEADER.size:
         raise BadMessage(
             f"message of {len(message)} bytes is shorter than the {HEADER.size}-byte frame header"
         )
-    version, flags, _reserved, frame_id = HEADER.unpack_from(message)
+    version, flags, face, frame_id = HEADER.unpack_from(message)
     if version != PROTOCOL_VERSION:
         raise BadMessage(
             f"unknown protocol version {version}; this server speaks version {PROTOCOL_VERSION}"
         )
-    return FrameHeader(version, bool(flags & FLAG_CROP), frame_id), message[HEADER.size:]
+    face_id = face if flags & FLAG_FACE else None
+    return FrameHeader(version, bool(flags & FLAG_CROP), frame_id, face_id), message[HEADER.size:]
 
 
 def hello(*, model: str, classes: list[str], input_size: int, tta: str, max_frame_bytes: int,
@@ -100,15 +112,20 @@ def hello(*, model: str, classes: list[str], input_size: int, tta: str, max_fram
         "input_size": input_size,
         "tta": tta,
         "limits": {"max_frame_bytes": max_frame_bytes, "max_fps": max_fps,
-                   "suggested_fps": suggested_fps, "window": window},
+                   "suggested_fps": suggested_fps, "window": window, "max_faces": MAX_FACES},
         "framing": framing or {},
         "page_detector": page_detector,
     }
 
 
-def result(frame_id: int | None, body: dict[str, Any]) -> dict[str, Any]:
-    """A streamed reply: `body` (from ok/no_face/dropped/error) with the echoed frame id."""
-    return {"type": "result", "id": frame_id, **body}
+def result(frame_id: int | None, body: dict[str, Any],
+           face_id: int | None = None) -> dict[str, Any]:
+    """A streamed reply: `body` (from ok/no_face/dropped/error) with the echoed frame id, and
+    the echoed face id (`face`) when the frame named one."""
+    reply = {"type": "result", "id": frame_id, **body}
+    if face_id is not None:
+        reply["face"] = face_id
+    return reply
 
 
 def closing() -> dict[str, Any]:

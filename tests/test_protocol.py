@@ -69,4 +69,24 @@ def test_hello_lists_limits() -> None:
                            max_frame_bytes=1000, max_fps=30, suggested_fps=15, window=2)
     assert hello["type"] == "hello" and hello["protocol"] == protocol.PROTOCOL_VERSION
     assert hello["limits"] == {"max_frame_bytes": 1000, "max_fps": 30, "suggested_fps": 15,
-                               "window": 2}
+                               "window": 2, "max_faces": protocol.MAX_FACES}
+
+
+def test_a_face_id_travels_in_the_header_and_back_in_the_reply() -> None:
+    """FLAG_FACE puts the face id in bytes 2-3; without it those bytes stay ignored, so a
+    version-1 client that sends 0 there (or anything) names no face."""
+    message = protocol.pack_frame(7, b"jpeg", is_crop=True, face_id=513)
+    assert message[:4] == bytes([1, protocol.FLAG_CROP | protocol.FLAG_FACE, 2, 1])
+    header, image = protocol.parse_frame(message)
+    assert (header.frame_id, header.face_id, header.is_crop, image) == (7, 513, True, b"jpeg")
+    assert protocol.parse_frame(protocol.pack_frame(7, b"x", face_id=0))[0].face_id == 0
+    plain = protocol.pack_frame(8, b"x", is_crop=True)
+    assert plain[1] == protocol.FLAG_CROP and protocol.parse_frame(plain)[0].face_id is None
+    old_client = bytes([1, 1, 0xAB, 0xCD, 0, 0, 0, 9]) + b"x"  # reserved bytes, no flag
+    assert protocol.parse_frame(old_client)[0].face_id is None
+    for bad in (-1, protocol.MAX_FACE_ID + 1):
+        with pytest.raises(ValueError, match="face_id"):
+            protocol.pack_frame(1, b"x", face_id=bad)
+    ok = protocol.ok(box=[0, 0, 1, 1], probs={"x": 1.0}, timings_ms={"total": 1.0}, batch=1)
+    assert protocol.result(7, ok, 513)["face"] == 513
+    assert "face" not in protocol.result(8, ok)

@@ -281,6 +281,35 @@ async def test_newer_frame_supersedes_the_waiting_one(make_client: MakeClient,
     await ws.close()
 
 
+async def test_several_faces_of_one_camera_frame_each_get_their_reply(
+        make_client: MakeClient, crop_jpeg: bytes) -> None:
+    """Crops of two faces (FLAG_FACE ids) sent together, each face at the frame-rate cap and
+    within its own window: none supersedes another and every reply echoes its face. A face
+    beyond max_faces takes an idle face's slot, else is dropped "overloaded"."""
+    client = await make_client(max_fps=2)  # a burst of 2 per face
+    ws, hello = await connect(client)
+    assert hello["limits"]["max_faces"] == protocol.MAX_FACES
+    frames = [(fid, face) for fid in range(2) for face in (3, 9)]  # 2 camera frames, 2 faces
+    for fid, face in frames:
+        await ws.send_bytes(pack_frame(fid, crop_jpeg, is_crop=True, face_id=face))
+    replies = [await recv(ws) for _ in frames]
+    assert sorted((r["id"], r["face"]) for r in replies) == sorted(frames)
+    assert [r["status"] for r in replies] == ["ok"] * len(frames), replies
+    # One more face than a connection may stream, while all are busy: dropped, said so.
+    faces = range(20, 20 + protocol.MAX_FACES + 1)
+    for face in faces:
+        await ws.send_bytes(pack_frame(5, crop_jpeg, is_crop=True, face_id=face))
+    more = [await recv(ws) for _ in faces]
+    assert {r["face"] for r in more} == set(faces)
+    assert all(r["status"] == "ok" or r.get("reason") == "overloaded" for r in more), more
+    assert sum(r["status"] == "ok" for r in more) >= protocol.MAX_FACES  # (idle slots reused)
+    # A frame that names no face: no "face" in its reply.
+    await ws.send_bytes(pack_frame(6, crop_jpeg, is_crop=True))
+    reply = await recv(ws)
+    assert reply["id"] == 6 and "face" not in reply and reply["status"] == "ok"
+    await ws.close()
+
+
 async def test_messages_that_are_not_frames_count_against_the_rate(
         make_client: MakeClient, crop_jpeg: bytes) -> None:
     client = await make_client(max_fps=1)  # a burst of 2

@@ -3,6 +3,8 @@
 
 export const PROTOCOL_VERSION = 1;
 export const FLAG_CROP = 1; // bit 0: the image is already a face crop (server skips detection)
+export const FLAG_FACE = 2; // bit 1: bytes 2-3 carry the face id (echoed as the reply's `face`)
+export const MAX_FACE_ID = 0xffff;
 export const HEADER_BYTES = 8;
 
 // What the page assumes until the server's greeting says otherwise.
@@ -10,17 +12,22 @@ export const DEFAULT_LIMITS = Object.freeze({
   max_frame_bytes: 262144,
   max_fps: 30,
   suggested_fps: 15,
-  window: 2,
+  window: 2, // frames unanswered, per face
+  max_faces: 4, // faces one connection may stream at once
 });
 
-/** Header + encoded image in one ArrayBuffer, ready for WebSocket.send(). */
-export function packFrame(id, isCrop, image) {
+/**
+ * Header + encoded image in one ArrayBuffer, ready for WebSocket.send(); `faceId` (0-65535,
+ * or null for none) names the face a crop shows.
+ */
+export function packFrame(id, isCrop, image, faceId = null) {
   const body = new Uint8Array(image);
   const out = new Uint8Array(HEADER_BYTES + body.byteLength);
   const view = new DataView(out.buffer);
   view.setUint8(0, PROTOCOL_VERSION);
-  view.setUint8(1, isCrop ? FLAG_CROP : 0);
-  view.setUint16(2, 0);
+  const hasFace = faceId !== null && faceId !== undefined;
+  view.setUint8(1, (isCrop ? FLAG_CROP : 0) | (hasFace ? FLAG_FACE : 0));
+  view.setUint16(2, hasFace ? faceId & MAX_FACE_ID : 0);
   view.setUint32(4, id >>> 0);
   out.set(body, HEADER_BYTES);
   return out.buffer;
@@ -42,5 +49,6 @@ export function readLimits(hello) {
     if (Number.isFinite(value) && value > 0) limits[key] = value;
   }
   limits.window = Math.max(1, Math.floor(limits.window));
+  limits.max_faces = Math.max(1, Math.floor(limits.max_faces));
   return limits;
 }

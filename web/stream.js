@@ -46,18 +46,24 @@ export class StreamClient extends EventTarget {
     if (this.socket) this.socket.close(1000, "page closed");
   }
 
-  /** True when a frame sent now would stay inside the server's send window. */
-  canSend() {
-    return this.state === "open" && this.hello !== null && this.inflight.size < this.limits.window;
+  /**
+   * True when a frame sent now would stay inside the server's send window: the window is
+   * per face (`faceId`, null for frames that name none).
+   */
+  canSend(faceId = null) {
+    if (this.state !== "open" || this.hello === null) return false;
+    let unanswered = 0;
+    for (const entry of this.inflight.values()) if (entry.faceId === faceId) unanswered += 1;
+    return unanswered < this.limits.window;
   }
 
   /** Send one encoded image; returns its frame id, or null when the window is full. */
-  send(image, isCrop, meta = {}) {
-    if (!this.canSend()) return null;
+  send(image, isCrop, meta = {}, faceId = null) {
+    if (!this.canSend(faceId)) return null;
     const id = this.nextId;
     this.nextId = (this.nextId + 1) >>> 0 || 1;
-    this.inflight.set(id, { sentAt: performance.now(), meta });
-    this.socket.send(packFrame(id, isCrop, image));
+    this.inflight.set(id, { sentAt: performance.now(), meta, faceId });
+    this.socket.send(packFrame(id, isCrop, image, faceId));
     return id;
   }
 

@@ -1,4 +1,5 @@
-"""Per-connection flow control: one frame in flight, the newest waiting; a frame-rate cap.
+"""Per-connection (per face, for frames that name one) flow control: one frame in flight, the
+newest waiting; a frame-rate cap.
 
 A phone that sends faster than the server answers must lose frames, not fall behind: the
 user wants the expression on their face now, not a queue of old ones. So each connection

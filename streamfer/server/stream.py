@@ -51,6 +51,20 @@ class Frame:
     image: bytes
     is_crop: bool
     received: float  # time.monotonic() when its message was read
+    face_id: int | None = None  # the client's face id (protocol FLAG_FACE), echoed back
+
+
+class FaceLane:
+    """One face's flow: its gate (one frame in flight, the newest waiting), its frame-rate
+    budget and the task running its frames. Faces are independent: several faces of one
+    camera frame arrive together and must not supersede each other, and their crops then
+    batch together in the pipeline."""
+
+    def __init__(self, max_fps: float) -> None:
+        self.gate: LatestGate[Frame] = LatestGate()
+        self.rate = RateLimiter(max_fps)
+        self.worker: asyncio.Task[None] | None = None
+        self.used = 0.0  # time.monotonic() of its last frame: the least recent gives way
 
 
 @dataclass(frozen=True)
@@ -75,17 +89,19 @@ class FrameStream:
         self.max_frame_bytes = max_frame_bytes
         self.timeouts = timeouts
         self.transport = transport  # the request's: what cut() aborts
-        self.gate: LatestGate[Frame] = LatestGate()
-        self.rate = RateLimiter(max_fps)  # every message takes one of these
-        per_s = max(60.0, protocol.MESSAGES_PER_FRAME * max_fps) if max_fps > 0 \
-            else protocol.MESSAGES_UNCAPPED
+        self.max_fps = max_fps
+        # Frames per face id (None: frames that name none); at most protocol.MAX_FACES.
+        self.lanes: dict[int | None, FaceLane] = {}
+        self.rate = RateLimiter(max_fps)  # pings and frames that name no face take these
+        # Every message counts here: a flood past it is closed (several faces' frames each).
+        per_s = max(60.0, protocol.MESSAGES_PER_FRAME * protocol.MAX_FACES * max_fps) \
+            if max_fps > 0 else protocol.MESSAGES_UNCAPPED
         self.messages = RateLimiter(per_s, burst=per_s)  # past it: a flood, closed
         self.strikes = RateLimiter(protocol.BAD_MESSAGES_PER_S,
                                    burst=protocol.BAD_MESSAGES_BURST)  # messages not frames
         self.track = FaceTrack()  # where this connection's face was last seen
         self.closing = False
         self.cut_reason: str | None = None  # why the server aborted the connection, if it did
-        self._worker: asyncio.Task[None] | None = None
         self._pong = asyncio.Event()
         self._parked = asyncio.Event()  # set while serve() waits for a message, none queued
         self._read_at = 0.0  # time.monotonic() of the last message read
@@ -112,19 +128,20 @@ class FrameStream:
                 if msg.type is WSMsgType.ERROR:
                     log.info("websocket closed on error: %s", self.ws.exception())
                     break
-                # Every kind of message counts against the connection's rate.
-                within_rate = self.rate.allow()
                 if not self.messages.allow():
                     await self._close_abuse(f"more than {self.messages.rate:g} messages a "
                                             "second")
                     break
+                # Every message takes from the connection's rate, except a frame naming a
+                # face (that face's own budget, _on_frame).
+                within_rate = msg.type is WSMsgType.BINARY or self.rate.allow()
                 if msg.type is WSMsgType.PING:
                     if within_rate:  # a ping flood is not answered past the rate
                         await self._write(self.ws.pong(msg.data), "pong")
                 elif msg.type is WSMsgType.PONG:
                     self._pong.set()
                 elif msg.type is WSMsgType.BINARY:
-                    await self._on_frame(msg.data, received, within_rate)
+                    await self._on_frame(msg.data, received)
                 elif msg.type is WSMsgType.TEXT:
                     self.metrics.frames_in.labels("ws").inc()
                     self._strike()
@@ -206,39 +223,65 @@ class FrameStream:
         if self.transport is not None:
             self.transport.abort()
 
-    async def _on_frame(self, data: bytes, received: float, within_rate: bool) -> None:
+    async def _on_frame(self, data: bytes, received: float) -> None:
         self.metrics.frames_in.labels("ws").inc()
         try:
             header, image = protocol.parse_frame(data)
         except protocol.BadMessage as exc:
+            self.rate.allow()
             self._strike()
             await self._send(None, protocol.error(str(exc), protocol.BAD_MESSAGE))
             return
         self.metrics.observe_kind(header.is_crop)
-        fid = header.frame_id
+        fid, face = header.frame_id, header.face_id
+        within_rate = face is not None or self.rate.allow()  # (a face's: checked below)
         if len(image) > self.max_frame_bytes:
             self._strike()
             await self._send(fid, protocol.error(
                 f"frame of {len(image)} bytes exceeds max_frame_bytes {self.max_frame_bytes}",
-                protocol.TOO_LARGE))
-        elif not image:
+                protocol.TOO_LARGE), face)
+            return
+        if not image:
             self._strike()
             await self._send(fid, protocol.error("frame has a header but no image",
-                                                 protocol.BAD_IMAGE))
-        elif self.closing:
-            await self._send(fid, protocol.dropped(protocol.SHUTTING_DOWN))
-        elif not within_rate:
-            await self._send(fid, protocol.dropped(protocol.RATE_LIMITED))
-        else:
-            frame = Frame(fid, image, header.is_crop, received)
-            run_now, superseded = self.gate.offer(frame)
-            if superseded is not None:
-                await self._send(superseded.frame_id, protocol.dropped(protocol.SUPERSEDED))
-            if run_now:
-                self._worker = asyncio.get_running_loop().create_task(self._work(frame))
+                                                 protocol.BAD_IMAGE), face)
+            return
+        if self.closing:
+            await self._send(fid, protocol.dropped(protocol.SHUTTING_DOWN), face)
+            return
+        lane = self._lane(face, received)
+        if lane is None:
+            await self._send(fid, protocol.dropped(protocol.OVERLOADED), face)
+            return
+        # A face's frames have its own rate budget; frames naming no face share the
+        # connection's with its pings.
+        if not (within_rate if face is None else lane.rate.allow()):
+            await self._send(fid, protocol.dropped(protocol.RATE_LIMITED), face)
+            return
+        frame = Frame(fid, image, header.is_crop, received, face)
+        run_now, superseded = lane.gate.offer(frame)
+        if superseded is not None:
+            await self._send(superseded.frame_id, protocol.dropped(protocol.SUPERSEDED), face)
+        if run_now:
+            lane.worker = asyncio.get_running_loop().create_task(self._work(lane, frame))
 
-    async def _work(self, frame: Frame | None) -> None:
-        """Run frames through the pipeline one at a time while the gate has any."""
+    def _lane(self, face: int | None, now: float) -> FaceLane | None:
+        """The face's lane; a new face takes a free slot, else that of the least recently
+        used face with nothing in flight; None when every slot is busy."""
+        lane = self.lanes.get(face)
+        if lane is None:
+            named = [k for k in self.lanes if k is not None]
+            if face is not None and len(named) >= protocol.MAX_FACES:
+                idle = [k for k in named if not self.lanes[k].gate.busy]
+                if not idle:
+                    return None
+                del self.lanes[min(idle, key=lambda k: self.lanes[k].used)]
+            lane = self.lanes[face] = FaceLane(self.max_fps)
+        lane.used = now
+        return lane
+
+    async def _work(self, lane: FaceLane, frame: Frame | None) -> None:
+        """Run one face's frames through the pipeline one at a time while its gate has any."""
         while frame is not None:
             try:
                 body = await self.pipeline.run(frame.image, is_crop=frame.is_crop,
@@ -246,14 +289,15 @@ class FrameStream:
             except Exception:  # the pipeline answers every known failure itself
                 log.exception("frame %d failed", frame.frame_id)
                 body = protocol.error("internal server error", protocol.INTERNAL)
-            await self._send(frame.frame_id, body)
-            frame = self.gate.done()
+            await self._send(frame.frame_id, body, frame.face_id)
+            frame = lane.gate.done()
 
-    async def _send(self, frame_id: int | None, body: dict[str, Any]) -> None:
+    async def _send(self, frame_id: int | None, body: dict[str, Any],
+                    face_id: int | None = None) -> None:
         self.metrics.observe_reply(body)
         if self.ws.closed or self.cut_reason is not None:
             return
-        await self._write(self.ws.send_json(protocol.result(frame_id, body)), "reply")
+        await self._write(self.ws.send_json(protocol.result(frame_id, body, face_id)), "reply")
 
     async def shut_down(self, timeout: float) -> None:
         """Server shutdown: tell the client (protocol.closing: send no more), answer the
@@ -267,14 +311,18 @@ class FrameStream:
         noticed = time.monotonic()
         if not self.ws.closed and self.cut_reason is None:
             await self._write(self.ws.send_json(protocol.closing()), "closing notice")
-        waiting = self.gate.take_waiting()
-        if waiting is not None:
-            await self._send(waiting.frame_id, protocol.dropped(protocol.SHUTTING_DOWN))
-        if self._worker is not None and not self._worker.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(self._worker), timeout)
-            except asyncio.TimeoutError:
-                log.warning("a frame was still in flight after %.1f s of shutdown", timeout)
+        for lane in list(self.lanes.values()):
+            waiting = lane.gate.take_waiting()
+            if waiting is not None:
+                await self._send(waiting.frame_id, protocol.dropped(protocol.SHUTTING_DOWN),
+                                 waiting.face_id)
+        running = [lane.worker for lane in self.lanes.values()
+                   if lane.worker is not None and not lane.worker.done()]
+        if running:
+            _, late = await asyncio.wait([asyncio.shield(w) for w in running], timeout=timeout)
+            if late:
+                log.warning("%d frames were still in flight after %.1f s of shutdown",
+                            len(late), timeout)
         # Close only once the reader has answered everything it has read (it is parked on
         # an empty queue: close() synchronously marks the socket closed, so a frame read after
         # that could no longer be answered) and no frame has come for CROSSING_S since the
@@ -297,10 +345,14 @@ class FrameStream:
     async def _abandon(self) -> None:
         """The client is gone: nobody is left to answer, so stop its work."""
         self.closing = True
-        self.gate.take_waiting()
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-            await asyncio.wait([self._worker])
+        running = []
+        for lane in self.lanes.values():
+            lane.gate.take_waiting()
+            if lane.worker is not None and not lane.worker.done():
+                lane.worker.cancel()
+                running.append(lane.worker)
+        if running:
+            await asyncio.wait(running)
 
 
 class _Sink(asyncio.Protocol):
