@@ -285,6 +285,48 @@ def test_several_faces_the_largest_is_read_and_shown(server: Server, playwright:
     assert server.frames_by_kind("crop") - crops_before >= 3
 
 
+def test_two_faces_each_get_an_id_and_their_own_expressions(
+        server: Server, playwright: Any, datasets: Path, tmp_path: Path) -> None:
+    """Two webfaces-dev people side by side, `?faces=2`: the Worker detector tracks both,
+    each face's crops go out under its own face id, each gets replies, and the page boxes
+    both with their expressions (<body data-faces>)."""
+    if PAGE_DETECTOR is None:
+        pytest.skip(NO_PAGE_DETECTOR)
+    from streamfer.detect import load_detector
+
+    people = []  # the first two photos whose face the server's BlazeFace finds
+    for path in sorted((datasets / "webfaces-dev").glob("*/*.jpg"))[::7]:
+        rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        if load_detector().detect_photo(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)):
+            people.append(rgb)
+        if len(people) == 2:
+            break
+    if len(people) < 2:
+        pytest.skip("no two webfaces-dev photos with a face under ../shared/datasets")
+    left, right = people
+    frame = scene(left, side=210, centre=(170, 260), others=((right, 210, (470, 260)),))
+    video = write_y4m(tmp_path / "two-people.y4m", shaking(frame))
+    crops_before = server.frames_by_kind("crop")
+    with phone(playwright, video) as context:
+        page = open_page(context, server.url + "?faces=2")
+        wait_state(page, "streaming")
+        page.wait_for_function(
+            "() => document.body.dataset.faces && JSON.parse(document.body.dataset.faces)"
+            ".length === 2", timeout=WAIT_MS)
+        faces = json.loads(page.get_attribute("body", "data-faces"))
+        # Each face keeps its id: both are still there, answered, a few frames later.
+        wait_count(page, "ok", counts(page)["ok"] + 6)
+        later = json.loads(page.get_attribute("body", "data-faces"))
+        screenshot(page, "browser-phone-two-people.png")
+        detector = page.get_attribute("body", "data-detector")
+        assert page.errors == []
+    assert detector == "worker"
+    ids = {f["id"] for f in faces}
+    assert len(ids) == 2 and ids == {f["id"] for f in later}, (faces, later)
+    assert all(f["top"] for f in faces + later)
+    assert server.frames_by_kind("crop") - crops_before >= 8
+
+
 @pytest.mark.skipif(PAGE_DETECTOR is None, reason=NO_PAGE_DETECTOR)
 def test_detector_that_fails_to_load_falls_back_visibly(server: Server, playwright: Any,
                                                         videos: dict[str, Path]) -> None:

@@ -1,5 +1,6 @@
 // The demo page: the public client (streamfer.js) drawn by view.js, and nothing else.
-// `?detector=NAME`, `?fps=N` and `?smooth=0|1` set the client's options.
+// `?detector=NAME`, `?fps=N`, `?faces=N` (faces read at once, each boxed with its
+// expression) and `?smooth=0|1` set the client's options.
 
 import { Streamfer } from "./streamfer.js";
 import { download, drawChart, Timeline } from "./timeline.js";
@@ -8,6 +9,7 @@ import { colourFor, View } from "./view.js";
 const SMOOTH_KEY = "streamfer.smooth";
 const CAMERA_STATUS = { insecure: "Needs HTTPS", denied: "Camera blocked", missing: "No camera" };
 const RETRYABLE = new Set(["denied", "missing", "busy", "failed"]); // a tap may fix these
+const FACE_STALE_MS = 600; // a face not answered for this long is no longer boxed
 
 // The smoothing choice survives reloads; storage can be off (private modes), which is fine.
 function remembered() {
@@ -43,10 +45,13 @@ function main() {
   const timeline = new Timeline(); // the live recording: in this page's memory only
   smoothBox.checked = params.has("smooth") ? params.get("smooth") !== "0" : remembered() !== "0";
 
+  // While several faces are read, each face's latest box and expression, by its id.
+  const faces = new Map();
   const client = new Streamfer({
     server: new URL(".", location.href).href, // the folder this page is in: works behind a prefix
     fps: Number(params.get("fps")) || undefined,
     detector: params.get("detector") || undefined,
+    maxFaces: Number(params.get("faces")) || 1,
     smoothing: smoothBox.checked,
   });
 
@@ -63,6 +68,7 @@ function main() {
     view.setStatus(state, detail);
     if (state !== "streaming") {
       view.markStale();
+      faces.clear();
       view.drawBox(null);
     }
   });
@@ -78,11 +84,25 @@ function main() {
     view.setDetector(name, faces);
   });
   client.addEventListener("expression", (event) => {
-    const { probs, raw, top, box, frameId } = event.detail;
-    timeline.add(raw, box, frameId);
-    view.showProbs(probs, top);
-    view.drawBox(box);
+    const { probs, raw, top, box, frameId, faceId } = event.detail;
     view.showHelp("");
+    if (faceId === null || !(client.options.maxFaces > 1)) {
+      timeline.add(raw, box, frameId);
+      view.showProbs(probs, top);
+      view.drawBox(box);
+      return;
+    }
+    const now = performance.now();
+    faces.set(faceId, { box, top, at: now });
+    for (const [id, face] of faces) if (now - face.at > FACE_STALE_MS) faces.delete(id);
+    const largest = [...faces.values()].reduce((a, b) => (b.box.w > a.box.w ? b : a));
+    if (largest.box === box) { // the bars and the timeline follow the nearest face
+      timeline.add(raw, box, frameId);
+      view.showProbs(probs, top);
+    }
+    view.drawBoxes([...faces.values()].map((f) => ({ box: f.box, label: f.top })));
+    document.body.dataset.faces = JSON.stringify(
+      [...faces.entries()].map(([id, f]) => ({ id, top: f.top })));
   });
   client.addEventListener("error", (event) => {
     if (event.detail.kind === "server") view.showHelp(`Server: ${event.detail.message}`, "error");

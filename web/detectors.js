@@ -3,10 +3,12 @@
 //
 // A detector is an object {name, framing, thread, detect(video)} where `thread` says where
 // its work runs ("worker", "main", or "none" for the server's) and `await detect(video)` returns
-//   {box: {x, y, w, h}, faces, id, crop}  the face to read, in video pixels (the largest of
+//   {box: {x, y, w, h}, faces, id, crop, all}  the face to read, in video pixels (the largest of
 //                               `faces`; `id`, where the detector tracks faces, names it across
 //                               frames): the page sends a crop of it, framed with `framing`
-//                               (`crop`, where the detector already cut it: its JPEG bytes);
+//                               (`crop`, where the detector already cut it: its JPEG bytes;
+//                               `all`, where it tracks several: each face in view, {box, id,
+//                               crop}, largest first);
 //   null                        the page is sure no usable face is in view: it sends nothing;
 //   undefined                   the detector cannot tell: the page sends the (downscaled) full
 //                               frame and the server detects.
@@ -178,8 +180,11 @@ export class WorkerFaceDetector {
     const { faces } = await this.impl.detect(video, this.framing);
     const picked = pickFace(faces.map((f) => f.box), video.videoWidth, video.videoHeight);
     if (!picked) return null;
+    const one = (f) => ({ box: f.box, id: f.id ?? null, crop: f.crop ?? null });
     const face = faces.find((f) => f.box === picked.box);
-    return { ...picked, id: face.id ?? null, crop: face.crop ?? null, cropBox: face.cropBox ?? null };
+    // `all`: every face fully in view, largest first, for a client that reads several.
+    const all = faces.filter((f) => inFrame(f.box, video.videoWidth, video.videoHeight)).map(one);
+    return { ...picked, ...one(face), all };
   }
 }
 
@@ -199,12 +204,16 @@ function warmUpCanvas() {
 export function pickFace(boxes, frameW, frameH) {
   if (!boxes.length || !frameW || !frameH) return null;
   const main = boxes.reduce((a, b) => (b.w * b.h > a.w * a.h ? b : a));
+  if (!inFrame(main, frameW, frameH)) return null;
+  return { box: main, faces: boxes.length };
+}
+
+/** Does `box` lie fully inside the frame (EDGE_MARGIN in from its edges)? */
+function inFrame(box, frameW, frameH) {
   const mx = EDGE_MARGIN * frameW;
   const my = EDGE_MARGIN * frameH;
-  const inside = main.x >= mx && main.y >= my && main.x + main.w <= frameW - mx &&
-    main.y + main.h <= frameH - my;
-  if (!inside) return null;
-  return { box: main, faces: boxes.length };
+  return box.x >= mx && box.y >= my && box.x + box.w <= frameW - mx &&
+    box.y + box.h <= frameH - my;
 }
 
 /**

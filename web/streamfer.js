@@ -13,7 +13,7 @@
 import { CameraError, startCamera } from "./camera.js";
 import { DARK_LEVEL, FrameGrabber, STILL_LEVEL } from "./capture.js";
 import { chooseDetector, Fallback } from "./detectors.js";
-import { socketUrl } from "./protocol.js";
+import { MAX_FACE_ID, socketUrl } from "./protocol.js";
 import { argmax, ProbabilityEma } from "./smooth.js";
 import { StreamClient } from "./stream.js";
 
@@ -74,6 +74,8 @@ export class Streamfer extends EventTarget {
    *   (by default they are tried in that order)
    * @param {boolean} [options.lifecycle] pause while the page is hidden and close the
    *   socket when it is left (default true)
+   * @param {number} [options.maxFaces] faces to read per frame (default 1, the largest); more
+   *   need a detector that tracks faces ("worker"): each gets its own id and replies
    */
   constructor(options = {}) {
     super();
@@ -86,6 +88,8 @@ export class Streamfer extends EventTarget {
     const tau = typeof options.smoothing === "number" ? options.smoothing : SMOOTHING_MS;
     this._ema = new ProbabilityEma(tau);
     this._smoothing = options.smoothing !== false && options.smoothing !== 0;
+    this._tau = tau;
+    this._emas = new Map(); // face id -> ProbabilityEma, while several faces are read
     this._ownStream = null; // a camera this client opened, stopped by stop()
     this._cameraReady = false;
     this._cameraError = null; // {message, kind} while the camera cannot be had
@@ -132,7 +136,7 @@ export class Streamfer extends EventTarget {
   /** Turn smoothing on or off; the last expression is sent again, re-averaged. */
   set smoothing(on) {
     this._smoothing = Boolean(on);
-    if (this._last) this._emitExpression(this._last.raw, this._last);
+    if (this._last) this._emitExpression(this._last.raw, this._last, this._lastEma);
   }
 
   /**
@@ -259,7 +263,10 @@ export class Streamfer extends EventTarget {
 
   _setFace(face) {
     this._face = face;
-    if (face !== "streaming") this._ema.reset();
+    if (face !== "streaming") {
+      this._ema.reset();
+      this._emas.clear();
+    }
     this._render();
   }
 
@@ -300,28 +307,56 @@ export class Streamfer extends EventTarget {
       if (this._face !== "no-face") this._setFace("no-face");
       return;
     }
-    let frame;
-    let meta;
-    if (found) {
-      // A crop the Worker cut from the frame it detected on is sent as it is: no drawing,
-      // reading back or encoding on the main thread.
-      frame = found.crop ? { bytes: found.crop }
-        : await this._grabber.faceCrop(video, found.box, this.detector.framing);
-      meta = { faceBox: found.box, faceId: found.id ?? null, detectMs };
-    } else {
-      frame = await this._grabber.fullFrame(video);
-      meta = { scale: frame.scale, faceId: null, detectMs: null };
-    }
-    if (frame.bytes.byteLength > this._socket.limits.max_frame_bytes) {
-      console.warn(`streamfer: frame of ${frame.bytes.byteLength} bytes is over the server's limit`);
-      return;
-    }
-    if (this._socket.send(frame.bytes, Boolean(found), meta) === null) return; // window filled
+    const framesSent = found ? await this._sendFaces(video, found, detectMs)
+      : await this._sendFull(video);
+    if (!framesSent) return;
     this._grabber.accept(measured);
     this._lastBox = found ? found.box : null;
     this._lastSentAt = now;
-    this.counts.sent += 1;
+    this.counts.sent += framesSent;
     if (this._face === "too-dark") this._setFace("waiting");
+  }
+
+  /** How many faces a frame may send: the option, within the server's limit. */
+  _maxFaces() {
+    const wanted = Math.max(1, Math.floor(Number(this.options.maxFaces) || 1));
+    return Math.min(wanted, this._socket.limits.max_faces);
+  }
+
+  /**
+   * Send the crop of the face read (or, with maxFaces > 1 and a tracking detector, of each
+   * face in view, named by its tracking id on the wire); returns how many went out.
+   */
+  async _sendFaces(video, found, detectMs) {
+    const several = this._maxFaces() > 1 && Array.isArray(found.all) &&
+      found.all.every((f) => f.id !== null);
+    const faces = several ? found.all.slice(0, this._maxFaces()) : [found];
+    let sent = 0;
+    for (const face of faces) {
+      const wireId = several ? face.id & MAX_FACE_ID : null;
+      if (!this._socket.canSend(wireId)) continue;
+      // A crop the Worker cut from the frame it detected on is sent as it is: no drawing,
+      // reading back or encoding on the main thread.
+      const bytes = face.crop ||
+        (await this._grabber.faceCrop(video, face.box, this.detector.framing)).bytes;
+      if (!this._fits(bytes)) continue;
+      const meta = { faceBox: face.box, faceId: face.id ?? null, several, detectMs };
+      if (this._socket.send(bytes, true, meta, wireId) !== null) sent += 1;
+    }
+    return sent;
+  }
+
+  async _sendFull(video) {
+    const frame = await this._grabber.fullFrame(video);
+    if (!this._fits(frame.bytes)) return 0;
+    const meta = { scale: frame.scale, faceId: null, several: false, detectMs: null };
+    return this._socket.send(frame.bytes, false, meta) === null ? 0 : 1;
+  }
+
+  _fits(bytes) {
+    if (bytes.byteLength <= this._socket.limits.max_frame_bytes) return true;
+    console.warn(`streamfer: frame of ${bytes.byteLength} bytes is over the server's limit`);
+    return false;
   }
 
   // Frames are pipelined when detection runs in a Worker: the next frame is grabbed and
@@ -381,10 +416,23 @@ export class Streamfer extends EventTarget {
     if (!this.detector && !this._choosing) this._startDetector(hello);
   }
 
-  _emitExpression(raw, base) {
-    const probs = this._smoothing ? this._ema.value ?? raw : raw;
+  _emitExpression(raw, base, ema) {
+    const probs = this._smoothing ? ema.value ?? raw : raw;
     this._last = { ...base, raw, probs, top: argmax(probs) };
+    this._lastEma = ema;
     this._emit("expression", this._last);
+  }
+
+  /** The smoothing for one reply: per face while several are read. */
+  _emaFor(meta) {
+    if (!meta || !meta.several) return this._ema;
+    let ema = this._emas.get(meta.faceId);
+    if (!ema) {
+      if (this._emas.size >= 4 * this._maxFaces()) this._emas.delete(this._emas.keys().next().value);
+      ema = new ProbabilityEma(this._tau);
+      this._emas.set(meta.faceId, ema);
+    }
+    return ema;
   }
 
   _onResult({ reply, rttMs, meta }) {
@@ -396,7 +444,8 @@ export class Streamfer extends EventTarget {
       case "ok": {
         this.counts.ok += 1;
         this._answeredAt.push(performance.now());
-        this._ema.update(reply.probs);
+        const ema = this._emaFor(meta);
+        ema.update(reply.probs);
         this._face = "streaming";
         this._render();
         let box = null;
@@ -410,7 +459,7 @@ export class Streamfer extends EventTarget {
           faceId: meta ? meta.faceId : null,
           frameId: reply.id,
           timings: { rttMs, detectMs: meta ? meta.detectMs : null, server: reply.timings_ms },
-        });
+        }, ema);
         break;
       }
       case "no_face":

@@ -163,6 +163,14 @@ export class View {
 
   /** Outline the face (box in video pixels) on the preview, or clear it. */
   drawBox(box) {
+    this.drawBoxes(box ? [{ box }] : []);
+  }
+
+  /**
+   * Boxes over the preview, each `{box, label}` (video pixels; `label`, where given, is
+   * written by its box: a face's expression while several are read).
+   */
+  drawBoxes(items) {
     const c = this.overlay;
     const dpr = window.devicePixelRatio || 1;
     const cw = c.clientWidth;
@@ -175,20 +183,34 @@ export class View {
     ctx.clearRect(0, 0, c.width, c.height);
     const vw = this.video.videoWidth;
     const vh = this.video.videoHeight;
-    if (!box || !vw || !vh) return;
+    if (!vw || !vh) return;
     // The preview is object-fit: cover, so map video pixels the same way.
     const scale = Math.max(cw / vw, ch / vh);
     const ox = (cw - vw * scale) / 2;
     const oy = (ch - vh * scale) / 2;
-    const x = (ox + box.x * scale) * dpr;
-    const y = (oy + box.y * scale) * dpr;
-    const w = box.w * scale * dpr;
-    const h = box.h * scale * dpr;
-    const r = Math.min(w, h) * 0.12;
-    ctx.lineWidth = 3 * dpr;
-    ctx.strokeStyle = getComputedStyle(this.top).getPropertyValue("--colour").trim() || "#fbbf24";
-    ctx.beginPath();
-    ctx.roundRect ? ctx.roundRect(x, y, w, h, r) : ctx.rect(x, y, w, h);
-    ctx.stroke();
+    const colour = getComputedStyle(this.top).getPropertyValue("--colour").trim() || "#fbbf24";
+    for (const { box, label } of items) {
+      const x = (ox + box.x * scale) * dpr;
+      const y = (oy + box.y * scale) * dpr;
+      const w = box.w * scale * dpr;
+      const h = box.h * scale * dpr;
+      const r = Math.min(w, h) * 0.12;
+      ctx.lineWidth = 3 * dpr;
+      ctx.strokeStyle = colour;
+      ctx.beginPath();
+      ctx.roundRect ? ctx.roundRect(x, y, w, h, r) : ctx.rect(x, y, w, h);
+      ctx.stroke();
+      if (label) {
+        // The preview is mirrored by CSS: the text is mirrored back so it reads right.
+        ctx.save();
+        ctx.font = `${Math.round(14 * dpr)}px system-ui, sans-serif`;
+        ctx.fillStyle = colour;
+        ctx.translate(x + w / 2, Math.max(14 * dpr, y - 6 * dpr));
+        if (c.closest(".mirror")) ctx.scale(-1, 1);
+        ctx.textAlign = "center";
+        ctx.fillText(label, 0, 0);
+        ctx.restore();
+      }
+    }
   }
 }
