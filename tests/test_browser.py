@@ -313,6 +313,9 @@ def test_two_faces_each_get_an_id_and_their_own_expressions(
         page.wait_for_function(
             "() => document.body.dataset.faces && JSON.parse(document.body.dataset.faces)"
             ".length === 2", timeout=WAIT_MS)
+        page.wait_for_function(  # (one frame may find one face: waited for, not read once)
+            "() => document.getElementById('detector').textContent"
+            ".includes('2 faces: reading 2, each boxed')", timeout=WAIT_MS)
         faces = json.loads(page.get_attribute("body", "data-faces"))
         # Each face keeps its id: both are still there, answered, a few frames later.
         wait_count(page, "ok", counts(page)["ok"] + 6)

@@ -81,7 +81,7 @@ function main() {
   client.addEventListener("detector", (event) => {
     const { name, faces, note } = event.detail;
     if (note) view.addDetectorNote(note);
-    view.setDetector(name, faces);
+    view.setDetector(name, faces, name === "worker" ? client.options.maxFaces : 1);
   });
   client.addEventListener("expression", (event) => {
     const { probs, raw, top, box, frameId, faceId } = event.detail;

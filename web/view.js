@@ -86,11 +86,13 @@ export class View {
   }
 
   /** Which detector finds faces, and (`faces` > 1) that the boxed, largest face is read. */
-  setDetector(name, faces = 0) {
+  /** `read`: how many faces the page reads at once (each boxed); 1 reads the largest. */
+  setDetector(name, faces = 0, read = 1) {
     const label = DETECTOR_LABEL[name] ?? name;
     this.detector.dataset.name = name;
     this.detector.dataset.faces = String(faces);
-    this.detector.textContent = faces > 1 ? `${label} · ${faces} faces: reading the boxed one` : label;
+    const which = read > 1 ? `reading ${Math.min(faces, read)}, each boxed` : "reading the boxed one";
+    this.detector.textContent = faces > 1 ? `${label} · ${faces} faces: ${which}` : label;
     this.doc.body.dataset.detector = name;
   }
 
