@@ -422,7 +422,9 @@ async def test_a_foreign_host_name_is_refused_and_lan_addresses_are_not(
     port = port_of(server)
     async with aiohttp.ClientSession() as session:
         for host, want in ((f"rebind.example:{port}", 403), (f"192.168.1.20:{port}", 200),
-                           (f"localhost:{port}", 200), (f"[::1]:{port}", 200)):
+                           (f"localhost:{port}", 200), (f"[::1]:{port}", 200),
+                           (f"phone-lab.home.arpa:{port}", 200), ("lab.streamfer.test", 200),
+                           (f"rebind.example.local.evil.example:{port}", 403)):
             async with session.get(base(server) + "/", headers={"Host": host}) as resp:
                 assert resp.status == want, (host, resp.status)
         async with session.get(base(server) + "/", headers={  # a proxy chose it by name

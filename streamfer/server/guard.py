@@ -4,8 +4,8 @@ who may read the server's internals (/metrics, /healthz's details).
 - Host: a DNS-rebinding page (evil.example resolving to this machine) is same-origin with
   the server in the browser's eyes, so the Origin check passes; its Host header still names
   evil.example. Answered: IP addresses (phones on a LAN type those), names without a dot
-  (localhost, intranet short names), .local and .localhost names, this machine's own names,
-  the hosts of --allow-origin, and --allow-host.
+  (localhost, intranet short names), names under the suffixes no public DNS can hold
+  (PRIVATE_SUFFIXES), this machine's own names, the hosts of --allow-origin, and --allow-host.
 - Path: web/node_modules is served only through /vendor/ (streamfer.server.vendor). The
   path is decoded and normalised once here (percent-escapes, backslashes, dot segments), so
   no spelling of it reaches the static route.
@@ -61,6 +61,11 @@ def host_name(host: str) -> str:
         return ""
 
 
+# Special-use names that public DNS never resolves, so a rebinding page cannot use them: mDNS
+# (RFC 6762), RFC 6761's reserved names, the home network (RFC 8375) and .internal (ICANN).
+PRIVATE_SUFFIXES = (".local", ".localhost", ".test", ".invalid", ".home.arpa", ".internal")
+
+
 def host_allowed(host: str | None, allowed: Iterable[str], origins: Iterable[str] = (),
                  own: frozenset[str] = frozenset()) -> bool:
     """Whether the server answers a request for `host` (its Host header); `own`: this
@@ -78,7 +83,7 @@ def host_allowed(host: str | None, allowed: Iterable[str], origins: Iterable[str
         return True
     except ValueError:
         pass
-    if "." not in name or name.endswith((".localhost", ".local")) or name in own:
+    if "." not in name or name.endswith(PRIVATE_SUFFIXES) or name in own:
         return True  # a rebinding attack needs a name it controls in public DNS
     return name in extra or name in {host_name(urlsplit(o.strip()).netloc)
                                      for o in origins if o.strip() != "*"}
