@@ -286,6 +286,8 @@ class Site:
             app.router.add_get("/frame/{i}.jpg", frame)
             vendor.add_routes(app, self.package)
             app.router.add_static("/detection", ROOT / "web" / "detection")
+            # The Worker cuts the crop with the page's geometry (web/detection/worker.js).
+            app.router.add_get("/crop.js", lambda _: web.FileResponse(ROOT / "web" / "crop.js"))
             if self.faceapi:
                 app.router.add_static("/faceapi", self.faceapi)
             if self.tasks_vision:

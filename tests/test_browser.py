@@ -343,11 +343,13 @@ def test_detector_that_fails_to_load_falls_back_visibly(server: Server, playwrig
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(server.url)
         page.wait_for_selector("#detector-note:not([hidden])", timeout=WAIT_MS)
+        # The note grows as each detector fails: read it once the last fallback is active.
+        wait_state(page, "streaming")
+        page.wait_for_selector('#detector[data-name="server"]', timeout=WAIT_MS)
         note = page.inner_text("#detector-note")
         # Every in-page detector is tried, each failure said: the Worker one (in a Worker,
         # then on the main thread), MediaPipe's package; then the server detects.
         assert "worker" in note and "blazeface" in note and "failed to load" in note, note
-        wait_state(page, "streaming")
         wait_count(page, "ok", 3)
         assert page.get_attribute("body", "data-detector") == "server"
         assert page.get_attribute("#detector", "data-name") == "server"
