@@ -24,11 +24,9 @@ clients; on a machine with few cores it still competes with them and the server 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import multiprocessing
-import os
 import socket
 import struct
 import threading
@@ -39,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.rawws import ws_frame, ws_upgrade
 from bench.serverproc import ServerRunConfig, parse_cpus, running_server
 from streamfer.cli import opt, parse
 from streamfer.loadtest.client import Load, run_load
@@ -70,42 +69,15 @@ def _connect(port: int, timeout: float = 5.0) -> socket.socket:
     return s
 
 
-def _ws(port: int) -> socket.socket:
-    s = _connect(port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-               "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed during the handshake")
-        head += chunk
-    if not head.startswith(b"HTTP/1.1 101"):
-        raise ConnectionError(head.split(b"\r\n", 1)[0].decode(errors="replace"))
-    return s
-
-
-def _frame(payload: bytes, opcode: int) -> bytes:
-    n = len(payload)
-    head = bytes([0x80 | opcode])
-    head += (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n)
-             if n < 65536 else bytes([0x80 | 127]) + struct.pack(">Q", n))
-    mask = os.urandom(4)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + body
-
-
 def flood_bytes(kind: str, max_frame_bytes: int) -> bytes:
     """~400 KB of one kind of message."""
     one = {
-        "empty": _frame(b"", 2),
-        "text": _frame(b"hi", 1),
-        "wrong_version": _frame(struct.pack(">BBHI", 9, 1, 0, 1) + b"x", 2),
-        "oversize": _frame(struct.pack(">BBHI", 1, 1, 0, 1) + b"x" * (max_frame_bytes + 1), 2),
-        "ping": _frame(b"p", 9),
-        "frames": _frame(struct.pack(">BBHI", 1, 1, 0, 1) + b"\xff\xd8junk", 2),
+        "empty": ws_frame(b"", 2),
+        "text": ws_frame(b"hi", 1),
+        "wrong_version": ws_frame(struct.pack(">BBHI", 9, 1, 0, 1) + b"x", 2),
+        "oversize": ws_frame(struct.pack(">BBHI", 1, 1, 0, 1) + b"x" * (max_frame_bytes + 1), 2),
+        "ping": ws_frame(b"p", 9),
+        "frames": ws_frame(struct.pack(">BBHI", 1, 1, 0, 1) + b"\xff\xd8junk", 2),
     }[kind]
     return one * max(20, 400_000 // len(one))
 
@@ -115,7 +87,7 @@ def flood(port: int, stop: threading.Event, stats: Counter, kind: str,
     burst = flood_bytes(kind, max_frame_bytes)
     while not stop.is_set():
         try:
-            s = _ws(port)
+            s = ws_upgrade(port)
         except OSError as exc:
             stats[f"connect failed: {type(exc).__name__}"] += 1
             time.sleep(0.05)
@@ -149,14 +121,19 @@ def tiny_parts(port: int, stop: threading.Event, stats: Counter) -> None:
             stats[type(exc).__name__] += 1
 
 
-def idle_sockets(port: int, stop: threading.Event, stats: Counter, most: int = 2000) -> None:
+def _hold(port: int, stop: threading.Event, stats: Counter, most: int, first: bytes,
+          counted: str) -> None:
+    """Keep up to `most` connections open, each having sent `first`, reopening cut ones."""
     held: list[socket.socket] = []
     while not stop.is_set():
         held = [s for s in held if _alive(s)]
         while len(held) < most and not stop.is_set():
             try:
-                held.append(_connect(port, timeout=1.0))
-                stats["opened"] += 1
+                s = _connect(port, timeout=1.0)
+                if first:
+                    s.sendall(first)
+                held.append(s)
+                stats[counted] += 1
             except OSError:
                 stats["refused"] += 1
                 break
@@ -164,6 +141,10 @@ def idle_sockets(port: int, stop: threading.Event, stats: Counter, most: int = 2
         time.sleep(0.2)
     for s in held:
         s.close()
+
+
+def idle_sockets(port: int, stop: threading.Event, stats: Counter, most: int = 2000) -> None:
+    _hold(port, stop, stats, most, b"", "opened")
 
 
 def _alive(s: socket.socket) -> bool:
@@ -183,22 +164,7 @@ def _alive(s: socket.socket) -> bool:
 def held_uploads(port: int, stop: threading.Event, stats: Counter, most: int = 120) -> None:
     head = (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
             b"Content-Length: 20000000\r\n\r\n")
-    held: list[socket.socket] = []
-    while not stop.is_set():
-        held = [s for s in held if _alive(s)]
-        while len(held) < most and not stop.is_set():
-            try:
-                s = _connect(port, timeout=1.0)
-                s.sendall(head + b"\xff" * 65536)
-                held.append(s)
-                stats["started"] += 1
-            except OSError:
-                stats["refused"] += 1
-                break
-        stats["held_max"] = max(stats["held_max"], len(held))
-        time.sleep(0.2)
-    for s in held:
-        s.close()
+    _hold(port, stop, stats, most, head + b"\xff" * 65536, "started")
 
 
 def attacker(case: str, max_frame_bytes: int) -> Callable[[int, threading.Event, Counter],
