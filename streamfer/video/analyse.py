@@ -47,9 +47,11 @@ class _Chunk:
 def find_faces(detector: BlazeFace | HaarFallback, gray: np.ndarray,
                tracker: IouTracker) -> list[Detection]:
     """The whole frame first (with a margin when it finds nothing: a face filling the
-    picture); then, for a face the tracker knows but the whole frame missed, the region
-    around its last box (the live path's tracking search: the face is larger there)."""
-    found = detector.detect(gray) or detector.detect(gray, pad=TIGHT_PAD)
+    picture), each face kept only where its mirror image confirms it, as on the live path
+    (BlazeFace.confirm); then, for a face the tracker knows but the whole frame missed, the
+    region around its last box (the live path's tracking search: the face is larger there)."""
+    found = (detector.confirm(gray, detector.detect(gray))
+             or detector.confirm(gray, detector.detect(gray, pad=TIGHT_PAD)))
     for track in tracker.tracks:
         if any(iou(d.box, track.box) >= tracker.min_iou for d in found):
             continue
