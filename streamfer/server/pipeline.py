@@ -129,7 +129,7 @@ class FramePipeline:
                 return found
         t = time.monotonic()
         found = (det.confirm(gray, det.detect(gray))
-                 or det.confirm(gray, det.detect_photo(gray, whole=False))
+                 or self._tiles(gray)
                  or det.confirm(gray, det.detect(gray, pad=TIGHT_PAD)))
         seconds["detect"] = time.monotonic() - t
         return found
@@ -143,6 +143,8 @@ class FramePipeline:
         return out
 
     def _tiles(self, gray: np.ndarray) -> list[Detection]:
+        """A frame's confirmed faces in tiles of half its size (its whole-image search found
+        none); both the threaded and the batched search call it."""
         return self.detector.confirm(gray, self.detector.detect_photo(gray, whole=False))
 
     async def _detect_batched(self, gray: np.ndarray, region: tuple[int, int, int] | None,
