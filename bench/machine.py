@@ -6,34 +6,9 @@ The load average is recorded too, so a result measured while something else used
 
 from __future__ import annotations
 
-import os
-import platform
-import subprocess
+from streamfer.results import cpu_model, machine_info
 
-
-def cpu_model() -> str:
-    """`lscpu`'s model name (falls back to platform.processor())."""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True,
-                             timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return platform.processor() or "unknown"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict:
-    return {
-        "cpu": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
+__all__ = ["cpu_model", "machine_info", "describe"]
 
 
 def describe(info: dict) -> str:
