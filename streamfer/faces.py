@@ -2,9 +2,9 @@
 
 One path from encoded image bytes to the grayscale, square, fixed-size face crop the model
 was trained on: decode -> (detect -> frame like the training faces) -> crop -> resize.
-OpenCV decodes (faster than Pillow here: see bench/decode.py) and its bundled Haar cascade
-detects (it ships inside opencv-python-headless 4.x, needs no download, and runs in a few ms
-on a 320 px frame on one core).
+OpenCV decodes (bench/decode.py compares it with Pillow). Full frames are searched by
+BlazeFace (streamfer/detect.py); OpenCV's bundled Haar cascade is the fallback where
+BlazeFace's weights are not installed.
 """
 
 from __future__ import annotations

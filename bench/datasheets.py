@@ -1,0 +1,464 @@
+"""Write the tables of docs/RESULTS.md and docs/BENCHMARKS.md from the result files.
+
+    python -m bench.datasheets            # rewrite every table between its markers
+    python -m bench.datasheets --check    # exit 1 if a committed table differs from its files
+
+Each table sits between ``<!-- datasheet:NAME -->`` and ``<!-- /datasheet:NAME -->`` in one of
+the two documents, and is made here from the files under ``bench/results/<machine>/`` (the one
+schema of ``streamfer/results.py``). Every table names the files its figures come from, and
+each file names its command and commit, so a figure is written once, by what measured it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from streamfer import results
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+DOCS = {"results": ROOT / "docs" / "RESULTS.md", "benchmarks": ROOT / "docs" / "BENCHMARKS.md"}
+
+Records = dict[tuple[str, str], dict[str, Any]]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _ms(x: float) -> str:
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def _link(record: dict[str, Any]) -> str:
+    mid, name = record["machine"]["id"], record["name"]
+    return f"[{mid}/{name}](../bench/results/{mid}/{name}.json)"
+
+
+def _sources(*recs: dict[str, Any]) -> list[str]:
+    """One line per file: where the figures come from, the command and the code that ran."""
+    lines = [""]
+    for r in recs:
+        load = r["machine"].get("loadavg_1m")
+        where = r["machine"].get("cpu", "")
+        if r["machine"].get("usable_cpus"):
+            where += f", {r['machine']['usable_cpus']} CPUs"
+        if load is not None:
+            where += f", load {load} at start"
+        added = r.get("details", {}).get("file_added_in")
+        commit = r["commit"] + (
+            f" (file added in {added})" if r["commit"] == "unknown" and added else ""
+        )
+        lines.append(f"- {_link(r)}: `{r['command']}`; commit {commit}; {where}; {r['date'][:10]}")
+    return lines
+
+
+def _table(head: list[str], rows: list[list[Any]], align: str | None = None) -> list[str]:
+    align = align or "l" + "r" * (len(head) - 1)
+    marks = ["---:" if a == "r" else "---" for a in align]
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join(marks) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+# --- docs/RESULTS.md ---------------------------------------------------------------------
+
+
+def shipped(rs: Records) -> list[str]:
+    """What ships and how accurate it is, as served (int8 on the CPU)."""
+    recs = sorted(
+        (r for (m, n), r in rs.items() if n.startswith("accuracy_ferplus")),
+        key=lambda r: (r["figures"]["model"], r["figures"]["set"], r["name"]),
+    )
+    rows = [
+        [
+            f"`{f['model']}`",
+            f["set"],
+            f"{len(f['classes'])}: {', '.join(f['classes'])}",
+            f"{f['images']:,}",
+            _pct(f["accuracy"]),
+            _pct(f["balanced_accuracy"]),
+            _link(r),
+        ]
+        for r in recs
+        for f in [r["figures"]]
+    ]
+    out = _table(
+        ["model", "set", "classes scored", "images", "accuracy", "balanced", "source"],
+        rows,
+        "llllrrl",
+    )
+    protocols = sorted({r["figures"]["set"] + ": " + r["figures"]["protocol"] for r in recs})
+    return out + [""] + [f"- {p}" for p in protocols] + _sources(*recs)
+
+
+def table1(rs: Records) -> list[str]:
+    r = rs[("training", "accuracy_table1")]
+    rows = [
+        [
+            x["set"],
+            x["classes"],
+            x["images"],
+            x["lbp_svm"],
+            x["paper_net"],
+            x["best_variant"],
+            x["protocol"],
+        ]
+        for x in r["figures"]["rows"]
+    ]
+    out = _table(
+        [
+            "data set",
+            "classes",
+            "images",
+            "LBP+SVM",
+            "CNN: paper net",
+            "CNN: best variant",
+            "protocol",
+        ],
+        rows,
+        "lllrrll",
+    )
+    return [*out, "", f"Source: {_link(r)} (one training command per cell in its `details`)."]
+
+
+def webfaces_e2e(rs: Records) -> list[str]:
+    r = rs[(_machine_of(rs, "webfaces_e2e"), "webfaces_e2e")]
+    f = r["figures"]
+    rows = [
+        [d, v["photos"], _pct(v["with_face"]), _pct(v["balanced_accuracy"])]
+        for d, v in f["detectors"].items()
+    ]
+    return [
+        *_table(["server detector", "photos", "a face found", "balanced accuracy"], rows),
+        "",
+        f"`{f['model']}` on {f['set']}: {f['protocol']}.",
+        *_sources(r),
+    ]
+
+
+# --- docs/BENCHMARKS.md ------------------------------------------------------------------
+
+
+def model(rs: Records) -> list[str]:
+    rows, recs = [], []
+    for (mid, name), r in sorted(rs.items()):
+        f = r["figures"]
+        if name == "model_cpu" and "int8_ms_per_face" in f:
+            for label, key in (
+                ("int8 ONNX (served on the CPU)", "int8_ms_per_face"),
+                ("TorchScript, frozen + fused", "fused_torchscript_ms_per_face"),
+            ):
+                rows.append(
+                    [
+                        mid,
+                        label,
+                        *(_ms(f[key].get(b, float("nan"))) for b in ("1", "8", "16")),
+                        _link(r),
+                    ]
+                )
+        elif name in ("model_cpu", "model_cuda"):
+            label = f.get(
+                "runtime", "TorchScript on CUDA" if name == "model_cuda" else "TorchScript"
+            )
+            rows.append(
+                [
+                    mid,
+                    label,
+                    *(
+                        _ms(f["ms_per_face"][b]) if b in f["ms_per_face"] else "-"
+                        for b in ("1", "8", "16")
+                    ),
+                    _link(r),
+                ]
+            )
+        else:
+            continue
+        recs.append(r)
+    return _table(
+        ["machine", "runtime", "batch 1", "batch 8", "batch 16", "source"], rows, "llrrrl"
+    ) + _sources(*recs)
+
+
+def server(rs: Records) -> list[str]:
+    rows, recs = [], []
+    for name in ("server_ramp_crops", "server_ramp_frames"):
+        for (mid, n), r in sorted(rs.items()):
+            if n != name:
+                continue
+            f = r["figures"]
+            for variant, phones in f["phones"].items():
+                rows.append(
+                    [mid, f["kind"], variant, phones, _ms(f["p99_ms_at_most"][variant]), _link(r)]
+                )
+            recs.append(r)
+    return [
+        *_table(
+            ["machine", "phones send", "server", "phones at 15 fps", "p99 ms there", "source"],
+            rows,
+            "lllrrl",
+        ),
+        "",
+        "Phones: the most load-test clients at 15 fps with p99 ≤ 100 ms and ≤ 1% lost, "
+        "the load generator on the same cores.",
+        *_sources(*recs),
+    ]
+
+
+def server_10x15(rs: Records) -> list[str]:
+    r = rs[(_machine_of(rs, "server_crops_10x15"), "server_crops_10x15")]
+    f = r["figures"]
+    rows = [
+        [
+            f"{f['clients']} x {f['fps']:g} fps {f['kind']}, {f['seconds']:g} s",
+            _ms(f["p50_ms"]),
+            _ms(f["p99_ms"]),
+            f"{f['answered']:,} / {f['sent']:,}",
+            _ms(f["server_cpu_ms_per_frame"]),
+        ]
+    ]
+    return _table(
+        ["load", "p50 ms", "p99 ms", "answered", "server CPU ms per frame"], rows
+    ) + _sources(r)
+
+
+def page_detectors(rs: Records) -> list[str]:
+    r = rs[(_machine_of(rs, "page_detectors"), "page_detectors")]
+    f = r["figures"]
+    rows = [
+        [d, _pct(v["recall"]), _ms(v["ms_median"]), _ms(v["ms_p90"])]
+        for d, v in f["detectors"].items()
+    ]
+    return [
+        *_table(["detector (headless Chromium)", "recall", "ms median", "ms p90"], rows),
+        "",
+        f"{f['photos']} photos in {f['frames']} camera-like frames; {f['package']}.",
+        *_sources(r),
+    ]
+
+
+def page_stream(rs: Records) -> list[str]:
+    r = rs[(_machine_of(rs, "page_stream"), "page_stream")]
+    f = r["figures"]
+    rows = [
+        [
+            f"{f['photos']} photos, {f['seconds_each']:g} s each",
+            f"{f['received']:g}",
+            _pct(f["crop_share"]),
+            f"{f['showing_expression']} of {f['photos']}",
+        ]
+    ]
+    return _table(
+        [
+            "page in Chromium, fake camera",
+            "frames received",
+            "sent as crops",
+            "showing an expression",
+        ],
+        rows,
+    ) + _sources(r)
+
+
+def false_faces(rs: Records) -> list[str]:
+    r = rs[(_machine_of(rs, "false_faces"), "false_faces")]
+    f = r["figures"]
+    s, m = f["served"], f["mediapipe_default"]
+    rows = [
+        [
+            "served: threshold + mirror check",
+            s["threshold"],
+            _pct(s["false_face_rate"]),
+            _pct(s["recall"]),
+        ],
+        [
+            "MediaPipe's default threshold + mirror check",
+            m["threshold"],
+            _pct(m["false_face_rate"]),
+            _pct(m["recall"]),
+        ],
+        ["served threshold alone", s["threshold"], _pct(f["threshold_alone_false_face_rate"]), "-"],
+    ]
+    return [
+        *_table(
+            [
+                "server's BlazeFace",
+                "threshold",
+                "face-free images with a face",
+                "face photos found",
+            ],
+            rows,
+        ),
+        "",
+        f"{f['face_free_images']} face-free images, {f['face_photos']} face photos; "
+        f"rule: {f['rule']}.",
+        *_sources(r),
+    ]
+
+
+def hostile_decode(rs: Records) -> list[str]:
+    r = rs[(_machine_of(rs, "hostile_decode"), "hostile_decode")]
+    f = r["figures"]
+    rows = [
+        [
+            c,
+            _ms(v["p50_ms"]),
+            _ms(v["p99_ms"]),
+            _pct(v["answered"]),
+            ", ".join(f"{k} {n}" for k, n in v["hostile"].items()) or "-",
+        ]
+        for c, v in f["cases"].items()
+    ]
+    return [
+        *_table(
+            [
+                "beside one client sending",
+                "honest p50 ms",
+                "honest p99 ms",
+                "answered",
+                "its frames answered",
+            ],
+            rows,
+            "lrrrl",
+        ),
+        "",
+        f"{f['clients']} honest clients x {f['fps']:g} fps of page crops; the hostile one at "
+        f"{f['hostile_fps']:g} fps.",
+        *_sources(r),
+    ]
+
+
+def hostile_net(rs: Records) -> list[str]:
+    r = rs[(_machine_of(rs, "hostile_net"), "hostile_net")]
+    f = r["figures"]
+    rows = [
+        [
+            c,
+            _ms(v["p99_ms"]),
+            f"{v['x_baseline']:.2f}",
+            _pct(v["answered"]),
+            "yes" if v["meets_target"] else "no",
+        ]
+        for c, v in f["cases"].items()
+    ]
+    return [
+        *_table(
+            [
+                "beside one attacker",
+                "honest p99 ms",
+                "x baseline",
+                "answered",
+                f"p99 < {f['target_p99_ms']:g} ms, all answered",
+            ],
+            rows,
+            "lrrrl",
+        ),
+        "",
+        f"{f['clients']} honest clients x {f['fps']:g} fps of page crops.",
+        *_sources(r),
+    ]
+
+
+def video(rs: Records) -> list[str]:
+    r = rs[(_machine_of(rs, "video_throughput"), "video_throughput")]
+    f = r["figures"]
+    rows = [
+        [run, f"{v['x_real_time']:.1f}x", f"{v['x_real_time_per_cpu_s']:.1f}"]
+        for run, v in f["runs"].items()
+    ]
+    return _table(
+        [f"{f['video']}, `{f['model']}` {f['runtime']}", "real time", "video s per CPU s"], rows
+    ) + _sources(r)
+
+
+def lean_install(rs: Records) -> list[str]:
+    mid = _machine_of(rs, "lean_install")
+    r = rs[(mid, "lean_install")]
+    recs = [r]
+    b, a = r["figures"]["before"], r["figures"]["after"]
+    labels = {
+        "venv_mb": "serving venv, MB",
+        "install_s": "`pip install` from a warm cache, s",
+        "start_to_healthy_s": "start to healthy, s",
+        "idle_rss_mb_processes_1": "idle RSS, `--processes 1`, MB",
+        "idle_rss_mb_per_serving_process_processes_2": "idle RSS per serving process, "
+        "`--processes 2`, MB",
+    }
+    rows = [[label, f"{b[k]:g}", f"{a[k]:g}", f"{b[k] / a[k]:.2f}x"] for k, label in labels.items()]
+    cpu = rs.get((mid, "lean_install_cpu"))
+    if cpu:
+        recs.append(cpu)
+        cb, ca = cpu["figures"]["before"], cpu["figures"]["after"]
+        for k, label in (
+            ("cpu_ms_per_frame_crops", "server CPU per page crop, ms"),
+            ("cpu_ms_per_frame_frames", "server CPU per full frame, ms"),
+        ):
+            rows.append([label, f"{cb[k]:g}", f"{ca[k]:g}", f"{cb[k] / ca[k]:.2f}x"])
+    return _table(["measure", "with torch", "without torch (shipped)", "ratio"], rows) + _sources(
+        *recs
+    )
+
+
+def _machine_of(rs: Records, name: str) -> str:
+    """The machine a single-machine result was measured on (the first, by id)."""
+    return sorted(m for m, n in rs if n == name)[0]
+
+
+TABLES: dict[str, tuple[str, Callable[[Records], list[str]]]] = {
+    "shipped": ("results", shipped),
+    "table1": ("results", table1),
+    "webfaces_e2e": ("results", webfaces_e2e),
+    "model": ("benchmarks", model),
+    "server": ("benchmarks", server),
+    "server_10x15": ("benchmarks", server_10x15),
+    "page_detectors": ("benchmarks", page_detectors),
+    "page_stream": ("benchmarks", page_stream),
+    "false_faces": ("benchmarks", false_faces),
+    "hostile_decode": ("benchmarks", hostile_decode),
+    "hostile_net": ("benchmarks", hostile_net),
+    "video": ("benchmarks", video),
+    "lean_install": ("benchmarks", lean_install),
+}
+
+
+def render(text: str, doc: str, rs: Records) -> str:
+    """`text` with every table of `doc` between its markers made anew from `rs`."""
+    for name, (where, make) in TABLES.items():
+        if where != doc:
+            continue
+        pattern = re.compile(rf"(<!-- datasheet:{name} -->\n).*?(<!-- /datasheet:{name} -->)", re.S)
+        if not pattern.search(text):
+            raise ValueError(f"{DOCS[doc].name}: no markers for table {name!r}")
+        body = "\n".join(make(rs)) + "\n"
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing; exit 1 naming each document whose tables are stale",
+    )
+    args = ap.parse_args(argv)
+    rs = results.read_all(RESULTS_DIR)
+    stale = []
+    for doc, path in DOCS.items():
+        old = path.read_text()
+        new = render(old, doc, rs)
+        if new != old:
+            stale.append(path)
+            if not args.check:
+                path.write_text(new)
+    for path in stale:
+        print(f"{path.relative_to(ROOT)}: {'stale' if args.check else 'rewritten'}")
+    return 1 if (args.check and stale) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
