@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from streamfer.results import cpu_model, machine_info
 
-__all__ = ["cpu_model", "machine_info", "describe"]
+__all__ = ["cpu_model", "describe", "machine_info"]
 
 
 def describe(info: dict) -> str:

@@ -11,7 +11,7 @@ exactly as the server's Predictor runs it with the model's default test-time ave
 Then each runtime's accuracy on FER2013 PublicTest (the paper's five classes, original
 labels) and how often it agrees with the fused TorchScript. Prints a table and saves JSON.
 
-`--candidates` adds, in the same rounds, what issue 14 weighed against the shipped
+`--candidates` adds, in the same rounds, the alternatives weighed against the shipped
 derivative: other ways to quantise it (made here with training.quantize's options and
 calibration faces from the PublicTest folder's sibling `train`), ONNX Runtime in float and
 with fewer graph optimisations, PyTorch's PT2E int8 flow with the x86 Inductor quantizer
@@ -52,7 +52,7 @@ class RuntimesConfig:
     test: str = opt(str(ROOT.parent / "shared" / "datasets" / "fer2013" / "test"),
                     "FER2013 PublicTest folder ('' to skip accuracy)")
     out: Path = opt(ROOT / "bench" / "results" / "runtimes.json", "results JSON")
-    candidates: bool = opt(False, "also time the alternatives issue 14 weighed (see above)")
+    candidates: bool = opt(False, "also time the alternatives weighed against it (see above)")
     profile: bool = opt(False, "also print ONNX Runtime's time per operator type for the int8 "
                         "file")
 

@@ -10,8 +10,8 @@ model's label protocol); tau is the value of --taus with the best balanced accur
 per-class recall) on FER+ valid, majority protocol, measured through streamfer's Predictor
 as the server runs the model. Adjustment buys the small classes' recall with the large
 ones' (neutral's) accuracy; --min-accuracy A caps that trade: tau is then chosen on balanced
-accuracy only among the values that keep plain accuracy at A or more (issue 15's FER+ bar
-is 0.90). The scan is printed and stored in the model's metadata.
+accuracy only among the values that keep plain accuracy at A or more (the shipped models'
+floor is 0.90). The scan is printed and stored in the model's metadata.
 """
 
 from __future__ import annotations

@@ -395,7 +395,7 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
 
 def save_atomically(obj: object, path: Path) -> None:
     """torch.save through a temporary file and a rename, so that a run killed while writing
-    (a session's end, an out-of-memory kill) keeps its previous checkpoint whole: --resume
+    (a machine taken back, an out-of-memory kill) keeps its previous checkpoint whole: --resume
     then loses one interval of training, never the run."""
     contract.replace_atomically(path, lambda tmp: torch.save(obj, tmp))
 

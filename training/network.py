@@ -55,7 +55,7 @@ PRESETS: dict[str, dict] = {
 }
 # `deep` with its first two stages twice as wide (64, 128, 128): about 2.5x the multiply-adds
 # at 6% more parameters (the local layers, which hold most of them, are unchanged), so the
-# file stays under 20 MB and int8 serving stays inside 5 ms per face. Issue 15, item 3.
+# file stays under 20 MB and int8 serving stays inside 5 ms per face.
 PRESETS["wide"] = {**PRESETS["deep"], "conv_channels": (64, 128, 128)}
 
 

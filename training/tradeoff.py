@@ -10,7 +10,7 @@ point. This scans tau for each model (a "+" joins models into an ensemble, combi
 `training.evaluate` does), each run through the server's Predictor on its TorchScript (an
 adjusted copy has no int8 derivative: run `training.evaluate` on the shipped file for the
 figures as served, which differ by about a tenth of a point), and draws one curve per
-model against the issue's two bars (FER+ accuracy, web balanced accuracy); a point that misses
+model against the shipped bars (FER+ accuracy, web balanced accuracy); a point that misses
 either of its other two (no web class below 0.45 recall, FER2013 PublicTest at 70%) is drawn
 hollow. It explains a choice; it does not make one: the shipped tau is chosen on FER+ valid
 alone (`training.calibrate`), and webfaces-dev stays evaluation only.
@@ -33,7 +33,7 @@ from training.evaluate import Ensemble, load_photos, model_faces, scores
 
 log = logging.getLogger("training.tradeoff")
 
-# The issue's bars, each (set, figure, threshold): the first two are the figure's axes; a
+# The shipped model's bars, each (set, figure, threshold): the first two are the figure's axes; a
 # point that misses either of the other two is drawn hollow.
 BARS: dict[str, tuple[str, str, float]] = {
     "ferplus_accuracy": ("ferplus", "accuracy", 0.90),
@@ -44,7 +44,7 @@ BARS: dict[str, tuple[str, str, float]] = {
 
 
 def bars_met(row: dict) -> dict[str, bool]:
-    """Which of the issue's four bars one scanned tau meets (a row of `scan`)."""
+    """Which of the four bars one scanned tau meets (a row of `scan`)."""
     return {bar: row[s][figure] >= threshold for bar, (s, figure, threshold) in BARS.items()}
 
 
