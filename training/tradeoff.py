@@ -10,7 +10,7 @@ point. This scans tau for each model (a "+" joins models into an ensemble, combi
 `training.evaluate` does), each run through the server's Predictor on its TorchScript (an
 adjusted copy has no int8 derivative: run `training.evaluate` on the shipped file for the
 figures as served, which differ by about a tenth of a point), and draws one curve per
-model against the shipped bars (FER+ accuracy, web balanced accuracy); a point that misses
+model against a shipped model's bars (FER+ accuracy, web balanced accuracy); a point that misses
 either of its other two (no web class below 0.45 recall, FER2013 PublicTest at 70%) is drawn
 hollow. It explains a choice; it does not make one: the shipped tau is chosen on FER+ valid
 alone (`training.calibrate`), and webfaces-dev stays evaluation only.
