@@ -40,7 +40,7 @@ from tests.hostile import (
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 30.0
 RSS_GROWTH_MB = 300  # issue 10: no growth beyond this from hostile input
-# Short deadlines so the tests run in seconds; the defaults are documented in the README.
+# Short deadlines so the tests run in seconds; the defaults: `python -m streamfer.serve --help`.
 FAST = ("--device", "cpu", "--workers", "1", "--max-fps", "0", "--read-timeout-s", "2",
         "--max-upload-bytes", "1000000",  # uploads over 1 MB: 413 without sending 20 MB
         "--write-timeout-s", "2", "--heartbeat-s", "3")
