@@ -49,7 +49,7 @@ TIGHT_PAD = 0.3  # a frame with no face is searched again with this margin added
 TILE_MIN_SCORE = 0.6  # MediaPipe's full-range default: see BlazeFace.detect_photo
 # The short-range model's threshold as served, with the mirror check (BlazeFace.confirm) at
 # MediaPipe's own 0.5: the lowest that keeps face-free images reported as a face at 1% or
-# less (bench/false_faces.py, its rule and curve: bench/results/false_faces.json).
+# less (bench/false_faces.py, its rule and curve: docs/BENCHMARKS.md).
 FACE_MIN_SCORE = 0.59
 TRACK_SCALE = 2.2  # the tracking region's side, in last-box sides
 HAAR_SEARCH_SIDE = 640  # a padded search by the cascade is shrunk to this first (it searches
