@@ -35,6 +35,10 @@ def _ms(x: float) -> str:
     return f"{x:.2f}" if x < 10 else f"{x:.1f}"
 
 
+def _num(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
 def _link(record: dict[str, Any]) -> str:
     mid, name = record["machine"]["id"], record["name"]
     return f"[{mid}/{name}](../bench/results/{mid}/{name}.json)"
@@ -388,7 +392,7 @@ def lean_install(rs: Records) -> list[str]:
         "idle_rss_mb_per_serving_process_processes_2": "idle RSS per serving process, "
         "`--processes 2`, MB",
     }
-    rows = [[label, f"{b[k]:g}", f"{a[k]:g}", f"{b[k] / a[k]:.2f}x"] for k, label in labels.items()]
+    rows = [[label, _num(b[k]), _num(a[k]), f"{b[k] / a[k]:.2f}x"] for k, label in labels.items()]
     cpu = rs.get((mid, "lean_install_cpu"))
     if cpu:
         recs.append(cpu)
@@ -397,7 +401,7 @@ def lean_install(rs: Records) -> list[str]:
             ("cpu_ms_per_frame_crops", "server CPU per page crop, ms"),
             ("cpu_ms_per_frame_frames", "server CPU per full frame, ms"),
         ):
-            rows.append([label, f"{cb[k]:g}", f"{ca[k]:g}", f"{cb[k] / ca[k]:.2f}x"])
+            rows.append([label, _num(cb[k]), _num(ca[k]), f"{cb[k] / ca[k]:.2f}x"])
     return _table(["measure", "with torch", "without torch (shipped)", "ratio"], rows) + _sources(
         *recs
     )
