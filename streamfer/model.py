@@ -135,8 +135,8 @@ class Predictor:
         matches this model); otherwise None and why not: the TorchScript runs. It runs on
         `threads` threads, one when 0: a server's other cores are better spent on the decode
         threads, the event loop and other processes than on splitting one small batch (one
-        thread held more clients than two on a 2-core machine: docs/BENCHMARKS.md, section
-        9)."""
+        thread held more clients than two on a 2-core machine: docs/notebook/, the speed
+        history)."""
         if runtime not in onnx_int8.RUNTIMES:
             raise ValueError(f"runtime must be one of {onnx_int8.RUNTIMES}")
         if runtime == "torchscript":

@@ -8,9 +8,9 @@ It records the SHA-256 of the .pt it came from, so a server never runs a derivat
 another model: a stale or foreign file is ignored (with a log line) and the TorchScript runs.
 
 The derivative runs the whole network on int8 kernels (the locally connected layers as
-grouped convolutions, training/quantize.py): about a quarter of the CPU time per face of the
-frozen, fused TorchScript on an AVX2 core, at every batch size from 1 to 16 (bench/runtimes.py;
-docs/BENCHMARKS.md §7, which also gives the accuracy change: within 0.1 points).
+grouped convolutions, training/quantize.py): less CPU time per face than the frozen, fused
+TorchScript at every batch size measured, for the same answers on nearly every face
+(bench/runtimes.py; docs/BENCHMARKS.md, "The model alone", and its result file).
 """
 
 from __future__ import annotations

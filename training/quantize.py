@@ -55,7 +55,7 @@ class QuantizeConfig:
     batch: int = opt(32, "calibration batch size")
     out: str = opt("", "where to write (default: models/NAME.int8.onnx beside the model)")
     # The alternatives bench.runtimes --candidates measures beside the shipped choice (the
-    # defaults); docs/BENCHMARKS.md section 7 has the figures.
+    # defaults); its result file holds the figures.
     graph: str = opt("served", "'served': the network rewritten for int8 kernels (ServedNet); "
                      "'as-trained': its own unfold + batched matmul", ["served", "as-trained"])
     format: str = opt("qdq", "ONNX Runtime's quantised-model format", ["qdq", "qoperator"])

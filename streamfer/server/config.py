@@ -148,7 +148,7 @@ class ServeConfig:
     web_dir: Path = opt(DEFAULT_WEB_DIR, "the phone page's folder")
     page_inference: str = opt(INFERENCE, "where phones run the in-page face detector's "
                               "network: cpu (wasm SIMD; cheaper than webgl's draws and "
-                              "readback for so small a network, docs/BENCHMARKS.md 4b) or webgl "
+                              "readback for so small a network, docs/BENCHMARKS.md) or webgl "
                               "(the phone's GPU)", INFERENCES)
     log_level: str = opt("INFO", "logging level (DEBUG, INFO, WARNING, ERROR)")
 

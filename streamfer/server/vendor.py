@@ -32,8 +32,8 @@ MODEL = "short"  # BlazeFace short range: faces within ~2 m, i.e. a selfie (docs
 # Where the page runs the network: "cpu" (the wasm runtime's XNNPACK, the package's own
 # `useCpuInference` option, its default on iOS) or "webgl" (its default elsewhere). The tiny
 # 128x128 network costs more as WebGL draws and a GPU->CPU readback than as SIMD wasm: in
-# headless Chromium here (software WebGL) a median 14.6 against 93.8 ms a frame, same faces
-# found, same boxes (docs/BENCHMARKS.md section 4b). The operator picks with --page-inference
+# headless Chromium (software WebGL), with the same faces found and the same boxes
+# (docs/BENCHMARKS.md, "The page's face detector"). The operator picks with --page-inference
 # (a fleet of phones whose GPUs beat their CPUs may prefer webgl).
 INFERENCES = ("cpu", "webgl")
 INFERENCE = "cpu"  # the default
