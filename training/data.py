@@ -11,6 +11,7 @@ to canonical names is CANONICAL below.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -58,6 +59,11 @@ FOLD_MODES = ("grouped", "stratified")
 # Kaggle fer2013.csv 'emotion' column: 0=Angry 1=Disgust 2=Fear 3=Happy 4=Sad 5=Surprise 6=Neutral
 KAGGLE_ORDER = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+# The SELECTION split of FER+ train: the faces whose sha256(file name + salt) is 0 modulo
+# SELECTION_MODULUS (about a tenth), set aside once for every choice made after training
+# (tau, a logit bias, an epoch), so FER+ valid is only ever reported, never selected on.
+SELECTION_SALT = "streamfer-selection-1"
+SELECTION_MODULUS = 10
 _SUBJECT = re.compile(r"^(S\d+)_")
 
 
@@ -250,6 +256,26 @@ def crowd_majority(votes: np.ndarray, classes: Sequence[str] | str = PAPER5) -> 
     the votes (unknown and not-a-face count in the total)? The majority protocol's test."""
     cols = [FERPLUS8.index(c) for c in resolve_classes(classes)]
     return votes[:, cols].max(1) * 2 > votes.sum(1)
+
+
+def in_selection(name: str) -> bool:
+    """Is this FER+ train file name (e.g. "fer0000001.png") in the selection split? A pure
+    function of the name: the same answer in any order, on any machine."""
+    digest = hashlib.sha256((Path(name).name + SELECTION_SALT).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % SELECTION_MODULUS == 0
+
+
+def selection_mask(names: Sequence[str]) -> np.ndarray:
+    """`in_selection` for each of `names`, as a boolean array."""
+    return np.array([in_selection(n) for n in names], bool)
+
+
+def split_selection(faces: FaceSet) -> tuple[FaceSet, FaceSet]:
+    """A FER+ train FaceSet (with paths) as (the rest, the selection split)."""
+    if not faces.paths:
+        raise ValueError("the selection split is defined by file name: the faces need paths")
+    mask = selection_mask(faces.paths)
+    return faces.subset(np.flatnonzero(~mask)), faces.subset(np.flatnonzero(mask))
 
 
 def pair_by_pixels(a: np.ndarray, b: np.ndarray, threshold: float = 0.95,
