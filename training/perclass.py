@@ -106,14 +106,15 @@ def vote_shares(root: Path) -> dict:
         share = row[:len(D.FERPLUS8)].astype(float)
         share[D.FERPLUS8.index("sadness")] = -1
         rivals[D.FERPLUS8[int(share.argmax())]] += 1
-    hist, edges = np.histogram(sad[sad > 0], bins=10, range=(0, 1))
+    n_sad = votes[:, D.FERPLUS8.index("sadness")]
     return {"train_faces": len(votes), "any_sad_vote": int((sad > 0).sum()),
             "majority_sad": int(is_sad_major.sum()),
             "sad_top_but_no_majority": int(ambiguous.sum()),
             "sad_share_ge_0.3_without_majority": int(((sad >= 0.3) & ~is_sad_major).sum()),
             "their_runner_up_class": dict(sorted(rivals.items(), key=lambda kv: -kv[1])),
-            "sad_share_histogram": {f"{a:.1f}-{b:.1f}": int(h)
-                                    for a, b, h in zip(edges[:-1], edges[1:], hist, strict=True)}}
+            "sad_votes_histogram": {int(v): int((n_sad == v).sum())
+                                    for v in np.unique(n_sad[n_sad > 0])},
+            "votes_per_face": {int(v): int((total == v).sum()) for v in np.unique(total)}}
 
 
 def ck_sequences(faces: D.FaceSet) -> dict[str, list[int]]:
