@@ -48,6 +48,8 @@ class PerClassConfig:
     passes: int = opt(3, "logit bias search: coordinate passes")
     frames: int = opt(8, "synthetic sequence length per webfaces-dev photo")
     threads: int = opt(1, "torch / onnx threads")
+    tag: str = opt("", "name in the result and figure files (default: from the model file)")
+    frames_part: bool = opt(True, "also measure single frame vs windowed (the slow part)")
 
 
 def probabilities(predictor: Predictor, faces: D.FaceSet) -> np.ndarray:
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     predictor = Predictor(cfg.model, device="cpu")
     classes = tuple(predictor.classes)
     stem = Path(cfg.model).stem.replace("-5class", "5").replace("-8class", "8")
-    stem = stem.replace("-", "")
+    stem = cfg.tag or stem.replace("-", "")
     figures = Path(cfg.figures)
     served = {"model": cfg.model, "runtime": predictor.runtime, "tta": predictor.tta}
 
@@ -269,6 +271,8 @@ def main(argv: list[str] | None = None) -> dict:
          "figure": f"{figures}/accuracy_{stem}_logit_bias.png"})
     log.info("wrote %s", results.write(Path(cfg.results), rec))
 
+    if not cfg.frames_part:
+        return {"confusion": conf, "bias": table}
     # 4. frames: CK+48 sequences, synthetic drift/zoom of webfaces-dev photos
     frames = {}
     seqs = ck_sequences(ck)
