@@ -5,10 +5,10 @@ chosen on the FER+ selection split, and evidence averaged over frames.
 
 Every face runs as the server runs it (`streamfer.model.Predictor`: on the CPU the model's
 int8 derivative, its default test-time views). Writes, under --results/<machine>/:
-`accuracy_<model>_confusion` (recall and confusion matrix per set: webfaces-dev model alone,
-FER+ valid majority, CK+48 all peak frames by subject), `accuracy_<model>_logit_bias`
+`perclass_<model>_confusion` (recall and confusion matrix per set: webfaces-dev model alone,
+FER+ valid majority, CK+48 all peak frames by subject), `perclass_<model>_logit_bias`
 (the bias chosen on the FER+ train selection split, `training.data.in_selection`, and an
-ablation with and without it on FER+ valid and webfaces-dev), `accuracy_<model>_frames`
+ablation with and without it on FER+ valid and webfaces-dev), `perclass_<model>_frames`
 (single frame vs a window of frames: CK+48 sequences, synthetic drift and zoom of
 webfaces-dev photos), and figures of each under --figures. The bias is applied to the log of
 the served probabilities. webfaces-dev is only reported, never chosen on.
@@ -235,11 +235,11 @@ def main(argv: list[str] | None = None) -> dict:
             np.mean(subj)), 4)}
     conf["CK+48"]["by_subject"] = ck_subject
     votes = vote_shares(root / "ferplus")
-    plot_confusions(conf, figures / f"accuracy_{stem}_confusion.png")
-    rec = results.make(f"accuracy_{stem}_confusion", {
+    plot_confusions(conf, figures / f"perclass_{stem}_confusion.png")
+    rec = results.make(f"perclass_{stem}_confusion", {
         n: {"balanced_accuracy": round(s["balanced_accuracy"], 4), "recall": s["recall"]}
         for n, s in conf.items()}, {**served, "sets": conf, "ferplus_train_sad_votes": votes,
-                                    "figure": f"{figures}/accuracy_{stem}_confusion.png"})
+                                    "figure": f"{figures}/perclass_{stem}_confusion.png"})
     log.info("wrote %s", results.write(Path(cfg.results), rec))
 
     # 3. logit bias on the selection split
@@ -257,8 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
             table[f"{name}, {tag}"] = recall_of(f.labels, biased(p, b), classes)
     plot_bars({k: v for k, v in table.items() if not k.startswith("FER+ selection")}, classes,
               f"logit bias {dict(zip(classes, bias.round(2).tolist(), strict=True))}",
-              figures / f"accuracy_{stem}_logit_bias.png")
-    rec = results.make(f"accuracy_{stem}_logit_bias", {
+              figures / f"perclass_{stem}_logit_bias.png")
+    rec = results.make(f"perclass_{stem}_logit_bias", {
         "bias": dict(zip(classes, bias.round(4).tolist(), strict=True)),
         **{k: {"balanced_accuracy": v["balanced_accuracy"], "accuracy": v["accuracy"],
                "recall": v["recall"]} for k, v in table.items()}},
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "objective": "balanced accuracy on the FER+ train selection split, "
                                  "majority protocol; neutral fixed at 0"},
          "applied_as": "argmax of log(served probabilities) + bias",
-         "figure": f"{figures}/accuracy_{stem}_logit_bias.png"})
+         "figure": f"{figures}/perclass_{stem}_logit_bias.png"})
     log.info("wrote %s", results.write(Path(cfg.results), rec))
 
     if not cfg.frames_part:
@@ -298,12 +298,12 @@ def main(argv: list[str] | None = None) -> dict:
     frames[f"webfaces-dev drift, mean of {n}"] = recall_of(web.labels, np.array(avg), classes)
     plot_bars({k: v for k, v in frames.items() if k.startswith("webfaces")}, classes,
               "webfaces-dev, synthetic drift/zoom: single frame vs windowed",
-              figures / f"accuracy_{stem}_frames.png")
-    rec = results.make(f"accuracy_{stem}_frames", frames,
+              figures / f"perclass_{stem}_frames.png")
+    rec = results.make(f"perclass_{stem}_frames", frames,
                        {**served, "ck_sequences": len(seqs), "frames": cfg.frames,
                         "drift": "centre drift N(0, 3%) per frame capped at 6% of the side; "
                                  "zoom N(0, 0.04) per frame within 0.9..1.1; seed 0",
-                        "figure": f"{figures}/accuracy_{stem}_frames.png"})
+                        "figure": f"{figures}/perclass_{stem}_frames.png"})
     log.info("wrote %s", results.write(Path(cfg.results), rec))
     return {"confusion": conf, "bias": table, "frames": frames}
 
