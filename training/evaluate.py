@@ -59,6 +59,8 @@ class EvalConfig:
     tta: str = opt("", "test-time views (default: the model's own default, as the server)")
     threads: int = opt(1, "torch threads (1: one core, as the server's inference thread)")
     out: str = opt("", "also write the result here as JSON")
+    record: str = opt("", "also write it in the one result schema (streamfer/results.py) as "
+                      "bench/results/<machine>/NAME.json, e.g. accuracy_ferplus5_ferplus_valid_paper5")
 
 
 def parse_args(argv: list[str] | None = None) -> EvalConfig:
@@ -272,7 +274,26 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(text + "\n")
+    if cfg.record:
+        print(f"wrote {record(cfg, result)}")
     return result
+
+
+# What a datasheet quotes from an evaluation; the rest (confusion, support) goes to details.
+RECORD_FIGURES = ("model", "set", "protocol", "classes", "runtime", "tta", "images",
+                  "accuracy", "balanced_accuracy", "recall")
+
+
+def record(cfg: EvalConfig, result: dict) -> Path:
+    """Write the result in the one schema, under the repository's bench/results."""
+    from streamfer import results
+
+    figures = {k: result[k] for k in RECORD_FIGURES if k in result}
+    if "model" in figures:
+        figures["model"] = ",".join(Path(p.strip()).stem for p in str(figures["model"]).split(","))
+    details = {k: v for k, v in result.items() if k not in RECORD_FIGURES}
+    rec = results.make(cfg.record, figures, details, command=cfg.command or None)
+    return results.write(Path(__file__).resolve().parents[1] / "bench" / "results", rec)
 
 
 if __name__ == "__main__":
