@@ -65,7 +65,7 @@ CROP = ImageLimits("crop", max_pixels=1024 * 1024, max_side=2048, max_aspect=4.0
 # /ws full frames: a camera frame, up to 1280x1024 (the page sends 320-640 px ones).
 FRAME = ImageLimits("frame", max_pixels=1280 * 1024, max_side=2048, max_aspect=4.0,
                     max_scans=12, budget_s=0.5)
-# /api/predict: phone photos; JPEGs are decoded at 1/2-1/8 size (streamfer/server/photos.py),
+# /api/predict: phone photos; JPEGs are decoded at 1/2-1/8 size (streamfer/server/photodecode.py),
 # so their declared size may be larger (a 48-megapixel 8000x6000 photo passes).
 PHOTO = ImageLimits("photo", max_pixels=16_000_000, max_side=16384, max_aspect=16.0,
                     max_scans=32, budget_s=5.0, max_declared_pixels=64_000_000, photo=True)

@@ -33,6 +33,7 @@ from streamfer.server.config import ServeConfig
 from streamfer.server.decoder import DecodePool
 from streamfer.server.inference_worker import ModelInfo, WorkerClient
 from streamfer.server.metrics import Metrics
+from streamfer.server.photos import PhotoPipeline
 from streamfer.server.pipeline import DetectBatcher, FramePipeline
 from streamfer.server.stream import FrameStream, Timeouts, deadline
 
@@ -52,6 +53,7 @@ class ServerState:
     own_names: frozenset[str] = field(default_factory=guard.own_names)
     closing: bool = False
     pipeline: FramePipeline | None = None  # set while the app runs (see _resources)
+    photos: PhotoPipeline | None = None  # /api/predict's, over the pipeline's stages
     page_detector: vendor.VendorPackage | None = None  # the in-page detector's files, if installed
     worker: WorkerClient | None = None  # --inference-worker: the model runs there
 
@@ -191,6 +193,7 @@ async def _resources(app: web.Application) -> Any:
             batcher=batcher, classes=predictor.classes, input_size=predictor.input_size,
             decoder=decoder, decode_pool=pool, detector=detector,
             deadline_s=config.deadline_ms / 1000.0, detect_batcher=detect_batcher)
+        state.photos = PhotoPipeline(state.pipeline, config.photo_deadline_ms / 1e3)
         yield
         if detect_batcher is not None:
             await detect_batcher.stop()
@@ -422,11 +425,10 @@ async def _predict(request: web.Request, state: ServerState, is_crop: bool) -> w
     if state.closing:
         body = protocol.dropped(protocol.SHUTTING_DOWN)
     else:
-        assert state.pipeline is not None
+        assert state.photos is not None
         # The photo's own deadline, counted from its whole body: its upload time is the
         # client's network, not the server's queue.
-        body = await state.pipeline.run(data, is_crop=is_crop, received=time.monotonic(),
-                                        photo=True, deadline_s=config.photo_deadline_ms / 1e3)
+        body = await state.photos.run(data, is_crop=is_crop, received=time.monotonic())
     state.metrics.observe_reply(body)
     status, headers = 200, {}
     if body["status"] == "error":
