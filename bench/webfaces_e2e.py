@@ -31,6 +31,7 @@ from tqdm import tqdm
 from bench.serverproc import running_server
 from streamfer.cli import opt, parse
 from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
+from streamfer.protocol import ERROR, OK
 from streamfer.server.config import DETECTOR_CHOICES
 
 LABELS = {"angry": "anger", "happy": "happiness", "neutral": "neutral", "sad": "sadness",
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
             for path in tqdm(paths, desc=det, mininterval=5):
                 reply = post(url, path.read_bytes())
                 rows.append((LABELS[path.parent.name],
-                             reply.get("top") if reply.get("status") == "ok" else None))
-                if reply.get("status") == "error":  # counted as wrong, as a user gets it
+                             reply.get("top") if reply.get("status") == OK else None))
+                if reply.get("status") == ERROR:  # counted as wrong, as a user gets it
                     errors.setdefault(reply.get("code", "?"), []).append(str(path))
             result["detectors"][det] = {**score(rows), "errors": errors, "face_detector":
                                         server.health.get("face_detector"),

@@ -431,10 +431,10 @@ async def _predict(request: web.Request, state: ServerState, is_crop: bool) -> w
         body = await state.photos.run(data, is_crop=is_crop, received=time.monotonic())
     state.metrics.observe_reply(body)
     status, headers = 200, {}
-    if body["status"] == "error":
+    if body["status"] == protocol.ERROR:
         status = {protocol.TOO_LARGE: 413, protocol.INTERNAL: 500,
                   protocol.NO_DETECTOR: 501}.get(body["code"], 400)
-    elif body["status"] == "dropped":
+    elif body["status"] == protocol.DROPPED:
         status, headers = 503, {"Retry-After": "1"}
     return web.json_response({"type": "result", **body}, status=status, headers=headers)
 

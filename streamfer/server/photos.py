@@ -73,6 +73,6 @@ class PhotoPipeline:
         body["faces"] = [
             {"box": scaled(f.box, found.scale), "score": None if s is None else round(s, 4),
              **({"probs": (p := frames.probs(o)), "top": max(p, key=p.__getitem__)}
-                if isinstance(o, Ran) else {"status": "dropped", "reason": o.reason})}
+                if isinstance(o, Ran) else {"status": protocol.DROPPED, "reason": o.reason})}
             for (f, s), o in zip(found.faces, outcomes, strict=True)]
         return body
