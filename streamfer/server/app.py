@@ -28,7 +28,7 @@ from streamfer.detect import BlazeFace, HaarFallback, load_detector
 from streamfer.faces import FRAMING, NO_HAAR
 from streamfer.model import Predictor
 from streamfer.server import guard, vendor, video
-from streamfer.server.batcher import MicroBatcher
+from streamfer.server.batcher import Stage, batcher_for, inference_stage, load_predictor
 from streamfer.server.config import ServeConfig
 from streamfer.server.decoder import DecodePool
 from streamfer.server.inference_worker import ModelInfo, WorkerClient
@@ -105,9 +105,7 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None, *,
         assert worker.model is not None, "wait_ready() first"
         predictor = worker.model
     elif predictor is None:
-        predictor = Predictor(config.model, device=config.device, tta=config.tta,
-                              max_batch=config.max_batch, optimize=config.optimize,
-                              runtime=config.runtime, threads=config.threads)
+        predictor = load_predictor(config)
     app = web.Application(client_max_size=config.max_request_bytes, middlewares=[checked])
     app[STATE] = ServerState(config=config, predictor=predictor,
                              page_detector=vendor.find(config.web_dir, config.page_inference),
@@ -164,28 +162,23 @@ async def _resources(app: web.Application) -> Any:
     await loop.run_in_executor(None, decoder.start)
     try:
         pool = ThreadPoolExecutor(config.workers, thread_name_prefix="streamfer-detect")
-        batcher: MicroBatcher[np.ndarray, np.ndarray] | WorkerClient
+        batcher: Stage
         if state.worker is not None:  # the worker's batcher (warmed up there) serves this one
             batcher, device = state.worker, "cpu"
         else:
             assert isinstance(predictor, Predictor)
-            batcher, device = MicroBatcher(
-                state.metrics.timed_forward(lambda faces: predictor.forward(np.stack(faces))),
-                max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                queue_limit=config.queue_limit, on_batch=state.metrics.observe_batch), \
-                predictor.device
+            _, batcher = inference_stage(config, state.metrics, predictor)
+            device = predictor.device
             await loop.run_in_executor(None, predictor.warm_up, config.max_batch)
         state.metrics.track_queue(lambda: len(batcher))
         batcher.start()
         detector = await loop.run_in_executor(None, make_detector, config, device)
-        detect_batcher = None
+        detect_batcher: DetectBatcher | None = None
         if isinstance(detector, BlazeFace) and (config.detect_batch if config.detect_batch
                                                 is not None else detector.device == "cuda"):
             # The batched stage before the expression model (same batching policy).
-            detect_batcher = DetectBatcher(
-                lambda xs: list(zip(*detector.infer(np.stack(xs)), strict=True)),
-                max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                queue_limit=config.queue_limit)
+            detect_batcher = batcher_for(
+                config, lambda xs: list(zip(*detector.infer(np.stack(xs)), strict=True)))
             detect_batcher.start()
         log.info("face detector: %s%s", detector.description,
                  ", batched" if detect_batcher is not None else ", in the face-search threads")

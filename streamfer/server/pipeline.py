@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -41,11 +41,8 @@ from streamfer.faces import (
     crop_face,
 )
 from streamfer.imagecheck import CROP, FRAME, ImageLimits
-from streamfer.server.batcher import Dropped, InferenceFailed, MicroBatcher, Ran
+from streamfer.server.batcher import Dropped, InferenceFailed, MicroBatcher, Ran, Stage
 from streamfer.server.decoder import Abandoned, DecodePool, decode_inline
-
-if TYPE_CHECKING:
-    from streamfer.server.inference_worker import WorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +222,7 @@ class FramePipeline:
     default), or, given `detect_batcher` (CUDA), with its detector passes as a batched stage
     on the GPU before the expression model: chosen here, once (`finder`)."""
 
-    def __init__(self, *, batcher: MicroBatcher[np.ndarray, np.ndarray] | WorkerClient,
+    def __init__(self, *, batcher: Stage,
                  classes: list[str], input_size: int, decoder: DecodePool,
                  decode_pool: Executor, detector: Detector, deadline_s: float,
                  detect_batcher: DetectBatcher | None = None) -> None:
