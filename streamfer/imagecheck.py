@@ -117,12 +117,19 @@ def limit_opencv(max_pixels: int = MAX_PIXELS) -> bool:
     then, so this process keeps OpenCV's default (about 1 gigapixel) and relies on
     `check_image` alone.
     """
+    global _LIMITED_BEFORE_CV2
     os.environ.setdefault(OPENCV_ENV, str(max_pixels))
+    if _LIMITED_BEFORE_CV2:  # an earlier call set it in time (each entry point calls this)
+        return True
     if "cv2" in sys.modules:
         log.warning("cv2 was imported before %s was set: OpenCV keeps its own pixel limit",
                     OPENCV_ENV)
         return False
+    _LIMITED_BEFORE_CV2 = True
     return True
+
+
+_LIMITED_BEFORE_CV2 = False
 
 
 def is_heif(data: bytes) -> bool:
