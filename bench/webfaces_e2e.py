@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from bench.serverproc import running_server
 from streamfer.cli import opt, parse
+from streamfer.faces import BLAZEFACE, HAAR
 from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
 from streamfer.protocol import ERROR, OK
 from streamfer.server.config import DETECTOR_CHOICES
@@ -71,7 +72,7 @@ def score(rows: list[tuple[str, str | None]]) -> dict:
 class WebfacesE2EConfig:
     data: str = opt(str(DEFAULT_DATASETS / "webfaces-dev"), "webfaces-dev folder (CLASS/*.jpg)")
     model: str = opt(str(DEFAULT_MODEL), "the model the server runs")
-    detectors: tuple[str, ...] = opt(("haar", "blazeface"), "one server per detector, in turn",
+    detectors: tuple[str, ...] = opt((HAAR, BLAZEFACE), "one server per detector, in turn",
                                      DETECTOR_CHOICES, comma=True)
     out: str = opt("bench/results/webfaces_e2e.json", "results JSON")
     limit: int = opt(0, "photos, spread over the folder (0: all)")

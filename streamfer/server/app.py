@@ -24,8 +24,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamfer import protocol
-from streamfer.detect import BlazeFace, HaarFallback, load_detector
-from streamfer.faces import FRAMING, NO_HAAR
+from streamfer.detect import NO_HAAR, BlazeFace, HaarFallback, load_detector
+from streamfer.faces import BLAZEFACE, FRAMING, HAAR
 from streamfer.model import Predictor
 from streamfer.server import guard, vendor, video
 from streamfer.server.batcher import Stage, batcher_for, inference_stage, load_predictor
@@ -198,9 +198,9 @@ async def _resources(app: web.Application) -> Any:
 
 def make_detector(config: ServeConfig, device: Any) -> BlazeFace | HaarFallback:
     """The face detector --detector names; BlazeFace runs on the model's device."""
-    if config.detector == "haar":
+    if config.detector == HAAR:
         detector: BlazeFace | HaarFallback = HaarFallback()
-    elif config.detector == "blazeface":  # asked for by name: missing weights are an error
+    elif config.detector == BLAZEFACE:  # asked for by name: missing weights are an error
         detector = BlazeFace(device=device)
     else:
         detector = load_detector(device)

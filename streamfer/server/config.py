@@ -16,6 +16,7 @@ from pathlib import Path
 from streamfer import cli
 from streamfer.cli import opt, parse
 from streamfer.contract import TTA_MODES
+from streamfer.detect import DETECTORS
 from streamfer.model import DEVICES
 from streamfer.onnx_int8 import RUNTIMES
 from streamfer.paths import DEFAULT_MODEL, DEFAULT_WEB_DIR
@@ -23,7 +24,7 @@ from streamfer.server.vendor import INFERENCE, INFERENCES
 from streamfer.video.decode import MAX_VIDEO_BYTES, MAX_VIDEO_PIXELS, MAX_VIDEO_SECONDS
 
 TTA_CHOICES = TTA_MODES
-DETECTOR_CHOICES = ("auto", "blazeface", "haar")
+DETECTOR_CHOICES = ("auto", *DETECTORS)
 ENV_PREFIX = "STREAMFER_"
 HTTP_DRAIN_S = 2.0  # after the WebSockets: how long HTTP requests in progress may finish
 HTTP_LINGER_S = 2.0  # the rest of a refused request's body is read and dropped this long

@@ -29,6 +29,7 @@ from streamfer.detect import (
     TIGHT_PAD,
     BlazeFace,
     Detection,
+    DetectorUnavailable,
     HaarFallback,
     largest_first,
     track_region,
@@ -36,7 +37,6 @@ from streamfer.detect import (
 from streamfer.faces import (
     BadImage,
     Box,
-    DetectorUnavailable,
     Face,
     crop_face,
 )
