@@ -25,7 +25,8 @@ from PIL import Image
 
 from bench.machine import machine_info
 from streamfer.cli import opt, parse
-from streamfer.faces import FaceDetector, crop_face
+from streamfer.detect import FaceDetector
+from streamfer.faces import crop_face
 from streamfer.loadtest.frames import encode_jpeg, to_width
 
 BENCH = Path(__file__).resolve().parent

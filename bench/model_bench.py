@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cfg.threads)
     model, meta = contract.read(cfg.model)
     model = model.eval()
-    size = contract.input_size(meta)
+    size = meta.input_size
     info = machine_info()
-    print(f"model {cfg.model} ({meta.get('name')}), input {size} px, torch "
+    print(f"model {cfg.model} ({meta.name}), input {size} px, torch "
           f"{torch.__version__}, {cfg.threads} thread(s); {describe(info)}")
     for device in cfg.devices:
         print(f"{'dev':5s} {'variant':10s} {'tta':7s} {'N':>4s} {'ms/batch':>10s} {'ms/face':>10s} "
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:
             m = optimized_for_cpu(model) if variant == "optimized" else model
             rows += bench_device(m, device, cfg, size, variant)
-        result = {"benchmark": "model", "model": str(cfg.model), "model_name": meta.get("name"),
+        result = {"benchmark": "model", "model": str(cfg.model), "model_name": meta.name,
                   "device": device, "torch": torch.__version__, "threads": cfg.threads,
                   "config": {"repeats": cfg.repeats, "warmup": cfg.warmup,
                              "min_seconds": cfg.min_seconds, "max_batch": cfg.max_batch},

@@ -25,7 +25,7 @@ Detectors (`--models`, side by side in one run), each `NAME[/WHERE][@WIDTH]`:
   (`--faceapi`);
 - `@WIDTH`: the frame is drawn into a canvas WIDTH px wide first.
 The page fetches each frame, draws it into a canvas and times only the detector's call;
-the server's Haar cascade (streamfer.faces.FaceDetector) runs on the same frames in Python
+the server's Haar cascade (streamfer.detect.FaceDetector) runs on the same frames in Python
 for comparison. Prints a table and writes JSON to bench/results/page_detectors.json.
 
 `--calibrate` measures how FER2013 frames a face relative to the page's BlazeFace box, exactly
@@ -55,7 +55,7 @@ import numpy as np
 
 from bench.machine import describe, machine_info
 from streamfer.cli import opt, parse
-from streamfer.faces import FaceDetector
+from streamfer.detect import FaceDetector
 from streamfer.server import vendor
 
 BENCH = Path(__file__).resolve().parent

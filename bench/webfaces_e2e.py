@@ -30,7 +30,9 @@ from tqdm import tqdm
 
 from bench.serverproc import running_server
 from streamfer.cli import opt, parse
+from streamfer.faces import BLAZEFACE, HAAR
 from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
+from streamfer.protocol import ERROR, OK
 from streamfer.server.config import DETECTOR_CHOICES
 
 LABELS = {"angry": "anger", "happy": "happiness", "neutral": "neutral", "sad": "sadness",
@@ -70,7 +72,7 @@ def score(rows: list[tuple[str, str | None]]) -> dict:
 class WebfacesE2EConfig:
     data: str = opt(str(DEFAULT_DATASETS / "webfaces-dev"), "webfaces-dev folder (CLASS/*.jpg)")
     model: str = opt(str(DEFAULT_MODEL), "the model the server runs")
-    detectors: tuple[str, ...] = opt(("haar", "blazeface"), "one server per detector, in turn",
+    detectors: tuple[str, ...] = opt((HAAR, BLAZEFACE), "one server per detector, in turn",
                                      DETECTOR_CHOICES, comma=True)
     out: str = opt("bench/results/webfaces_e2e.json", "results JSON")
     limit: int = opt(0, "photos, spread over the folder (0: all)")
@@ -94,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:
             for path in tqdm(paths, desc=det, mininterval=5):
                 reply = post(url, path.read_bytes())
                 rows.append((LABELS[path.parent.name],
-                             reply.get("top") if reply.get("status") == "ok" else None))
-                if reply.get("status") == "error":  # counted as wrong, as a user gets it
+                             reply.get("top") if reply.get("status") == OK else None))
+                if reply.get("status") == ERROR:  # counted as wrong, as a user gets it
                     errors.setdefault(reply.get("code", "?"), []).append(str(path))
             result["detectors"][det] = {**score(rows), "errors": errors, "face_detector":
                                         server.health.get("face_detector"),

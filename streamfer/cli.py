@@ -1,6 +1,7 @@
 """One way to build a program's command line: from its config dataclass.
 
-Each setting is one dataclass field declared with `opt(default, help, choices)`, so the
+Each setting is one dataclass field declared with `opt(default, help, choices)` (and, for a
+number, its range: `at_least`, `above`, `at_most`), so the
 dataclass is the single list of a program's settings (read top to bottom, as nanoGPT's
 config) and its flags, `--help` text, allowed values and environment fallbacks all derive
 from it: adding a setting is one line. Types come from the annotations:
@@ -14,8 +15,10 @@ from it: adding a setting is one line. Types come from the annotations:
 
 With an `env_prefix` (the server's `STREAMFER_`), a flag left out falls back to the
 environment variable `PREFIX<NAME>` and then to the default: flag > environment > default.
-The dataclass's own `__post_init__` checks values; its ValueError becomes argparse's usage
-error, so a bad setting stops with a message before anything is loaded.
+`check(config)` holds every field to its declared choices and range: `parse` calls it on
+what it built, and a config's own `__post_init__` calls it (then its cross-field rules), so a
+config built directly is held to them too. Its ValueError becomes argparse's usage error, so a
+bad setting stops with a one-line message before anything is loaded.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ FALSE = ("0", "false", "no", "off", "")
 
 def opt(default: Any, text: str, choices: Sequence[str] | None = None, *,
         factory: Callable[[], Any] | None = None, metavar: str | None = None,
-        comma: bool = False, positional: bool = False) -> Any:
-    """A config field with its --help text (and its allowed values, for a string).
+        comma: bool = False, positional: bool = False, at_least: float | None = None,
+        above: float | None = None, at_most: float | None = None) -> Any:
+    """A config field with its --help text (and its allowed values, for a string; its range,
+    for a number: >= `at_least`, > `above`, <= `at_most`; each item of a tuple likewise).
     `factory` computes the default when the config is made (e.g. from the CPU count)."""
     meta = {"help": text, "choices": tuple(choices) if choices else None, "metavar": metavar,
-            "comma": comma, "positional": positional}
+            "comma": comma, "positional": positional, "at_least": at_least, "above": above,
+            "at_most": at_most}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -152,6 +158,48 @@ def build_parser(cls: type, *, prog: str, description: str | None,
     return p
 
 
+def _out_of_range(name: str, value: float, meta: Mapping[str, Any]) -> str | None:
+    lo, above, hi = meta.get("at_least"), meta.get("above"), meta.get("at_most")
+    if (lo is None or value >= lo) and (above is None or value > above) and (
+            hi is None or value <= hi):
+        return None
+    if lo is not None and hi is not None:
+        return f"{name} must be {lo:g}-{hi:g}, got {value:g}"
+    said = [f">= {lo:g}" if lo is not None else "", f"> {above:g}" if above is not None else "",
+            f"<= {hi:g}" if hi is not None else ""]
+    return f"{name} must be {' and '.join(s for s in said if s)}, got {value:g}"
+
+
+def problems(config: Any) -> list[str]:
+    """Every setting of `config` (a dataclass of `opt` fields) outside its declared choices
+    or range, one line each; a field left unset (None) is not checked."""
+    out = []
+    for f in dataclasses.fields(config):
+        if "help" not in f.metadata:
+            continue
+        value = getattr(config, f.name)
+        if value is None or isinstance(value, bool):
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        choices = f.metadata.get("choices")
+        if choices and any(v not in choices for v in values):
+            out.append(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+        for v in values:
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                said = _out_of_range(f.name, v, f.metadata)
+                if said:
+                    out.append(said)
+                    break
+    return out
+
+
+def check(config: Any) -> None:
+    """Raise ValueError naming every setting outside its declared choices or range."""
+    found = problems(config)
+    if found:
+        raise ValueError("; ".join(found))
+
+
 def _from_env(raw: str, base: type, many: bool) -> Any:
     if many:
         return tuple(base(part.strip()) for part in raw.split(",") if part.strip())
@@ -190,7 +238,9 @@ def parse(cls: type[T], argv: Sequence[str] | None, *, prog: str, description: s
         if value is not None:
             values[f.name] = tuple(value) if many else value
     try:
-        return cls(**values)
+        config = cls(**values)
+        check(config)  # a no-op for a config whose __post_init__ checked already
+        return config
     except ValueError as exc:
         parser.error(str(exc))
     raise AssertionError("unreachable")  # parser.error exits

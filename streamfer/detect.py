@@ -7,7 +7,8 @@ a GPU, and it needs no OpenCV extras (OpenCV 5 wheels have no cascades). Its wei
 never downloaded at run time, never copied into the repository. On the CPU they run on
 Google's LiteRT interpreter (streamfer.detect_litert, no PyTorch); on a GPU, read into
 PyTorch and batched on the device (streamfer.detect_torch). Page and server thus share one
-network and one framing calibration (faces.FRAMING["blazeface"]).
+network and one framing calibration (faces.FRAMING["blazeface"]). OpenCV's Haar cascade
+(FaceDetector, HaarFallback behind BlazeFace's calls) is the fallback without its weights.
 
 The geometry follows MediaPipe's face detection graph (face_detection_short_range.pbtxt):
 letterbox the image into the square input, SSD anchors (896 for short range: 16x16x2 +
@@ -27,6 +28,7 @@ the geometry; the network runs in one of the two runtimes (RUNTIMES).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from streamfer.faces import Box, FaceDetector, square_at
+from streamfer.faces import (
+    BLAZEFACE,
+    HAAR,
+    Box,
+    Face,
+    crop_face,
+    decode_gray,
+    resize_square,
+    square_at,
+)
 from streamfer.optional import import_torch
 from streamfer.paths import PACKAGE_ROOT
 
@@ -54,6 +65,58 @@ FACE_MIN_SCORE = 0.59
 TRACK_SCALE = 2.2  # the tracking region's side, in last-box sides
 HAAR_SEARCH_SIDE = 640  # a padded search by the cascade is shrunk to this first (it searches
 # at <= 320 px wide anyway)
+DETECTORS = (BLAZEFACE, HAAR)  # the server's detectors, by name (faces.FRAMING's keys)
+
+
+NO_HAAR = ("this OpenCV build has no Haar cascades (OpenCV 5 dropped them), so the server "
+           "cannot find faces in full frames: send face crops, or install "
+           "'opencv-python-headless<5' on the server")
+
+
+class DetectorUnavailable(RuntimeError):
+    """Full frames need a face detector and this OpenCV build has none; crops still work."""
+
+
+class FaceDetector:
+    """OpenCV's frontal-face Haar cascade, one instance per thread (it is not thread-safe)."""
+
+    def __init__(self, min_face_fraction: float = 0.15) -> None:
+        # OpenCV 5 wheels ship neither CascadeClassifier nor the cascade files.
+        self.available = hasattr(cv2, "CascadeClassifier") and hasattr(cv2, "data")
+        self.cascade_path = (str(Path(cv2.data.haarcascades) /
+                                 "haarcascade_frontalface_default.xml")
+                             if self.available else "")
+        self.min_face_fraction = min_face_fraction
+        self._local = threading.local()
+
+    def _cascade(self) -> cv2.CascadeClassifier:
+        if not self.available:
+            raise DetectorUnavailable(NO_HAAR)
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            cascade = cv2.CascadeClassifier(self.cascade_path)
+            if cascade.empty():
+                raise RuntimeError(f"could not load the Haar cascade at {self.cascade_path}")
+            self._local.cascade = cascade
+        return cascade
+
+    def detect(self, gray: np.ndarray) -> Box | None:
+        """The most confident frontal face, or None. Works on a copy scaled to <= 320 px wide."""
+        scale = min(1.0, 320.0 / max(gray.shape[1], 1))
+        small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
+            if scale < 1.0 else gray
+        side = min(small.shape[:2])
+        min_side = max(24, int(side * self.min_face_fraction))
+        found, _, weights = self._cascade().detectMultiScale3(
+            cv2.equalizeHist(small), scaleFactor=1.1, minNeighbors=5,
+            minSize=(min_side, min_side), outputRejectLevels=True,
+        )
+        if len(found) == 0:
+            return None
+        # The most confident box, not the largest: on busy backgrounds the cascade's false
+        # positives can be bigger than the real face (skimage's astronaut shows one).
+        x, y, w, h = found[int(np.argmax(np.ravel(weights)))]
+        return Box(int(x / scale), int(y / scale), int(w / scale), int(h / scale))
 
 
 @dataclass(frozen=True)
@@ -143,7 +206,7 @@ class BlazeFace:
     """BlazeFace on `device`; thread-safe. `runtime`: "litert" (the CPU's, the default there)
     or "torch" (the PyTorch port, the default elsewhere; needs the `[gpu]` extra)."""
 
-    name = "blazeface"
+    name = BLAZEFACE
 
     def __init__(self, variant: str = "short", *, device: Any = "cpu",
                  weights_dir: str | Path = WEIGHTS_DIR, min_score: float | None = None,
@@ -298,10 +361,10 @@ class BlazeFace:
 
 
 class HaarFallback:
-    """OpenCV's Haar cascade (faces.FaceDetector) behind the same `detect` call: used only
+    """OpenCV's Haar cascade (FaceDetector) behind the same `detect` call: used only
     when BlazeFace's weights are absent. One face at most, score 1."""
 
-    name = "haar"
+    name = HAAR
 
     def __init__(self) -> None:
         self.cascade = FaceDetector()
@@ -375,3 +438,19 @@ def load_detector(device: Any = "cpu", variant: str = "short",
 
 def largest_first(found: Sequence[Detection]) -> list[Detection]:
     return sorted(found, key=lambda d: d.box.w * d.box.h, reverse=True)
+
+
+def prepare(data: bytes, *, is_crop: bool, size: int, detector: FaceDetector) -> Face | None:
+    """Bytes -> model-ready face, or None when a full frame holds no face.
+
+    Client-made crops (the page's own face detector already framed them) skip detection and
+    are only converted and resized; full camera frames go through the detector.
+    """
+    gray = decode_gray(data)
+    if is_crop:
+        h, w = gray.shape[:2]
+        return Face(resize_square(gray, size), Box(0, 0, w, h))
+    box = detector.detect(gray)
+    if box is None:
+        return None
+    return Face(crop_face(gray, box, size), box)

@@ -1,15 +1,12 @@
-"""Face preprocessing shared by the server and by training's evaluation.
-
-One path from encoded image bytes to the grayscale, square, fixed-size face crop the model
-was trained on: decode -> (detect -> frame like the training faces) -> crop -> resize.
-OpenCV decodes (bench/decode.py compares it with Pillow). Full frames are searched by
-BlazeFace (streamfer/detect.py); OpenCV's bundled Haar cascade is the fallback where
-BlazeFace's weights are not installed.
+"""Faces as the model takes them, shared by the server, the page (the greeting), training
+and evaluation: grayscale decoding (OpenCV: faster than Pillow here, bench/decode.py), how a
+detector's box is framed like the training faces (FRAMING, per detector name), the crop
+geometry (crop_face, crop_at, square_at), the resize, and a model's preprocessing. Finding
+the faces is streamfer/detect.py's job.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +31,13 @@ from streamfer.imagecheck import BadImage  # re-exported: faces.BadImage
 #   (`python bench/page_detectors.py --calibrate`), gives 1.205 and -0.072: the same network.
 # - shape (the Shape Detection API's FaceDetector): no browser here has it to calibrate, so
 #   Haar's is used.
+# The detectors' names, defined here once (the framing table is keyed by them): the server's
+# two (streamfer/detect.py) and the browser's Shape Detection API (the page only).
+HAAR, BLAZEFACE, SHAPE = "haar", "blazeface", "shape"
 FRAMING: dict[str, dict[str, float]] = {
-    "haar": {"scale": 1.03, "shift_y": 0.0},
-    "blazeface": {"scale": 1.2, "shift_y": -0.073},
-    "shape": {"scale": 1.03, "shift_y": 0.0},
+    HAAR: {"scale": 1.03, "shift_y": 0.0},
+    BLAZEFACE: {"scale": 1.2, "shift_y": -0.073},
+    SHAPE: {"scale": 1.03, "shift_y": 0.0},
 }
 
 
@@ -111,58 +111,7 @@ def preprocess_faces(faces: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unknown preprocess {mode!r}; known: {PREPROCESS_MODES}")
 
 
-NO_HAAR = ("this OpenCV build has no Haar cascades (OpenCV 5 dropped them), so the server "
-           "cannot find faces in full frames: send face crops, or install "
-           "'opencv-python-headless<5' on the server")
-
-
-class DetectorUnavailable(RuntimeError):
-    """Full frames need a face detector and this OpenCV build has none; crops still work."""
-
-
-class FaceDetector:
-    """OpenCV's frontal-face Haar cascade, one instance per thread (it is not thread-safe)."""
-
-    def __init__(self, min_face_fraction: float = 0.15) -> None:
-        # OpenCV 5 wheels ship neither CascadeClassifier nor the cascade files.
-        self.available = hasattr(cv2, "CascadeClassifier") and hasattr(cv2, "data")
-        self.cascade_path = (str(Path(cv2.data.haarcascades) /
-                                 "haarcascade_frontalface_default.xml")
-                             if self.available else "")
-        self.min_face_fraction = min_face_fraction
-        self._local = threading.local()
-
-    def _cascade(self) -> cv2.CascadeClassifier:
-        if not self.available:
-            raise DetectorUnavailable(NO_HAAR)
-        cascade = getattr(self._local, "cascade", None)
-        if cascade is None:
-            cascade = cv2.CascadeClassifier(self.cascade_path)
-            if cascade.empty():
-                raise RuntimeError(f"could not load the Haar cascade at {self.cascade_path}")
-            self._local.cascade = cascade
-        return cascade
-
-    def detect(self, gray: np.ndarray) -> Box | None:
-        """The most confident frontal face, or None. Works on a copy scaled to <= 320 px wide."""
-        scale = min(1.0, 320.0 / max(gray.shape[1], 1))
-        small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
-            if scale < 1.0 else gray
-        side = min(small.shape[:2])
-        min_side = max(24, int(side * self.min_face_fraction))
-        found, _, weights = self._cascade().detectMultiScale3(
-            cv2.equalizeHist(small), scaleFactor=1.1, minNeighbors=5,
-            minSize=(min_side, min_side), outputRejectLevels=True,
-        )
-        if len(found) == 0:
-            return None
-        # The most confident box, not the largest: on busy backgrounds the cascade's false
-        # positives can be bigger than the real face (skimage's astronaut shows one).
-        x, y, w, h = found[int(np.argmax(np.ravel(weights)))]
-        return Box(int(x / scale), int(y / scale), int(w / scale), int(h / scale))
-
-
-def crop_face(gray: np.ndarray, box: Box, size: int, detector: str = "haar") -> np.ndarray:
+def crop_face(gray: np.ndarray, box: Box, size: int, detector: str = HAAR) -> np.ndarray:
     """Cut the training framing around a box drawn by `detector` (a FRAMING key)."""
     framing = FRAMING[detector]
     return crop_at(gray, box, size, framing["scale"], framing["shift_y"])
@@ -207,19 +156,3 @@ def square_at(gray: np.ndarray, x0: int, y0: int, side: int, out: int | None = N
                        if iw < inner.shape[1] or ih < inner.shape[0] else cv2.INTER_LINEAR)
     return cv2.copyMakeBorder(small, top, out - top - ih, left, out - left - iw,
                               cv2.BORDER_REPLICATE)
-
-
-def prepare(data: bytes, *, is_crop: bool, size: int, detector: FaceDetector) -> Face | None:
-    """Bytes -> model-ready face, or None when a full frame holds no face.
-
-    Client-made crops (the page's own face detector already framed them) skip detection and
-    are only converted and resized; full camera frames go through the detector.
-    """
-    gray = decode_gray(data)
-    if is_crop:
-        h, w = gray.shape[:2]
-        return Face(resize_square(gray, size), Box(0, 0, w, h))
-    box = detector.detect(gray)
-    if box is None:
-        return None
-    return Face(crop_face(gray, box, size), box)

@@ -65,7 +65,7 @@ CROP = ImageLimits("crop", max_pixels=1024 * 1024, max_side=2048, max_aspect=4.0
 # /ws full frames: a camera frame, up to 1280x1024 (the page sends 320-640 px ones).
 FRAME = ImageLimits("frame", max_pixels=1280 * 1024, max_side=2048, max_aspect=4.0,
                     max_scans=12, budget_s=0.5)
-# /api/predict: phone photos; JPEGs are decoded at 1/2-1/8 size (streamfer/server/photos.py),
+# /api/predict: phone photos; JPEGs are decoded at 1/2-1/8 size (streamfer/server/photodecode.py),
 # so their declared size may be larger (a 48-megapixel 8000x6000 photo passes).
 PHOTO = ImageLimits("photo", max_pixels=16_000_000, max_side=16384, max_aspect=16.0,
                     max_scans=32, budget_s=5.0, max_declared_pixels=64_000_000, photo=True)
@@ -117,12 +117,19 @@ def limit_opencv(max_pixels: int = MAX_PIXELS) -> bool:
     then, so this process keeps OpenCV's default (about 1 gigapixel) and relies on
     `check_image` alone.
     """
+    global _LIMITED_BEFORE_CV2
     os.environ.setdefault(OPENCV_ENV, str(max_pixels))
+    if _LIMITED_BEFORE_CV2:  # an earlier call set it in time (each entry point calls this)
+        return True
     if "cv2" in sys.modules:
         log.warning("cv2 was imported before %s was set: OpenCV keeps its own pixel limit",
                     OPENCV_ENV)
         return False
+    _LIMITED_BEFORE_CV2 = True
     return True
+
+
+_LIMITED_BEFORE_CV2 = False
 
 
 def is_heif(data: bytes) -> bool:

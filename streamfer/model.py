@@ -93,16 +93,16 @@ class Predictor:
                  threads: int = 0) -> None:
         meta = contract.read_metadata(path)
         self.path = Path(path)
-        self.metadata = meta
-        self.name: str = str(meta.get("name") or self.path.stem)
-        self.classes: list[str] = [str(c) for c in meta["classes"]]
-        self.input_size: int = contract.input_size(meta)
-        self.tta_modes: list[str] = list(meta.get("tta_modes", contract.TTA_MODES))
-        self.tta: str = tta or str(meta.get("tta_default", "mirror"))
+        self.metadata: contract.ModelMeta = meta
+        self.name: str = meta.name or self.path.stem
+        self.classes: list[str] = list(meta.classes)
+        self.input_size: int = meta.input_size
+        self.tta_modes: list[str] = list(meta.tta_modes)
+        self.tta: str = tta or meta.tta_default
         if self.tta not in self.tta_modes:
             raise ModelError(f"tta {self.tta!r} is not one of this model's {self.tta_modes}")
         # What the model's training faces looked like; the server must feed it the same.
-        self.preprocess: str = str(meta.get("preprocess", "none"))
+        self.preprocess: str = meta.preprocess
         if self.preprocess not in PREPROCESS_MODES:
             raise ModelError(f"{path}: metadata preprocess {self.preprocess!r} is not one of "
                              f"{PREPROCESS_MODES}; a newer streamfer may be needed")

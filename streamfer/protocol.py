@@ -23,6 +23,14 @@ MAX_FACES = 4
 # The stages a reply's `timings_ms` may name, in the order a frame meets them.
 TIMING_KEYS = ("decode", "track", "detect", "queue", "inference", "total")
 
+# A reply's `status`: a face's probabilities, no face in the image, no result (a `reason`,
+# below), or an error (a `code`, below).
+OK = "ok"
+NO_FACE = "no_face"
+DROPPED = "dropped"
+ERROR = "error"
+STATUSES = (OK, NO_FACE, DROPPED, ERROR)
+
 # Why a frame got no result (`status: "dropped"`, `reason`).
 SUPERSEDED = "superseded"
 OVERLOADED = "overloaded"
@@ -144,21 +152,21 @@ def timings(**seconds: float) -> dict[str, float]:
 def ok(*, box: list[int], probs: dict[str, float], timings_ms: dict[str, float],
        batch: int) -> dict[str, Any]:
     top = max(probs, key=probs.__getitem__)
-    return {"status": "ok", "box": box, "probs": probs, "top": top, "timings_ms": timings_ms,
+    return {"status": OK, "box": box, "probs": probs, "top": top, "timings_ms": timings_ms,
             "batch": batch}
 
 
 def no_face(*, timings_ms: dict[str, float]) -> dict[str, Any]:
-    return {"status": "no_face", "timings_ms": timings_ms}
+    return {"status": NO_FACE, "timings_ms": timings_ms}
 
 
 def dropped(reason: str) -> dict[str, Any]:
     if reason not in DROP_REASONS:
         raise ValueError(f"unknown drop reason {reason!r}")
-    return {"status": "dropped", "reason": reason}
+    return {"status": DROPPED, "reason": reason}
 
 
 def error(message: str, code: str) -> dict[str, Any]:
     if code not in ERROR_CODES:
         raise ValueError(f"unknown error code {code!r}")
-    return {"status": "error", "code": code, "error": message}
+    return {"status": ERROR, "code": code, "error": message}

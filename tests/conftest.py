@@ -35,6 +35,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small untrained network exported through the real export path (fast to run)."""
     import torch
 
+    from streamfer.contract import ModelMeta
     from training.export import Deployed, export
     from training.network import FERNet, NetConfig
 
@@ -42,7 +43,7 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     net = FERNet(NetConfig(crop=44, classes=5, conv_channels=(8, 8), local_channels=4))
     deployed = Deployed(net, size=48, crop=44, mean=128.0, std=64.0, tta="mirror")
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    export(deployed, path, {"name": "tiny", "classes": CLASSES, "metrics": {}})
+    export(deployed, path, ModelMeta(name="tiny", classes=tuple(CLASSES), metrics={}))
     return path
 
 
@@ -52,6 +53,7 @@ def tiny8_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     must not assume five classes is tested with it."""
     import torch
 
+    from streamfer.contract import ModelMeta
     from training.data import FERPLUS8
     from training.export import Deployed, export
     from training.network import FERNet, NetConfig
@@ -60,7 +62,7 @@ def tiny8_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     net = FERNet(NetConfig(crop=44, classes=8, conv_channels=(8, 8), local_channels=4))
     deployed = Deployed(net, size=48, crop=44, mean=128.0, std=64.0, tta="mirror")
     path = tmp_path_factory.mktemp("model8") / "tiny8.pt"
-    export(deployed, path, {"name": "tiny8", "classes": list(FERPLUS8), "metrics": {}})
+    export(deployed, path, ModelMeta(name="tiny8", classes=tuple(FERPLUS8), metrics={}))
     return path
 
 

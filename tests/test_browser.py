@@ -36,7 +36,7 @@ from bench.browserkit import (
 )
 from bench.fakecam import dark_frames, face_frames, gradient_frames, scene, shaking, write_y4m
 from bench.serverproc import free_port
-from streamfer.faces import FaceDetector
+from streamfer.detect import FaceDetector
 from streamfer.server import vendor
 
 pytestmark = pytest.mark.browser

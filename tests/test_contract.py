@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("model", sorted((ROOT / "models").glob("*.pt")), ids=lambda p: p.name)
 def test_metadata_without_torch_is_what_torch_reads(model: Path) -> None:
     _, meta = contract.read(model)
-    assert contract.read_metadata(model) == meta and meta["classes"]
+    assert contract.read_metadata(model) == meta and meta.classes
 
 
 def test_a_file_that_is_not_a_model_is_refused_with_its_reason(tmp_path: Path) -> None:

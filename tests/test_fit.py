@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -158,9 +159,9 @@ def test_reexport_notes_add_a_recipe_and_keep_what_the_weights_compute(
                        "--notes", str(notes)])
     _, meta = contract.read(out)
     _, before = contract.read(tiny_model_path)
-    assert meta["recipe"] == ["python -m training.fit ..."]
-    assert meta["selection"] == "chosen before its results"
-    assert {k: v for k, v in meta.items() if k not in ("recipe", "selection")} == before
+    assert meta.notes["recipe"] == ["python -m training.fit ..."]
+    assert meta.notes["selection"] == "chosen before its results"
+    assert dataclasses.replace(meta, notes={}) == before
     x = torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8)
     torch.testing.assert_close(torch.jit.load(str(out)).predict(x, "mirror"),
                                torch.jit.load(str(tiny_model_path)).predict(x, "mirror"),
@@ -184,7 +185,7 @@ def test_reexport_takes_another_epochs_weights_from_a_checkpoint(
         again, meta = export.rebuild(out)
         for k, v in again.net.state_dict().items():
             torch.testing.assert_close(v, state[k], rtol=0, atol=0)
-        assert meta["metrics"]["epoch"] == epoch and meta["metrics"]["weights"].endswith(ckpt)
+        assert meta.metrics["epoch"] == epoch and meta.metrics["weights"].endswith(ckpt)
     x = torch.randint(0, 256, (2, 1, 48, 48), dtype=torch.uint8)
     assert not torch.equal(torch.jit.load(str(tmp_path / "last.ckpt.pt")).predict(x, "centre"),
                            torch.jit.load(str(tiny_model_path)).predict(x, "centre"))
@@ -203,7 +204,7 @@ def test_a_model_rewrite_that_fails_part_way_leaves_the_served_file_loadable(
     with pytest.raises(OSError, match="disk full"):
         contract.replace_atomically(model, half_then_fail)
     _, meta = contract.read(model)  # the old file, whole
-    assert meta["name"] == "tiny"
+    assert meta.name == "tiny"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["served.json", "served.pt"]
 
 

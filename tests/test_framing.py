@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from streamfer.faces import FaceDetector, crop_at
+from streamfer.detect import FaceDetector
+from streamfer.faces import crop_at
 from training.framing import measure_one
 
 

@@ -1,5 +1,5 @@
-"""Phone photos (streamfer.server.photos): EXIF orientation as Pillow applies it, JPEGs decoded at
-reduced size by libjpeg, and size limits judged on what is actually decoded."""
+"""Phone photos (streamfer.server.photodecode): EXIF orientation as Pillow applies it, JPEGs
+decoded at reduced size by libjpeg, and size limits judged on what is actually decoded."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from streamfer.faces import BadImage
-from streamfer.server.photos import decode_photo, orient, photo_header, reduction
+from streamfer.server.photodecode import decode_photo, orient, photo_header, reduction
 
 
 def jpeg(img: Image.Image, orientation: int = 1, quality: int = 90) -> bytes:

@@ -169,3 +169,19 @@ async def test_the_command_explains_a_missing_model(tmp_path: Path) -> None:
     err = (await asyncio.wait_for(proc.stderr.read(), BOUND_S)).decode()
     assert await asyncio.wait_for(proc.wait(), BOUND_S) == 2
     assert "model file not found" in err and "Traceback" not in err
+
+
+def test_a_config_built_directly_is_held_to_its_declared_choices_and_ranges() -> None:
+    """The checks come from each field's opt(...), not from argparse: a ServeConfig made in
+    code is refused for the same values the command line refuses."""
+    from streamfer.server.config import ServeConfig
+
+    for kwargs, said in (({"port": 80800}, "port must be 0-65535"),
+                         ({"max_batch": 0}, "max_batch must be >= 1"),
+                         ({"deadline_ms": 0.0}, "deadline_ms must be > 0"),
+                         ({"tta": "sideways"}, "tta must be one of"),
+                         ({"detector": "dlib"}, "detector must be one of"),
+                         ({"max_sockets": 8, "max_connections": 8}, "max_sockets must be >")):
+        with pytest.raises(ValueError, match=said):
+            ServeConfig(**kwargs)
+    assert ServeConfig(port=0, tta="ten").port == 0

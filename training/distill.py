@@ -42,7 +42,7 @@ def teacher_probs(path: Path, images: np.ndarray, classes: tuple[str, ...],
                   batch: int = 256) -> np.ndarray:
     """One teacher's probabilities over `classes` for N x S x S uint8 faces, as served."""
     predictor = Predictor(path, device="cpu", runtime="torchscript")
-    if predictor.metadata.get("logit_adjust"):
+    if predictor.metadata.logit_adjust:
         raise ValueError(f"--teacher {path} is logit-adjusted; give its unadjusted source")
     lacking = [c for c in classes if c not in predictor.classes]
     if lacking:

@@ -7,7 +7,7 @@
     python -m training.evaluate agreement    # FER2013's labels vs the FER+ majority, PublicTest
     python -m training.evaluate by-crowd --model models/ferplus-5class.pt  # FER2013, split by it
 
-Every face goes through streamfer's own path: the server's decoder, `streamfer.faces.prepare`
+Every face goes through streamfer's own path: the server's decoder, `streamfer.detect.prepare`
 for a client crop (webfaces: the whole photo is the crop), and `streamfer.model.Predictor`
 (on the CPU its int8 ONNX derivative when one was made from this very file, else the frozen,
 fused TorchScript; the model's own preprocessing and default test-time averaging).
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from streamfer.faces import FaceDetector, prepare
+from streamfer.detect import FaceDetector, prepare
 from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
 from training import data as D
@@ -117,7 +117,7 @@ def model_faces(predictor: Predictor | Ensemble, faces: D.FaceSet) -> np.ndarray
 
 def load_photos(root: Path, classes: tuple[str, ...], size: int) -> D.FaceSet:
     """webfaces-dev photos, each whole photo sent as the page sends a crop: decoded to gray by
-    the server's decoder and resized by `streamfer.faces.prepare(is_crop=True)`."""
+    the server's decoder and resized by `streamfer.detect.prepare(is_crop=True)`."""
     detector = FaceDetector()
     folders = {D.canonical(p.name): p for p in root.iterdir() if p.is_dir()}
     images, labels, paths = [], [], []

@@ -17,7 +17,7 @@ load), so the wrapper calls the one aten kernel it needs directly.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -89,24 +89,17 @@ class Deployed(nn.Module):
         return self.predict(x, self.tta)
 
 
-def export(deployed: Deployed, path: str | Path, metadata: dict) -> Path:
-    """Script and save `deployed` with its metadata inside and beside it; returns the path."""
-    meta = {
-        "input": {"size": deployed.size, "channels": 1, "range": "0-255",
-                  "dtype": "uint8 or float32"},
-        "crop": deployed.crop,
-        "mean": deployed.mean,
-        "std": deployed.std,
-        "tta_default": deployed.tta,
-        "tta_modes": list(TTA_MODES),
-        "network": deployed.net.cfg.to_dict(),  # enough to rebuild it (see reexport)
-        **metadata,
-    }
+def export(deployed: Deployed, path: str | Path, meta: contract.ModelMeta) -> Path:
+    """Script and save `deployed` with its metadata inside and beside it; returns the path.
+    The geometry, normalisation and network config in `meta` are replaced by `deployed`'s."""
+    meta = meta.with_geometry(input_size=deployed.size, crop=deployed.crop, mean=deployed.mean,
+                              std=deployed.std, tta_default=deployed.tta,
+                              network=deployed.net.cfg.to_dict())  # enough to rebuild it
     return contract.write(torch.jit.script(deployed.cpu().eval()), path, meta)
 
 
 def rebuild(source: str | Path, logit_adjust: dict | None = None,
-            weights: str | Path | None = None) -> tuple[Deployed, dict]:
+            weights: str | Path | None = None) -> tuple[Deployed, contract.ModelMeta]:
     """An exported model's eager wrapper and network, with its own weights, and its
     metadata: what re-export and derived artefacts (training/quantize.py) start from.
     `weights`, a training checkpoint of the same run (`last.ckpt` or `best.ckpt`), replaces
@@ -116,35 +109,33 @@ def rebuild(source: str | Path, logit_adjust: dict | None = None,
     training prior (FER+ is a third neutral) for balanced per-class recall, at no cost per
     face."""
     old, meta = contract.read(source)
-    net_fields = dict(meta["network"])
+    if meta.network is None or meta.crop is None or meta.mean is None or meta.std is None:
+        raise contract.ModelError(f"{source}: its metadata lacks the network config, crop or "
+                                  "normalisation needed to rebuild it")
+    net_fields = dict(meta.network)
     net_fields["conv_channels"] = tuple(net_fields["conv_channels"])
     net = FERNet(NetConfig(**net_fields))
     if weights:
-        if meta.get("logit_adjust"):
+        if meta.logit_adjust:
             raise ValueError(f"{source} is logit-adjusted: take the weights into its source")
         state = torch.load(weights, map_location="cpu", weights_only=False)
         # last.ckpt holds the training state around the weights; best.ckpt the weights alone
         epoch = state.get("epoch") if "net" in state else None
         net.load_state_dict(state.get("net", state))
-        meta["metrics"] = {"weights": str(weights), "epoch": epoch,
-                           "note": "weights from a checkpoint: the source's metrics do not apply"}
+        meta = replace(meta, metrics={
+            "weights": str(weights), "epoch": epoch,
+            "note": "weights from a checkpoint: the source's metrics do not apply"})
     else:
         net.load_state_dict({k.removeprefix("net."): v for k, v in old.state_dict().items()})
     if logit_adjust:
-        if meta.get("logit_adjust"):
+        if meta.logit_adjust:
             raise ValueError(f"{source} is already logit-adjusted; adjust its source instead")
-        prior = torch.tensor([float(logit_adjust["prior"][c]) for c in meta["classes"]])
+        prior = torch.tensor([float(logit_adjust["prior"][c]) for c in meta.classes])
         with torch.no_grad():
             net.full.bias -= float(logit_adjust["tau"]) * prior.clamp_min(1e-6).log()
-        meta["logit_adjust"] = logit_adjust
-    deployed = Deployed(net, contract.input_size(meta), int(meta["crop"]), float(meta["mean"]),
-                        float(meta["std"]), str(meta["tta_default"]))
+        meta = replace(meta, logit_adjust=logit_adjust)
+    deployed = Deployed(net, meta.input_size, meta.crop, meta.mean, meta.std, meta.tta_default)
     return deployed.eval(), meta
-
-
-# Metadata that describes the file's format and geometry: export derives it from the network,
-# so it can be neither kept from an older file nor set by hand.
-DERIVED = frozenset({"format", "input", "crop", "mean", "std", "tta_default", "tta_modes"})
 
 
 def reexport(source: str | Path, target: str | Path | None = None,
@@ -157,16 +148,12 @@ def reexport(source: str | Path, target: str | Path | None = None,
     `notes` are added to the metadata (a shipped model's recipe, how it was chosen).
     `weights` takes another epoch's weights from a checkpoint (see `rebuild`), e.g. to
     measure what choosing the best epoch on the validation split was worth."""
-    fixed = (DERIVED | {"network", "classes", "preprocess", "logit_adjust"}) & (notes or {}).keys()
-    if fixed:
-        raise ValueError(f"metadata {sorted(fixed)} says what the weights compute and "
-                         "cannot be set by a note")
+    contract.check_notes(notes or {})  # refused before any work
     deployed, meta = rebuild(source, logit_adjust, weights)
-    keep = {k: v for k, v in meta.items() if k not in DERIVED}
-    keep.update(notes or {})
+    meta = meta.with_notes(notes or {})
     if name:
-        keep["name"] = name
-    return export(deployed, target or source, keep)
+        meta = replace(meta, name=name)
+    return export(deployed, target or source, meta)
 
 
 @dataclass(frozen=True)

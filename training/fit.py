@@ -258,14 +258,16 @@ def init_from(net: FERNet, path: str, classes: tuple[str, ...]) -> tuple[float, 
     for key, value in state.items():
         if key in own and own[key].shape == value.shape and not key.startswith("full."):
             own[key] = value
-    rows = {c: i for i, c in enumerate(meta["classes"])}
+    rows = {c: i for i, c in enumerate(meta.classes)}
     for i, cls in enumerate(classes):
         if cls in rows:
             own["full.weight"][i] = state["full.weight"][rows[cls]]
             own["full.bias"][i] = state["full.bias"][rows[cls]]
     net.load_state_dict(own)
-    log.info("initialised from %s (classes %s)", path, meta["classes"])
-    return float(meta["mean"]), float(meta["std"])
+    log.info("initialised from %s (classes %s)", path, meta.classes)
+    if meta.mean is None or meta.std is None:
+        raise contract.ModelError(f"{path}: its metadata has no normalisation (mean, std)")
+    return meta.mean, meta.std
 
 
 def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path,
@@ -510,17 +512,16 @@ def main(argv: list[str] | None = None) -> dict:
                 save_confusion(val.labels.tolist(), pred.tolist(), train.classes,
                                out / "confusion.png", f"{cfg.net} on val, tta={cfg.tta}")
             if cfg.export:
-                export(deployed, cfg.export, {
-                    "name": Path(cfg.export).stem, "classes": list(train.classes),
-                    "preprocess": cfg.preprocess,
-                    "network": deployed.net.cfg.to_dict(), "params": metrics["params"],
-                    "train_data": f"{cfg.data}:{cfg.data_root} ({len(train)} images"
-                                  + (f", {cfg.labels} labels" if cfg.data == "ferplus" else "")
-                                  + (f", distilled from {cfg.teacher} at weight "
-                                     f"{cfg.teacher_weight:g})" if cfg.teacher else ")"),
-                    "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
-                    "command": cfg.command,
-                })
+                export(deployed, cfg.export, contract.ModelMeta(
+                    name=Path(cfg.export).stem, classes=tuple(train.classes),
+                    preprocess=cfg.preprocess, params=metrics["params"],
+                    train_data=f"{cfg.data}:{cfg.data_root} ({len(train)} images"
+                               + (f", {cfg.labels} labels" if cfg.data == "ferplus" else "")
+                               + (f", distilled from {cfg.teacher} at weight "
+                                  f"{cfg.teacher_weight:g})" if cfg.teacher else ")"),
+                    metrics={k: v for k, v in metrics.items() if k.startswith("val_")},
+                    command=cfg.command,
+                ))
                 log.info("exported %s", cfg.export)
     if rank == 0 and not partial:
         metrics["seconds"] = time.time() - t0

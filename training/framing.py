@@ -9,7 +9,7 @@ FER2013 cut its faces. `streamfer.faces.crop_face` does that from a detector's b
 two constants per detector (streamfer.faces.FRAMING[detector]): scale (crop side / box side)
 and shift_y (crop centre below the box centre, as a fraction of the crop side). This program
 measures both: it upsamples FER2013 Training faces, runs the server's detector (`--detector`:
-the Haar cascade `streamfer.faces.FaceDetector` with the server's scale factor, neighbours and
+the Haar cascade `streamfer.detect.FaceDetector` with the server's scale factor, neighbours and
 histogram equalisation, or BlazeFace `streamfer.detect.BlazeFace` with its defaults) and
 takes medians over the faces it finds of
 
@@ -35,7 +35,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from streamfer.faces import FRAMING, Box, FaceDetector, crop_at
+from streamfer.detect import DETECTORS, FaceDetector
+from streamfer.faces import BLAZEFACE, FRAMING, HAAR, Box, crop_at
 from streamfer.paths import DEFAULT_DATASETS
 from training.cli import opt, parse_config
 
@@ -45,8 +46,8 @@ log = logging.getLogger("training.framing")
 @dataclass
 class FramingConfig:
     data_root: str = opt(str(DEFAULT_DATASETS / "fer2013"), "FER2013's folder")
-    detector: str = opt("haar", "whose boxes to calibrate (a streamfer.faces.FRAMING key)",
-                        ("haar", "blazeface"))
+    detector: str = opt(HAAR, "whose boxes to calibrate (a streamfer.faces.FRAMING key)",
+                        DETECTORS)
     split: str = opt("train", "train (Training) or test (PublicTest)", ("train", "test"))
     classes: str = opt("fer7", "paper5, fer7, ck7, or a comma list")
     limit: int = opt(3000, "faces sampled (seeded) from the split; 0: all")
@@ -77,7 +78,7 @@ class BestBox:
 
 def box_finder(cfg: FramingConfig) -> FaceDetector | BestBox:
     """The detector named by --detector, configured as the server runs it."""
-    if cfg.detector == "blazeface":
+    if cfg.detector == BLAZEFACE:
         from streamfer.detect import BlazeFace
 
         return BestBox(BlazeFace())

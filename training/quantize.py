@@ -200,10 +200,10 @@ def quantize(cfg: QuantizeConfig) -> Path:
 
     model = Path(cfg.model)
     deployed, meta = rebuild(model)
-    size = int(meta["input"]["size"])
+    size = meta.input_size
     # What the served model sees: its own preprocessing, as the Predictor applies it.
     faces = calibration_faces(Path(cfg.data), cfg.count, size)
-    faces = preprocess_faces(faces[:, 0], str(meta.get("preprocess", "none")))[:, None]
+    faces = preprocess_faces(faces[:, 0], meta.preprocess)[:, None]
     target = Path(cfg.out) if cfg.out else onnx_int8.derived_path(model)
 
     class Reader(CalibrationDataReader):

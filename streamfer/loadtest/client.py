@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from streamfer.loadtest.frames import FrameSet
-from streamfer.protocol import TIMING_KEYS, WINDOW
+from streamfer.protocol import DROPPED, ERROR, NO_FACE, OK, TIMING_KEYS, WINDOW
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Client:
             # id null: the server could not read our header -- our frames are well formed,
             # so this is as wrong as a reply to a frame never sent or answered twice.
             self.log.protocol["reply with unknown or repeated id"] += 1
-            if status == "error":
+            if status == ERROR:
                 self.log.errors[error_reason(reply)] += 1
             return
         sent_at = self.pending.pop(fid)
@@ -166,19 +166,19 @@ class Client:
         self.log.answered += 1
         self.log.statuses[status] += 1
         self.log.rtt.append(rtt)
-        if status in ("ok", "no_face"):
+        if status in (OK, NO_FACE):
             self.log.rtt_ok.append(rtt)
             for key, value in (reply.get("timings_ms") or {}).items():
                 if key in self.log.server_ms and isinstance(value, (int, float)):
                     self.log.server_ms[key].append(float(value))
-            if status == "ok" and isinstance(reply.get("batch"), int):
+            if status == OK and isinstance(reply.get("batch"), int):
                 self.log.batches[reply["batch"]] += 1
-            if status == "ok" and self.log.hello is not None and \
+            if status == OK and self.log.hello is not None and \
                     list(reply.get("probs") or {}) != list(self.log.hello.get("classes") or []):
                 self.log.protocol["probs do not name the greeting's classes"] += 1
-        elif status == "dropped":
+        elif status == DROPPED:
             self.log.dropped[str(reply.get("reason"))] += 1
-        elif status == "error":
+        elif status == ERROR:
             self.log.errors[error_reason(reply)] += 1
         else:
             self.log.protocol[f"unknown status {status!r}"] += 1

@@ -15,7 +15,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from streamfer.faces import BadImage, FaceDetector, crop_face, decode_gray
+from streamfer.detect import FaceDetector
+from streamfer.faces import BadImage, crop_face, decode_gray
 from streamfer.protocol import pack_frame
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from streamfer.loadtest.client import RunLog
-from streamfer.protocol import TIMING_KEYS
+from streamfer.protocol import NO_FACE, OK, TIMING_KEYS
 
 MAX_LISTED_MISSING = 20
 
@@ -57,7 +57,7 @@ def summarize(run: RunLog) -> dict:
     sent = sum(c.sent for c in logs)
     answered = sum(c.answered for c in logs)
     missing_ids = [f"client {i} frame {fid}" for i, c in enumerate(logs) for fid in c.missing]
-    served = statuses["ok"] + statuses["no_face"]
+    served = statuses[OK] + statuses[NO_FACE]
     server_ms = {}
     for key in TIMING_KEYS:
         values = [v for c in logs for v in c.server_ms[key]]
@@ -92,8 +92,8 @@ def summarize(run: RunLog) -> dict:
         "reconnect_failures": dict(_sum_counters(c.reconnect_failures for c in logs)),
         "ended_by_server": dict(Counter(c.ended_by_server for c in logs if c.ended_by_server)),
         "not_sent_server_closed": sum(c.not_sent_server_closed for c in logs),
-        "ok": statuses["ok"],
-        "no_face": statuses["no_face"],
+        "ok": statuses[OK],
+        "no_face": statuses[NO_FACE],
         "dropped": sum(dropped.values()),
         "dropped_by_reason": dict(dropped),
         "errors": sum(errors_by_reason.values()),

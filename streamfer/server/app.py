@@ -24,15 +24,16 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streamfer import protocol
-from streamfer.detect import BlazeFace, HaarFallback, load_detector
-from streamfer.faces import FRAMING, NO_HAAR
+from streamfer.detect import NO_HAAR, BlazeFace, HaarFallback, load_detector
+from streamfer.faces import BLAZEFACE, FRAMING, HAAR
 from streamfer.model import Predictor
 from streamfer.server import guard, vendor, video
-from streamfer.server.batcher import MicroBatcher
+from streamfer.server.batcher import Stage, batcher_for, inference_stage, load_predictor
 from streamfer.server.config import ServeConfig
 from streamfer.server.decoder import DecodePool
 from streamfer.server.inference_worker import ModelInfo, WorkerClient
 from streamfer.server.metrics import Metrics
+from streamfer.server.photos import PhotoPipeline
 from streamfer.server.pipeline import DetectBatcher, FramePipeline
 from streamfer.server.stream import FrameStream, Timeouts, deadline
 
@@ -52,6 +53,7 @@ class ServerState:
     own_names: frozenset[str] = field(default_factory=guard.own_names)
     closing: bool = False
     pipeline: FramePipeline | None = None  # set while the app runs (see _resources)
+    photos: PhotoPipeline | None = None  # /api/predict's, over the pipeline's stages
     page_detector: vendor.VendorPackage | None = None  # the in-page detector's files, if installed
     worker: WorkerClient | None = None  # --inference-worker: the model runs there
 
@@ -103,9 +105,7 @@ def init_app(config: ServeConfig, predictor: Predictor | None = None, *,
         assert worker.model is not None, "wait_ready() first"
         predictor = worker.model
     elif predictor is None:
-        predictor = Predictor(config.model, device=config.device, tta=config.tta,
-                              max_batch=config.max_batch, optimize=config.optimize,
-                              runtime=config.runtime, threads=config.threads)
+        predictor = load_predictor(config)
     app = web.Application(client_max_size=config.max_request_bytes, middlewares=[checked])
     app[STATE] = ServerState(config=config, predictor=predictor,
                              page_detector=vendor.find(config.web_dir, config.page_inference),
@@ -162,28 +162,23 @@ async def _resources(app: web.Application) -> Any:
     await loop.run_in_executor(None, decoder.start)
     try:
         pool = ThreadPoolExecutor(config.workers, thread_name_prefix="streamfer-detect")
-        batcher: MicroBatcher[np.ndarray, np.ndarray] | WorkerClient
+        batcher: Stage
         if state.worker is not None:  # the worker's batcher (warmed up there) serves this one
             batcher, device = state.worker, "cpu"
         else:
             assert isinstance(predictor, Predictor)
-            batcher, device = MicroBatcher(
-                state.metrics.timed_forward(lambda faces: predictor.forward(np.stack(faces))),
-                max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                queue_limit=config.queue_limit, on_batch=state.metrics.observe_batch), \
-                predictor.device
+            _, batcher = inference_stage(config, state.metrics, predictor)
+            device = predictor.device
             await loop.run_in_executor(None, predictor.warm_up, config.max_batch)
         state.metrics.track_queue(lambda: len(batcher))
         batcher.start()
         detector = await loop.run_in_executor(None, make_detector, config, device)
-        detect_batcher = None
+        detect_batcher: DetectBatcher | None = None
         if isinstance(detector, BlazeFace) and (config.detect_batch if config.detect_batch
                                                 is not None else detector.device == "cuda"):
             # The batched stage before the expression model (same batching policy).
-            detect_batcher = DetectBatcher(
-                lambda xs: list(zip(*detector.infer(np.stack(xs)), strict=True)),
-                max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
-                queue_limit=config.queue_limit)
+            detect_batcher = batcher_for(
+                config, lambda xs: list(zip(*detector.infer(np.stack(xs)), strict=True)))
             detect_batcher.start()
         log.info("face detector: %s%s", detector.description,
                  ", batched" if detect_batcher is not None else ", in the face-search threads")
@@ -191,6 +186,7 @@ async def _resources(app: web.Application) -> Any:
             batcher=batcher, classes=predictor.classes, input_size=predictor.input_size,
             decoder=decoder, decode_pool=pool, detector=detector,
             deadline_s=config.deadline_ms / 1000.0, detect_batcher=detect_batcher)
+        state.photos = PhotoPipeline(state.pipeline, config.photo_deadline_ms / 1e3)
         yield
         if detect_batcher is not None:
             await detect_batcher.stop()
@@ -202,9 +198,9 @@ async def _resources(app: web.Application) -> Any:
 
 def make_detector(config: ServeConfig, device: Any) -> BlazeFace | HaarFallback:
     """The face detector --detector names; BlazeFace runs on the model's device."""
-    if config.detector == "haar":
+    if config.detector == HAAR:
         detector: BlazeFace | HaarFallback = HaarFallback()
-    elif config.detector == "blazeface":  # asked for by name: missing weights are an error
+    elif config.detector == BLAZEFACE:  # asked for by name: missing weights are an error
         detector = BlazeFace(device=device)
     else:
         detector = load_detector(device)
@@ -422,17 +418,16 @@ async def _predict(request: web.Request, state: ServerState, is_crop: bool) -> w
     if state.closing:
         body = protocol.dropped(protocol.SHUTTING_DOWN)
     else:
-        assert state.pipeline is not None
+        assert state.photos is not None
         # The photo's own deadline, counted from its whole body: its upload time is the
         # client's network, not the server's queue.
-        body = await state.pipeline.run(data, is_crop=is_crop, received=time.monotonic(),
-                                        photo=True, deadline_s=config.photo_deadline_ms / 1e3)
+        body = await state.photos.run(data, is_crop=is_crop, received=time.monotonic())
     state.metrics.observe_reply(body)
     status, headers = 200, {}
-    if body["status"] == "error":
+    if body["status"] == protocol.ERROR:
         status = {protocol.TOO_LARGE: 413, protocol.INTERNAL: 500,
                   protocol.NO_DETECTOR: 501}.get(body["code"], 400)
-    elif body["status"] == "dropped":
+    elif body["status"] == protocol.DROPPED:
         status, headers = 503, {"Retry-After": "1"}
     return web.json_response({"type": "result", **body}, status=status, headers=headers)
 

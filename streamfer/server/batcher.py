@@ -16,6 +16,11 @@ Flush policy (all of it lives in `MicroBatcher._run`):
 
 Load shedding: `submit` answers "overloaded" at once when `queue_limit` frames are already
 waiting, and "shutting_down" after `stop()`; `stop()` still runs what was queued.
+
+`Stage` names the calls the pipeline makes of the model's stage: a MicroBatcher here, or
+streamfer.server.inference_worker.WorkerClient in front of the inference process's one.
+`inference_stage` builds the model and its batcher from the server's settings (both the
+server and the inference process use it), `batcher_for` any batcher with their policy.
 """
 
 from __future__ import annotations
@@ -27,10 +32,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+import numpy as np
 
 from streamfer.protocol import DEADLINE, OVERLOADED, SHUTTING_DOWN
+
+if TYPE_CHECKING:
+    from streamfer.model import Predictor
+    from streamfer.server.config import ServeConfig
+    from streamfer.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -200,3 +213,56 @@ class MicroBatcher(Generic[T, R]):
         for job, out in zip(jobs, outputs, strict=True):
             if not job.future.done():
                 job.future.set_result(Ran(out, len(jobs), started - job.submitted, elapsed))
+
+
+class Announced(Protocol):
+    """A face announced to a Stage while it decodes (`Stage.expecting`)."""
+
+    def release(self) -> None: ...
+
+    async def submit(self, item: np.ndarray, *, deadline: float | None = None
+                     ) -> Ran[np.ndarray] | Dropped: ...
+
+
+class Stage(Protocol):
+    """The model's stage as the pipeline calls it: N x S x S faces in, one at a time, their
+    probabilities out. A MicroBatcher over a Predictor, or an inference_worker.WorkerClient."""
+
+    def __len__(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def expecting(self) -> AbstractContextManager[Announced]: ...
+
+    async def submit(self, item: np.ndarray, *, deadline: float | None = None
+                     ) -> Ran[np.ndarray] | Dropped: ...
+
+
+def batcher_for(config: ServeConfig, forward: Callable[[list[T]], Sequence[R]],
+                on_batch: Callable[[int, float], None] | None = None) -> MicroBatcher[T, R]:
+    """A MicroBatcher with the server's batching policy (--max-batch, --max-wait-ms,
+    --queue-limit)."""
+    return MicroBatcher(forward, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                        queue_limit=config.queue_limit, on_batch=on_batch)
+
+
+def load_predictor(config: ServeConfig) -> Predictor:
+    """The model as the server's settings say to run it (--model, --device, --tta, ...)."""
+    from streamfer.model import Predictor
+
+    return Predictor(config.model, device=config.device, tta=config.tta,
+                     max_batch=config.max_batch, optimize=config.optimize,
+                     runtime=config.runtime, threads=config.threads)
+
+
+def inference_stage(config: ServeConfig, metrics: Metrics, predictor: Predictor | None = None,
+                    faces: Callable[[list[T]], np.ndarray] = np.stack
+                    ) -> tuple[Predictor, MicroBatcher[T, np.ndarray]]:
+    """The model (`predictor`, else loaded from `config`) and the batcher in front of it,
+    timed in `metrics`; `faces` makes a batch's items one N x S x S array."""
+    model = predictor if predictor is not None else load_predictor(config)
+    return model, batcher_for(
+        config, metrics.timed_forward(lambda items: model.forward(faces(items))),
+        metrics.observe_batch)

@@ -1,8 +1,9 @@
 """The server's settings: one dataclass, filled from command-line flags with STREAMFER_*
 environment fallbacks (flag > environment > default), so a PaaS can configure it with
 environment variables alone and a developer with flags alone. Each field is one setting:
-its flag, --help text, choices and environment variable all derive from it
-(streamfer/cli.py), so adding a setting is one line here (and a check in __post_init__)."""
+its flag, --help text, choices, range and environment variable all derive from it
+(streamfer/cli.py), so adding a setting is one line here; __post_init__ holds every field to
+its choices and range (cli.check) and adds the rules between fields."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from streamfer import cli
 from streamfer.cli import opt, parse
 from streamfer.contract import TTA_MODES
+from streamfer.detect import DETECTORS
 from streamfer.model import DEVICES
 from streamfer.onnx_int8 import RUNTIMES
 from streamfer.paths import DEFAULT_MODEL, DEFAULT_WEB_DIR
@@ -21,7 +24,7 @@ from streamfer.server.vendor import INFERENCE, INFERENCES
 from streamfer.video.decode import MAX_VIDEO_BYTES, MAX_VIDEO_PIXELS, MAX_VIDEO_SECONDS
 
 TTA_CHOICES = TTA_MODES
-DETECTOR_CHOICES = ("auto", "blazeface", "haar")
+DETECTOR_CHOICES = ("auto", *DETECTORS)
 ENV_PREFIX = "STREAMFER_"
 HTTP_DRAIN_S = 2.0  # after the WebSockets: how long HTTP requests in progress may finish
 HTTP_LINGER_S = 2.0  # the rest of a refused request's body is read and dropped this long
@@ -38,16 +41,16 @@ class ServeConfig:
     host: str = opt("0.0.0.0", "interface to listen on: 0.0.0.0 = every interface, so anyone "
                     "who can reach this machine (phones on the LAN, and more where it has a "
                     "public address) can connect; 127.0.0.1 for this machine only")
-    port: int = opt(8080, "TCP port")
+    port: int = opt(8080, "TCP port (0: any free port)", at_least=0, at_most=65535)
     device: str = opt("auto", "auto = CUDA when torch sees a GPU", DEVICES)
-    max_batch: int = opt(32, "largest inference batch")
+    max_batch: int = opt(32, "largest inference batch", at_least=1)
     max_wait_ms: float = opt(2.0, "longest wait to fill a batch, only while more frames are "
-                             "being decoded (a lone frame never waits)")
+                             "being decoded (a lone frame never waits)", at_least=0)
     tta: str | None = opt(None, "test-time averaging (default: the model's own)", TTA_CHOICES)
     max_frame_bytes: int = opt(256 * 1024, "largest image per WebSocket frame (bigger: an "
-                               "error reply, the connection stays open)")
+                               "error reply, the connection stays open)", at_least=1)
     max_upload_bytes: int = opt(20 * 1024 * 1024, "largest photo on /api/predict (bigger: "
-                                "HTTP 413 naming this flag); a phone photo is 3-12 MB")
+                                "HTTP 413 naming this flag); a phone photo is 3-12 MB", at_least=1)
     detector: str = opt("auto", "face detector for full frames: blazeface (the page's own "
                         "network; weights from web/node_modules, `npm ci` in web/), haar "
                         "(OpenCV's cascade, opencv<5 only), or auto: blazeface when installed, "
@@ -55,7 +58,8 @@ class ServeConfig:
     detect_batch: bool | None = opt(None, "run face detection as a batched stage on the "
                                     "model's device (default: on with CUDA; on the CPU it "
                                     "runs in the decode threads)")
-    max_connections: int = opt(64, "WebSocket connections at once; more get HTTP 503")
+    max_connections: int = opt(64, "WebSocket connections at once; more get HTTP 503",
+                               at_least=1)
     max_sockets: int = opt(256, "open TCP connections at once per serving process, counted "
                            "from the accept (HTTP, WebSockets, TLS handshakes in progress); "
                            "at it, the oldest connection that has sent nothing yet (or is in "
@@ -63,20 +67,22 @@ class ServeConfig:
                            "new one gets 503 and is closed (over TLS: closed). Keep it below "
                            "the descriptor limit (docs/DEPLOY.md)")
     tls_handshake_timeout_s: float = opt(5.0, "a TLS handshake not finished within this many "
-                                         "seconds of the connection opening closes it")
+                                         "seconds of the connection opening closes it",
+                                         above=0)
     max_uploads: int = opt(8, "photos on /api/predict at once, from the start of their body to "
                            "their reply; more get 503 with Retry-After before their body is "
                            "read (memory: about this times --max-upload-bytes plus a decoded "
-                           "photo each, docs/DEPLOY.md)")
+                           "photo each, docs/DEPLOY.md)", at_least=1)
     photo_deadline_ms: float = opt(10000.0, "an uploaded photo not in a batch this long after "
-                                   "its whole body arrived is answered dropped/deadline")
+                                   "its whole body arrived is answered dropped/deadline",
+                                   above=0)
     max_fps: float = opt(30.0, "frames per second per connection (0 = no cap); faster ones "
                          "are answered dropped/rate_limited")
     suggested_fps: float = opt(15.0, "frame rate the greeting suggests to the page")
     queue_limit: int = opt(64, "frames waiting for a batch before new ones are answered "
-                           "dropped/overloaded")
+                           "dropped/overloaded", at_least=1)
     deadline_ms: float = opt(500.0, "a frame not in a batch this long after it arrived is "
-                             "answered dropped/deadline")
+                             "answered dropped/deadline", above=0)
     allow_origin: tuple[str, ...] = opt((), "extra allowed WebSocket Origin, e.g. "
                                         "https://example.org (repeatable; '*' allows any; the "
                                         "environment variable takes a comma-separated list)",
@@ -101,9 +107,9 @@ class ServeConfig:
     keyfile: Path | None = opt(None, "TLS private key (PEM) for HTTPS")
     workers: int = opt(None, "decode processes and face-detection threads (default: the "
                        "cores available)",
-                       factory=lambda: available_cores())
+                       factory=lambda: available_cores(), at_least=1)
     threads: int = opt(0, "inference threads (0: one for the int8 runtime, torch's own choice "
-                       "-- one per core -- for the TorchScript)")
+                       "-- one per core -- for the TorchScript)", at_least=0)
     optimize: bool = opt(True, "on the CPU, freeze the TorchScript model and let oneDNN fuse "
                          "its layers at load (--no-optimize runs the file as loaded)")
     runtime: str = opt("auto", "CPU inference: onnx-int8 runs models/NAME.int8.onnx (made by "
@@ -114,37 +120,40 @@ class ServeConfig:
                                 "seconds of the connection opening or of the previous reply "
                                 "(idle keep-alive connections close then too), and an upload's "
                                 "body within this of the server starting to read it (else "
-                                "408); WebSocket: a ping must be answered within it")
+                                "408); WebSocket: a ping must be answered within it", above=0)
     write_timeout_s: float = opt(10.0, "a WebSocket reply, ping or close the client does not "
                                  "take within this many seconds (it is not reading) cuts the "
                                  "connection; so does HTTP data left unacknowledged this long "
-                                 "(Linux TCP_USER_TIMEOUT)")
-    heartbeat_s: float = opt(30.0, "ping each WebSocket this often, whatever it sends")
+                                 "(Linux TCP_USER_TIMEOUT)", above=0)
+    heartbeat_s: float = opt(30.0, "ping each WebSocket this often, whatever it sends",
+                             above=0)
     shutdown_timeout_s: float = opt(5.0, "on SIGINT/SIGTERM, answer frames in flight and close "
                                     "WebSockets within this many seconds; sockets still open "
                                     f"then are cut (HTTP requests in progress get "
-                                    f"{HTTP_DRAIN_S:g} s more)")
+                                    f"{HTTP_DRAIN_S:g} s more)", above=0)
     processes: int = opt(1, "server processes sharing the port; each has its own model, "
                          "batcher and torch threads (cores / processes unless --threads), the "
                          "kernel spreads connections over them (SO_REUSEPORT, Linux), /metrics "
-                         "sums them")
+                         "sums them", at_least=1)
     inference_worker: bool = opt(False, "one inference process owns the model (and the CUDA "
                                  "context) and batches the faces of every serving process; "
                                  "these then only decode, detect and crop (shared memory "
                                  "between them; the GPU machine's layout, docs/DEPLOY.md)")
     max_video_bytes: int = opt(MAX_VIDEO_BYTES, "largest video on /api/video (bigger: HTTP "
-                               "413 naming this flag)")
+                               "413 naming this flag)", above=0)
     max_video_seconds: float = opt(MAX_VIDEO_SECONDS, "longest video on /api/video, by its "
-                                   "header and again while decoding")
+                                   "header and again while decoding", above=0)
     max_video_pixels: int = opt(MAX_VIDEO_PIXELS, "largest video frame on /api/video, in "
-                                "pixels")
+                                "pixels", above=0)
     video_jobs: int = opt(2, "/api/video jobs held at once (uploading, queued, running, or "
                           "done and not yet expired); more get HTTP 503. They run one at a "
-                          "time, so their disk use is at most this many videos and timelines")
+                          "time, so their disk use is at most this many videos and timelines",
+                          above=0)
     video_keep_s: float = opt(600.0, "a finished /api/video job's files are deleted this "
-                              "many seconds after it ended (or at DELETE, or at shutdown)")
+                              "many seconds after it ended (or at DELETE, or at shutdown)",
+                              above=0)
     video_upload_s: float = opt(300.0, "an /api/video upload must arrive completely within "
-                                "this many seconds (else 408)")
+                                "this many seconds (else 408)", above=0)
     web_dir: Path = opt(DEFAULT_WEB_DIR, "the phone page's folder")
     page_inference: str = opt(INFERENCE, "where phones run the in-page face detector's "
                               "network: cpu (wasm SIMD; cheaper than webgl's draws and "
@@ -153,61 +162,17 @@ class ServeConfig:
     log_level: str = opt("INFO", "logging level (DEBUG, INFO, WARNING, ERROR)")
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.max_batch < 1:
-            problems.append("max_batch must be >= 1")
-        if self.max_wait_ms < 0:
-            problems.append("max_wait_ms must be >= 0")
-        if self.max_frame_bytes < 1:
-            problems.append("max_frame_bytes must be >= 1")
-        if self.max_upload_bytes < 1:
-            problems.append("max_upload_bytes must be >= 1")
-        if self.detector not in DETECTOR_CHOICES:
-            problems.append(f"detector must be one of {DETECTOR_CHOICES}")
-        if self.max_connections < 1:
-            problems.append("max_connections must be >= 1")
+        problems = cli.problems(self)  # each field's choices and range (its opt)
         if self.max_sockets <= self.max_connections:
             problems.append("max_sockets must be > max_connections (WebSockets are sockets too)")
-        if self.max_uploads < 1:
-            problems.append("max_uploads must be >= 1")
-        if self.photo_deadline_ms <= 0:
-            problems.append("photo_deadline_ms must be > 0")
         try:
             for net in self.metrics_from:
                 ipaddress.ip_network(net, strict=False)
         except ValueError as exc:
             problems.append(f"metrics_from: {exc}")
-        if self.queue_limit < 1:
-            problems.append("queue_limit must be >= 1")
-        if self.deadline_ms <= 0:
-            problems.append("deadline_ms must be > 0")
-        if self.threads < 0:
-            problems.append("threads must be >= 0")
-        for name in ("max_video_bytes", "max_video_seconds", "max_video_pixels", "video_jobs",
-                     "video_keep_s", "video_upload_s"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be > 0")
-        for name in ("read_timeout_s", "write_timeout_s", "heartbeat_s", "shutdown_timeout_s",
-                     "tls_handshake_timeout_s"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be > 0")
-        if self.workers < 1:
-            problems.append("workers must be >= 1")
-        if self.runtime not in RUNTIMES:
-            problems.append(f"runtime must be one of {', '.join(RUNTIMES)}")
-        if self.page_inference not in INFERENCES:
-            problems.append(f"page_inference must be one of {', '.join(INFERENCES)}")
-        if not 0 <= self.port <= 65535:
-            problems.append(f"port must be 0-65535 (0: any free port), got {self.port}")
-        if self.processes < 1:
-            problems.append("processes must be >= 1")
         if (self.processes > 1 or self.inference_worker) and self.port == 0:
             problems.append("processes > 1 needs a fixed port (they share it)"
                             if self.processes > 1 else "inference_worker needs a fixed port")
-        if self.tta is not None and self.tta not in TTA_CHOICES:
-            problems.append(f"tta must be one of {TTA_CHOICES}")
-        if self.device not in DEVICES:
-            problems.append("device must be auto, cpu or cuda")
         if (self.certfile is None) != (self.keyfile is None):
             problems.append("certfile and keyfile go together")
         if self.https and self.certfile is not None:

@@ -54,7 +54,7 @@ from streamfer.imagecheck import (
     ImageLimits,
     check_image,
 )
-from streamfer.server.photos import decode_photo
+from streamfer.server.photodecode import decode_photo
 
 log = logging.getLogger(__name__)
 

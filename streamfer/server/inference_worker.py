@@ -55,7 +55,13 @@ import numpy as np
 from prometheus_client import Histogram
 
 from streamfer.protocol import OVERLOADED, SHUTTING_DOWN
-from streamfer.server.batcher import Dropped, Expected, InferenceFailed, MicroBatcher, Ran
+from streamfer.server.batcher import (
+    Dropped,
+    Expected,
+    InferenceFailed,
+    Ran,
+    inference_stage,
+)
 
 if TYPE_CHECKING:
     from streamfer.server.config import ServeConfig
@@ -139,28 +145,21 @@ class _Worker:
     """The inference process's event loop: every front-end's pipe, one MicroBatcher."""
 
     def __init__(self, config: ServeConfig, links: list[Connection], names: list[str]) -> None:
-        from streamfer.model import Predictor
         from streamfer.server.metrics import Metrics
 
         self.config = config
         self.links = links
-        self.predictor = Predictor(config.model, device=config.device, tta=config.tta,
-                                   max_batch=config.max_batch, optimize=config.optimize,
-                                   runtime=config.runtime, threads=config.threads)
-        p = self.predictor
         self.metrics = Metrics()
         self.frontends = Histogram(
             "streamfer_batch_frontends", "Front-end processes whose faces shared an inference "
             "batch (--inference-worker)", buckets=FRONTEND_BUCKETS,
             registry=self.metrics.registry)
+        self.predictor, self.batcher = inference_stage(config, self.metrics, faces=self._faces)
+        p = self.predictor
         count = slot_count(config)
         size = Slots.nbytes(count, p.input_size, len(p.classes))
         self.slots = [Slots(SharedMemory(name, create=True, size=size), count, p.input_size,
                             len(p.classes)) for name in names]
-        self.batcher: MicroBatcher[tuple[int, np.ndarray], np.ndarray] = MicroBatcher(
-            self.metrics.timed_forward(self._forward), max_batch=config.max_batch,
-            max_wait_ms=config.max_wait_ms, queue_limit=config.queue_limit,
-            on_batch=self.metrics.observe_batch)
         self.expected: dict[tuple[int, int], Expected[Any, Any]] = {}
         self.outboxes = [_Outbox(link, lambda _, i=i: self._closed(i))
                          for i, link in enumerate(links)]
@@ -168,9 +167,10 @@ class _Worker:
         self.tasks: set[asyncio.Task[None]] = set()
         self.all_closed = asyncio.Event()
 
-    def _forward(self, items: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    def _faces(self, items: list[tuple[int, np.ndarray]]) -> np.ndarray:
+        """A batch's faces (from which front-ends: counted) as one array."""
         self.frontends.observe(len({i for i, _ in items}))
-        return self.predictor.forward(np.stack([face for _, face in items]))
+        return np.stack([face for _, face in items])
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

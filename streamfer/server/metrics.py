@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from streamfer.protocol import TIMING_KEYS
+from streamfer.protocol import DROPPED, ERROR, TIMING_KEYS
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 T = TypeVar("T")
@@ -102,9 +102,9 @@ class Metrics:
         """Count one reply body (protocol.ok/no_face/dropped/error) and its timings."""
         status = body["status"]
         self.replies.labels(status).inc()
-        if status == "dropped":
+        if status == DROPPED:
             self.dropped.labels(body["reason"]).inc()
-        elif status == "error":
+        elif status == ERROR:
             self.errors.labels(body["code"]).inc()
         for stage, ms in body.get("timings_ms", {}).items():
             if stage in STAGES:

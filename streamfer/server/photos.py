@@ -1,108 +1,78 @@
-"""Ordinary phone photos for /api/predict: decoded small, the right way up.
+"""/api/predict: one uploaded photo to its reply body, every face in it.
 
-A 12-megapixel phone JPEG is 4-5 MB and 4000x3000 pixels, stored as the sensor saw it with
-an EXIF tag saying how to turn it. The face detector only needs about a thousand pixels
-across, so the JPEG is decoded at 1/2, 1/4 or 1/8 of its size by libjpeg itself (DCT
-scaling: `cv2.IMREAD_REDUCED_GRAYSCALE_*`), which skips most of the decoding work, and then
-turned as its EXIF orientation says. Only the header is read to choose the factor, and the
-photo's pixel limit (imagecheck.PHOTO) applies to what is decoded, after that reduction: a
-48-megapixel JPEG decodes at 1/8. HEIC (the iPhone's format) is decoded by libheif
-(pillow-heif), which applies the container's own rotation. Kept apart from faces.py (camera
-frames) on purpose: frames are small and need none of this.
+The stages are the streamed frame's (streamfer.server.pipeline): a decode process decodes it
+(streamfer.server.photodecode: reduced-size JPEG decoding, EXIF orientation, HEIC), the
+decode threads search it (PHOTO_SEARCH: the whole photo and its tiles, then with a
+margin) and crop up to MAX_FACES faces, largest first, and the micro-batcher classifies them.
+A photo is not announced to the batcher while it decodes, as a frame is: it joins the queue
+only once it has faces, so uploads never hold slots or batches that streaming frames need.
 """
 
 from __future__ import annotations
 
-from io import BytesIO
+import asyncio
+import time
+from typing import Any
 
-import cv2
-import numpy as np
-from PIL import Image, UnidentifiedImageError
+from streamfer import protocol
+from streamfer.detect import TIGHT_PAD
+from streamfer.faces import Face, resize_square
+from streamfer.imagecheck import PHOTO
+from streamfer.server.batcher import Dropped, InferenceFailed, Ran
+from streamfer.server.pipeline import Found, FramePipeline, SearchStep, attempt, scaled
 
-from streamfer.faces import BadImage, decode_gray
-from streamfer.imagecheck import PHOTO, ImageInfo, check_image
-
-PHOTO_MIN_SIDE = 960  # decode large enough that the longer side keeps >= this many pixels
-_REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-            4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
-
-
-def photo_header(data: bytes) -> tuple[str, int, int, int]:
-    """(format, width, height, EXIF orientation 1-8) from the header alone."""
-    try:
-        with Image.open(BytesIO(data)) as img:
-            orientation = 1
-            if img.format in ("JPEG", "MPO"):
-                orientation = int(img.getexif().get(0x0112, 1) or 1)
-            return str(img.format), img.size[0], img.size[1], orientation
-    except Image.DecompressionBombError:
-        pass  # judged on its size below, after DCT scaling, not on Pillow's own limit
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise BadImage("not a decodable JPEG/PNG image") from None
-    # Pillow refused it as a bomb: read the size without its check.
-    limit = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        with Image.open(BytesIO(data)) as img:
-            return str(img.format), img.size[0], img.size[1], 1
-    finally:
-        Image.MAX_IMAGE_PIXELS = limit
+MAX_FACES = 16  # faces answered per photo, largest first
+# A photo's face search: the whole photo and its tiles at once (one batch already), then the
+# whole photo with a margin (pipeline.FRAME_SEARCH is a frame's).
+PHOTO_SEARCH = (SearchStep("whole+tiles"), SearchStep("whole", pad=TIGHT_PAD))
 
 
-def reduction(fmt: str, width: int, height: int, min_side: int = PHOTO_MIN_SIDE) -> int:
-    """The largest DCT scale (1, 2, 4, 8) that keeps the longer side >= `min_side`."""
-    if fmt not in ("JPEG", "MPO"):
-        return 1
-    factor = 1
-    while factor < 8 and max(width, height) / (factor * 2) >= min_side:
-        factor *= 2
-    return factor
+class PhotoPipeline:
+    """Photos to reply bodies through a FramePipeline's decoder, finder threads and batcher;
+    each photo has `deadline_s` from its arrival to its place in a batch."""
 
+    def __init__(self, frames: FramePipeline, deadline_s: float) -> None:
+        self.frames = frames
+        self.deadline_s = deadline_s
 
-def orient(gray: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1-8) so the image is the right way up."""
-    if orientation in (2, 4, 5, 7):  # mirrored variants: flip first, then turn as 1/3/6/8
-        gray = cv2.flip(gray, 1)
-        orientation = {2: 1, 4: 3, 5: 8, 7: 6}[orientation]
-    turn = {3: cv2.ROTATE_180, 6: cv2.ROTATE_90_CLOCKWISE, 8: cv2.ROTATE_90_COUNTERCLOCKWISE}
-    return cv2.rotate(gray, turn[orientation]) if orientation in turn else gray
+    async def _found(self, data: bytes, is_crop: bool) -> Found:
+        frames = self.frames
+        pixels, scale, whole = await frames.decode(PHOTO, data)
+        loop = asyncio.get_running_loop()
+        if is_crop:  # ?crop=1: the photo is the face
+            face = await loop.run_in_executor(frames.decode_pool, resize_square, pixels,
+                                              frames.input_size)
+            return Found([(Face(face, whole), None)], scale=scale)
+        # A photo's tiles are one batch already: searched in a thread on every device.
+        return await loop.run_in_executor(frames.decode_pool, frames.threaded.prepare, pixels,
+                                          scale, None, PHOTO_SEARCH, MAX_FACES)
 
-
-def decode_heif(data: bytes) -> np.ndarray:
-    """A HEIC/HEIF photo's primary image as upright 8-bit grayscale (libheif applies the
-    container's rotation and mirroring)."""
-    import pillow_heif
-
-    try:
-        heif = pillow_heif.open_heif(BytesIO(data), convert_hdr_to_8bit=True)
-        img = heif.to_pillow()
-    except Exception as exc:  # libheif's own complaint about a corrupt image
-        raise BadImage(f"not a decodable HEIC image ({str(exc)[:120] or type(exc).__name__})"
-                       ) from None
-    return np.asarray(img.convert("L"))
-
-
-def decode_photo(data: bytes, *, min_side: int = PHOTO_MIN_SIDE,
-                 max_pixels: int = PHOTO.max_pixels,
-                 info: ImageInfo | None = None) -> tuple[np.ndarray, int]:
-    """A photo's bytes -> (upright 8-bit grayscale, reduced in the decoder where it is large;
-    the reduction factor: one decoded pixel is factor x factor photo pixels). `info`: what
-    check_image(data, PHOTO) said (checked here when not given)."""
-    if info is None:
-        info = check_image(data, PHOTO)
-    w, h = info.width, info.height
-    if info.format == "HEIF":
-        return decode_heif(data), 1
-    factor = reduction(info.format, w, h, min_side)
-    out_w, out_h = -(-w // factor), -(-h // factor)
-    if out_w * out_h > max_pixels:
-        raise BadImage(f"image of {w}x{h} pixels exceeds the {max_pixels} pixel limit"
-                       + (f" even decoded at 1/{factor}" if factor > 1 else ""))
-    if info.format not in ("JPEG", "MPO"):
-        return decode_gray(data), 1
-    orientation = photo_header(data)[3]
-    gray = cv2.imdecode(np.frombuffer(data, np.uint8),
-                        _REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
-    if gray is None or gray.size == 0:
-        raise BadImage("not a decodable JPEG image")
-    return orient(gray, orientation), factor
+    async def run(self, data: bytes, *, is_crop: bool, received: float) -> dict[str, Any]:
+        """Reply body for one photo (`received`: its arrival, time.monotonic()): a streamed
+        frame's body for its largest face, plus `faces`, every face found, largest first."""
+        frames = self.frames
+        deadline = received + self.deadline_s
+        if time.monotonic() > deadline:
+            return protocol.dropped(protocol.DEADLINE)
+        started = time.monotonic()
+        found = await attempt(self._found(data, is_crop))
+        if isinstance(found, dict):
+            return found
+        decoded = time.monotonic()
+        decode_s = max(0.0, decoded - started - sum(found.seconds.values()))
+        if not found.faces:
+            return {**frames.no_face(found, decode_s, received, decoded), "faces": []}
+        try:
+            outcomes = await asyncio.gather(
+                *(frames.batcher.submit(f.pixels, deadline=deadline) for f, _ in found.faces))
+        except InferenceFailed as exc:
+            return protocol.error(str(exc), protocol.INTERNAL)
+        if isinstance(outcomes[0], Dropped):
+            return protocol.dropped(outcomes[0].reason)
+        body = frames.ok(found, outcomes[0], decode_s, received)
+        body["faces"] = [
+            {"box": scaled(f.box, found.scale), "score": None if s is None else round(s, 4),
+             **({"probs": (p := frames.probs(o)), "top": max(p, key=p.__getitem__)}
+                if isinstance(o, Ran) else {"status": protocol.DROPPED, "reason": o.reason})}
+            for (f, s), o in zip(found.faces, outcomes, strict=True)]
+        return body

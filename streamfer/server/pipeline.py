@@ -1,13 +1,15 @@
-"""One frame from encoded bytes to its reply body, shared by /ws and /api/predict.
+"""One streamed frame from encoded bytes to its reply body (/ws); /api/predict's photos take
+the same stages through streamfer.server.photos.
 
 Every image is checked and decoded in a decode process (streamfer.server.decoder: bounded by
 its entry point's ImageLimits and a time budget, killed when its caller goes), never on the
 event loop -- except a crop whose cost is bounded by construction (decoder.decode_inline: a
 tiny baseline JPEG, fully walked first). A crop comes back as the model-ready face; a full
-frame or photo as grayscale, searched for faces in a thread pool (OpenCV and torch release
-the GIL; the event loop must keep reading sockets). Then the face joins the micro-batcher's
-queue. Whatever happens, the caller gets exactly one reply body (protocol.ok / no_face /
-dropped / error).
+frame as grayscale, searched for faces (the steps of FRAME_SEARCH) by the finder chosen at
+start-up: in a thread pool (OpenCV and torch release the GIL; the event loop must keep reading
+sockets), or with the detector's passes in a batched stage on the GPU. Then the face joins the
+micro-batcher's queue. Whatever happens, the caller gets exactly one reply body (protocol.ok /
+no_face / dropped / error).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +29,7 @@ from streamfer.detect import (
     TIGHT_PAD,
     BlazeFace,
     Detection,
+    DetectorUnavailable,
     HaarFallback,
     largest_first,
     track_region,
@@ -33,22 +37,38 @@ from streamfer.detect import (
 from streamfer.faces import (
     BadImage,
     Box,
-    DetectorUnavailable,
     Face,
     crop_face,
-    resize_square,
 )
-from streamfer.imagecheck import CROP, FRAME, PHOTO
-from streamfer.server.batcher import Dropped, InferenceFailed, MicroBatcher, Ran
+from streamfer.imagecheck import CROP, FRAME, ImageLimits
+from streamfer.server.batcher import Dropped, InferenceFailed, MicroBatcher, Ran, Stage
 from streamfer.server.decoder import Abandoned, DecodePool, decode_inline
-
-if TYPE_CHECKING:
-    from streamfer.server.inference_worker import WorkerClient
 
 log = logging.getLogger(__name__)
 
-MAX_FACES = 16  # faces answered per photo on /api/predict, largest first
 Detector = BlazeFace | HaarFallback
+
+
+@dataclass(frozen=True)
+class SearchStep:
+    """One step of a face search: which view of the image the detector looks at, with what
+    margin, and whether a face found counts only where the mirrored image confirms it
+    (detect.BlazeFace.confirm). `timing` is the reply's timings key it is counted under."""
+
+    view: str  # "track": the region around the connection's last face (skipped without one);
+    #            "whole": the whole image; "tiles": tiles of half its size;
+    #            "whole+tiles": both in one batch
+    timing: str = "detect"
+    pad: float = 0.0
+    confirm: bool = True
+
+
+# A frame's face search, first step that finds a face wins: the tracking region (a face the
+# mirror check confirmed in an earlier frame), the whole frame, its tiles (faces too small for
+# the detector's input at the whole frame's scale: a face across an eighth of a 640 px frame),
+# then the whole frame with a margin (an image that is all face has no room for a box).
+FRAME_SEARCH = (SearchStep("track", timing="track", confirm=False), SearchStep("whole"),
+                SearchStep("tiles"), SearchStep("whole", pad=TIGHT_PAD))
 
 @dataclass
 class FaceTrack:
@@ -72,12 +92,137 @@ class Found:
 DetectBatcher = MicroBatcher[np.ndarray, tuple[np.ndarray, np.ndarray]]
 
 
-class FramePipeline:
-    """Frames and photos to reply bodies. Detection runs in the decode threads (the CPU
-    default), or, given `detect_batcher` (CUDA), as a batched stage on the GPU before the
-    expression model: decode threads only letterbox the frames and decode the boxes."""
+class ThreadedFinder:
+    """Runs a face search and crops the faces in a decode thread (the CPU default, and any
+    search whose passes are one batch already)."""
 
-    def __init__(self, *, batcher: MicroBatcher[np.ndarray, np.ndarray] | WorkerClient,
+    def __init__(self, detector: Detector, pool: Executor, input_size: int) -> None:
+        self.detector = detector
+        self.pool = pool
+        self.input_size = input_size
+
+    def detections(self, gray: np.ndarray, step: SearchStep,
+                   track: FaceTrack | None) -> list[Detection]:
+        """What one step finds (in the calling thread)."""
+        det = self.detector
+        if step.view == "track":
+            found = det.detect(gray, track_region(track.box)) if track and track.box else []
+        elif step.view == "tiles":
+            found = det.detect_photo(gray, whole=False)
+        elif step.view == "whole+tiles":
+            found = det.detect_photo(gray)
+        else:
+            found = det.detect(gray, pad=step.pad)
+        return det.confirm(gray, found) if found and step.confirm else found
+
+    def faces(self, gray: np.ndarray, found: list[Detection], limit: int) -> list[
+            tuple[Face, float | None]]:
+        """The `limit` largest detections cropped as the model's faces, with their scores."""
+        return [(Face(crop_face(gray, d.box, self.input_size, self.detector.name), d.box),
+                 d.score) for d in largest_first(found)[:limit]]
+
+    def prepare(self, gray: np.ndarray, scale: int, track: FaceTrack | None,
+                plan: tuple[SearchStep, ...], limit: int) -> Found:
+        """Search (`plan`'s steps, the first that finds a face ends it) and crop, in one
+        thread."""
+        out = Found(scale=scale)
+        found: list[Detection] = []
+        for step in plan:
+            if step.view == "track" and (track is None or track.box is None):
+                continue
+            t = time.monotonic()
+            found = self.detections(gray, step, track)
+            out.seconds[step.timing] = out.seconds.get(step.timing, 0.0) + time.monotonic() - t
+            if found:
+                break
+        out.faces = self.faces(gray, found, limit)
+        return out
+
+    async def find(self, gray: np.ndarray, scale: int, track: FaceTrack | None,
+                   deadline: float, plan: tuple[SearchStep, ...] = FRAME_SEARCH,
+                   limit: int = 1) -> Found | Dropped:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, self.prepare, gray, scale, track, plan, limit)
+
+
+class BatchedFinder:
+    """The GPU path (given a detect batcher): the detector's passes over the track region and
+    the whole frame run in the batched stage before the expression model, so decode threads
+    only letterbox the frames, decode the boxes, check the mirror and search tiles."""
+
+    def __init__(self, threaded: ThreadedFinder, detect_batcher: DetectBatcher) -> None:
+        assert isinstance(threaded.detector, BlazeFace)
+        self.threaded = threaded
+        self.detector: BlazeFace = threaded.detector
+        self.detect_batcher = detect_batcher
+
+    async def _batched(self, gray: np.ndarray, region: tuple[int, int, int] | None,
+                       pad: float, deadline: float) -> list[Detection] | Dropped:
+        x, where = self.detector.prepare(gray, region, pad)
+        ran = await self.detect_batcher.submit(x, deadline=deadline)
+        if isinstance(ran, Dropped):
+            return ran
+        regress, scores = ran.value
+        return self.detector.decode(regress, scores, where, gray.shape[:2])
+
+    async def find(self, gray: np.ndarray, scale: int, track: FaceTrack | None,
+                   deadline: float, plan: tuple[SearchStep, ...] = FRAME_SEARCH,
+                   limit: int = 1) -> Found | Dropped:
+        loop = asyncio.get_running_loop()
+        pool = self.threaded.pool
+        out = Found(scale=scale)
+        found: list[Detection] = []
+        for step in plan:
+            if step.view == "track" and (track is None or track.box is None):
+                continue
+            t = time.monotonic()
+            if step.view in ("tiles", "whole+tiles"):  # many small passes: in a thread
+                got = await loop.run_in_executor(pool, self.threaded.detections, gray, step,
+                                                 track)
+            else:
+                region = track_region(track.box) if step.view == "track" and track and \
+                    track.box else None
+                got = await self._batched(gray, region, step.pad, deadline)
+                if isinstance(got, Dropped):
+                    return got
+                if got and step.confirm:
+                    got = await loop.run_in_executor(pool, self.detector.confirm, gray, got)
+            out.seconds[step.timing] = out.seconds.get(step.timing, 0.0) + time.monotonic() - t
+            if got:
+                found = got
+                break
+        out.faces = await loop.run_in_executor(pool, self.threaded.faces, gray, found, limit)
+        return out
+
+
+Finder = ThreadedFinder | BatchedFinder
+
+
+async def attempt(work: Awaitable[Found | Dropped]) -> Found | dict[str, Any]:
+    """`work`'s faces, or the reply body that says why there are none to classify: a bad
+    image, no detector, the server closing, the stage dropped it, or an internal error."""
+    try:
+        found = await work
+    except BadImage as exc:
+        return protocol.error(str(exc), protocol.BAD_IMAGE)
+    except DetectorUnavailable as exc:
+        return protocol.error(str(exc), protocol.NO_DETECTOR)
+    except Abandoned:  # the server is closing its decoders
+        return protocol.dropped(protocol.SHUTTING_DOWN)
+    except Exception:
+        log.exception("preprocessing failed")
+        return protocol.error("internal error while decoding the image", protocol.INTERNAL)
+    if isinstance(found, Dropped):
+        return protocol.dropped(found.reason)
+    return found
+
+
+class FramePipeline:
+    """Streamed frames to reply bodies. The face search runs in the decode threads (the CPU
+    default), or, given `detect_batcher` (CUDA), with its detector passes as a batched stage
+    on the GPU before the expression model: chosen here, once (`finder`)."""
+
+    def __init__(self, *, batcher: Stage,
                  classes: list[str], input_size: int, decoder: DecodePool,
                  decode_pool: Executor, detector: Detector, deadline_s: float,
                  detect_batcher: DetectBatcher | None = None) -> None:
@@ -88,215 +233,78 @@ class FramePipeline:
         self.decode_pool = decode_pool
         self.detector = detector
         self.deadline_s = deadline_s
-        self.detect_batcher = detect_batcher
+        self.threaded = ThreadedFinder(detector, decode_pool, input_size)
+        self.finder: Finder = (self.threaded if detect_batcher is None
+                               else BatchedFinder(self.threaded, detect_batcher))
 
-    async def _decode(self, data: bytes, is_crop: bool, photo: bool) -> tuple[np.ndarray,
-                                                                                int, Box]:
-        """(pixels, the photo's DCT reduction factor, the whole decoded image as a box); a crop
-        (not a photo) comes back as the model-ready face."""
-        kind = PHOTO if photo else CROP if is_crop else FRAME
+    async def decode(self, kind: ImageLimits, data: bytes) -> tuple[np.ndarray, int, Box]:
+        """(pixels, the image's DCT reduction factor, the whole decoded image as a box); a
+        CROP comes back as the model-ready face (decoded inline where that is cheap)."""
         out = decode_inline(data, self.input_size) if kind is CROP else None
         if out is None:
             out = await self.decoder.decode(kind.name, data)
         return out.pixels, out.scale, Box(0, 0, *out.size)
 
-    def _faces(self, gray: np.ndarray, found: list[Detection], limit: int) -> list[
-            tuple[Face, float | None]]:
-        return [(Face(crop_face(gray, d.box, self.input_size, self.detector.name), d.box),
-                 d.score) for d in largest_first(found)[:limit]]
-
-    def _search(self, gray: np.ndarray, track: FaceTrack | None,
-                seconds: dict[str, float], photo: bool = False) -> list[Detection]:
-        """Tracking region first (a face the mirror check confirmed in an earlier frame),
-        then, each stage's faces only where the mirrored image confirms them
-        (detect.BlazeFace.confirm), the whole frame, then (a photo: at once) in tiles of
-        half its size, for faces too small for the detector's input at the whole frame's
-        scale (a face across an eighth of a 640 px frame), then the whole frame with a
-        margin (an image that is all face, with no margin, has no room for a detector's
-        box)."""
-        det = self.detector
-        if photo:
-            t = time.monotonic()
-            found = (det.confirm(gray, det.detect_photo(gray))
-                     or det.confirm(gray, det.detect(gray, pad=TIGHT_PAD)))
-            seconds["detect"] = time.monotonic() - t
-            return found
-        if track is not None and track.box is not None:
-            t = time.monotonic()
-            found = det.detect(gray, track_region(track.box))
-            seconds["track"] = time.monotonic() - t
-            if found:
-                return found
-        t = time.monotonic()
-        found = (det.confirm(gray, det.detect(gray))
-                 or self._tiles(gray)
-                 or det.confirm(gray, det.detect(gray, pad=TIGHT_PAD)))
-        seconds["detect"] = time.monotonic() - t
-        return found
-
-    def _prepare(self, gray: np.ndarray, scale: int, photo: bool, track: FaceTrack | None
-                 ) -> Found:
-        """Detect + crop a decoded frame or photo, in one thread (the CPU path)."""
-        out = Found(scale=scale)
-        found = self._search(gray, track, out.seconds, photo)
-        out.faces = self._faces(gray, found, MAX_FACES if photo else 1)
-        return out
-
-    def _tiles(self, gray: np.ndarray) -> list[Detection]:
-        """A frame's confirmed faces in tiles of half its size (its whole-image search found
-        none); both the threaded and the batched search call it."""
-        return self.detector.confirm(gray, self.detector.detect_photo(gray, whole=False))
-
-    async def _detect_batched(self, gray: np.ndarray, region: tuple[int, int, int] | None,
-                              pad: float, deadline: float) -> list[Detection] | Dropped:
-        assert self.detect_batcher is not None and isinstance(self.detector, BlazeFace)
-        x, where = self.detector.prepare(gray, region, pad)
-        ran = await self.detect_batcher.submit(x, deadline=deadline)
-        if isinstance(ran, Dropped):
-            return ran
-        regress, scores = ran.value
-        return self.detector.decode(regress, scores, where, gray.shape[:2])
-
-    async def _prepare_batched(self, gray: np.ndarray, scale: int, photo: bool,
-                               track: FaceTrack | None, deadline: float) -> Found | Dropped:
-        """The GPU path: detect in the batched stage, crop in a thread."""
-        loop = asyncio.get_running_loop()
-        if photo:  # a photo's tiles are one batch already
-            return await loop.run_in_executor(self.decode_pool, self._prepare, gray, scale,
-                                              photo, None)
-        out = Found(scale=scale)
-        attempts: list[tuple[str, tuple[int, int, int] | None, float]] = []
-        if track is not None and track.box is not None:
-            attempts.append(("track", track_region(track.box), 0.0))
-        attempts += [("detect", None, 0.0), ("detect", None, TIGHT_PAD)]
-        found: list[Detection] = []
-        for stage, region, pad in attempts:
-            t = time.monotonic()
-            got = await self._detect_batched(gray, region, pad, deadline)
-            out.seconds[stage] = out.seconds.get(stage, 0.0) + time.monotonic() - t
-            if isinstance(got, Dropped):
-                return got
-            if got and stage != "track":
-                t = time.monotonic()
-                got = await loop.run_in_executor(self.decode_pool, self.detector.confirm,
-                                                 gray, got)
-                out.seconds[stage] += time.monotonic() - t
-            if got:
-                found = got
-                break
-            if stage == "detect" and not pad:  # the whole frame found none: its tiles next
-                t = time.monotonic()
-                found = await loop.run_in_executor(self.decode_pool, self._tiles, gray)
-                out.seconds[stage] += time.monotonic() - t
-                if found:
-                    break
-        out.faces = await loop.run_in_executor(self.decode_pool, self._faces, gray, found, 1)
-        return out
-
-    async def _found(self, data: bytes, is_crop: bool, photo: bool, track: FaceTrack | None,
+    async def _found(self, data: bytes, is_crop: bool, track: FaceTrack | None,
                      deadline: float) -> Found | Dropped:
-        """Decode (a decode process), then for a frame or photo find its faces (threads or
-        the batched stage)."""
-        loop = asyncio.get_running_loop()
-        pixels, scale, whole = await self._decode(data, is_crop, photo)
-        if is_crop and not photo:
+        """Decode (a decode process), then for a frame find its face (the finder)."""
+        pixels, scale, whole = await self.decode(CROP if is_crop else FRAME, data)
+        if is_crop:
             return Found([(Face(pixels, whole), None)], scale=scale)
-        if is_crop:  # ?crop=1 on /api/predict: the photo is the face
-            face = await loop.run_in_executor(self.decode_pool, resize_square, pixels,
-                                              self.input_size)
-            return Found([(Face(face, whole), None)], scale=scale)
-        if self.detect_batcher is not None:
-            return await self._prepare_batched(pixels, scale, photo, track, deadline)
-        return await loop.run_in_executor(self.decode_pool, self._prepare, pixels, scale,
-                                          photo, track)
+        return await self.finder.find(pixels, scale, track, deadline)
 
-    async def run(self, data: bytes, *, is_crop: bool, received: float, photo: bool = False,
+    def no_face(self, found: Found, decode_s: float, received: float,
+                decoded: float) -> dict[str, Any]:
+        """The no_face body, with the decoding and the search's stages timed."""
+        return protocol.no_face(timings_ms=protocol.timings(
+            decode=decode_s, **found.seconds, total=decoded - received))
+
+    def ok(self, found: Found, outcome: Ran[np.ndarray], decode_s: float,
+           received: float) -> dict[str, Any]:
+        """The ok body for the first (largest) face of `found`."""
+        return protocol.ok(
+            box=scaled(found.faces[0][0].box, found.scale), probs=self.probs(outcome),
+            batch=outcome.batch,
+            timings_ms=protocol.timings(decode=decode_s, **found.seconds,
+                                        queue=outcome.queue_s, inference=outcome.inference_s,
+                                        total=time.monotonic() - received))
+
+    async def run(self, data: bytes, *, is_crop: bool, received: float,
                   track: FaceTrack | None = None, deadline_s: float | None = None
                   ) -> dict[str, Any]:
-        """Reply body for one image; `received` is its arrival time (time.monotonic()).
-        `photo`: an uploaded photo (reduced decoding, EXIF orientation, every face);
+        """Reply body for one frame; `received` is its arrival time (time.monotonic()).
         `track`: the connection's FaceTrack, updated with this frame's face; `deadline_s`:
         its own deadline after `received` (default: the streaming one)."""
         deadline = received + (self.deadline_s if deadline_s is None else deadline_s)
         if time.monotonic() > deadline:  # it waited behind a slow frame for too long
             return protocol.dropped(protocol.DEADLINE)
         # A frame announces its face to the batcher while it decodes (the forming batch
-        # waits for it; under --inference-worker that holds a shared-memory slot). A photo
-        # does not: it joins only once it has a face, so uploads never hold slots or batches
-        # that streaming frames need.
-        with (self.batcher.expecting() if not photo else _Unannounced(self.batcher)) as slot:
+        # waits for it; under --inference-worker that holds a shared-memory slot).
+        with self.batcher.expecting() as slot:
             started = time.monotonic()
-            try:
-                found = await self._found(data, is_crop, photo, track, deadline)
-            except BadImage as exc:
-                return protocol.error(str(exc), protocol.BAD_IMAGE)
-            except DetectorUnavailable as exc:
-                return protocol.error(str(exc), protocol.NO_DETECTOR)
-            except Abandoned:  # the server is closing its decoders
-                return protocol.dropped(protocol.SHUTTING_DOWN)
-            except Exception:
-                log.exception("preprocessing failed")
-                return protocol.error("internal error while decoding the image",
-                                      protocol.INTERNAL)
-            if isinstance(found, Dropped):
-                return protocol.dropped(found.reason)
+            found = await attempt(self._found(data, is_crop, track, deadline))
+            if isinstance(found, dict):
+                return found
             decoded = time.monotonic()
             if track is not None and not is_crop:
                 track.box = found.faces[0][0].box if found.faces else None
             # `decode` is the decoding alone: the face search's stages are timed on their own
             decode_s = max(0.0, decoded - started - sum(found.seconds.values()))
             if not found.faces:
-                body = protocol.no_face(timings_ms=protocol.timings(
-                    decode=decode_s, **found.seconds, total=decoded - received))
-                if photo:
-                    body["faces"] = []
-                return body
-            (first, _), rest = found.faces[0], found.faces[1:]
+                return self.no_face(found, decode_s, received, decoded)
             try:
-                if rest:
-                    outcomes = await asyncio.gather(
-                        slot.submit(first.pixels, deadline=deadline),
-                        *(self.batcher.submit(f.pixels, deadline=deadline) for f, _ in rest))
-                else:  # a frame's one face: no gather (a task and a future less per frame)
-                    outcomes = [await slot.submit(first.pixels, deadline=deadline)]
+                outcome = await slot.submit(found.faces[0][0].pixels, deadline=deadline)
             except InferenceFailed as exc:
                 return protocol.error(str(exc), protocol.INTERNAL)
-        outcome = outcomes[0]
         if isinstance(outcome, Dropped):
             return protocol.dropped(outcome.reason)
-        body = protocol.ok(
-            box=_scaled(first.box, found.scale), probs=self._probs(outcome), batch=outcome.batch,
-            timings_ms=protocol.timings(decode=decode_s, **found.seconds,
-                                        queue=outcome.queue_s, inference=outcome.inference_s,
-                                        total=time.monotonic() - received))
-        if photo:
-            body["faces"] = [
-                {"box": _scaled(f.box, found.scale), "score": None if s is None else round(s, 4),
-                 **({"probs": (p := self._probs(o)), "top": max(p, key=p.__getitem__)}
-                    if isinstance(o, Ran) else {"status": "dropped", "reason": o.reason})}
-                for (f, s), o in zip(found.faces, outcomes, strict=True)]
-        return body
+        return self.ok(found, outcome, decode_s, received)
 
-    def _probs(self, outcome: Ran[np.ndarray]) -> dict[str, float]:
+    def probs(self, outcome: Ran[np.ndarray]) -> dict[str, float]:
+        """A face's probabilities by class name, rounded for the reply."""
         return {c: round(float(p), 5) for c, p in zip(self.classes, outcome.value, strict=True)}
 
 
-class _Unannounced:
-    """`batcher.expecting()`'s stand-in for a face not announced: submit joins the queue."""
-
-    def __init__(self, batcher: Any) -> None:
-        self.batcher = batcher
-
-    def __enter__(self) -> _Unannounced:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    async def submit(self, item: np.ndarray, *, deadline: float | None = None) -> Any:
-        return await self.batcher.submit(item, deadline=deadline)
-
-
-def _scaled(box: Box, scale: int) -> list[int]:
+def scaled(box: Box, scale: int) -> list[int]:
     """A box in decoded pixels -> [x, y, w, h] in the sender's (upright) pixels."""
     return [v * scale for v in box.to_list()]

@@ -2,36 +2,21 @@
 
 Startup logs one line with the model, device, classes and the URL(s) to open on a phone.
 
-`--processes N` runs N serving processes on one port (SO_REUSEPORT: the kernel spreads new
-connections over them), so a machine's cores all run inference instead of one Python event
-loop feeding one batcher. This process then only starts them, forwards SIGINT/SIGTERM, waits
-for their graceful shutdown, and stops them all if one dies. Each has its own model,
-batcher and torch threads (cores / N unless --threads); /metrics sums them.
-
-`--inference-worker` adds one inference process that owns the model (and the CUDA context)
-and batches the faces of all N front-ends (streamfer/server/inference_worker.py): the layout for a
-GPU machine. The front-ends go first at shutdown (they need the model to answer their frames
-in flight); the worker stops once they have all gone. A dead worker stops them all too.
+`--processes N` and `--inference-worker` hand over to streamfer/server/supervisor.py, which
+starts N of these servers on one port (and the inference process) and supervises them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import logging
 import multiprocessing
-import os
 import signal
 import socket
-import ssl
 import sys
-import tempfile
-import threading
-import time
 from collections.abc import AsyncIterator, Sequence
-from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
 
 from streamfer.imagecheck import limit_opencv
@@ -49,18 +34,15 @@ from streamfer.server.config import (  # noqa: E402
     HTTP_LINGER_S,
     PROG,
     ServeConfig,
-    available_cores,
     parse_config,
 )
 from streamfer.server.connections import CappedSite  # noqa: E402
-from streamfer.server.inference_worker import WorkerClient, serve_worker, shm_name  # noqa: E402
-from streamfer.server.metrics import MULTIPROC_ENV  # noqa: E402
+from streamfer.server.inference_worker import WorkerClient  # noqa: E402
 from streamfer.server.tls import (  # noqa: E402
     Certificate,
     lan_addresses,
-    persistent,
     server_context,
-    state_dir,
+    tls_files,
 )
 
 log = logging.getLogger("streamfer.server.serve")
@@ -98,11 +80,6 @@ def urls(config: ServeConfig, port: int) -> list[str]:
     return [f"{scheme}://{h if ':' not in h else f'[{h}]'}:{port}/" for h in hosts]
 
 
-def named_hosts(config: ServeConfig) -> list[str]:
-    """Hosts a self-signed certificate names besides this machine's own (--host, if one)."""
-    return [] if config.host in ("0.0.0.0", "::", "") else [config.host]
-
-
 def bind_note(config: ServeConfig) -> str:
     """What the listening address means, for the start line."""
     if config.host in ("0.0.0.0", "::", ""):
@@ -126,13 +103,9 @@ async def running(config: ServeConfig, *, reuse_port: bool = False,
     """Start the server for `config`; yields (runner, urls); shuts down gracefully on exit.
     `reuse_port`: share the port with the other processes of `--processes N`; `worker`: the
     inference worker's link (`--inference-worker`)."""
-    ssl_ctx: ssl.SSLContext | None = None
-    cert: Certificate | None = None
-    if config.https:
-        cert = persistent(state_dir(config.state_dir), hosts=named_hosts(config))
-        ssl_ctx = server_context(cert.certfile, cert.keyfile)
-    elif config.certfile is not None and config.keyfile is not None:
-        ssl_ctx = server_context(config.certfile, config.keyfile)
+    files = tls_files(config)
+    ssl_ctx = server_context(files.certfile, files.keyfile) if files else None
+    cert = files.made if files else None
     app = init_app(config, worker=worker)
     # keepalive_timeout: aiohttp closes a connection whose next request's headers are not
     # complete this long after it opened or after the previous reply (slow-loris headers).
@@ -186,13 +159,13 @@ async def serve(config: ServeConfig, *, reuse_port: bool = False,
         log.info("shutting down: answering frames in flight, then closing sockets")
 
 
-def _setup_logging(config: ServeConfig) -> None:
+def setup_logging(config: ServeConfig) -> None:
     logging.basicConfig(level=config.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiohttp.server").addFilter(OneLineForCutClients())
 
 
-def _serve_one(config: ServeConfig, reuse_port: bool = False, link: Connection | None = None
+def serve_one(config: ServeConfig, reuse_port: bool = False, link: Connection | None = None
                ) -> int:
     try:
         worker = None
@@ -204,98 +177,6 @@ def _serve_one(config: ServeConfig, reuse_port: bool = False, link: Connection |
         log.error("%s", exc)
         return 2
     return 0
-
-
-def _child(config: ServeConfig, link: Connection | None = None) -> None:
-    """One of `--processes N` (a fresh interpreter: multiprocessing's spawn)."""
-    _setup_logging(config)
-    raise SystemExit(_serve_one(config, reuse_port=True, link=link))
-
-
-def _inference_child(config: ServeConfig, links: list[Connection], names: list[str]) -> None:
-    """The inference worker of `--inference-worker`."""
-    _setup_logging(config)
-    raise SystemExit(serve_worker(config, links, names))
-
-
-def serve_processes(config: ServeConfig) -> int:
-    """Run `config.processes` serving processes on one port until SIGINT/SIGTERM."""
-    n = config.processes
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with tempfile.TemporaryDirectory(prefix="streamfer-metrics-") as metrics_dir:
-        os.environ[MULTIPROC_ENV] = metrics_dir  # read by prometheus-client in each child
-        share = max(1, available_cores() // n)  # each process's share of the cores
-        child = dataclasses.replace(
-            config, processes=1, threads=config.threads or share,
-            workers=share if config.workers == available_cores() else config.workers)
-        cert = None
-        if config.https:  # one certificate for all, made (or reused) here
-            cert = persistent(state_dir(config.state_dir), hosts=named_hosts(config))
-            child = dataclasses.replace(child, https=False, certfile=cert.certfile,
-                                        keyfile=cert.keyfile)
-        spawn = multiprocessing.get_context("spawn")
-        inference, names, links = None, [], [None] * n
-        if config.inference_worker:  # one pipe and one shared-memory block per front-end
-            pipes = [spawn.Pipe() for _ in range(n)]
-            links = [front for front, _ in pipes]
-            names = [shm_name(os.getpid(), i) for i in range(n)]
-            inference = spawn.Process(target=_inference_child, name="streamfer-inference",
-                                      args=(config, [back for _, back in pipes], names))
-            inference.start()
-        procs = [spawn.Process(target=_child, args=(child, links[i]), name=f"streamfer-{i}")
-                 for i in range(n)]
-        for proc in procs:
-            proc.start()
-        for link in links:  # the children hold the ends now: a death shows as EOF there
-            if link is not None:
-                link.close()
-        if config.inference_worker:
-            for _, back in pipes:
-                back.close()
-        log.info("streamfer: %d processes sharing %s (pids %s), %d inference and %d decode "
-                 "threads each%s%s", n, " ".join(urls(config, config.port)),
-                 " ".join(str(p.pid) for p in procs),
-                 0 if inference else child.threads, child.workers,
-                 f"; one inference worker (pid {inference.pid}) batches for all"
-                 if inference else "",
-                 f" ({bind_note(config)}){tls_note(config, cert)}")
-        code = 0
-        while not stop.wait(0.25):
-            if inference is not None and not inference.is_alive():
-                code = 1
-                log.error("the inference worker (pid %s) exited with code %s: stopping the "
-                          "front-ends (their frames get internal errors meanwhile)",
-                          inference.pid, inference.exitcode)
-                break
-            dead = [p for p in procs if not p.is_alive()]
-            if dead:
-                code = next((p.exitcode for p in dead if p.exitcode), 0) or 1
-                log.error("server process %s exited with code %s: stopping the others",
-                          dead[0].pid, dead[0].exitcode)
-                break
-        log.info("shutting down %d processes", n)
-        for proc in procs:
-            if proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + config.shutdown_timeout_s + 15.0
-        for proc in procs:
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                log.error("server process %s did not stop: killing it", proc.pid)
-                proc.kill()
-                proc.join(5.0)
-        if inference is not None:  # it stops by itself once every front-end has gone
-            inference.join(max(5.0, deadline - time.monotonic()))
-            if inference.is_alive():
-                log.error("the inference worker %s did not stop: killing it", inference.pid)
-                inference.kill()
-                inference.join(5.0)
-            for name in names:  # left behind by a worker that died
-                with contextlib.suppress(FileNotFoundError):
-                    shared_memory.SharedMemory(name).unlink()
-    return code
 
 
 def port_problem(config: ServeConfig) -> str | None:
@@ -332,15 +213,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     if (problem := port_problem(config)) is not None:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         raise SystemExit(2)  # a usage error, like a bad flag
-    _setup_logging(config)
+    setup_logging(config)
     try:  # one line and exit 2, before any process starts, when torch is needed and missing
         check_torch(config.model, config.device, config.runtime)
     except ModelError as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
     if config.processes > 1 or config.inference_worker:
+        # Imported here: the supervisor's children import this module for serve_one.
+        from streamfer.server.supervisor import serve_processes
+
         raise SystemExit(serve_processes(config))
-    code = _serve_one(config)
+    code = serve_one(config)
     if code:
         raise SystemExit(code)
 

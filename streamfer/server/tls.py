@@ -5,7 +5,8 @@ self-signed one naming this machine's LAN addresses, its host name and localhost
 it in a per-user state folder (`state_dir()`: 0700, its files 0600): the next start reuses it
 while it names the same hosts and is not near its expiry, so a phone that accepted it once
 is not asked again after a restart. Its SHA-256 fingerprint is printed at start, to compare
-with what the phone's browser shows.
+with what the phone's browser shows. `tls_files` says what a server serves TLS with (that
+certificate, or the operator's --certfile/--keyfile), `server_context` makes its context.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamfer.server.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +176,30 @@ def server_context(certfile: str | Path, keyfile: str | Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(certfile), str(keyfile))
     return ctx
+
+
+def named_hosts(config: ServeConfig) -> list[str]:
+    """Hosts a self-signed certificate names besides this machine's own (--host, if one)."""
+    return [] if config.host in ("0.0.0.0", "::", "") else [config.host]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The certificate and key a TLS server serves; `made`: the self-signed one --https made
+    or reused (None: the operator's --certfile/--keyfile)."""
+
+    certfile: Path
+    keyfile: Path
+    made: Certificate | None = None
+
+
+def tls_files(config: ServeConfig) -> TlsFiles | None:
+    """What `config` serves TLS with (--https: the kept self-signed certificate, made or
+    reused here; else --certfile/--keyfile), or None for plain HTTP. Used once per server: by
+    `running`, or by the supervisor for all its processes (one certificate for all)."""
+    if config.https:
+        cert = persistent(state_dir(config.state_dir), hosts=named_hosts(config))
+        return TlsFiles(cert.certfile, cert.keyfile, cert)
+    if config.certfile is not None and config.keyfile is not None:
+        return TlsFiles(config.certfile, config.keyfile)
+    return None

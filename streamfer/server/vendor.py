@@ -25,8 +25,10 @@ from typing import Any
 
 from aiohttp import web
 
+from streamfer.faces import BLAZEFACE
+
 PACKAGE = "@mediapipe/face_detection"
-NAME = "blazeface"  # what the page, `?detector=` and the greeting call this detector
+NAME = BLAZEFACE  # what the page, `?detector=` and the greeting call this detector
 SCRIPT = "face_detection.js"
 MODEL = "short"  # BlazeFace short range: faces within ~2 m, i.e. a selfie (docs/BENCHMARKS.md)
 # Where the page runs the network: "cpu" (the wasm runtime's XNNPACK, the package's own

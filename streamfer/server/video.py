@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import BodyPartReader, web
 
-from streamfer.protocol import OVERLOADED
+from streamfer.protocol import ERROR, OVERLOADED
 from streamfer.server.batcher import Ran
 from streamfer.smooth import SMOOTH_MS
 from streamfer.video.analyse import Cancelled
@@ -240,7 +240,7 @@ def add_routes(app: web.Application, state: ServerState) -> None:
 
 
 def _refuse(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response({"status": "error", "code": code, "error": message},
+    return web.json_response({"status": ERROR, "code": code, "error": message},
                              status=status, headers=headers or None)
 
 
