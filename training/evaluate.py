@@ -59,8 +59,9 @@ class EvalConfig:
     tta: str = opt("", "test-time views (default: the model's own default, as the server)")
     threads: int = opt(1, "torch threads (1: one core, as the server's inference thread)")
     out: str = opt("", "also write the result here as JSON")
-    record: str = opt("", "also write it in the one result schema (streamfer/results.py) as "
-                      "bench/results/<machine>/NAME.json, e.g. accuracy_ferplus5_ferplus_valid_paper5")
+    record: str = opt("", "also write it in the one result schema (streamfer/results.py), "
+                      "as "
+                      "bench/results/<machine>/NAME.json (e.g. accuracy_ferplus5_ferplus_valid_paper5)")
 
 
 def parse_args(argv: list[str] | None = None) -> EvalConfig:
