@@ -60,8 +60,8 @@ class EvalConfig:
     threads: int = opt(1, "torch threads (1: one core, as the server's inference thread)")
     out: str = opt("", "also write the result here as JSON")
     record: str = opt("", "also write it in the one result schema (streamfer/results.py), "
-                      "as "
-                      "bench/results/<machine>/NAME.json (e.g. accuracy_ferplus5_ferplus_valid_paper5)")
+                      "as bench/results/<machine>/NAME.json "
+                      "(e.g. accuracy_ferplus5_ferplus_valid_paper5)")
 
 
 def parse_args(argv: list[str] | None = None) -> EvalConfig:
