@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 FORMAT = "streamfer-torchscript-1"
 METADATA = "metadata.json"
 TTA_MODES = ("ten", "mirror", "centre")  # test-time averaging: 10 crops, centre + mirror, centre
+TTA_VIEWS = {"ten": 10, "mirror": 2, "centre": 1}  # views per face of each mode
 
 
 class ModelError(RuntimeError):

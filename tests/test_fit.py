@@ -417,17 +417,32 @@ def test_fer2013_votes_need_ferplus_faces(capsys: pytest.CaptureFixture[str]) ->
 
 def test_a_smoke_run_on_the_real_data_validates_what_limit_bounds(tmp_path: Path,
                                                                    datasets: Path) -> None:
-    """README's smoke run, smaller: `--limit` bounds validation too, which shows a progress
-    bar; the final scoring covers every test-time mode on that bounded set."""
+    """README's smoke run, smaller, through the CLI: `--limit` bounds validation too; the
+    final scoring covers every test-time mode on that bounded set; every phase (loading,
+    training, validation, the final scoring, export) shows a progress bar; the exported
+    model loads with torch.jit.load alone."""
+    model = tmp_path / "model.pt"
     proc = subprocess.run(
-        [sys.executable, "-m", "training.fit", "--epochs", "1", "--limit", "300",
+        [sys.executable, "-m", "training.fit", "--epochs", "1", "--limit", "200",
          "--data-root", str(datasets / "fer2013"), "--out", str(tmp_path / "run"),
-         "--export", str(tmp_path / "model.pt")],
+         "--export", str(model)],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "validate 300 faces, tta mirror" in proc.stderr  # the per-epoch pass, bounded
-    assert "validate 300 faces, every tta mode" in proc.stderr  # the final scoring, bounded
+    bars = {  # each phase's tqdm description, as its bar prints it ("desc: nn%|")
+        "loading": f"load {datasets / 'fer2013' / 'train'}:",
+        "training": "epoch 1/1:",
+        "validation": "validate 200 faces, tta mirror:",  # the per-epoch pass, bounded
+        "final scoring": "validate 200 faces, every tta mode:",  # bounded too
+        "export": f"export {model}:",
+    }
+    for phase, desc in bars.items():
+        assert f"{desc} " in proc.stderr and "%|" in proc.stderr.split(desc, 1)[1][:12], phase
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["val_images"] == 300
+    assert metrics["val_images"] == 200
     assert {"val_accuracy_ten", "val_accuracy_mirror", "val_accuracy_centre"} <= set(metrics)
-    assert (tmp_path / "model.pt").is_file()
+    extra = {"metadata.json": ""}
+    m = torch.jit.load(str(model), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["metrics"]["val_images"] == 200
+    probs = m.predict(torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8), "ten")
+    assert probs.shape == (3, 5)
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from streamfer.faces import BadImage, equalize_faces, load_gray
 
@@ -139,13 +140,14 @@ def load_folder(root: str | Path, classes: Sequence[str] | str = PAPER5,
     missing = [c for c in wanted if c not in folders]
     if missing:
         raise FileNotFoundError(f"{root}: no folder for class(es) {missing}")
+    files = [(label, path) for label, cls in enumerate(wanted)
+             for path in sorted(folders[cls].iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
     images, labels, paths = [], [], []
-    for label, cls in enumerate(wanted):
-        for path in sorted(folders[cls].iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(_check(load_gray(path), path, size))
-                labels.append(label)
-                paths.append(str(path))
+    for label, path in tqdm(files, desc=f"load {root}", unit="image", leave=False,
+                            mininterval=1):
+        images.append(_check(load_gray(path), path, size))
+        labels.append(label)
+        paths.append(str(path))
     if not images:
         raise FileNotFoundError(f"{root}: no images found")
     if size is None and len({im.shape for im in images}) > 1:

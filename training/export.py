@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from streamfer import contract
 from streamfer.cli import opt, parse
@@ -95,7 +96,12 @@ def export(deployed: Deployed, path: str | Path, meta: contract.ModelMeta) -> Pa
     meta = meta.with_geometry(input_size=deployed.size, crop=deployed.crop, mean=deployed.mean,
                               std=deployed.std, tta_default=deployed.tta,
                               network=deployed.net.cfg.to_dict())  # enough to rebuild it
-    return contract.write(torch.jit.script(deployed.cpu().eval()), path, meta)
+    with tqdm(total=2, desc=f"export {path}", unit="step", leave=False) as bar:
+        scripted = torch.jit.script(deployed.cpu().eval())
+        bar.update()
+        written = contract.write(scripted, path, meta)
+        bar.update()
+    return written
 
 
 def rebuild(source: str | Path, logit_adjust: dict | None = None,
