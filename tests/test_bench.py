@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from streamfer import results
+
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -143,10 +145,11 @@ def test_webfaces_e2e_scores_every_photo_and_lists_the_refused(tiny_model_path: 
     ok, webp = cv2.imencode(".webp", rng.integers(0, 256, (64, 64, 3), np.uint8))
     assert ok
     (tmp_path / "web" / "sad" / "not_a_jpeg.jpg").write_bytes(webp.tobytes())
-    out = tmp_path / "e2e.json"
     bench("webfaces_e2e.py", "--model", str(tiny_model_path), "--data", str(tmp_path / "web"),
-          "--detectors", "haar", "--out", str(out))
-    r = json.loads(out.read_text())["detectors"]["haar"]
+          "--detectors", "haar", "--results", str(tmp_path / "results"))
+    rec = results.read(next((tmp_path / "results").glob("*/webfaces_e2e.json")))
+    assert rec["figures"]["detectors"]["haar"]["photos"] == 6
+    r = rec["details"]["detectors"]["haar"]
     assert r["photos"] == 6 and set(r["per_class_recall"]) == {
         "anger", "happiness", "neutral", "sadness", "surprise"}
     assert [Path(p).name for p in r["errors"]["bad_image"]] == ["not_a_jpeg.jpg"]
