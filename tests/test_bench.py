@@ -98,8 +98,10 @@ def test_server_variants(tiny_model_path: Path, tmp_path: Path) -> None:
     bench("server_variants.py", "--model", str(tiny_model_path), "--clients", "1",
           "--seconds", "1", "--fps", "10", "--out-dir", str(tmp_path), "--warmup-seconds", "0.3",
           "--server-arg=--device=cpu")
-    result = json.loads((tmp_path / "server_variants.json").read_text())
-    rows = {r["variant"]: r for r in result["rows"]}
+    path = next(tmp_path.glob("*/server_variants.json"))
+    rec = results.read(path)
+    rows = {r["variant"]: r for r in rec["details"]["rows"]}
+    assert list(rec["figures"]["variants"]) == list(rows)
     assert list(rows) == ["crops, mirror (default)", "frames, mirror", "frames, mirror, haar",
                           "crops, centre", "crops, ten"]
     assert "haar" in rows["frames, mirror, haar"]["server_args"]
@@ -107,7 +109,7 @@ def test_server_variants(tiny_model_path: Path, tmp_path: Path) -> None:
         assert r["sent"] == r["answered"] > 0 and r["errors"] == 0
         assert r["tta"] == r["server_tta"]  # the server's greeting confirms the mode
     assert rows["frames, mirror"]["kind"] == "frames"
-    assert (tmp_path / "server_variants.png").read_bytes()[:8] == PNG
+    assert path.with_suffix(".png").read_bytes()[:8] == PNG
 
 
 @pytest.mark.slow
