@@ -120,8 +120,9 @@ def test_frame_overhead_splits_server_cpu_into_model_and_the_rest(tiny_model_pat
                  "--warmup-seconds", "0.3", "--out-dir", str(tmp_path),
                  "--variant", "here=", "--variant", "one at a time=--max-batch 1",
                  "--tree", f"here={ROOT}", "--server-arg=--device=cpu")
-    result = json.loads((tmp_path / "frame_overhead.json").read_text())
-    rows = {r["variant"]: r for r in result["rows"]}
+    rec = results.read(next(tmp_path.glob("*/frame_overhead.json")))
+    rows = {r["variant"]: r for r in rec["details"]["rows"]}
+    assert list(rec["figures"]["variants"]) == list(rows)
     assert list(rows) == ["here", "one at a time"]
     assert rows["here"]["tree"] == str(ROOT) and rows["one at a time"]["flags"] == [
         "--max-batch", "1"]
