@@ -45,7 +45,10 @@ def test_model_bench(tiny_model_path: Path, tmp_path: Path) -> None:
     proc = bench("model_bench.py", "--model", str(tiny_model_path), "--device", "cpu",
                  "--max-batch", "4", "--repeats", "2", "--warmup", "1", "--min-seconds", "0",
                  "--server-batch", "4", "--out-dir", str(tmp_path))
-    result = json.loads((tmp_path / "model_cpu.json").read_text())
+    rec = results.read(next(tmp_path.glob("*/model_cpu.json")))
+    result = rec["details"]
+    assert rec["figures"]["tta"] == "mirror" and set(rec["figures"]["ms_per_face"]) == {
+        "1", "2", "4"}
     rows = result["rows"]
     assert [(r["variant"], r["tta"], r["batch"]) for r in rows] == [
         (v, m, n) for v in ("optimized", "as-loaded") for m in ("centre", "mirror", "ten")
@@ -173,12 +176,13 @@ def test_gpu_check_runs_its_cpu_parts(tmp_path: Path) -> None:
     assert proc.returncode == 0, summary + proc.stdout + proc.stderr
     assert "mode=cpu" in summary and summary.count("   exit 0,") == 4, summary
     assert "skipped" in (tmp_path / "cuda_tests.log").read_text()
-    model = json.loads((tmp_path / "model_cpu.json").read_text())
+    model = results.read(next(tmp_path.glob("*/model_cpu.json")))
     assert model
-    for name, layouts in (("crops_ramp", ("2 processes", "2 processes + inference worker")),
-                          ("frames_ramp", ("1 process, detection batched on the cpu",
+    for name, layouts in (("server_ramp_crops", ("2 processes",
+                                                 "2 processes + inference worker")),
+                          ("server_ramp_frames", ("1 process, detection batched on the cpu",
                                            "2 processes + inference worker"))):
-        result = json.loads((tmp_path / f"{name}.json").read_text())
+        result = results.read(next(tmp_path.glob(f"*/{name}.json")))["details"]
         assert list(result["best_clients"]) == list(layouts), result["best_clients"]
         for res in result["results"].values():
             assert res["steps"] and all(s["sent"] == s["answered"] for s in res["steps"])
