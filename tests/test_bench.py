@@ -28,9 +28,10 @@ def bench(script: str, *args: str, timeout: float = 240) -> subprocess.Completed
 
 
 def test_decode_bench(tmp_path: Path) -> None:
-    out = tmp_path / "decode.json"
-    proc = bench("decode.py", "--repeats", "2", "--number", "5", "--out", str(out))
-    result = json.loads(out.read_text())
+    proc = bench("decode.py", "--repeats", "2", "--number", "5", "--results", str(tmp_path))
+    rec = results.read(next(tmp_path.glob("*/decode.json")))
+    result = rec["details"]
+    assert list(rec["figures"]["payloads"]) == [r["payload"] for r in result["rows"]]
     assert [r["payload"] for r in result["rows"]] == ["frame 320 px colour", "crop 96 px gray"]
     for r in result["rows"]:
         assert r["opencv_us"] > 0 and r["pillow_us"] > 0
