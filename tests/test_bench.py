@@ -6,7 +6,6 @@ themselves come from full runs on an idle machine, not from here.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +66,9 @@ def test_first_calls_times_each_batch_size_cold_and_warmed(tiny_model_path: Path
                                                           tmp_path: Path) -> None:
     proc = bench("first_calls.py", "--model", str(tiny_model_path), "--device", "cpu",
                  "--max-batch", "5", "--threads", "1", "--out-dir", str(tmp_path))
-    result = json.loads((tmp_path / "first_calls_cpu.json").read_text())
+    rec = results.read(next(tmp_path.glob("*/first_calls_cpu.json")))
+    assert list(rec["figures"]["first_call_ms"]) == ["1", "2", "3", "5"]
+    result = rec["details"]
     assert result["device"] == "cpu" and result["warm_up_s"] >= 0
     for key in ("cold_ms", "warm_ms"):
         assert list(result[key]) == ["1", "2", "3", "5"]  # SIZES up to --max-batch
