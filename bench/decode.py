@@ -4,14 +4,13 @@ streamfer/faces.py decodes with cv2.imdecode(IMREAD_GRAYSCALE) on the claim that
 than Pillow; this measures it on the two payloads the page sends: a 320 px wide colour camera
 frame and a 96 px grayscale face crop, both made from scikit-image's astronaut.
 
-    python -m bench.decode                       # prints a table, writes bench/results/decode.json
-    python -m bench.decode --repeats 5 --number 50 --out /tmp/decode.json   # a quick check
+    python -m bench.decode      # prints a table, writes bench/results/<machine>/decode.json
+    python -m bench.decode --repeats 5 --number 50 --results /tmp/results   # a quick check
 """
 
 from __future__ import annotations
 
 import io
-import json
 import platform
 import statistics
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from bench.machine import machine_info
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.detect import FaceDetector
 from streamfer.faces import crop_face
@@ -37,7 +37,8 @@ class DecodeConfig:
     repeats: int = opt(15, "timed repeats (median)")
     number: int = opt(200, "decodes per repeat")
     threads: int = opt(1, "cv2.setNumThreads")
-    out: Path = opt(BENCH / "results" / "decode.json", "results JSON")
+    results: Path = opt(BENCH / "results", "results root: writes <root>/<machine>/<name>.json")
+    name: str = opt("decode", "result name")
 
     def __post_init__(self) -> None:
         if self.repeats < 1 or self.number < 1:
@@ -120,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
               "versions": {"opencv": cv2.__version__, "pillow": Image.__version__,
                            "python": platform.python_version()},
               "machine": machine_info(), "rows": rows}
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {cfg.out}")
+    figures = {"payloads": {r["payload"]: {k: r[k] for k in ("opencv_us", "pillow_us",
+                                                               "pillow_draft_us")}
+                            for r in rows}}
+    out = results.write(cfg.results, results.make(cfg.name, figures, result))
+    print(f"wrote {out}")
     return 0
 
 

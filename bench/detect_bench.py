@@ -1,7 +1,7 @@
 """Face detectors side by side: recall on webfaces-dev photos, CPU ms per 320 px frame.
 
     python -m bench.detect_bench --data ../shared/datasets/webfaces-dev \\
-        --out bench/results/detect.json
+        --results bench/results     # -> bench/results/<machine>/detect.json
 
 webfaces-dev is evaluation only: nothing here is tuned on it (each detector runs with its
 own library defaults; BlazeFace is the short-range model; the padded retry's margin is
@@ -18,7 +18,6 @@ photo, so a shared machine's noise falls on all of them alike.
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.detect import TIGHT_PAD, BlazeFace, HaarFallback
 from streamfer.faces import load_gray
@@ -48,7 +48,8 @@ def variants() -> dict:
 @dataclass(frozen=True)
 class DetectBenchConfig:
     data: str = opt(str(DEFAULT_DATASETS / "webfaces-dev"), "webfaces-dev folder (CLASS/*.jpg)")
-    out: str = opt("bench/results/detect.json", "results JSON")
+    results: Path = opt(Path("bench/results"), "results root: writes <root>/<machine>/<name>.json")
+    name: str = opt("detect", "result name")
     limit: int = opt(0, "photos (0: all)")
 
 
@@ -96,8 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     result = {"photos": n, "data": str(args.data), "threads": 1,
               "machine": f"{platform.processor() or platform.machine()}, shared with other jobs",
               "torch": torch.__version__, "opencv": cv2.__version__, "detectors": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    figures = {"photos": n, "detectors": {
+        name: {"recall": round(r["recall"], 4),
+               "cpu_ms_per_320px_frame_median": round(r["cpu_ms_per_320px_frame_median"], 2)}
+        for name, r in rows.items()}}
+    out = results.write(args.results, results.make(args.name, figures, result))
     print(f"{n} webfaces-dev photos; one thread; CPU ms and wall ms per 320 px frame (median)")
     print(f"{'detector':22} {'recall':>7} {'centred':>8} {'cpu ms':>7} {'wall ms':>7}  per class")
     for name, r in rows.items():
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:22} {r['recall']:7.3f} {r['recall_centred']:8.3f} "
               f"{r['cpu_ms_per_320px_frame_median']:7.2f} {r['ms_per_320px_frame_median']:7.2f}"
               f"  {pc}")
-    print("saved", args.out)
+    print("saved", out)
 
 
 if __name__ == "__main__":

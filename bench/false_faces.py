@@ -2,7 +2,7 @@
 that has none, beside how often it finds the face in webfaces-dev photos, for every score
 threshold; the server's threshold is chosen from this curve.
 
-    python -m bench.false_faces --out bench/results/false_faces.json   # + false_faces.png
+    python -m bench.false_faces   # bench/results/<machine>/false_faces.json (+ .png beside it)
 
 Face-free images: scikit-image's samples that show no person (coffee, chelsea the cat, the
 rocket, coins, text, ... each whole, in quadrants and halved; its `lfw_subset` non-face
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.detect import TIGHT_PAD, TILE_MIN_SCORE, BlazeFace, mirrored_region
 from streamfer.faces import load_gray
@@ -55,7 +56,9 @@ MEDIAPIPE_SHORT = 0.5  # MediaPipe's own default for the short-range model
 @dataclass(frozen=True)
 class FalseFacesConfig:
     data: str = opt(str(DEFAULT_DATASETS / "webfaces-dev"), "webfaces-dev folder (CLASS/*.jpg)")
-    out: str = opt("bench/results/false_faces.json", "results JSON (the curve's PNG beside it)")
+    results: Path = opt(Path("bench/results"), "results root: writes <root>/<machine>/<name>.json "
+                        "(the curve's PNG beside it)")
+    name: str = opt("false_faces", "result name")
     max_false: float = opt(0.01, "the rule: the lowest threshold at which at most this share "
                            "of face-free images reports a face")
     limit: int = opt(0, "webfaces-dev photos (0: all)")
@@ -179,9 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.candidates:
         Path(cfg.candidates).write_text(json.dumps({"faces": faces, "samples": samples,
                                                     "strips": strips}))
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    keep = ("threshold", "false_face_rate", "recall")
+    figures = {"face_photos": len(faces), "face_free_images": len(negatives),
+               "rule": result["rule"], "served": {k: served[k] for k in keep},
+               "threshold_alone_false_face_rate": served["threshold_alone_false_face_rate"],
+               "mediapipe_default": {k: current[k] for k in keep}}
+    out = results.write(cfg.results, results.make(cfg.name, figures, result))
     png = out.with_suffix(".png")
     plot(curve, chosen, current, png)
     print(f"{len(faces)} webfaces-dev photos, {len(negatives)} face-free images "

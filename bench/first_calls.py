@@ -8,13 +8,12 @@ times three successive calls at each of several batch sizes on a freshly loaded 
 one call of batch 1, so that CUDA's own start-up is not counted), then the same on a model
 warmed up as the server does it.
 
-    python -m bench.first_calls --device cuda       # bench/results/first_calls_cuda.json
+    python -m bench.first_calls --device cuda       # bench/results/<machine>/first_calls_cuda.json
     python -m bench.first_calls --device cpu --threads 1
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from bench.machine import describe, machine_info
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.model import DEVICES, Predictor
 from streamfer.paths import DEFAULT_MODEL
@@ -58,7 +58,8 @@ class FirstCallsConfig:
     device: str = opt("auto", "where the model runs", DEVICES)
     max_batch: int = opt(ServeConfig().max_batch, "the largest batch timed and warmed up")
     threads: int = opt(0, "torch threads (0: torch's default)")
-    out_dir: Path = opt(BENCH / "results", "where first_calls_DEVICE.json goes")
+    out_dir: Path = opt(BENCH / "results", "results root: writes "
+                        "<root>/<machine>/first_calls_DEVICE.json")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -84,9 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'batch':>5}  {'cold model':<26} {'after warm_up':<26}")
     for n in sizes:
         print(f"{n:>5}  {result['cold_ms'][n]!s:<26} {result['warm_ms'][n]!s:<26}")
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    out = a.out_dir / f"first_calls_{cold.device}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    figures = {"device": str(cold.device), "warm_up_s": result["warm_up_s"],
+               "first_call_ms": {str(n): result["cold_ms"][n][0] for n in sizes},
+               "warmed_first_call_ms": {str(n): result["warm_ms"][n][0] for n in sizes}}
+    out = results.write(a.out_dir, results.make(f"first_calls_{cold.device}", figures, result))
     print(f"wrote {out}")
     return result
 

@@ -21,7 +21,6 @@ a change, extracted with `git archive`, so before and after are measured in one 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import statistics
 import sys
@@ -51,7 +50,7 @@ class OverheadConfig(ServerRunConfig):
                                    "(repeatable); default: one, the server's defaults")
     tree: tuple[str, ...] = opt((), "'LABEL=DIR': run that variant's server from this "
                                 "checkout instead of this one (repeatable)")
-    name: str = opt("frame_overhead", "results file stem")
+    name: str = opt("frame_overhead", "result name")
 
     def servers(self) -> dict[str, tuple[str, ...]]:
         return variant_flags(self.variant) if self.variant else {"server defaults": ()}
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {label: [] for label in servers}
     for r in range(cfg.repeats):
         for label, flags in servers.items():
-            log_path = cfg.out_dir / f"{cfg.name}_{len(runs[label])}_{label.replace(' ', '_')}.log"
+            log_path = cfg.log_path(f"{cfg.name}_{len(runs[label])}_{label.replace(' ', '_')}")
             with running_server(cfg.model, (*flags, *cfg.server_arg),
                                 cpus=parse_cpus(cfg.server_cpus), log_path=log_path,
                                 root=trees.get(label)) as server:
@@ -157,14 +156,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{'-' if measured is None else f'{measured:.2f}':>9s}")
     print("forward() CPU ms by batch size: "
           + ", ".join(f"{n}: {1000 * s:.2f}" for n, s in sorted(prices.items())))
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    out = cfg.out_dir / f"{cfg.name}.json"
-    out.write_text(json.dumps({
+    keys = ("server_cpu_ms_per_frame", "model_cpu_ms_per_frame",
+            "outside_model_cpu_ms_per_frame")
+    cfg.save(cfg.name, {"variants": {r["variant"]: {k: r[k] for k in keys} for r in rows}}, {
         "benchmark": "frame_overhead", "model": str(cfg.model), "machine": info,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
-        "forward_cpu_s": {str(k): v for k, v in prices.items()}, "rows": rows},
-        indent=2) + "\n")
-    print(f"wrote {out}")
+        "forward_cpu_s": {str(k): v for k, v in prices.items()}, "rows": rows})
     return 0
 
 

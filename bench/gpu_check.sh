@@ -2,7 +2,7 @@
 # The GPU check, in one go (under 8 minutes on a GPU machine): the CUDA tests, the model alone
 # (faces/s by batch size), the server ramp for crops with --processes N vs --processes N
 # --inference-worker, and full frames with detection batched on the GPU. Every part writes
-# its result file under OUT (default bench/results/gpu_check/), with summary.txt listing each
+# its result file under OUT/<machine>/ (default OUT bench/results/gpu_check/), with summary.txt listing each
 # part's command, exit code and seconds.
 #
 #   bench/gpu_check.sh                 # auto: the GPU when torch sees one, else the CPU
@@ -67,11 +67,11 @@ part() {  # part LIMIT NAME COMMAND...: run one part within LIMIT s, log it, not
 }
 part "${limits[0]}" cuda_tests "$python" -m pytest -q -rs tests/test_cuda.py
 part "${limits[1]}" model "$python" -m bench.model_bench --device "$mode" --out-dir "$out" "${model[@]}"
-part "${limits[2]}" crops_ramp "$python" -m bench.server_bench --out-dir "$out" --name crops_ramp \
+part "${limits[2]}" crops_ramp "$python" -m bench.server_bench --out-dir "$out" --logs "$out/logs" \
   --server-arg=--device="$mode" "${ramp[@]}" \
   --variant "$processes processes=--processes $processes" \
   --variant "$processes processes + inference worker=--processes $processes --inference-worker"
-part "${limits[3]}" frames_ramp "$python" -m bench.server_bench --out-dir "$out" --name frames_ramp \
+part "${limits[3]}" frames_ramp "$python" -m bench.server_bench --out-dir "$out" --logs "$out/logs" \
   --kind frames --server-arg=--device="$mode" "${ramp[@]}" \
   --variant "1 process, detection batched on the $mode=--detect-batch" \
   --variant "$processes processes + inference worker=--processes $processes --inference-worker"

@@ -54,7 +54,7 @@ class HostileConfig(ServerRunConfig):
     case: tuple[str, ...] = opt((), "cases to run (repeatable; default: all)", CASES)
     tree: Path | None = opt(None, "also run every case against the server of this checkout "
                             "(labelled 'before')")
-    name: str = opt("hostile_decode", "results file stem")
+    name: str = opt("hostile_decode", "result name")
 
 
 # -- hostile images, made here ------------------------------------------------------------------
@@ -155,7 +155,7 @@ async def one_case(cfg: HostileConfig, url: str, case: str, frames, images) -> d
 
 async def run_tree(cfg: HostileConfig, label: str, root: Path | None, frames, images,
                    cases: list[str]) -> list[dict]:
-    log = cfg.out_dir / f"{cfg.name}_{label}.log"
+    log = cfg.log_path(f"{cfg.name}_{label}")
     rows = []
     with running_server(cfg.model, ("--device", "cpu", *cfg.server_arg), log_path=log,
                         start_timeout=180, root=root) as srv:
@@ -179,11 +179,15 @@ def main(argv: list[str] | None = None) -> None:
     rows = asyncio.run(run_tree(cfg, "after", None, frames, images, cases))
     if cfg.tree is not None:
         rows += asyncio.run(run_tree(cfg, "before", cfg.tree, frames, images, cases))
-    out = cfg.out_dir / f"{cfg.name}.json"
-    out.write_text(json.dumps({"machine": info, "clients": cfg.clients, "fps": cfg.fps,
-                               "seconds": cfg.seconds, "hostile_fps": cfg.hostile_fps,
-                               "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out}")
+    cases_fig = {r["case"]: {"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                             "answered": r["answered"],
+                             "hostile": {k: v for k, v in r.get("hostile", {}).items()
+                                         if k != "sent"}}
+                 for r in rows if r["server"] == "after"}
+    cfg.save(cfg.name, {"clients": cfg.clients, "fps": cfg.fps, "hostile_fps": cfg.hostile_fps,
+                        "cases": cases_fig},
+             {"machine": info, "clients": cfg.clients, "fps": cfg.fps, "seconds": cfg.seconds,
+              "hostile_fps": cfg.hostile_fps, "rows": rows})
 
 
 if __name__ == "__main__":

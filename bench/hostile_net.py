@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import multiprocessing
 import socket
 import struct
@@ -57,7 +56,7 @@ class HostileNetConfig(ServerRunConfig):
     fps: float = opt(15.0, "frames per second per honest client")
     seconds: float = opt(10.0, "length of each case")
     target_ms: float = opt(150.0, "the p99 an honest client should stay within")
-    name: str = opt("hostile_net", "results file stem")
+    name: str = opt("hostile_net", "result name")
 
 
 # -- the attackers: blocking sockets in a thread, each loops until `stop` ---------------------
@@ -234,10 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     info, line = cfg.pin_client()
     print(line, flush=True)
     frames = load_frames("crops", None)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     with running_server(cfg.model, cfg.server_arg, cpus=parse_cpus(cfg.server_cpus),
-                        log_path=cfg.out_dir / f"{cfg.name}_server.log") as server:
+                        log_path=cfg.log_path(f"{cfg.name}_server")) as server:
         port = int(server.url.rsplit(":", 1)[1].split("/")[0])
         hello = {"max_frame_bytes": 256 * 1024}
         for arg, value in zip(cfg.server_arg, cfg.server_arg[1:], strict=False):
@@ -264,13 +262,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['case']:22s} {r['p99_ms'] or float('nan'):8.1f} "
               f"{ratio if ratio is not None else float('nan'):10.2f} "
               f"{r['answered_fraction']:9.1%}  {'yes' if met else 'NO'}")
-    out = cfg.out_dir / f"{cfg.name}.json"
-    out.write_text(json.dumps({
-        "benchmark": "hostile_net", "model": str(cfg.model), "machine": info,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
-        "server_args": list(cfg.server_arg), "rows": rows, "server_log_tail": log_tail},
-        indent=2) + "\n")
-    print(f"wrote {out}")
+    cases = {r["case"]: {"p99_ms": r["p99_ms"],
+                         "x_baseline": round(r["p99_ms"] / base["p99_ms"], 2)
+                         if base and base["p99_ms"] and r["p99_ms"] else None,
+                         "answered": r["answered_fraction"], "meets_target": r["meets_target"]}
+             for r in rows}
+    cfg.save(cfg.name, {"clients": cfg.clients, "fps": cfg.fps, "target_p99_ms": cfg.target_ms,
+                        "cases": cases},
+             {"benchmark": "hostile_net", "model": str(cfg.model), "machine": info,
+              "config": {k: (str(v) if isinstance(v, Path) else v)
+                         for k, v in cfg.__dict__.items()},
+              "server_args": list(cfg.server_arg), "rows": rows, "server_log_tail": log_tail})
     return 0 if all(r["meets_target"] for r in rows) else 1
 
 

@@ -15,7 +15,6 @@ loaded, side by side in one run.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench.machine import describe, machine_info
-from streamfer import contract
+from streamfer import contract, results
 from streamfer.cli import opt, parse
 from streamfer.model import DEVICES, optimized_for_cpu
 from streamfer.paths import DEFAULT_MODEL
@@ -60,7 +59,8 @@ class ModelBenchConfig:
                             "CPU-per-face line")
     server_tta: str = opt(SERVER_DEFAULT_TTA, "the server's averaging, for the CPU-per-face "
                           "line", MODES)
-    out_dir: Path = opt(BENCH / "results", "where model_DEVICE.json goes")
+    out_dir: Path = opt(BENCH / "results", "results root: writes "
+                        "<root>/<machine>/model_DEVICE.json")
     cpu_variants: tuple[str, ...] = opt(CPU_VARIANTS, "on the CPU, time the model as the "
                                         "server runs it (optimized: frozen and fused at load, "
                                         "the default) and/or as loaded, side by side",
@@ -180,9 +180,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"server default ({variants[0]}, {cfg.server_tta}, batches of {at['batch']}): "
                   f"{at['cpu_ms_per_face']} ms CPU per face "
                   f"(batch 1: {single['cpu_ms_per_face']} ms)")
-        cfg.out_dir.mkdir(parents=True, exist_ok=True)
-        out = cfg.out_dir / f"model_{device}.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        served = [r for r in rows if r["tta"] == cfg.server_tta and r["variant"] == variants[0]]
+        figures = {"model": meta.get("name"), "tta": cfg.server_tta,
+                   "runtime": f"TorchScript{' on CUDA' if device == 'cuda' else ''}, "
+                              f"{variants[0]}",
+                   "threads": cfg.threads,
+                   "ms_per_face": {str(r["batch"]): r["ms_per_face"] for r in served}}
+        if device == "cuda":
+            figures["faces_per_s"] = {str(r["batch"]): r["faces_per_s"] for r in served}
+        elif "server_default" in result:
+            figures["server_default_cpu_ms_per_face"] = result["server_default"][
+                "cpu_ms_per_face"]
+        out = results.write(cfg.out_dir, results.make(f"model_{device}", figures, result))
         print(f"wrote {out}")
     return 0
 

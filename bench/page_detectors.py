@@ -26,12 +26,12 @@ Detectors (`--models`, side by side in one run), each `NAME[/WHERE][@WIDTH]`:
 - `@WIDTH`: the frame is drawn into a canvas WIDTH px wide first.
 The page fetches each frame, draws it into a canvas and times only the detector's call;
 the server's Haar cascade (streamfer.detect.FaceDetector) runs on the same frames in Python
-for comparison. Prints a table and writes JSON to bench/results/page_detectors.json.
+for comparison. Prints a table and writes bench/results/<machine>/page_detectors.json.
 
 `--calibrate` measures how FER2013 frames a face relative to the page's BlazeFace box, exactly
 as training/framing.py does for the server's detectors (Training faces enlarged to 192 px and
 padded with 25% edge pixels; medians of image side / box side and of the centre offsets), and
-writes bench/results/page_framing_blazeface.json: streamfer/faces.py FRAMING["blazeface"].
+writes bench/results/<machine>/page_framing_blazeface.json: streamfer/faces.py FRAMING["blazeface"].
 
 The detectors come from web/node_modules (`cd web && npm ci`), served by streamfer.server.vendor as
 the real server serves them. Chromium: /usr/bin/chromium (headless, software WebGL).
@@ -40,9 +40,7 @@ the real server serves them. Chromium: /usr/bin/chromium (headless, software Web
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -54,6 +52,7 @@ import cv2
 import numpy as np
 
 from bench.machine import describe, machine_info
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.detect import FaceDetector
 from streamfer.server import vendor
@@ -85,8 +84,9 @@ class PageDetectorsConfig:
     fer_root: Path = opt(SHARED / "fer2013", "FER2013 folder (for --calibrate)")
     fer_limit: int = opt(2000, "FER2013 Training faces for --calibrate")
     seed: int = opt(0, "seed of the photo sample and the off-centre placements")
-    out: Path | None = opt(None, "the JSON (default: bench/results/page_detectors.json, or "
-                           "page_framing_blazeface.json with --calibrate)")
+    results: Path = opt(BENCH / "results", "results root: writes <root>/<machine>/<name>.json")
+    name: str | None = opt(None, "result name (default: page_detectors, or "
+                           "page_framing_blazeface with --calibrate)")
 
     def __post_init__(self) -> None:
         for spec in self.specs():
@@ -477,11 +477,18 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     result = calibrate(args, package) if args.calibrate else benchmark(args, package)
     result.update(package=f"{vendor.PACKAGE}@{package.version}", seconds=time.time() - t0,
-                  machine=machine_info(), command=" ".join(sys.argv))
-    out = args.out or BENCH / "results" / ("page_framing_blazeface.json" if args.calibrate
-                                           else "page_detectors.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+                  machine=machine_info())
+    if args.calibrate:
+        figures = {k: result[k] for k in ("images", "detected", "FRAME_SCALE", "FRAME_SHIFT_Y")}
+    else:
+        figures = {"photos": result["photos"], "frames": result["frames"],
+                   "package": result["package"],
+                   "detectors": {name: {"recall": round(row["recall"], 4),
+                                        "ms_median": round(row["ms_median"], 1),
+                                        "ms_p90": round(row["ms_p90"], 1)}
+                                 for name, row in result["rows"].items() if "error" not in row}}
+    name = args.name or ("page_framing_blazeface" if args.calibrate else "page_detectors")
+    out = results.write(args.results, results.make(name, figures, result))
     print(describe(result["machine"]))
     if args.calibrate:
         print(f"detected {result['detected']}/{result['images']}; FRAME_SCALE "

@@ -7,11 +7,12 @@ own /metrics count, by kind), and what the page shows.
     python -m bench.page_stream --photos 10 --seconds 30 --detector server   # the old path
     python -m bench.page_stream --detector worker --face-px 200 --face-px 120 --face-px 60 \
         --throttle 1 --throttle 4 --throttle 6 --photos 2 --seconds 15 \
-        --out bench/results/page_phone_cpu.json                         # phone-class CPU
+        --name page_phone_cpu                                       # phone-class CPU
 
 Each photo is pasted 300 px square into a 640x480 scene (bench/fakecam.py `scene`, the
 browser tests' own) with a few pixels of camera shake; the page runs as a phone user opens
-it. Prints one row per photo and writes bench/results/page_stream.json.
+it. Prints one row per photo and writes bench/results/<machine>/page_stream.json
+(streamfer/results.py's schema).
 
 `--face-px N` scales each photo instead so that its face (found by the server's BlazeFace,
 streamfer.detect) is N px wide in the frame; `--throttle R` slows Chromium's CPU R times
@@ -24,8 +25,6 @@ unanswered, caps the rate) and the main thread's long tasks (PerformanceObserver
 
 from __future__ import annotations
 
-import json
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from bench.browserkit import Server, counts, phone, prediction
 from bench.fakecam import HEIGHT, scene, shaking, write_y4m
 from bench.machine import describe, machine_info
 from bench.serverproc import free_port
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.paths import DEFAULT_MODEL
 
@@ -61,7 +61,8 @@ class PageStreamConfig:
                                       "(repeatable)")
     shake_px: float = opt(4.0, "radius of the camera's circular shake, px (16 frames a "
                           "turn: 4 px moves ~1.6 px a frame)")
-    out: str = opt(str(BENCH / "results/page_stream.json"), "results JSON")
+    results: Path = opt(BENCH / "results", "results root: writes <root>/<machine>/<name>.json")
+    name: str = opt("page_stream", "result name")
 
 
 LONG_TASKS = """(() => {
@@ -189,14 +190,14 @@ def main(argv: list[str] | None = None) -> None:
     result = {"rows": rows, "received": total, "crops": crops,
               "crop_share": crops / total if total else None,
               "showing_expression": sum(bool(r["shown"]) for r in rows), "photos": len(rows),
-              "seconds_each": args.seconds, "machine": machine_info(),
-              "command": " ".join(sys.argv)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+              "seconds_each": args.seconds, "machine": machine_info()}
+    figures = {k: result[k] for k in ("photos", "seconds_each", "received", "crop_share",
+                                      "showing_expression")}
+    out = results.write(args.results, results.make(args.name, figures, result))
     print(describe(result["machine"]))
     print(f"all: {total:.0f} frames received, {crops:.0f} crops "
           f"({100 * (result['crop_share'] or 0):.1f}%); an expression shown for "
-          f"{result['showing_expression']}/{len(rows)} photos -> {args.out}")
+          f"{result['showing_expression']}/{len(rows)} photos -> {out}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from bench.machine import cpu_model, machine_info
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.faces import preprocess_faces
 from streamfer.model import Predictor
@@ -51,7 +52,9 @@ class RuntimesConfig:
     reps: int = opt(40, "timed rounds per batch size")
     test: str = opt(str(ROOT.parent / "shared" / "datasets" / "fer2013" / "test"),
                     "FER2013 PublicTest folder ('' to skip accuracy)")
-    out: Path = opt(ROOT / "bench" / "results" / "runtimes.json", "results JSON")
+    results: Path = opt(ROOT / "bench" / "results", "results root: writes "
+                        "<root>/<machine>/<name>.json")
+    name: str = opt("model_cpu", "result name")
     candidates: bool = opt(False, "also time the alternatives weighed against it (see above)")
     profile: bool = opt(False, "also print ONNX Runtime's time per operator type for the int8 "
                         "file")
@@ -121,9 +124,20 @@ def main(argv: list[str] | None = None) -> None:
                   f" points; same answer as fused on "
                   f"{100 * result['agreement_with_fused'][name]:.1f}%)")
     tmp.cleanup()
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {a.out}")
+    ms = result["ms_per_face"]
+    figures = {"model": a.model.stem, "tta": served.tta, "threads": a.threads,
+               "int8_ms_per_face": {b: r[INT8] for b, r in ms.items() if INT8 in r},
+               "fused_torchscript_ms_per_face": {b: r[FUSED] for b, r in ms.items() if FUSED in r},
+               "torchscript_as_loaded_ms_per_face": {
+                   b: r["torchscript as loaded"] for b, r in ms.items()
+                   if "torchscript as loaded" in r}}
+    if result.get("accuracy"):
+        figures["fer2013_publictest_accuracy"] = {
+            "int8": result["accuracy"].get(INT8),
+            "fused_torchscript": result["accuracy"].get(FUSED)}
+        figures["int8_agreement_with_fused"] = result["agreement_with_fused"].get(INT8)
+    out = results.write(a.results, results.make(a.name, figures, result))
+    print(f"saved {out}")
 
 
 def candidates(served: Predictor, calibration: Path, tmp: Path,

@@ -8,12 +8,11 @@ model, in turn, so the machine's load hits all of them alike. Reports the median
 time and wall time per face for each batch size, and their ratio to the first model.
 
     python -m bench.served_cost models/fer2013-5class.pt models/ferplus-5class.pt \\
-        --out bench/results/served_cost.json
+        --results bench/results     # -> bench/results/<machine>/served_cost.json
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from bench.machine import describe, machine_info
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.model import Predictor
 
@@ -33,7 +33,8 @@ class ServedCostConfig:
                                    positional=True)
     batches: tuple[int, ...] = opt((1, 16), "comma-separated batch sizes", comma=True)
     rounds: int = opt(30, "timed rounds (median)")
-    out: Path | None = opt(None, "also write the figures as JSON")
+    results: Path = opt(Path("bench/results"), "results root: writes <root>/<machine>/<name>.json")
+    name: str = opt("served_cost", "result name")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,9 +68,10 @@ def main(argv: list[str] | None = None) -> None:
                   f"cpu {row['cpu_ms_per_face']:.2f} ms/face  wall {row['wall_ms_per_face']:.2f}"
                   f"  x{row['cpu_ratio_to_first']:.2f}")
     print(describe(result["machine"]))
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=2) + "\n")
+    figures = {"cpu_ms_per_face": {
+        m.stem: {str(r["batch"]): round(r["cpu_ms_per_face"], 3)
+                 for r in result["rows"] if r["model"] == str(m)} for m in a.models}}
+    print("wrote", results.write(a.results, results.make(a.name, figures, result)))
 
 
 if __name__ == "__main__":

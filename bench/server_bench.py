@@ -14,7 +14,6 @@ most 1% of frames lost. Prints each step, the two N and their ratio; writes JSON
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ class ServerBenchConfig(ServerRunConfig):
     variant: tuple[str, ...] = opt((), "ramp these servers instead of the default pair, each "
                                    "'LABEL=--flag value ...' (repeatable), e.g. "
                                    "--variant '2 processes=--processes 2'")
-    name: str = opt("server_ramp", "results file stem")
+    name: str | None = opt(None, "result name (default: server_ramp_KIND)")
 
     def servers(self) -> dict[str, tuple[str, ...]]:
         """Label -> server flags of each server to ramp, in order."""
@@ -107,11 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     info, line = cfg.pin_client()
     print(line, flush=True)
     frames = load_frames(cfg.kind, cfg.images)
+    name = cfg.name or f"server_ramp_{cfg.kind}"
     results: dict[str, dict] = {}
     rtts: dict[str, dict[str, list[float]]] = {}
     servers = cfg.servers()
     for label, args in servers.items():
-        log_path = cfg.out_dir / f"{cfg.name}_server_{len(results)}.log"
+        log_path = cfg.log_path(f"{name}_server_{len(results)}")
         # The connection cap (default 64) would end a ramp with HTTP 503s, not latency.
         server_args = ("--max-connections", str(max(cfg.max_clients, 64)), *args,
                        *cfg.server_arg)
@@ -144,14 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     for label, res in list(results.items())[1:]:
         print(f"  {label} / {next(iter(servers))}: "
               + (f"{res['best_clients'] / base:.2f}x" if base else "undefined (held no client)"))
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    out = cfg.out_dir / f"{cfg.name}.json"
-    out.write_text(json.dumps({
+    figures = {"kind": cfg.kind, "fps": cfg.fps, "target_p99_ms": cfg.target_ms,
+               "max_loss": cfg.max_loss,
+               "phones": {label: r["best_clients"] for label, r in results.items()},
+               "p99_ms_at_most": {label: ((r["best"] or {}).get("rtt_ms") or {}).get("p99")
+                                  for label, r in results.items()}}
+    out = cfg.save(name, figures, {
         "benchmark": "server_ramp", "model": str(cfg.model), "machine": info,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
         "best_clients": {label: r["best_clients"] for label, r in results.items()},
-        "ratio_first_over_second": ratio, "results": results}, indent=2) + "\n")
-    png = cfg.out_dir / f"{cfg.name}.png"
+        "ratio_first_over_second": ratio, "results": results})
+    png = out.with_suffix(".png")
     save_plot(png, results, rtts, cfg.target_ms,
               f"{cfg.model.name}: {cfg.fps:g} fps/client, {cfg.kind}; {info['cpu']}, "
               f"{info['usable_cpus']} CPUs")

@@ -14,7 +14,6 @@ sizes -- and writes JSON and a histogram PNG of all variants.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ class VariantsConfig(ServerRunConfig):
                                 "of the figures")
     only: tuple[str, ...] = opt((), "run only these variants (repeatable): "
                                 + "; ".join(v[0] for v in VARIANTS))
-    name: str = opt("server_variants", "results file stem")
+    name: str = opt("server_variants", "result name, e.g. server_crops_10x15")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if label not in cfg.variants:
             continue
         slug = "_".join([tta, kind, *(a.strip("-") for a in extra)])
-        log_path = cfg.out_dir / f"{cfg.name}_{slug}.log"
+        log_path = cfg.log_path(f"{cfg.name}_{slug}")
         with running_server(cfg.model, ("--tta", tta, *extra, *cfg.server_arg),
                             cpus=parse_cpus(cfg.server_cpus), log_path=log_path) as server:
             lt = LoadTestConfig(url=server.url, clients=cfg.clients, fps=cfg.fps,
@@ -108,13 +107,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{srv['inference']!s:>7s} {srv['total']!s:>7s} {summary['batch']['mean']!s:>6s} "
               f"{summary['no_face']:6d} {summary['wire_bytes']:6d} "
               f"{summary['server_cpu_ms_per_frame']!s:>7s}", flush=True)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    out = cfg.out_dir / f"{cfg.name}.json"
-    out.write_text(json.dumps({
+    each = {r["variant"]: {"kind": r["kind"], "p50_ms": r["rtt_ms"]["p50"],
+                           "p99_ms": r["rtt_ms"]["p99"], "sent": r["sent"],
+                           "answered": r["answered"],
+                           "server_cpu_ms_per_frame": r["server_cpu_ms_per_frame"]}
+            for r in rows}
+    figures = {"clients": cfg.clients, "fps": cfg.fps, "seconds": cfg.seconds,
+               # one variant (the datasheet's case): its figures at the top level
+               **(next(iter(each.values())) if len(each) == 1 else {}), "variants": each}
+    out = cfg.save(cfg.name, figures, {
         "benchmark": "server_variants", "model": str(cfg.model), "machine": info,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()},
-        "rows": rows}, indent=2) + "\n")
-    png = save_histogram(cfg.out_dir / f"{cfg.name}.png", series,
+        "rows": rows})
+    png = save_histogram(out.with_suffix(".png"), series,
                          f"{cfg.model.name}: {cfg.clients} clients x {cfg.fps:g} fps; "
                          f"{info['cpu']}, {info['usable_cpus']} CPUs")
     print(f"wrote {out} and {png}")

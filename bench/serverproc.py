@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.machine import describe, machine_info
+from streamfer import results
 from streamfer.cli import opt
 from streamfer.paths import DEFAULT_MODEL
 
@@ -41,11 +43,24 @@ class ServerRunConfig:
                                       "--server-arg=--device=cpu (repeatable)")
     server_cpus: str | None = opt(None, "pin the server, e.g. 0 or 0-1")
     client_cpus: str | None = opt(None, "pin this load generator, e.g. 1")
-    out_dir: Path = opt(ROOT / "bench" / "results", "where the JSON and PNG go")
+    out_dir: Path = opt(ROOT / "bench" / "results", "results root: writes "
+                        "<root>/<machine>/<name>.json (streamfer/results.py), the PNG beside it")
+    logs: Path = opt(Path(tempfile.gettempdir()) / "streamfer-bench", "where server logs go")
 
     def __post_init__(self) -> None:
         if not self.model.is_file():
             raise ValueError(f"model not found: {self.model} (pass --model)")
+
+    def log_path(self, stem: str) -> Path:
+        """A server log's path under --logs (kept out of the results tree)."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        return self.logs / f"{stem}.log"
+
+    def save(self, name: str, figures: dict, details: dict) -> Path:
+        """Write the result in the one schema under --out-dir; its path."""
+        path = results.write(self.out_dir, results.make(name, figures, details))
+        print(f"wrote {path}")
+        return path
 
     def pin_client(self) -> tuple[dict, str]:
         """Pin this load generator to --client-cpus; the machine's description for the

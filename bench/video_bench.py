@@ -5,13 +5,12 @@ machine's load does not distort), through the command line's own loop (decode, B
 tracker, crops, the model batched on its inference thread) on the shipped model; and
 decoding alone, the floor every --every pays (inter-frame codecs decode each frame).
 
-    python -m bench.video_bench          # 60 s of video -> bench/results/video_throughput.json
-    python -m bench.video_bench --seconds 10 --out /tmp/video.json   # a quick check
+    python -m bench.video_bench   # 60 s of video -> bench/results/<machine>/video_throughput.json
+    python -m bench.video_bench --seconds 10 --results /tmp/results   # a quick check
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ import cv2
 
 from bench.fakevideo import write_face_video
 from bench.machine import describe, machine_info
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.detect import load_detector
 from streamfer.model import Predictor
@@ -51,7 +51,8 @@ class VideoBenchConfig:
                                  comma=True)
     model: Path = opt(DEFAULT_MODEL, "TorchScript model")
     threads: int = opt(1, "torch threads (as python -m streamfer.video --threads)")
-    out: Path = opt(BENCH / "results" / "video_throughput.json", "results JSON")
+    results: Path = opt(BENCH / "results", "results root: writes <root>/<machine>/<name>.json")
+    name: str = opt("video_throughput", "result name")
 
 
 def timed(fn: object) -> tuple[float, float, object]:
@@ -114,9 +115,13 @@ def main(argv: list[str] | None = None) -> int:
                          "torch_threads": cfg.threads,
                          "detector": detector.description},
               "versions": {"opencv": cv2.__version__}, "machine": machine, "rows": rows}
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {cfg.out}")
+    figures = {"video": f"{cfg.seconds:g} s, {cfg.width}x{cfg.height}, {cfg.fps:g} fps",
+               "model": predictor.name, "runtime": predictor.runtime,
+               "runs": {r["run"]: {"x_real_time": r["x_real_time"],
+                                   "x_real_time_per_cpu_s": r["x_real_time_per_cpu_s"]}
+                        for r in rows}}
+    out = results.write(cfg.results, results.make(cfg.name, figures, result))
+    print(f"wrote {out}")
     return 0
 
 

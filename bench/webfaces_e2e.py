@@ -1,7 +1,7 @@
 """End to end on webfaces-dev through the real server's /api/predict, per face detector.
 
     python -m bench.webfaces_e2e --data ../shared/datasets/webfaces-dev \\
-        --out bench/results/webfaces_e2e.json
+        --results bench/results    # -> bench/results/<machine>/webfaces_e2e.json
 
 Starts `python -m streamfer.serve` (shipped model, CPU) once per `--detectors` entry on a
 free loopback port, posts every photo as a user would (multipart `image`), and scores the
@@ -29,12 +29,15 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.serverproc import running_server
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.faces import BLAZEFACE, HAAR
 from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
 from streamfer.protocol import ERROR, OK
 from streamfer.server.config import DETECTOR_CHOICES
 
+PROTOCOL = ("every photo posted to /api/predict, the largest face's top class scored against the "
+            "folder's label; a photo with no face found (or refused) counts as wrong")
 LABELS = {"angry": "anger", "happy": "happiness", "neutral": "neutral", "sad": "sadness",
           "surprise": "surprise"}
 
@@ -74,7 +77,8 @@ class WebfacesE2EConfig:
     model: str = opt(str(DEFAULT_MODEL), "the model the server runs")
     detectors: tuple[str, ...] = opt((HAAR, BLAZEFACE), "one server per detector, in turn",
                                      DETECTOR_CHOICES, comma=True)
-    out: str = opt("bench/results/webfaces_e2e.json", "results JSON")
+    results: Path = opt(Path("bench/results"), "results root: writes <root>/<machine>/<name>.json")
+    name: str = opt("webfaces_e2e", "result name")
     limit: int = opt(0, "photos, spread over the folder (0: all)")
 
 
@@ -102,14 +106,17 @@ def main(argv: list[str] | None = None) -> None:
             result["detectors"][det] = {**score(rows), "errors": errors, "face_detector":
                                         server.health.get("face_detector"),
                                         "seconds": time.time() - t0}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    figures = {"model": model.stem, "set": Path(args.data).name, "protocol": PROTOCOL,
+               "detectors": {det: {"photos": r["photos"], "with_face": round(r["with_face"], 4),
+                                   "balanced_accuracy": round(r["balanced_accuracy"], 4)}
+                             for det, r in result["detectors"].items()}}
+    out = results.write(args.results, results.make(args.name, figures, result))
     print(f"{len(paths)} webfaces-dev photos through /api/predict ({Path(args.model).name})")
     for det, r in result["detectors"].items():
         pc = " ".join(f"{c} {v:.2f}" for c, v in r["per_class_recall"].items())
         print(f"{det:10} faces {r['with_face']:.3f}  balanced acc {r['balanced_accuracy']:.3f}"
               f"  (on photos with a face {r['balanced_accuracy_faces_found']:.3f})  {pc}")
-    print("saved", args.out)
+    print("saved", out)
 
 
 if __name__ == "__main__":

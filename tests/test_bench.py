@@ -6,12 +6,13 @@ themselves come from full runs on an idle machine, not from here.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from streamfer import results
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -26,9 +27,10 @@ def bench(script: str, *args: str, timeout: float = 240) -> subprocess.Completed
 
 
 def test_decode_bench(tmp_path: Path) -> None:
-    out = tmp_path / "decode.json"
-    proc = bench("decode.py", "--repeats", "2", "--number", "5", "--out", str(out))
-    result = json.loads(out.read_text())
+    proc = bench("decode.py", "--repeats", "2", "--number", "5", "--results", str(tmp_path))
+    rec = results.read(next(tmp_path.glob("*/decode.json")))
+    result = rec["details"]
+    assert list(rec["figures"]["payloads"]) == [r["payload"] for r in result["rows"]]
     assert [r["payload"] for r in result["rows"]] == ["frame 320 px colour", "crop 96 px gray"]
     for r in result["rows"]:
         assert r["opencv_us"] > 0 and r["pillow_us"] > 0
@@ -43,7 +45,10 @@ def test_model_bench(tiny_model_path: Path, tmp_path: Path) -> None:
     proc = bench("model_bench.py", "--model", str(tiny_model_path), "--device", "cpu",
                  "--max-batch", "4", "--repeats", "2", "--warmup", "1", "--min-seconds", "0",
                  "--server-batch", "4", "--out-dir", str(tmp_path))
-    result = json.loads((tmp_path / "model_cpu.json").read_text())
+    rec = results.read(next(tmp_path.glob("*/model_cpu.json")))
+    result = rec["details"]
+    assert rec["figures"]["tta"] == "mirror" and set(rec["figures"]["ms_per_face"]) == {
+        "1", "2", "4"}
     rows = result["rows"]
     assert [(r["variant"], r["tta"], r["batch"]) for r in rows] == [
         (v, m, n) for v in ("optimized", "as-loaded") for m in ("centre", "mirror", "ten")
@@ -61,7 +66,9 @@ def test_first_calls_times_each_batch_size_cold_and_warmed(tiny_model_path: Path
                                                           tmp_path: Path) -> None:
     proc = bench("first_calls.py", "--model", str(tiny_model_path), "--device", "cpu",
                  "--max-batch", "5", "--threads", "1", "--out-dir", str(tmp_path))
-    result = json.loads((tmp_path / "first_calls_cpu.json").read_text())
+    rec = results.read(next(tmp_path.glob("*/first_calls_cpu.json")))
+    assert list(rec["figures"]["first_call_ms"]) == ["1", "2", "3", "5"]
+    result = rec["details"]
     assert result["device"] == "cpu" and result["warm_up_s"] >= 0
     for key in ("cold_ms", "warm_ms"):
         assert list(result[key]) == ["1", "2", "3", "5"]  # SIZES up to --max-batch
@@ -75,7 +82,10 @@ def test_server_bench_ramps_both_configurations(tiny_model_path: Path, tmp_path:
           "--pause", "0.1", "--max-clients", "2", "--fps", "10", "--out-dir", str(tmp_path),
           "--warmup-seconds", "0.3",
           "--server-arg=--device=cpu")
-    result = json.loads((tmp_path / "server_ramp.json").read_text())
+    path = next(tmp_path.glob("*/server_ramp_crops.json"))
+    rec = results.read(path)
+    result = rec["details"]
+    assert list(rec["figures"]["phones"]) == list(result["best_clients"])
     assert list(result["best_clients"]) == ["micro-batching (server default)",
                                             "one at a time (--max-batch 1)"]
     single = result["results"]["one at a time (--max-batch 1)"]
@@ -85,7 +95,7 @@ def test_server_bench_ramps_both_configurations(tiny_model_path: Path, tmp_path:
         assert res["passed"]
     for s in single["steps"]:
         assert set(s["batch"]["counts"]) <= {"1"}  # --max-batch 1 really ran one at a time
-    assert (tmp_path / "server_ramp.png").read_bytes()[:8] == PNG
+    assert path.with_suffix(".png").read_bytes()[:8] == PNG
 
 
 @pytest.mark.slow
@@ -93,8 +103,10 @@ def test_server_variants(tiny_model_path: Path, tmp_path: Path) -> None:
     bench("server_variants.py", "--model", str(tiny_model_path), "--clients", "1",
           "--seconds", "1", "--fps", "10", "--out-dir", str(tmp_path), "--warmup-seconds", "0.3",
           "--server-arg=--device=cpu")
-    result = json.loads((tmp_path / "server_variants.json").read_text())
-    rows = {r["variant"]: r for r in result["rows"]}
+    path = next(tmp_path.glob("*/server_variants.json"))
+    rec = results.read(path)
+    rows = {r["variant"]: r for r in rec["details"]["rows"]}
+    assert list(rec["figures"]["variants"]) == list(rows)
     assert list(rows) == ["crops, mirror (default)", "frames, mirror", "frames, mirror, haar",
                           "crops, centre", "crops, ten"]
     assert "haar" in rows["frames, mirror, haar"]["server_args"]
@@ -102,7 +114,7 @@ def test_server_variants(tiny_model_path: Path, tmp_path: Path) -> None:
         assert r["sent"] == r["answered"] > 0 and r["errors"] == 0
         assert r["tta"] == r["server_tta"]  # the server's greeting confirms the mode
     assert rows["frames, mirror"]["kind"] == "frames"
-    assert (tmp_path / "server_variants.png").read_bytes()[:8] == PNG
+    assert path.with_suffix(".png").read_bytes()[:8] == PNG
 
 
 @pytest.mark.slow
@@ -113,8 +125,9 @@ def test_frame_overhead_splits_server_cpu_into_model_and_the_rest(tiny_model_pat
                  "--warmup-seconds", "0.3", "--out-dir", str(tmp_path),
                  "--variant", "here=", "--variant", "one at a time=--max-batch 1",
                  "--tree", f"here={ROOT}", "--server-arg=--device=cpu")
-    result = json.loads((tmp_path / "frame_overhead.json").read_text())
-    rows = {r["variant"]: r for r in result["rows"]}
+    rec = results.read(next(tmp_path.glob("*/frame_overhead.json")))
+    rows = {r["variant"]: r for r in rec["details"]["rows"]}
+    assert list(rec["figures"]["variants"]) == list(rows)
     assert list(rows) == ["here", "one at a time"]
     assert rows["here"]["tree"] == str(ROOT) and rows["one at a time"]["flags"] == [
         "--max-batch", "1"]
@@ -143,10 +156,11 @@ def test_webfaces_e2e_scores_every_photo_and_lists_the_refused(tiny_model_path: 
     ok, webp = cv2.imencode(".webp", rng.integers(0, 256, (64, 64, 3), np.uint8))
     assert ok
     (tmp_path / "web" / "sad" / "not_a_jpeg.jpg").write_bytes(webp.tobytes())
-    out = tmp_path / "e2e.json"
     bench("webfaces_e2e.py", "--model", str(tiny_model_path), "--data", str(tmp_path / "web"),
-          "--detectors", "haar", "--out", str(out))
-    r = json.loads(out.read_text())["detectors"]["haar"]
+          "--detectors", "haar", "--results", str(tmp_path / "results"))
+    rec = results.read(next((tmp_path / "results").glob("*/webfaces_e2e.json")))
+    assert rec["figures"]["detectors"]["haar"]["photos"] == 6
+    r = rec["details"]["detectors"]["haar"]
     assert r["photos"] == 6 and set(r["per_class_recall"]) == {
         "anger", "happiness", "neutral", "sadness", "surprise"}
     assert [Path(p).name for p in r["errors"]["bad_image"]] == ["not_a_jpeg.jpg"]
@@ -164,12 +178,13 @@ def test_gpu_check_runs_its_cpu_parts(tmp_path: Path) -> None:
     assert proc.returncode == 0, summary + proc.stdout + proc.stderr
     assert "mode=cpu" in summary and summary.count("   exit 0,") == 4, summary
     assert "skipped" in (tmp_path / "cuda_tests.log").read_text()
-    model = json.loads((tmp_path / "model_cpu.json").read_text())
+    model = results.read(next(tmp_path.glob("*/model_cpu.json")))
     assert model
-    for name, layouts in (("crops_ramp", ("2 processes", "2 processes + inference worker")),
-                          ("frames_ramp", ("1 process, detection batched on the cpu",
+    for name, layouts in (("server_ramp_crops", ("2 processes",
+                                                 "2 processes + inference worker")),
+                          ("server_ramp_frames", ("1 process, detection batched on the cpu",
                                            "2 processes + inference worker"))):
-        result = json.loads((tmp_path / f"{name}.json").read_text())
+        result = results.read(next(tmp_path.glob(f"*/{name}.json")))["details"]
         assert list(result["best_clients"]) == list(layouts), result["best_clients"]
         for res in result["results"].values():
             assert res["steps"] and all(s["sent"] == s["answered"] for s in res["steps"])

@@ -7,7 +7,6 @@ them. The face is scikit-image's astronaut, so it runs in CI without ../shared.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import cv2
 import pytest
 
 from bench import page_detectors as bench
+from streamfer import results
 from streamfer.server import vendor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,10 +57,10 @@ def test_cpu_and_webgl_inference_find_the_same_face(tmp_path: Path, astronaut_rg
     (tmp_path / "photos" / "happy").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "photos" / "happy" / "astronaut.jpg"),
                 cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
-    out = tmp_path / "result.json"
+    out = tmp_path / "results"
     bench.main(["--data", str(tmp_path / "photos"), "--limit", "1", "--no-haar",
-                "--models", "short/cpu,short/webgl", "--out", str(out)])
-    result = json.loads(out.read_text())
+                "--models", "short/cpu,short/webgl", "--results", str(out)])
+    result = results.read(next(out.glob("*/page_detectors.json")))["details"]
     assert result["frames"] == 6
     rows = result["rows"]
     assert set(rows) == {"short/cpu (page)", "short/webgl (page)"}
@@ -88,10 +88,10 @@ def test_litert_engine_in_a_worker_and_on_the_main_thread(tmp_path: Path, astron
     (tmp_path / "photos" / "happy").mkdir(parents=True)
     cv2.imwrite(str(tmp_path / "photos" / "happy" / "astronaut.jpg"),
                 cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
-    out = tmp_path / "result.json"
+    out = tmp_path / "results"
     bench.main(["--data", str(tmp_path / "photos"), "--limit", "1", "--no-haar",
-                "--models", "litert-auto/worker,litert-auto/main", "--out", str(out)])
-    rows = json.loads(out.read_text())["rows"]
+                "--models", "litert-auto/worker,litert-auto/main", "--results", str(out)])
+    rows = results.read(next(out.glob("*/page_detectors.json")))["details"]["rows"]
     for row in rows.values():
         assert row["frames"] == 6 and row["recall"] == 1.0, row
     assert rows["litert-auto/worker (page)"]["recall_by_variant"] == \
