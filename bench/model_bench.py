@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{at['cpu_ms_per_face']} ms CPU per face "
                   f"(batch 1: {single['cpu_ms_per_face']} ms)")
         served = [r for r in rows if r["tta"] == cfg.server_tta and r["variant"] == variants[0]]
-        figures = {"model": meta.get("name"), "tta": cfg.server_tta,
+        figures = {"model": meta.name, "tta": cfg.server_tta,
                    "runtime": f"TorchScript{' on CUDA' if device == 'cuda' else ''}, "
                               f"{variants[0]}",
                    "threads": cfg.threads,
