@@ -21,7 +21,7 @@ from typing import Any
 from streamfer import results
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "bench" / "results"
+RESULTS_DIR = results.ROOT
 DOCS = {"results": ROOT / "docs" / "RESULTS.md", "benchmarks": ROOT / "docs" / "BENCHMARKS.md"}
 
 Records = dict[tuple[str, str], dict[str, Any]]

@@ -29,15 +29,13 @@ from streamfer.detect import FaceDetector
 from streamfer.faces import crop_face
 from streamfer.loadtest.frames import encode_jpeg, to_width
 
-BENCH = Path(__file__).resolve().parent
-
 
 @dataclass(frozen=True)
 class DecodeConfig:
     repeats: int = opt(15, "timed repeats (median)")
     number: int = opt(200, "decodes per repeat")
     threads: int = opt(1, "cv2.setNumThreads")
-    results: Path = opt(BENCH / "results", "results root: writes <root>/<machine>/<name>.json")
+    results: Path = opt(results.ROOT, "results root: writes <root>/<machine>/<name>.json")
     name: str = opt("decode", "result name")
 
     def __post_init__(self) -> None:

@@ -48,7 +48,7 @@ def variants() -> dict:
 @dataclass(frozen=True)
 class DetectBenchConfig:
     data: str = opt(str(DEFAULT_DATASETS / "webfaces-dev"), "webfaces-dev folder (CLASS/*.jpg)")
-    results: Path = opt(Path("bench/results"), "results root: writes <root>/<machine>/<name>.json")
+    results: Path = opt(results.ROOT, "results root: writes <root>/<machine>/<name>.json")
     name: str = opt("detect", "result name")
     limit: int = opt(0, "photos (0: all)")
 

@@ -56,7 +56,7 @@ MEDIAPIPE_SHORT = 0.5  # MediaPipe's own default for the short-range model
 @dataclass(frozen=True)
 class FalseFacesConfig:
     data: str = opt(str(DEFAULT_DATASETS / "webfaces-dev"), "webfaces-dev folder (CLASS/*.jpg)")
-    results: Path = opt(Path("bench/results"), "results root: writes <root>/<machine>/<name>.json "
+    results: Path = opt(results.ROOT, "results root: writes <root>/<machine>/<name>.json "
                         "(the curve's PNG beside it)")
     name: str = opt("false_faces", "result name")
     max_false: float = opt(0.01, "the rule: the lowest threshold at which at most this share "

@@ -58,7 +58,7 @@ class FirstCallsConfig:
     device: str = opt("auto", "where the model runs", DEVICES)
     max_batch: int = opt(ServeConfig().max_batch, "the largest batch timed and warmed up")
     threads: int = opt(0, "torch threads (0: torch's default)")
-    out_dir: Path = opt(BENCH / "results", "results root: writes "
+    out_dir: Path = opt(results.ROOT, "results root: writes "
                         "<root>/<machine>/first_calls_DEVICE.json")
 
 

@@ -59,7 +59,7 @@ class ModelBenchConfig:
                             "CPU-per-face line")
     server_tta: str = opt(SERVER_DEFAULT_TTA, "the server's averaging, for the CPU-per-face "
                           "line", MODES)
-    out_dir: Path = opt(BENCH / "results", "results root: writes "
+    out_dir: Path = opt(results.ROOT, "results root: writes "
                         "<root>/<machine>/model_DEVICE.json")
     cpu_variants: tuple[str, ...] = opt(CPU_VARIANTS, "on the CPU, time the model as the "
                                         "server runs it (optimized: frozen and fused at load, "

@@ -84,7 +84,7 @@ class PageDetectorsConfig:
     fer_root: Path = opt(SHARED / "fer2013", "FER2013 folder (for --calibrate)")
     fer_limit: int = opt(2000, "FER2013 Training faces for --calibrate")
     seed: int = opt(0, "seed of the photo sample and the off-centre placements")
-    results: Path = opt(BENCH / "results", "results root: writes <root>/<machine>/<name>.json")
+    results: Path = opt(results.ROOT, "results root: writes <root>/<machine>/<name>.json")
     name: str | None = opt(None, "result name (default: page_detectors, or "
                            "page_framing_blazeface with --calibrate)")
 

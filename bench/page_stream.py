@@ -61,7 +61,7 @@ class PageStreamConfig:
                                       "(repeatable)")
     shake_px: float = opt(4.0, "radius of the camera's circular shake, px (16 frames a "
                           "turn: 4 px moves ~1.6 px a frame)")
-    results: Path = opt(BENCH / "results", "results root: writes <root>/<machine>/<name>.json")
+    results: Path = opt(results.ROOT, "results root: writes <root>/<machine>/<name>.json")
     name: str = opt("page_stream", "result name")
 
 

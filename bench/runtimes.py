@@ -52,7 +52,7 @@ class RuntimesConfig:
     reps: int = opt(40, "timed rounds per batch size")
     test: str = opt(str(ROOT.parent / "shared" / "datasets" / "fer2013" / "test"),
                     "FER2013 PublicTest folder ('' to skip accuracy)")
-    results: Path = opt(ROOT / "bench" / "results", "results root: writes "
+    results: Path = opt(results.ROOT, "results root: writes "
                         "<root>/<machine>/<name>.json")
     name: str = opt("model_cpu", "result name")
     candidates: bool = opt(False, "also time the alternatives weighed against it (see above)")

@@ -33,7 +33,7 @@ class ServedCostConfig:
                                    positional=True)
     batches: tuple[int, ...] = opt((1, 16), "comma-separated batch sizes", comma=True)
     rounds: int = opt(30, "timed rounds (median)")
-    results: Path = opt(Path("bench/results"), "results root: writes <root>/<machine>/<name>.json")
+    results: Path = opt(results.ROOT, "results root: writes <root>/<machine>/<name>.json")
     name: str = opt("served_cost", "result name")
 
 

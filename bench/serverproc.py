@@ -43,7 +43,7 @@ class ServerRunConfig:
                                       "--server-arg=--device=cpu (repeatable)")
     server_cpus: str | None = opt(None, "pin the server, e.g. 0 or 0-1")
     client_cpus: str | None = opt(None, "pin this load generator, e.g. 1")
-    out_dir: Path = opt(ROOT / "bench" / "results", "results root: writes "
+    out_dir: Path = opt(results.ROOT, "results root: writes "
                         "<root>/<machine>/<name>.json (streamfer/results.py), the PNG beside it")
     logs: Path = opt(Path(tempfile.gettempdir()) / "streamfer-bench", "where server logs go")
 

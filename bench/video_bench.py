@@ -38,8 +38,6 @@ from streamfer.video.decode import (
 )
 from streamfer.video.run import process
 
-BENCH = Path(__file__).resolve().parent
-
 
 @dataclass(frozen=True)
 class VideoBenchConfig:
@@ -51,7 +49,7 @@ class VideoBenchConfig:
                                  comma=True)
     model: Path = opt(DEFAULT_MODEL, "TorchScript model")
     threads: int = opt(1, "torch threads (as python -m streamfer.video --threads)")
-    results: Path = opt(BENCH / "results", "results root: writes <root>/<machine>/<name>.json")
+    results: Path = opt(results.ROOT, "results root: writes <root>/<machine>/<name>.json")
     name: str = opt("video_throughput", "result name")
 
 

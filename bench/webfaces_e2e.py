@@ -77,7 +77,7 @@ class WebfacesE2EConfig:
     model: str = opt(str(DEFAULT_MODEL), "the model the server runs")
     detectors: tuple[str, ...] = opt((HAAR, BLAZEFACE), "one server per detector, in turn",
                                      DETECTOR_CHOICES, comma=True)
-    results: Path = opt(Path("bench/results"), "results root: writes <root>/<machine>/<name>.json")
+    results: Path = opt(results.ROOT, "results root: writes <root>/<machine>/<name>.json")
     name: str = opt("webfaces_e2e", "result name")
     limit: int = opt(0, "photos, spread over the folder (0: all)")
 

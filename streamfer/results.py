@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "streamfer-result/1"
+# Where a checkout keeps its result files, whatever the current folder.
+ROOT = Path(__file__).resolve().parents[1] / "bench" / "results"
 REQUIRED = ("schema", "name", "command", "commit", "date", "machine", "figures")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 

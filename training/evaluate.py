@@ -294,7 +294,7 @@ def record(cfg: EvalConfig, result: dict) -> Path:
         figures["model"] = ",".join(Path(p.strip()).stem for p in str(figures["model"]).split(","))
     details = {k: v for k, v in result.items() if k not in RECORD_FIGURES}
     rec = results.make(cfg.record, figures, details, command=cfg.command or None)
-    return results.write(Path(__file__).resolve().parents[1] / "bench" / "results", rec)
+    return results.write(results.ROOT, rec)
 
 
 if __name__ == "__main__":

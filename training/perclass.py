@@ -41,7 +41,7 @@ PROGRAM = "training.perclass"
 class PerClassConfig:
     model: str = opt(str(DEFAULT_MODEL), "exported model (run as the server runs it)")
     datasets: str = opt(str(DEFAULT_DATASETS), "folder holding ferplus/, webfaces-dev/, CK+48/")
-    results: str = opt("bench/results", "result files go under this/<machine>/")
+    results: str = opt(str(results.ROOT), "result files go under this/<machine>/")
     figures: str = opt("docs/figures", "figures go here")
     step: float = opt(0.05, "logit bias search: grid step")
     span: float = opt(1.5, "logit bias search: values from -span to +span")
