@@ -8,7 +8,8 @@ never downloaded at run time, never copied into the repository. On the CPU they 
 Google's LiteRT interpreter (streamfer.detect_litert, no PyTorch); on a GPU, read into
 PyTorch and batched on the device (streamfer.detect_torch). Page and server thus share one
 network and one framing calibration (faces.FRAMING["blazeface"]). OpenCV's Haar cascade
-(FaceDetector, HaarFallback behind BlazeFace's calls) is the fallback without its weights.
+(FaceDetector, HaarFallback behind BlazeFace's calls) is the fallback without its weights,
+where OpenCV is installed (the `[video]` extra).
 
 The geometry follows MediaPipe's face detection graph (face_detection_short_range.pbtxt):
 letterbox the image into the square input, SSD anchors (896 for short range: 16x16x2 +
@@ -34,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from streamfer.faces import (
@@ -47,8 +47,9 @@ from streamfer.faces import (
     resize_square,
     square_at,
 )
-from streamfer.optional import import_torch
+from streamfer.optional import OPENCV_EXTRA, has_opencv, import_cv2, import_torch
 from streamfer.paths import PACKAGE_ROOT
+from streamfer.pixels import equalize_hist, pad_edges, resize, scale
 
 log = logging.getLogger(__name__)
 
@@ -68,33 +69,35 @@ HAAR_SEARCH_SIDE = 640  # a padded search by the cascade is shrunk to this first
 DETECTORS = (BLAZEFACE, HAAR)  # the server's detectors, by name (faces.FRAMING's keys)
 
 
-NO_HAAR = ("this OpenCV build has no Haar cascades (OpenCV 5 dropped them), so the server "
-           "cannot find faces in full frames: send face crops, or install "
-           "'opencv-python-headless<5' on the server")
+NO_HAAR = ("without BlazeFace's weights the server needs OpenCV's Haar cascade to find faces "
+           f"in full frames, and it has none: run `npm ci` in web/ (BlazeFace), or install "
+           f"'{OPENCV_EXTRA}' (opencv-python-headless<5); face crops still work")
 
 
 class DetectorUnavailable(RuntimeError):
-    """Full frames need a face detector and this OpenCV build has none; crops still work."""
+    """Full frames need a face detector and none is installed; crops still work."""
 
 
 class FaceDetector:
     """OpenCV's frontal-face Haar cascade, one instance per thread (it is not thread-safe)."""
 
     def __init__(self, min_face_fraction: float = 0.15) -> None:
-        # OpenCV 5 wheels ship neither CascadeClassifier nor the cascade files.
-        self.available = hasattr(cv2, "CascadeClassifier") and hasattr(cv2, "data")
-        self.cascade_path = (str(Path(cv2.data.haarcascades) /
+        # Not without OpenCV, nor with OpenCV 5, whose wheels ship no cascades.
+        self.cv2 = import_cv2("the Haar cascade") if has_opencv() else None
+        self.available = self.cv2 is not None and hasattr(self.cv2, "CascadeClassifier") \
+            and hasattr(self.cv2, "data")
+        self.cascade_path = (str(Path(self.cv2.data.haarcascades) /
                                  "haarcascade_frontalface_default.xml")
                              if self.available else "")
         self.min_face_fraction = min_face_fraction
         self._local = threading.local()
 
-    def _cascade(self) -> cv2.CascadeClassifier:
+    def _cascade(self) -> Any:
         if not self.available:
             raise DetectorUnavailable(NO_HAAR)
         cascade = getattr(self._local, "cascade", None)
         if cascade is None:
-            cascade = cv2.CascadeClassifier(self.cascade_path)
+            cascade = self.cv2.CascadeClassifier(self.cascade_path)
             if cascade.empty():
                 raise RuntimeError(f"could not load the Haar cascade at {self.cascade_path}")
             self._local.cascade = cascade
@@ -102,13 +105,12 @@ class FaceDetector:
 
     def detect(self, gray: np.ndarray) -> Box | None:
         """The most confident frontal face, or None. Works on a copy scaled to <= 320 px wide."""
-        scale = min(1.0, 320.0 / max(gray.shape[1], 1))
-        small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) \
-            if scale < 1.0 else gray
+        k = min(1.0, 320.0 / max(gray.shape[1], 1))
+        small = scale(gray, k) if k < 1.0 else gray
         side = min(small.shape[:2])
         min_side = max(24, int(side * self.min_face_fraction))
         found, _, weights = self._cascade().detectMultiScale3(
-            cv2.equalizeHist(small), scaleFactor=1.1, minNeighbors=5,
+            equalize_hist(small), scaleFactor=1.1, minNeighbors=5,
             minSize=(min_side, min_side), outputRejectLevels=True,
         )
         if len(found) == 0:
@@ -116,7 +118,7 @@ class FaceDetector:
         # The most confident box, not the largest: on busy backgrounds the cascade's false
         # positives can be bigger than the real face (skimage's astronaut shows one).
         x, y, w, h = found[int(np.argmax(np.ravel(weights)))]
-        return Box(int(x / scale), int(y / scale), int(w / scale), int(h / scale))
+        return Box(int(x / k), int(y / k), int(w / k), int(h / k))
 
 
 @dataclass(frozen=True)
@@ -264,8 +266,7 @@ class BlazeFace:
         margin = pad * max(h, w)
         scale = s / (max(h, w) + 2 * margin)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        small = cv2.resize(gray, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else
-                           cv2.INTER_LINEAR)
+        small = resize(gray, nw, nh)
         canvas = np.full((s, s), 128, np.uint8)
         ox, oy = (s - nw) // 2, (s - nh) // 2
         canvas[oy:oy + nh, ox:ox + nw] = small
@@ -388,9 +389,9 @@ class HaarFallback:
         if pad:  # shrunk first to what the cascade would search: memory of the search's
             k = min(1.0, HAAR_SEARCH_SIDE / ((1 + 2 * pad) * max(gray.shape[:2])))
             if k < 1.0:
-                gray = cv2.resize(gray, None, fx=k, fy=k, interpolation=cv2.INTER_AREA)
+                gray = scale(gray, k)
             p = round(pad * max(gray.shape[:2]))
-            gray = cv2.copyMakeBorder(gray, p, p, p, p, cv2.BORDER_REPLICATE)
+            gray = pad_edges(gray, p, p, p, p)
             x0, y0 = round(x0 - p / k), round(y0 - p / k)
         box = self.cascade.detect(gray)
         if box is None:

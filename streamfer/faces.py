@@ -1,8 +1,8 @@
 """Faces as the model takes them, shared by the server, the page (the greeting), training
-and evaluation: grayscale decoding (OpenCV: faster than Pillow here, bench/decode.py), how a
-detector's box is framed like the training faces (FRAMING, per detector name), the crop
-geometry (crop_face, crop_at, square_at), the resize, and a model's preprocessing. Finding
-the faces is streamfer/detect.py's job.
+and evaluation: grayscale decoding (streamfer/pixels.py), how a detector's box is framed
+like the training faces (FRAMING, per detector name), the crop geometry (crop_face, crop_at,
+square_at), the resize, and a model's preprocessing. Finding the faces is
+streamfer/detect.py's job.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from streamfer.imagecheck import BadImage  # re-exported: faces.BadImage
+from streamfer.pixels import decode_gray, equalize_hist, pad_edges, resize
 
 # How the training faces are framed relative to the box a face detector draws around the
 # same face, per detector, defined here once for the server and the page (which gets this
@@ -62,16 +62,6 @@ class Face:
     box: Box
 
 
-def decode_gray(data: bytes) -> np.ndarray:
-    """Decode JPEG/PNG bytes straight to an 8-bit grayscale array, or raise BadImage."""
-    if not data:
-        raise BadImage("empty image")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if img is None or img.size == 0:
-        raise BadImage("not a decodable JPEG/PNG image")
-    return img
-
-
 def load_gray(path: str | Path) -> np.ndarray:
     """Read an image file as grayscale through the same decoder the server uses."""
     try:
@@ -84,9 +74,7 @@ def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
     """Resize to size x size (area averaging when shrinking, as a camera's downscale would)."""
     if gray.shape[:2] == (size, size):
         return gray
-    shrink = gray.shape[0] > size or gray.shape[1] > size
-    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA if shrink else
-                      cv2.INTER_LINEAR)
+    return resize(gray, size, size)
 
 
 # What a model does to each model-ready face before its own normalisation, named in its
@@ -98,8 +86,7 @@ PREPROCESS_MODES = ("none", "equalize-hist")
 
 def equalize_faces(faces: np.ndarray) -> np.ndarray:
     """N x S x S uint8 faces, each histogram-equalised on its own (OpenCV's equalizeHist)."""
-    return np.stack([cv2.equalizeHist(np.ascontiguousarray(f)) for f in faces]) \
-        if len(faces) else faces.copy()
+    return np.stack([equalize_hist(f) for f in faces]) if len(faces) else faces.copy()
 
 
 def preprocess_faces(faces: np.ndarray, mode: str) -> np.ndarray:
@@ -145,14 +132,11 @@ def square_at(gray: np.ndarray, x0: int, y0: int, side: int, out: int | None = N
     if (xa, ya, xb, yb) == (x0, y0, x0 + side, y0 + side):  # inside the image
         return inner if out is None else resize_square(inner, out)
     if out is None or side * side <= PAD_EXACT_PIXELS:
-        padded = cv2.copyMakeBorder(inner, ya - y0, y0 + side - yb, xa - x0, x0 + side - xb,
-                                    cv2.BORDER_REPLICATE)
+        padded = pad_edges(inner, ya - y0, y0 + side - yb, xa - x0, x0 + side - xb)
         return padded if out is None else resize_square(padded, out)
     f = out / side
     left, top = min(out - 1, round((xa - x0) * f)), min(out - 1, round((ya - y0) * f))
     iw = min(out - left, max(1, round((xb - x0) * f) - left))
     ih = min(out - top, max(1, round((yb - y0) * f) - top))
-    small = cv2.resize(inner, (iw, ih), interpolation=cv2.INTER_AREA
-                       if iw < inner.shape[1] or ih < inner.shape[0] else cv2.INTER_LINEAR)
-    return cv2.copyMakeBorder(small, top, out - top - ih, left, out - left - iw,
-                              cv2.BORDER_REPLICATE)
+    small = resize(inner, iw, ih)
+    return pad_edges(small, top, out - top - ih, left, out - left - iw)

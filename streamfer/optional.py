@@ -1,8 +1,10 @@
-"""PyTorch, an optional dependency of the server: asked for without importing it.
+"""PyTorch and OpenCV, optional dependencies of the server: asked for without importing them.
 
-A CPU server runs the int8 model on ONNX Runtime and BlazeFace on LiteRT, so `pip install
-streamfer` brings no torch. What does need it (the TorchScript model, CUDA, the batched
-PyTorch BlazeFace) imports it through `import_torch`, which names the extra to install.
+A CPU server runs the int8 model on ONNX Runtime, BlazeFace on LiteRT and its pixels on
+Pillow, numpy and libjpeg-turbo (streamfer/pixels.py), so `pip install streamfer` brings
+neither torch nor OpenCV. What does need torch (the TorchScript model, CUDA, the batched
+PyTorch BlazeFace) imports it through `import_torch`; what needs OpenCV (video files, the Haar
+cascade fallback) through `import_cv2`. Each names the extra to install.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from streamfer.contract import ModelError
 
 TORCH_EXTRA = "streamfer[gpu]"  # the extra that brings PyTorch (pyproject.toml)
+OPENCV_EXTRA = "streamfer[video]"  # the extra that brings OpenCV and its FFmpeg
 
 
 class TorchMissing(ModelError):
@@ -48,3 +51,26 @@ def may_have_cuda() -> bool:
         dev = Path("/dev")
         return (dev / "dxg").exists() or any(dev.glob("nvidia[0-9]*"))
     return True
+
+
+class OpenCVMissing(RuntimeError):
+    """What was asked for runs on OpenCV, which is not installed."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} needs OpenCV, which is not installed: pip install "
+                         f"'{OPENCV_EXTRA}' (README, \"Install\")")
+
+
+def has_opencv() -> bool:
+    """Is OpenCV installed? (Asked without importing it: OpenCV reads its pixel limit when
+    first imported, streamfer.imagecheck.limit_opencv.)"""
+    return "cv2" in sys.modules or importlib.util.find_spec("cv2") is not None
+
+
+def import_cv2(what: str) -> Any:
+    """`import cv2`, or OpenCVMissing saying that `what` needs it and which extra brings it."""
+    if not has_opencv():
+        raise OpenCVMissing(what)
+    import cv2
+
+    return cv2

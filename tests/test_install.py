@@ -10,6 +10,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -128,10 +129,12 @@ def loadtest(venv: Venv, url: str, images: Path, kind: str) -> dict:
 
 def test_the_cpu_server_installs_and_runs_without_torch(
         lean_venv: Venv, tmp_path: Path, astronaut_rgb: np.ndarray) -> None:
-    """`pip install` brings no torch (nor the tflite parser); the installed server streams
-    crops and full frames over /ws and answers /api/predict, one process or two with an
-    inference worker, and none of its processes ever loads PyTorch."""
+    """`pip install` brings no torch (nor the tflite parser, nor OpenCV); the installed server
+    streams crops and full frames over /ws and answers /api/predict, one process or two with
+    an inference worker, and none of its processes ever loads PyTorch or OpenCV; /api/video,
+    which needs OpenCV, says which extra brings it before reading the upload."""
     assert not lean_venv.has("torch") and not lean_venv.has("tflite")
+    assert not lean_venv.has("cv2") and lean_venv.has("simplejpeg")
     assert lean_venv.has("onnxruntime") and lean_venv.has("ai_edge_litert")
     images = tmp_path / "images"
     images.mkdir()
@@ -156,6 +159,19 @@ def test_the_cpu_server_installs_and_runs_without_torch(
             assert len(pids) >= (1 if not args else 4), pids  # resource tracker)
             assert server.health.get("inference_worker", server.pid) in pids
             assert not [pid for pid in pids if maps_torch(pid)]
+            assert not [pid for pid in pids if maps_opencv(pid)]
+            video = urllib.request.Request(base + "/api/video", data=b"\0" * 1024)
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(video, timeout=60)
+            body = json.loads(refused.value.read())
+            assert refused.value.code == 501 and body["code"] == "not_installed", body
+            assert "pip install 'streamfer[video]'" in body["error"], body
+
+
+def maps_opencv(pid: int) -> bool:
+    """Has this process loaded OpenCV's native library (imported cv2)? (/proc/PID/maps)"""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "libopencv" in maps or "/cv2/" in maps
 
 
 @pytest.mark.parametrize("args, what", [

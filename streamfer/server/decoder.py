@@ -11,9 +11,9 @@ libjpeg's and libpng's warnings about a corrupt file become one log line instead
 on the server's stderr.
 
 Workers are forked from a small fork server (multiprocessing's "forkserver") that has only
-imported the decoders (this module: OpenCV, Pillow, numpy; never torch), so a replacement
-starts in milliseconds and shares the fork server's pages. A worker dies with its fork
-server, which dies with the server process.
+imported the decoders (this module: libjpeg-turbo, Pillow, numpy; never torch nor OpenCV),
+so a replacement starts in milliseconds and shares the fork server's pages. A worker dies
+with its fork server, which dies with the server process.
 
 What comes back: a crop already resized to the model's input (a few KB); a frame or photo as
 8-bit grayscale (at most ImageLimits.max_pixels bytes), for the face search in the server's
@@ -35,21 +35,17 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from io import BytesIO
 from multiprocessing.connection import Connection
 from typing import Any
 
-import cv2
 import numpy as np
-from PIL import Image
+import simplejpeg
 
-from streamfer.faces import resize_square
+from streamfer.faces import decode_gray, resize_square
 from streamfer.imagecheck import (
     CROP,
     JPEG_MAGIC,
     LIMITS,
-    MAX_PIXELS,
-    OPENCV_ENV,
     BadImage,
     ImageLimits,
     check_image,
@@ -71,38 +67,40 @@ _PR_SET_PDEATHSIG = 1
 @dataclass(frozen=True)
 class Decoded:
     """A decode's result: `pixels` (a crop: the model-ready face; else the grayscale image),
-    the decoded image's (width, height) and the photo's DCT reduction factor."""
+    the decoded image's (width, height), the photo's DCT reduction factor, and what the
+    decoder said of a damaged file it still decoded."""
 
     pixels: np.ndarray
     size: tuple[int, int]
     scale: int = 1
+    said: str = ""
 
 
 def decode(limits: ImageLimits, data: bytes, face_size: int) -> Decoded:
     """Check, then decode, one image within `limits` (its entry point's). Runs in a worker
     process; also callable directly (tests, benchmarks)."""
     info = check_image(data, limits)
-    try:
-        if limits.photo:
-            gray, scale = decode_photo(data, info=info)
-        else:
-            gray, scale = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE), 1
-            if gray is None or gray.size == 0:
-                raise BadImage(f"not a decodable {info.format} image")
-    except cv2.error as exc:  # OpenCV's own complaint about a malformed image
-        raise BadImage(f"not a decodable {info.format} image ({exc.msg.strip()})") from None
+    warnings: list[str] = []
+    if limits.photo:
+        gray, scale = decode_photo(data, info=info, warnings=warnings)
+    else:
+        try:
+            gray, scale = decode_gray(data, warnings=warnings), 1
+        except BadImage:
+            raise BadImage(f"not a decodable {info.format} image") from None
     size = (gray.shape[1], gray.shape[0])
+    said = "\n".join(warnings)
     if limits.name == CROP.name:
-        return Decoded(resize_square(gray, face_size), size, scale)
-    return Decoded(gray, size, scale)
+        return Decoded(resize_square(gray, face_size), size, scale, said)
+    return Decoded(gray, size, scale, said)
 
 
 def decode_inline(data: bytes, face_size: int) -> Decoded | None:
     """A crop whose decoding costs little by construction, decoded where it is (the event
     loop), or None for the decode processes: a baseline JPEG of at most INLINE_BYTES bytes,
     INLINE_PIXELS pixels and one scan per component, as the page sends. The marker walk has
-    read all of it first, so nothing about it is left to chance; Pillow decodes it (its
-    libjpeg prints nothing: a corrupt one is decoded quietly or goes to the processes)."""
+    read all of it first, so nothing about it is left to chance; libjpeg-turbo decodes it,
+    strictly (a corrupt one goes to the processes, which decode what they can)."""
     if len(data) > INLINE_BYTES or not data.startswith(JPEG_MAGIC):
         return None
     try:
@@ -112,10 +110,8 @@ def decode_inline(data: bytes, face_size: int) -> Decoded | None:
     if info.coding != "baseline" or info.scans > 3 or info.width * info.height > INLINE_PIXELS:
         return None
     try:
-        with Image.open(BytesIO(data), formats=["JPEG"]) as img:
-            img.draft("L", img.size)  # libjpeg's own grayscale output, as OpenCV asks for
-            gray = np.asarray(img.convert("L"))
-    except Exception:  # truncated or corrupt: the decode process decodes what it can
+        gray = simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)[:, :, 0]
+    except ValueError:  # truncated or corrupt: the decode process decodes what it can
         return None
     return Decoded(resize_square(gray, face_size), (gray.shape[1], gray.shape[0]))
 
@@ -126,7 +122,8 @@ def _worker_main(conn: Connection) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # libjpeg and libpng print warnings to stderr (fd 2): keep them for the job's reply.
+    # libpng and libheif may print warnings to stderr (fd 2): keep them for the job's reply,
+    # with what libjpeg-turbo said (Decoded.said).
     captured = os.memfd_create("streamfer-decode-stderr")
     os.dup2(captured, 2)
     conn.send_bytes(READY)
@@ -145,6 +142,8 @@ def _worker_main(conn: Connection) -> None:
             out = ("fault", f"{type(exc).__name__}: {exc}")
         os.lseek(captured, 0, os.SEEK_SET)
         said = os.read(captured, 64 * 1024).decode("utf-8", "replace")
+        if out[0] == "ok" and out[1].said:
+            said = f"{said}\n{out[1].said}" if said.strip() else out[1].said
         os.ftruncate(captured, 0)
         os.lseek(captured, 0, os.SEEK_SET)
         try:
@@ -230,8 +229,6 @@ class DecodePool:
 
     def start(self) -> None:
         """Start the workers (blocking: run it off the event loop)."""
-        # The fork server imports cv2 once, with the pixel cap the server process has.
-        os.environ.setdefault(OPENCV_ENV, str(MAX_PIXELS))
         self._ctx.set_forkserver_preload([__name__])
         for _ in range(self.processes):
             self._idle.put(self._spawn())

@@ -4,8 +4,8 @@ right way up.
 A 12-megapixel phone JPEG is 4-5 MB and 4000x3000 pixels, stored as the sensor saw it with
 an EXIF tag saying how to turn it. The face detector only needs about a thousand pixels
 across, so the JPEG is decoded at 1/2, 1/4 or 1/8 of its size by libjpeg itself (DCT
-scaling: `cv2.IMREAD_REDUCED_GRAYSCALE_*`), which skips most of the decoding work, and then
-turned as its EXIF orientation says. Only the header is read to choose the factor, and the
+scaling: streamfer.pixels.decode_gray's `factor`), which skips most of the decoding work, and
+then turned as its EXIF orientation says. Only the header is read to choose the factor, and the
 photo's pixel limit (imagecheck.PHOTO) applies to what is decoded, after that reduction: a
 48-megapixel JPEG decodes at 1/8. HEIC (the iPhone's format) is decoded by libheif
 (pillow-heif), which applies the container's own rotation. Kept apart from faces.py (camera
@@ -17,16 +17,14 @@ from __future__ import annotations
 
 from io import BytesIO
 
-import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from streamfer.faces import BadImage, decode_gray
 from streamfer.imagecheck import PHOTO, ImageInfo, check_image
+from streamfer.pixels import orient
 
 PHOTO_MIN_SIDE = 960  # decode large enough that the longer side keeps >= this many pixels
-_REDUCED = {1: cv2.IMREAD_GRAYSCALE, 2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-            4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
 
 
 def photo_header(data: bytes) -> tuple[str, int, int, int]:
@@ -61,15 +59,6 @@ def reduction(fmt: str, width: int, height: int, min_side: int = PHOTO_MIN_SIDE)
     return factor
 
 
-def orient(gray: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1-8) so the image is the right way up."""
-    if orientation in (2, 4, 5, 7):  # mirrored variants: flip first, then turn as 1/3/6/8
-        gray = cv2.flip(gray, 1)
-        orientation = {2: 1, 4: 3, 5: 8, 7: 6}[orientation]
-    turn = {3: cv2.ROTATE_180, 6: cv2.ROTATE_90_CLOCKWISE, 8: cv2.ROTATE_90_COUNTERCLOCKWISE}
-    return cv2.rotate(gray, turn[orientation]) if orientation in turn else gray
-
-
 def decode_heif(data: bytes) -> np.ndarray:
     """A HEIC/HEIF photo's primary image as upright 8-bit grayscale (libheif applies the
     container's rotation and mirroring)."""
@@ -86,10 +75,12 @@ def decode_heif(data: bytes) -> np.ndarray:
 
 def decode_photo(data: bytes, *, min_side: int = PHOTO_MIN_SIDE,
                  max_pixels: int = PHOTO.max_pixels,
-                 info: ImageInfo | None = None) -> tuple[np.ndarray, int]:
+                 info: ImageInfo | None = None, warnings: list[str] | None = None
+                 ) -> tuple[np.ndarray, int]:
     """A photo's bytes -> (upright 8-bit grayscale, reduced in the decoder where it is large;
     the reduction factor: one decoded pixel is factor x factor photo pixels). `info`: what
-    check_image(data, PHOTO) said (checked here when not given)."""
+    check_image(data, PHOTO) said (checked here when not given); `warnings`: as
+    streamfer.pixels.decode_gray's."""
     if info is None:
         info = check_image(data, PHOTO)
     w, h = info.width, info.height
@@ -101,10 +92,6 @@ def decode_photo(data: bytes, *, min_side: int = PHOTO_MIN_SIDE,
         raise BadImage(f"image of {w}x{h} pixels exceeds the {max_pixels} pixel limit"
                        + (f" even decoded at 1/{factor}" if factor > 1 else ""))
     if info.format not in ("JPEG", "MPO"):
-        return decode_gray(data), 1
+        return decode_gray(data, warnings=warnings), 1
     orientation = photo_header(data)[3]
-    gray = cv2.imdecode(np.frombuffer(data, np.uint8),
-                        _REDUCED[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
-    if gray is None or gray.size == 0:
-        raise BadImage("not a decodable JPEG image")
-    return orient(gray, orientation), factor
+    return orient(decode_gray(data, factor, warnings), orientation), factor

@@ -28,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from aiohttp import BodyPartReader, web
 
+from streamfer.optional import OpenCVMissing, has_opencv
 from streamfer.protocol import ERROR, OVERLOADED
 from streamfer.server.batcher import Ran
 from streamfer.smooth import SMOOTH_MS
 from streamfer.video.analyse import Cancelled
 from streamfer.video.decode import (
     NOT_A_VIDEO,
+    NOT_INSTALLED,
     TOO_LARGE,
     Limits,
     VideoError,
@@ -304,6 +306,10 @@ async def upload(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit + 64 * 1024:
         resp = _refuse(413, TOO_LARGE, f"request body of {request.content_length} bytes "
                        f"exceeds the upload limit of {limit} bytes (--max-video-bytes)")
+        resp.force_close()
+        return resp
+    if not has_opencv():  # refused before the upload is read
+        resp = _refuse(501, NOT_INSTALLED, str(OpenCVMissing("/api/video")))
         resp.force_close()
         return resp
     if len(jobs.jobs) >= config.video_jobs:

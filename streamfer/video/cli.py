@@ -21,6 +21,7 @@ from streamfer.contract import TTA_MODES, ModelError
 from streamfer.detect import load_detector
 from streamfer.model import DEVICES, Predictor
 from streamfer.onnx_int8 import RUNTIMES
+from streamfer.optional import OpenCVMissing
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.smooth import SMOOTH_MS
 from streamfer.video.decode import (
@@ -80,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse(VideoConfig, argv, prog=PROG, description=__doc__)
     try:
         cap, info = open_video(config.video, config.limits)
+    except OpenCVMissing as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     except (VideoError, OSError) as exc:
         print(f"{PROG}: {config.video}: {exc}", file=sys.stderr)
         return 2

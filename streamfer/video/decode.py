@@ -1,5 +1,5 @@
-"""Open a recording with OpenCV's FFmpeg backend, check it against the limits before any
-decoding, and hand out every Nth frame as grayscale.
+"""Open a recording with OpenCV's FFmpeg backend (the `[video]` extra), check it against the
+limits before any decoding, and hand out every Nth frame as grayscale.
 
 Checks come first and cost a header read each: the file size, that FFmpeg recognises a
 container with a video stream, a decodable first frame (else the codec is not supported),
@@ -14,9 +14,14 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
+
+from streamfer.optional import import_cv2
+
+if TYPE_CHECKING:
+    import cv2
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,7 @@ NOT_A_VIDEO = "not_a_video"
 UNSUPPORTED_CODEC = "unsupported_codec"
 TOO_LONG = "too_long"
 TOO_LARGE = "too_large"
+NOT_INSTALLED = "not_installed"  # /api/video on a server without OpenCV (the [video] extra)
 VIDEO_ERRORS = (NOT_A_VIDEO, UNSUPPORTED_CODEC, TOO_LONG, TOO_LARGE)
 
 # Default limits, for the command line and the server's --max-video-* flags.
@@ -92,7 +98,11 @@ def _container(path: Path) -> str | None:
     return None
 
 
+VIDEO_WHAT = "reading video files"  # what OpenCVMissing says needs OpenCV
+
+
 def _fourcc(cap: cv2.VideoCapture) -> str:
+    cv2 = import_cv2(VIDEO_WHAT)
     code = int(cap.get(cv2.CAP_PROP_FOURCC))
     text = code.to_bytes(4, "little").decode("ascii", "replace")
     return text if text.isprintable() and code else "unknown"
@@ -106,6 +116,7 @@ def open_video(path: str | Path, limits: Limits) -> tuple[cv2.VideoCapture, Vide
         raise VideoError(f"video of {size} bytes exceeds the limit of {limits.max_bytes}",
                          TOO_LARGE)
     container = _container(path)
+    cv2 = import_cv2(VIDEO_WHAT)
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
@@ -144,6 +155,7 @@ def frames(cap: cv2.VideoCapture, info: VideoInfo, every: int,
            limits: Limits) -> Iterator[tuple[int, float, np.ndarray]]:
     """(frame index, time in s, grayscale frame) of frames 0, N, 2N, ...; the frames between
     are decoded (inter-frame codecs need them) but not converted. Releases `cap` at the end."""
+    cv2 = import_cv2(VIDEO_WHAT)
     if every < 1:
         raise ValueError("every must be >= 1")
     max_frames = int(limits.max_seconds * info.fps) + 1

@@ -6,14 +6,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import cv2
+from typing import TYPE_CHECKING, Any
 
 from streamfer.detect import BlazeFace, HaarFallback
 from streamfer.video.analyse import Infer, analyse
 from streamfer.video.decode import Limits, VideoInfo, frames
 from streamfer.video.timeline import TimelineWriter
+
+if TYPE_CHECKING:
+    import cv2
 
 
 def expected_frames(info: VideoInfo, every: int, limits: Limits) -> int:
