@@ -24,7 +24,9 @@ from typing import Any
 import cv2
 import pytest
 
-from bench.browserkit import (
+from streamfer.detect import FaceDetector
+from streamfer.server import vendor
+from tests.kit.browserkit import (
     CHROMIUM,
     INSECURE_HOST,
     ROOT,
@@ -34,10 +36,8 @@ from bench.browserkit import (
     phone,
     prediction,
 )
-from bench.fakecam import dark_frames, face_frames, gradient_frames, scene, shaking, write_y4m
-from bench.serverproc import free_port
-from streamfer.detect import FaceDetector
-from streamfer.server import vendor
+from tests.kit.fakecam import dark_frames, face_frames, gradient_frames, scene, shaking, write_y4m
+from tests.kit.serverproc import free_port
 
 pytestmark = pytest.mark.browser
 

@@ -16,13 +16,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_server import bound, config
 
-from bench.serverproc import Server, running_server
 from streamfer.model import Predictor
 from streamfer.paths import FER8_MODEL
 from streamfer.protocol import pack_frame
 from streamfer.server.app import init_app
+from tests.kit.serverproc import Server, running_server
+from tests.test_server import bound, config
 from training.data import FERPLUS8
 
 ROOT = Path(__file__).resolve().parent.parent

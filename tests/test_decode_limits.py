@@ -23,11 +23,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.serverproc import Server, running_server
 from streamfer.imagecheck import CROP, FRAME, LIMITS, PHOTO, BadImage, check_image, jpeg_header
 from streamfer.protocol import pack_frame
 from streamfer.server.decoder import DecodePool, DecodeTimeout, decode, decode_inline
 from tests.hostile import junk_jpegs, memory_mb, progressive_jpeg, scan_bomb
+from tests.kit.serverproc import Server, running_server
 
 ANSWER_S = 1.0  # a refused image is answered within this (docs/PROTOCOL.md)
 RSS_GROWTH_MB = 300

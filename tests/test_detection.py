@@ -20,10 +20,10 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.browserkit import CHROMIUM, ROOT, Server, counts, open_page, phone
-from bench.fakecam import gradient_frames, scene, shaking, write_y4m
-from bench.serverproc import free_port
 from streamfer.server import vendor
+from tests.kit.browserkit import CHROMIUM, ROOT, Server, counts, open_page, phone
+from tests.kit.fakecam import gradient_frames, scene, shaking, write_y4m
+from tests.kit.serverproc import free_port
 
 pytestmark = pytest.mark.browser
 

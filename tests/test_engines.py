@@ -1,5 +1,5 @@
 """The demo page and the embedding example in Chromium, Firefox ESR and WebKitGTK against the
-real server, each with a face photo as its camera (bench/fakecam.py FAKECAM_JS, a canvas
+real server, each with a face photo as its camera (tests/kit/fakecam.py FAKECAM_JS, a canvas
 stream substituted for getUserMedia; bench/engines.py drives the engines).
 
 In every engine and on both pages: the page loads, the in-page detector runs in a Worker (as
@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.browserkit import ROOT, Server
 from bench.engines import ENGINES, Engine, launch, missing, xvfb
-from bench.fakecam import fakecam_script, scene
-from bench.serverproc import free_port
 from streamfer.server import vendor
+from tests.kit.browserkit import ROOT, Server
+from tests.kit.fakecam import fakecam_script, scene
+from tests.kit.serverproc import free_port
 
 pytestmark = pytest.mark.browser
 

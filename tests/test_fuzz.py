@@ -28,10 +28,10 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.serverproc import Server, running_server
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import CLOSE_ABUSE, HEADER, PROTOCOL_VERSION, pack_frame
 from tests.hostile import bomb_variants, get_json, memory_mb, raw_socket, ws_frame, ws_upgrade
+from tests.kit.serverproc import Server, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = DEFAULT_MODEL  # the server's default

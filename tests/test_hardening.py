@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.serverproc import Server, running_server
 from streamfer.protocol import pack_frame
 from tests.hostile import (
     bomb_variants,
@@ -36,6 +35,7 @@ from tests.hostile import (
     ws_frame,
     ws_upgrade,
 )
+from tests.kit.serverproc import Server, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 30.0

@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.serverproc import free_port, maps_torch, running_server
 from bench.venvs import Venv, build_wheel, clean_env, make_venv
 from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.onnx_int8 import derived_path
 from streamfer.paths import DEFAULT_MODEL, FER8_MODEL
 from streamfer.server import vendor
+from tests.kit.serverproc import free_port, maps_torch, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from bench.serverproc import running_server
 from streamfer import protocol
 from streamfer.loadtest.cli import LoadTestConfig, parse_args
 from streamfer.loadtest.frames import CROP_SIDES, FRAME_WIDTH, load_frames
+from tests.kit.serverproc import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ("sent", "answered", "dropped", "errors", "throughput_fps", "rtt_ms")

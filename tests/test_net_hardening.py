@@ -26,11 +26,11 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.serverproc import Server, running_server
 from streamfer import protocol
 from streamfer.protocol import pack_frame
 from streamfer.server import guard, vendor
 from tests.hostile import get_json, memory_mb, raw_socket, wait_until, ws_frame, ws_upgrade
+from tests.kit.serverproc import Server, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 30.0

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from bench.browserkit import CHROMIUM, Server, open_page, phone
-from bench.fakecam import scene, shaking, write_y4m
-from bench.serverproc import free_port
 from streamfer.video.timeline import columns
+from tests.kit.browserkit import CHROMIUM, Server, open_page, phone
+from tests.kit.fakecam import scene, shaking, write_y4m
+from tests.kit.serverproc import free_port
 from training.data import FERPLUS8
 
 pytestmark = pytest.mark.browser

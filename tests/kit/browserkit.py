@@ -1,9 +1,9 @@
-"""Real server + headless Chromium phone, shared by tests/test_browser.py, bench/page_stream.py
+"""Real server + headless Chromium phone, shared by the browser tests, bench/page_stream.py
 and bench/screenshot.py.
 
 The server is the real `python -m streamfer.serve` in a subprocess on a free 127.0.0.1 port;
 the browser is the system Chromium (not Playwright's download) driven by Playwright, in a
-phone-sized viewport, with a fake camera that plays a .y4m video (see bench/fakecam.py).
+phone-sized viewport, with a fake camera that plays a .y4m video (see tests/kit/fakecam.py).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.serverproc import wait_healthy
+from tests.kit.serverproc import ROOT, wait_healthy
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("STREAMFER_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
