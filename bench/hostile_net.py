@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with running_server(cfg.model, cfg.server_arg, cpus=parse_cpus(cfg.server_cpus),
                         log_path=cfg.log_path(f"{cfg.name}_server")) as server:
-        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        port = server.port
         hello = {"max_frame_bytes": 256 * 1024}
         for arg, value in zip(cfg.server_arg, cfg.server_arg[1:], strict=False):
             if arg == "--max-frame-bytes":

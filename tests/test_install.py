@@ -147,7 +147,7 @@ def test_the_cpu_server_installs_and_runs_without_torch(
             for kind in ("crops", "frames"):
                 summary = loadtest(lean_venv, server.url, images, kind)
                 assert summary["answered"] == summary["sent"] == summary["ok"] > 0, summary
-            base = server.url.replace("ws://", "http://").removesuffix("/ws")
+            base = server.base
             request = urllib.request.Request(base + "/api/predict", data=jpeg.tobytes(),
                                              headers={"Content-Type": "image/jpeg"})
             reply = json.loads(urllib.request.urlopen(request, timeout=60).read())

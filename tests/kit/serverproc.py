@@ -44,6 +44,15 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid if self.proc is not None else 0
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    @property
+    def base(self) -> str:
+        """The server's HTTP(S) root, http://127.0.0.1:PORT (no trailing slash)."""
+        return self.url.replace("ws", "http", 1).removesuffix("/ws")
+
     def cpu_seconds(self) -> float:
         """CPU time (user + system) the server has used so far: its process and the live
         processes it started (--processes, --inference-worker) (Linux /proc)."""
