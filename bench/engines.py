@@ -1,9 +1,9 @@
 """Chromium, Firefox and WebKit behind one small interface, for tests/test_engines.py.
 
-Each engine opens a page with a script that runs before the page's own (bench/fakecam.py
+Each engine opens a page with a script that runs before the page's own (tests/kit/fakecam.py
 FAKECAM_JS: a photo as the camera), evaluates JavaScript expressions in it and closes:
 
-- Chromium: Playwright on the system Chromium (bench/browserkit.py's flags), headless;
+- Chromium: Playwright on the system Chromium (tests/kit/browserkit.py's flags), headless;
 - Firefox ESR: puppeteer-core over WebDriver BiDi (bench/firefox_driver.mjs, run by node), no
   geckodriver and nothing downloaded, under Xvfb (headless Firefox has no WebGL);
 - WebKitGTK: Selenium's WebKitGTK driver (WebKitWebDriver) launching MiniBrowser with mock
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from bench.browserkit import CHROMIUM, CHROMIUM_ARGS, PHONE, ROOT
+from tests.kit.browserkit import CHROMIUM, CHROMIUM_ARGS, PHONE, ROOT
 
 ENGINES = ("chromium", "firefox", "webkit")
 FIREFOX = Path(os.environ.get("STREAMFER_FIREFOX", "/usr/bin/firefox-esr"))

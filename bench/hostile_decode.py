@@ -34,12 +34,13 @@ import aiohttp
 import cv2
 import numpy as np
 
-from bench.serverproc import ServerRunConfig, running_server
+from bench.serverrun import ServerRunConfig
 from streamfer.cli import opt, parse
 from streamfer.loadtest.client import Load, run_load
 from streamfer.loadtest.frames import astronaut_frames
 from streamfer.loadtest.report import summarize
 from streamfer.protocol import pack_frame
+from tests.kit.serverproc import running_server
 
 CASES = ("baseline", "scan_bomb_crops", "costliest_crops", "ff_fill_crops", "empty_app1_crops",
          "16mpx_frames", "largest_frames")

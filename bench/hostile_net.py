@@ -36,12 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.rawws import ws_frame, ws_upgrade
-from bench.serverproc import ServerRunConfig, parse_cpus, running_server
+from bench.serverrun import ServerRunConfig, parse_cpus
 from streamfer.cli import opt, parse
 from streamfer.loadtest.client import Load, run_load
 from streamfer.loadtest.frames import load_frames
 from streamfer.loadtest.report import summarize
+from tests.kit.rawws import ws_frame, ws_upgrade
+from tests.kit.serverproc import running_server
 
 FLOODS = ("empty", "text", "wrong_version", "oversize", "ping", "frames")
 CASES = ("baseline", "tiny_parts", *(f"flood_{k}" for k in FLOODS), "idle_sockets",
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with running_server(cfg.model, cfg.server_arg, cpus=parse_cpus(cfg.server_cpus),
                         log_path=cfg.log_path(f"{cfg.name}_server")) as server:
-        port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+        port = server.port
         hello = {"max_frame_bytes": 256 * 1024}
         for arg, value in zip(cfg.server_arg, cfg.server_arg[1:], strict=False):
             if arg == "--max-frame-bytes":

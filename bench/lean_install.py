@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.machine import describe, machine_info
-from bench.serverproc import ROOT, rss_mb, running_server
 from bench.venvs import Venv, build_wheel, clean_env, make_venv
 from streamfer.cli import opt, parse
 from streamfer.detect import WEIGHTS_DIR
+from tests.kit.serverproc import ROOT, rss_mb, running_server
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ own /metrics count, by kind), and what the page shows.
         --throttle 1 --throttle 4 --throttle 6 --photos 2 --seconds 15 \
         --name page_phone_cpu                                       # phone-class CPU
 
-Each photo is pasted 300 px square into a 640x480 scene (bench/fakecam.py `scene`, the
+Each photo is pasted 300 px square into a 640x480 scene (tests/kit/fakecam.py `scene`, the
 browser tests' own) with a few pixels of camera shake; the page runs as a phone user opens
 it. Prints one row per photo and writes bench/results/<machine>/page_stream.json
 (streamfer/results.py's schema).
@@ -33,13 +33,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.browserkit import Server, counts, phone, prediction
-from bench.fakecam import HEIGHT, scene, shaking, write_y4m
 from bench.machine import describe, machine_info
-from bench.serverproc import free_port
 from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.paths import DEFAULT_MODEL
+from tests.kit.browserkit import Server, counts, phone, prediction
+from tests.kit.fakecam import HEIGHT, scene, shaking, write_y4m
+from tests.kit.serverproc import free_port
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

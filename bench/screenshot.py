@@ -21,11 +21,11 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 from skimage import data
 
-from bench.browserkit import ROOT, Server, counts, open_page, phone, prediction
-from bench.fakecam import face_frames, write_y4m
-from bench.serverproc import free_port
 from streamfer.cli import opt, parse
 from streamfer.paths import DEFAULT_MODEL
+from tests.kit.browserkit import ROOT, Server, counts, open_page, phone, prediction
+from tests.kit.fakecam import face_frames, write_y4m
+from tests.kit.serverproc import free_port
 
 
 def shrink(png: bytes, out: Path, budget: int = 480_000) -> None:

@@ -1,5 +1,5 @@
 """How fast streamfer.video turns a recording into a timeline, as a multiple of real time:
-a 720p 30 fps video of a face made from a photo (bench/fakevideo.py), every frame and every
+a 720p 30 fps video of a face made from a photo (tests/kit/fakevideo.py), every frame and every
 3rd frame (by the wall clock, and per CPU second of the whole process: the figure a busy
 machine's load does not distort), through the command line's own loop (decode, BlazeFace,
 tracker, crops, the model batched on its inference thread) on the shipped model; and
@@ -20,7 +20,6 @@ from pathlib import Path
 
 import cv2
 
-from bench.fakevideo import write_face_video
 from bench.machine import describe, machine_info
 from streamfer import results
 from streamfer.cli import opt, parse
@@ -37,6 +36,7 @@ from streamfer.video.decode import (
     open_video,
 )
 from streamfer.video.run import process
+from tests.kit.fakevideo import write_face_video
 
 
 @dataclass(frozen=True)

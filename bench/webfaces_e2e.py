@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bench.serverproc import running_server
 from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.faces import BLAZEFACE, HAAR
 from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
 from streamfer.protocol import ERROR, OK
 from streamfer.server.config import DETECTOR_CHOICES
+from tests.kit.serverproc import running_server
 
 PROTOCOL = ("every photo posted to /api/predict, the largest face's top class scored against the "
             "folder's label; a photo with no face found (or refused) counts as wrong")

@@ -1,18 +1,22 @@
-"""Shared fixtures: a tiny real TorchScript model, real face images, the data-set path.
+"""Shared fixtures: a tiny real TorchScript model, real face images, the data-set path, the
+real server in its own process (for the hardening tests and for the page's), the browser.
 
-Only what every test needs is imported here: torch and the training code load inside the
-fixtures that use them, so tests of the load test, the protocol or the page do not pay for
-them.
+Only what every test needs is imported here: torch, the training code and the browser load
+inside the fixtures that use them, so tests of the load test, the protocol or the page do not
+pay for them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from streamfer.paths import DEFAULT_DATASETS
+from tests.kit import browserkit, serverproc
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = DEFAULT_DATASETS  # ../shared/datasets beside the checkout, or STREAMFER_DATASETS
@@ -75,6 +79,15 @@ def astronaut_rgb() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def astronaut_scene(astronaut_rgb: np.ndarray) -> np.ndarray:
+    """Her head and shoulders as a selfie frames them, in a room (the fake cameras' scene):
+    the face about a third of the frame high."""
+    from tests.kit.fakecam import scene
+
+    return scene(astronaut_rgb[0:340, 80:420])
+
+
+@pytest.fixture(scope="session")
 def quantized(tiny_model_path: Path, astronaut_rgb: np.ndarray,
               tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     """A copy of the tiny model with its int8 ONNX derivative beside it (what the server
@@ -111,3 +124,39 @@ def datasets() -> Path:
     if not DATASETS.is_dir():
         pytest.skip(f"data sets not found at {DATASETS} (../shared/datasets beside the project)")
     return DATASETS
+
+
+@pytest.fixture(scope="module")
+def server_args() -> tuple[str, ...]:
+    """The flags `server` starts with; a module overrides this fixture to choose its own."""
+    return ("--device", "cpu")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path: Path, server_args: tuple[str, ...],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[serverproc.Server]:
+    """`python -m streamfer.serve` with the tiny model and `server_args`, in its own process
+    on a free loopback port, for the module's tests."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with serverproc.running_server(tiny_model_path, server_args, log_path=log,
+                                   start_timeout=120) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def page_server(tiny_model_path: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[browserkit.Server]:
+    """The server the page's tests open in a browser: the tiny (untrained, fast) model, since
+    the page's behaviour is under test, not the model's accuracy."""
+    with browserkit.serving(tiny_model_path,
+                            tmp_path_factory.mktemp("server") / "server.log") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    """Playwright, for the module's browsers (browserkit.phone)."""
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        yield p

@@ -83,7 +83,7 @@ def wait_until(predicate, timeout: float, step: float = 0.1) -> float | None:
 
 # -- JPEG scan bombs and junk: made by the benchmark that measures them ------------------------
 from bench.hostile_decode import junk_jpegs, progressive_jpeg, scan_bomb  # noqa: E402
-from bench.rawws import raw_socket, ws_frame, ws_upgrade  # noqa: E402
+from tests.kit.rawws import raw_socket, ws_frame, ws_upgrade  # noqa: E402
 
 __all__ = ["junk_jpegs", "progressive_jpeg", "raw_socket", "scan_bomb", "ws_frame",
            "ws_upgrade"]

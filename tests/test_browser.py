@@ -17,27 +17,25 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import cv2
 import pytest
 
-from bench.browserkit import (
-    CHROMIUM,
+from streamfer.detect import FaceDetector
+from streamfer.server import vendor
+from tests.kit.browserkit import (
     INSECURE_HOST,
     ROOT,
     Server,
     counts,
+    need_chromium,
     open_page,
     phone,
     prediction,
 )
-from bench.fakecam import dark_frames, face_frames, gradient_frames, scene, shaking, write_y4m
-from bench.serverproc import free_port
-from streamfer.detect import FaceDetector
-from streamfer.server import vendor
+from tests.kit.fakecam import dark_frames, face_frames, gradient_frames, scene, shaking, write_y4m
 
 pytestmark = pytest.mark.browser
 
@@ -45,21 +43,7 @@ ARTIFACTS = ROOT / "artifacts"
 WAIT_MS = 20_000  # for the page to reach a state; generous: 2 slow cores, training running
 
 
-def _missing(reason: str) -> None:
-    """Skip without a browser, except where one is required (CI sets STREAMFER_REQUIRE_BROWSER=1
-    so that a broken install fails instead of quietly skipping the page's only test)."""
-    if os.environ.get("STREAMFER_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"STREAMFER_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
-if not CHROMIUM.exists():
-    _missing(f"Chromium not found at {CHROMIUM}: `apt-get install chromium` "
-             "(or set STREAMFER_CHROMIUM)")
-try:
-    from playwright import sync_api
-except ImportError:
-    _missing("the playwright package is not installed: `pip install -e '.[test]'`")
+need_chromium()
 
 # The in-page detector (BlazeFace from web/node_modules, `cd web && npm ci`). Without it the
 # page falls back to server detection, and the tests check that path instead; CI installs it
@@ -72,38 +56,20 @@ CROP_SHARE = 0.9  # of the frames a page with a face in view sends, at least thi
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The real server on a free loopback port, with the tiny (untrained, fast) model: the
-    page's behaviour, not the model's accuracy, is under test here."""
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    srv = Server(tiny_model_path, free_port(), log)
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
 def classes(tiny_model_path: Path) -> list[str]:
     return json.loads(tiny_model_path.with_suffix(".json").read_text())["classes"]
 
 
-# ---- the browser -----------------------------------------------------------------------------
+# ---- the browser (`page_server` and `playwright`: tests/conftest.py) -------------------------
 
 
 @pytest.fixture(scope="module")
-def playwright() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def videos(astronaut_rgb: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def videos(astronaut_rgb: Any, astronaut_scene: Any,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("fakecam")
     return {
         "face": write_y4m(folder / "astronaut.y4m", face_frames(astronaut_rgb)),
-        # Head and shoulders, as a selfie frames them: the face is a third of the frame high.
-        "scene": write_y4m(folder / "astronaut-scene.y4m",
-                           shaking(scene(astronaut_rgb[0:340, 80:420]))),
+        "scene": write_y4m(folder / "astronaut-scene.y4m", shaking(astronaut_scene)),
         "gradient": write_y4m(folder / "gradient.y4m", gradient_frames()),
         "dark": write_y4m(folder / "dark.y4m", dark_frames()),
     }
@@ -130,12 +96,12 @@ def screenshot(page: Any, name: str) -> Path:
 # ---- tests -----------------------------------------------------------------------------------
 
 
-def test_face_video_streams_predictions(server: Server, playwright: Any,
+def test_face_video_streams_predictions(page_server: Server, playwright: Any,
                                         videos: dict[str, Path], classes: list[str]) -> None:
-    ok_before = server.replies("ok")
-    kinds_before = {k: server.frames_by_kind(k) for k in ("crop", "full")}
+    ok_before = page_server.replies("ok")
+    kinds_before = {k: page_server.frames_by_kind(k) for k in ("crop", "full")}
     with phone(playwright, videos["face"]) as context:
-        page = open_page(context, server.url)
+        page = open_page(context, page_server.url)
         wait_state(page, "streaming")
         wait_count(page, "ok", 5)
 
@@ -176,9 +142,9 @@ def test_face_video_streams_predictions(server: Server, playwright: Any,
     assert page_counts["sent"] >= page_counts["ok"] >= 7
     assert page_counts["errors"] == 0
     # Every "ok" the page counted was counted by the server too.
-    assert server.replies("ok") - ok_before >= page_counts["ok"]
-    crops = server.frames_by_kind("crop") - kinds_before["crop"]
-    full = server.frames_by_kind("full") - kinds_before["full"]
+    assert page_server.replies("ok") - ok_before >= page_counts["ok"]
+    crops = page_server.frames_by_kind("crop") - kinds_before["crop"]
+    full = page_server.frames_by_kind("full") - kinds_before["full"]
     # (>=: frames sent after the page's counts were read still reach the server)
     assert crops + full >= page_counts["sent"]
     if PAGE_DETECTOR is not None:
@@ -227,15 +193,15 @@ def check_crops_and_expression(seen: dict[str, Any], classes: list[str]) -> None
 
 
 @pytest.mark.skipif(PAGE_DETECTOR is None, reason=NO_PAGE_DETECTOR)
-def test_page_detector_sends_crops_of_a_face_in_a_scene(server: Server, playwright: Any,
+def test_page_detector_sends_crops_of_a_face_in_a_scene(page_server: Server, playwright: Any,
                                                         videos: dict[str, Path],
                                                         classes: list[str]) -> None:
     """The astronaut at arm's length in a room: the page finds and crops the face itself."""
-    seen = stream_scene(server, playwright, videos["scene"], "browser-phone-scene.png")
+    seen = stream_scene(page_server, playwright, videos["scene"], "browser-phone-scene.png")
     check_crops_and_expression(seen, classes)
 
 
-def test_page_detector_sends_crops_of_a_web_photo(server: Server, playwright: Any,
+def test_page_detector_sends_crops_of_a_web_photo(page_server: Server, playwright: Any,
                                                   datasets: Path, classes: list[str],
                                                   tmp_path: Path) -> None:
     """A webfaces-dev photo (never trained or tuned on) in a camera scene."""
@@ -246,12 +212,12 @@ def test_page_detector_sends_crops_of_a_web_photo(server: Server, playwright: An
         pytest.skip("no webfaces-dev photos under ../shared/datasets")
     photo = cv2.cvtColor(cv2.imread(str(photos[len(photos) // 2])), cv2.COLOR_BGR2RGB)
     video = write_y4m(tmp_path / "webface.y4m", shaking(scene(photo)))
-    seen = stream_scene(server, playwright, video, "browser-phone-webface.png")
+    seen = stream_scene(page_server, playwright, video, "browser-phone-webface.png")
     check_crops_and_expression(seen, classes)
 
 
 @pytest.mark.skipif(PAGE_DETECTOR is None, reason=NO_PAGE_DETECTOR)
-def test_several_faces_the_largest_is_read_and_shown(server: Server, playwright: Any,
+def test_several_faces_the_largest_is_read_and_shown(page_server: Server, playwright: Any,
                                                      astronaut_rgb: Any,
                                                      tmp_path: Path) -> None:
     """Two people in view: the page says so, boxes the one it reads (the larger, nearer one,
@@ -259,9 +225,9 @@ def test_several_faces_the_largest_is_read_and_shown(server: Server, playwright:
     head = astronaut_rgb[0:340, 80:420]
     frame = scene(head, side=300, centre=(190, 250), others=((head, 200, (510, 250)),))
     video = write_y4m(tmp_path / "two.y4m", shaking(frame))
-    crops_before = server.frames_by_kind("crop")
+    crops_before = page_server.frames_by_kind("crop")
     with phone(playwright, video) as context:
-        page = open_page(context, server.url)
+        page = open_page(context, page_server.url)
         wait_state(page, "streaming")
         page.wait_for_function(  # one read of both: the next frame may find one face
             """() => { const d = document.getElementById('detector');
@@ -282,11 +248,11 @@ def test_several_faces_the_largest_is_read_and_shown(server: Server, playwright:
         screenshot(page, "browser-phone-two-faces.png")
         assert page.errors == []
     assert centre is not None and centre < 0.5, centre
-    assert server.frames_by_kind("crop") - crops_before >= 3
+    assert page_server.frames_by_kind("crop") - crops_before >= 3
 
 
 def test_two_faces_each_get_an_id_and_their_own_expressions(
-        server: Server, playwright: Any, datasets: Path, tmp_path: Path) -> None:
+        page_server: Server, playwright: Any, datasets: Path, tmp_path: Path) -> None:
     """Two webfaces-dev people side by side, `?faces=2`: the Worker detector tracks both,
     each face's crops go out under its own face id, each gets replies, and the page boxes
     both with their expressions (<body data-faces>)."""
@@ -306,9 +272,9 @@ def test_two_faces_each_get_an_id_and_their_own_expressions(
     left, right = people
     frame = scene(left, side=210, centre=(170, 260), others=((right, 210, (470, 260)),))
     video = write_y4m(tmp_path / "two-people.y4m", shaking(frame))
-    crops_before = server.frames_by_kind("crop")
+    crops_before = page_server.frames_by_kind("crop")
     with phone(playwright, video) as context:
-        page = open_page(context, server.url + "?faces=2")
+        page = open_page(context, page_server.url + "?faces=2")
         wait_state(page, "streaming")
         page.wait_for_function(
             "() => document.body.dataset.faces && JSON.parse(document.body.dataset.faces)"
@@ -327,21 +293,21 @@ def test_two_faces_each_get_an_id_and_their_own_expressions(
     ids = {f["id"] for f in faces}
     assert len(ids) == 2 and ids == {f["id"] for f in later}, (faces, later)
     assert all(f["top"] for f in faces + later)
-    assert server.frames_by_kind("crop") - crops_before >= 8
+    assert page_server.frames_by_kind("crop") - crops_before >= 8
 
 
 @pytest.mark.skipif(PAGE_DETECTOR is None, reason=NO_PAGE_DETECTOR)
-def test_detector_that_fails_to_load_falls_back_visibly(server: Server, playwright: Any,
+def test_detector_that_fails_to_load_falls_back_visibly(page_server: Server, playwright: Any,
                                                         videos: dict[str, Path]) -> None:
     """The detector's files cannot be fetched (a proxy that blocks them, say): the page says
     so, shows the server detector as active, and streams full frames."""
-    full_before = server.frames_by_kind("full")
+    full_before = page_server.frames_by_kind("full")
     with phone(playwright, videos["face"]) as context:
         page = context.new_page()
         page.route("**/vendor/**", lambda route: route.abort())
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(server.url)
+        page.goto(page_server.url)
         page.wait_for_selector("#detector-note:not([hidden])", timeout=WAIT_MS)
         # The note grows as each detector fails: read it once the last fallback is active.
         wait_state(page, "streaming")
@@ -357,15 +323,15 @@ def test_detector_that_fails_to_load_falls_back_visibly(server: Server, playwrig
         screenshot(page, "browser-phone-fallback.png")
         sent = counts(page)["sent"]
         assert errors == []
-    assert server.frames_by_kind("full") - full_before >= sent >= 3
+    assert page_server.frames_by_kind("full") - full_before >= sent >= 3
 
 
-def test_unavailable_detector_is_noted(server: Server, playwright: Any,
+def test_unavailable_detector_is_noted(page_server: Server, playwright: Any,
                                        videos: dict[str, Path]) -> None:
     """`?detector=shape` where the browser has no FaceDetector: a visible note, and the page
     uses the best detector it has instead."""
     with phone(playwright, videos["face"]) as context:
-        page = open_page(context, server.url + "?detector=shape")
+        page = open_page(context, page_server.url + "?detector=shape")
         page.wait_for_selector("#detector-note:not([hidden])", timeout=WAIT_MS)
         note = page.inner_text("#detector-note")
         assert "shape" in note and "unavailable" in note, note
@@ -396,8 +362,9 @@ CROP_AND_SEND = """async (box) => {
 }"""
 
 
-def test_page_crops_are_answered_as_crops(server: Server, playwright: Any, videos: dict[str, Path],
-                                          astronaut_rgb: Any, classes: list[str]) -> None:
+def test_page_crops_are_answered_as_crops(page_server: Server, playwright: Any,
+                                          videos: dict[str, Path], astronaut_rgb: Any,
+                                          classes: list[str]) -> None:
     """The crop path an in-page detector uses (Chromium on Linux has no FaceDetector, so it is
     driven here with the server's own detector's box): the page's 96x96 gray JPEG crop, sent
     with the crop flag, is answered for the whole crop without detection."""
@@ -406,7 +373,7 @@ def test_page_crops_are_answered_as_crops(server: Server, playwright: Any, video
     assert found is not None
     box = {"x": found.x, "y": found.y, "w": found.w, "h": found.h}
     with phone(playwright, videos["face"]) as context:
-        page = open_page(context, server.url)
+        page = open_page(context, page_server.url)
         wait_state(page, "streaming")
         sent = page.evaluate(CROP_AND_SEND, box)
         assert page.errors == []
@@ -418,12 +385,12 @@ def test_page_crops_are_answered_as_crops(server: Server, playwright: Any, video
     assert 500 < sent["bytes"] < 8192  # "a few KB"
 
 
-def test_faceless_video_shows_no_face(server: Server, playwright: Any,
+def test_faceless_video_shows_no_face(page_server: Server, playwright: Any,
                                       videos: dict[str, Path]) -> None:
-    before = {status: server.replies(status) for status in ("ok", "no_face")}
-    received_before = server.frames_received()
+    before = {status: page_server.replies(status) for status in ("ok", "no_face")}
+    received_before = page_server.frames_received()
     with phone(playwright, videos["gradient"]) as context:
-        page = open_page(context, server.url)
+        page = open_page(context, page_server.url)
         wait_state(page, "no-face")
         detector = page.get_attribute("body", "data-detector")
         if detector == "server":
@@ -437,32 +404,32 @@ def test_faceless_video_shows_no_face(server: Server, playwright: Any,
         assert page.errors == []
 
     assert page_counts["ok"] == 0
-    assert server.replies("ok") == before["ok"]
+    assert page_server.replies("ok") == before["ok"]
     if detector == "server":
         assert page_counts["sent"] >= page_counts["noFace"] >= 3
-        assert server.replies("no_face") - before["no_face"] >= page_counts["noFace"]
+        assert page_server.replies("no_face") - before["no_face"] >= page_counts["noFace"]
     else:
         assert page_counts["sent"] == 0
-        assert server.frames_received() == received_before
+        assert page_server.frames_received() == received_before
 
 
-def test_dark_video_sends_nothing(server: Server, playwright: Any,
+def test_dark_video_sends_nothing(page_server: Server, playwright: Any,
                                   videos: dict[str, Path]) -> None:
-    received_before = server.frames_received()
+    received_before = page_server.frames_received()
     with phone(playwright, videos["dark"]) as context:
-        page = open_page(context, server.url)
+        page = open_page(context, page_server.url)
         wait_state(page, "too-dark")
         wait_count(page, "skippedDark", 5)
         page_counts = counts(page)
         assert page.errors == []
     assert page_counts["sent"] == 0
-    assert server.frames_received() == received_before
+    assert page_server.frames_received() == received_before
 
 
-def test_insecure_origin_explains_https(server: Server, playwright: Any,
+def test_insecure_origin_explains_https(page_server: Server, playwright: Any,
                                         videos: dict[str, Path]) -> None:
     with phone(playwright, videos["dark"]) as context:
-        page = open_page(context, f"http://{INSECURE_HOST}:{server.port}/")
+        page = open_page(context, f"http://{INSECURE_HOST}:{page_server.port}/")
         assert page.evaluate("() => window.isSecureContext") is False
         wait_state(page, "camera-error")
         assert page.get_attribute("#help", "data-kind") == "insecure"
@@ -473,10 +440,10 @@ def test_insecure_origin_explains_https(server: Server, playwright: Any,
         assert page.errors == []
 
 
-def test_denied_camera_is_explained(server: Server, playwright: Any,
+def test_denied_camera_is_explained(page_server: Server, playwright: Any,
                                     videos: dict[str, Path]) -> None:
     with phone(playwright, videos["dark"], allow_camera=False) as context:
-        page = open_page(context, server.url)
+        page = open_page(context, page_server.url)
         wait_state(page, "camera-error")
         assert page.get_attribute("#help", "data-kind") == "denied"
         assert "permission" in page.inner_text("#help").lower()
@@ -486,13 +453,13 @@ def test_denied_camera_is_explained(server: Server, playwright: Any,
         assert page.errors == []
 
 
-def test_reconnects_when_the_server_comes_back(server: Server, playwright: Any,
+def test_reconnects_when_the_server_comes_back(page_server: Server, playwright: Any,
                                                videos: dict[str, Path]) -> None:
     """Runs last: it restarts the module's server (same port) under an open page."""
     with phone(playwright, videos["face"]) as context:
-        page = open_page(context, server.url)
+        page = open_page(context, page_server.url)
         wait_state(page, "streaming")
-        server.stop()
+        page_server.stop()
         wait_state(page, "reconnecting")
         screenshot(page, "browser-phone-reconnecting.png")
         assert page.get_attribute("#conn", "data-state") == "reconnecting"
@@ -501,7 +468,7 @@ def test_reconnects_when_the_server_comes_back(server: Server, playwright: Any,
         status = page.inner_text("#status").lower()
         assert "connection lost" in status
         assert "retrying in" in status or "reconnecting" in status
-        server.start()
+        page_server.start()
         page.wait_for_selector('#conn[data-state="open"]', timeout=WAIT_MS)
         seen = counts(page)["ok"]
         wait_count(page, "ok", seen + 3)
@@ -582,21 +549,21 @@ def check_layouts(page: Any, state: str) -> None:
 
 @pytest.mark.parametrize(("video", "state"), [("face", "streaming"), ("gradient", "no-face"),
                                               ("dark", "too-dark")])
-def test_layouts_keep_everything_in_reach(server: Server, playwright: Any,
+def test_layouts_keep_everything_in_reach(page_server: Server, playwright: Any,
                                           videos: dict[str, Path], video: str,
                                           state: str) -> None:
     with phone(playwright, videos[video]) as context:
-        page = open_page(context, server.url)
+        page = open_page(context, page_server.url)
         wait_state(page, state)
         check_layouts(page, state)
         assert page.errors == []
 
 
-def test_layouts_with_a_denied_camera(server: Server, playwright: Any,
+def test_layouts_with_a_denied_camera(page_server: Server, playwright: Any,
                                       videos: dict[str, Path]) -> None:
     """The longest message the page shows, with the retry button under it."""
     with phone(playwright, videos["dark"], allow_camera=False) as context:
-        page = open_page(context, server.url)
+        page = open_page(context, page_server.url)
         wait_state(page, "camera-error")
         page.evaluate("() => { const n = document.getElementById('detector-note');"
                       " n.hidden = false; n.textContent = 'Face detector note. '.repeat(6); }")

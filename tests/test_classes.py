@@ -16,13 +16,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_server import bound, config
 
-from bench.serverproc import Server, running_server
 from streamfer.model import Predictor
 from streamfer.paths import FER8_MODEL
 from streamfer.protocol import pack_frame
 from streamfer.server.app import init_app
+from tests.kit.serverproc import Server, running_server
+from tests.test_server import bound, config
 from training.data import FERPLUS8
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def test_the_shipped_eight_class_model_serves_eight_classes(face_jpeg: bytes,
     with running_server(FER8_MODEL, ("--device", "cpu"), log_path=tmp_path / "server.log") as s:
         assert s.health["classes"] == list(FERPLUS8), s.health
         assert s.health["model"] == FER8_MODEL.stem and s.health["runtime"] == "onnx-int8"
-        base = s.url.replace("ws://", "http://").removesuffix("/ws")
+        base = s.base
         request = urllib.request.Request(base + "/api/predict", data=face_jpeg,
                                          headers={"Content-Type": "image/jpeg"})
         reply = json.loads(urllib.request.urlopen(request, timeout=60).read())

@@ -15,13 +15,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_fit import make_faces
 
 from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
 from streamfer.server.app import init_app
 from streamfer.server.config import ServeConfig
+from tests.test_fit import make_faces
 from training import fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

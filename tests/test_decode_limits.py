@@ -12,7 +12,6 @@ import asyncio
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
@@ -23,30 +22,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.serverproc import Server, running_server
 from streamfer.imagecheck import CROP, FRAME, LIMITS, PHOTO, BadImage, check_image, jpeg_header
 from streamfer.protocol import pack_frame
 from streamfer.server.decoder import DecodePool, DecodeTimeout, decode, decode_inline
 from tests.hostile import junk_jpegs, memory_mb, progressive_jpeg, scan_bomb
+from tests.kit.serverproc import Server, running_server
 
 ANSWER_S = 1.0  # a refused image is answered within this (docs/PROTOCOL.md)
 RSS_GROWTH_MB = 300
 ARGS = ("--device", "cpu", "--workers", "2", "--max-fps", "0", "--read-timeout-s", "5")
 
 
-def port_of(server: Server) -> int:
-    return int(server.url.rsplit(":", 1)[1].split("/")[0])
-
-
 def http_url(server: Server) -> str:
-    return f"http://127.0.0.1:{port_of(server)}"
+    return f"http://127.0.0.1:{server.port}"
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("decode-limits") / "server.log"
-    with running_server(tiny_model_path, ARGS, log_path=log, start_timeout=120) as srv:
-        yield srv
+def server_args() -> tuple[str, ...]:
+    """The module's `server` (tests/conftest.py) runs with ARGS."""
+    return ARGS
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,12 @@ for the short-range network (60 px wide in a 640x480 frame), nothing in a face-f
 and runs in a Worker; the page streams crops with it.
 
 Needs /usr/bin/chromium, the `playwright` package and `(cd web && npm ci)`; skips without
-them (tests/test_browser.py's rules: STREAMFER_REQUIRE_BROWSER=1 makes a skip an error).
+them (tests/kit/browserkit.py skip_or_fail: STREAMFER_REQUIRE_BROWSER=1 makes a skip an error).
 """
 
 from __future__ import annotations
 
 import base64
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +18,27 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.browserkit import CHROMIUM, ROOT, Server, counts, open_page, phone
-from bench.fakecam import gradient_frames, scene, shaking, write_y4m
-from bench.serverproc import free_port
 from streamfer.server import vendor
+from tests.kit.browserkit import (
+    CHROMIUM,
+    ROOT,
+    Server,
+    counts,
+    need_chromium,
+    open_page,
+    phone,
+    skip_or_fail,
+)
+from tests.kit.fakecam import gradient_frames, scene, shaking, write_y4m
 
 pytestmark = pytest.mark.browser
 
 WAIT_MS = 30_000
 INSTALLED = vendor.find(ROOT / "web")
 
-
-def _missing(reason: str) -> None:
-    if os.environ.get("STREAMFER_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"STREAMFER_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
-if not CHROMIUM.exists():
-    _missing(f"Chromium not found at {CHROMIUM}")
-try:
-    from playwright import sync_api
-except ImportError:
-    _missing("the playwright package is not installed: `pip install -e '.[test]'`")
+need_chromium()
 if INSTALLED is None or INSTALLED.runtime is None:
-    _missing("web/node_modules has no detection runtime: `(cd web && npm ci)`")
+    skip_or_fail("web/node_modules has no detection runtime: `(cd web && npm ci)`")
 
 DETECT = """async ([base, png, options, repeat]) => {
   const { createFaceDetector } = await import("/detection/index.js");
@@ -61,20 +55,6 @@ DETECT = """async ([base, png, options, repeat]) => {
   det.close();
   return { name: det.name, runtime: det.runtime, inWorker: det.inWorker, runs };
 }"""
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tiny_model_path, free_port(), tmp_path_factory.mktemp("server") / "server.log")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        yield p
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +130,9 @@ def centred_on(face: dict[str, Any], ref: tuple[float, float, float], tol: float
 
 
 def test_finds_a_real_face_in_a_worker_from_the_servers_vendor_urls(
-        server: Server, playwright: Any, head: np.ndarray) -> None:
+        page_server: Server, playwright: Any, head: np.ndarray) -> None:
     frame, ref = far_scene(head, 120)
-    result, fetched = run_detector(server, playwright, frame, repeat=3)
+    result, fetched = run_detector(page_server, playwright, frame, repeat=3)
     assert result["inWorker"] is True and result["runtime"] == "litert-wasm"
     assert result["name"] == "blazeface-auto"
     runs = result["runs"]
@@ -172,44 +152,44 @@ def test_finds_a_real_face_in_a_worker_from_the_servers_vendor_urls(
     assert any(p.startswith(base) and p.endswith(".wasm") for p in fetched), fetched
 
 
-def test_finds_a_face_too_far_for_the_short_range_network(server: Server, playwright: Any,
+def test_finds_a_face_too_far_for_the_short_range_network(page_server: Server, playwright: Any,
                                                           head: np.ndarray) -> None:
     frame, ref = far_scene(head, 60)
-    result, _ = run_detector(server, playwright, frame, repeat=2)
+    result, _ = run_detector(page_server, playwright, frame, repeat=2)
     first, second = result["runs"]
     assert [centred_on(f, ref) for f in first["faces"]] == [True], (first, ref)
     assert [centred_on(f, ref) for f in second["faces"]] == [True], (second, ref)
     assert second["range"] == "track"  # found again in its region, by the short range
     # The short-range network alone does not find it in the whole frame.
-    short, _ = run_detector(server, playwright, frame, range="short", track=False)
+    short, _ = run_detector(page_server, playwright, frame, range="short", track=False)
     assert not any(centred_on(f, ref) for f in short["runs"][0]["faces"]), short
 
 
-def test_finds_nothing_in_a_face_free_frame(server: Server, playwright: Any) -> None:
-    result, _ = run_detector(server, playwright, gradient_frames(1)[0], repeat=2)
+def test_finds_nothing_in_a_face_free_frame(page_server: Server, playwright: Any) -> None:
+    result, _ = run_detector(page_server, playwright, gradient_frames(1)[0], repeat=2)
     assert [r["faces"] for r in result["runs"]] == [[], []]
     # Both networks looked at the whole frame, then the full-range one at one tile of it.
     assert result["runs"][0]["range"] == "full+short+tile"
 
 
-def test_main_thread_path_finds_the_same_face(server: Server, playwright: Any,
+def test_main_thread_path_finds_the_same_face(page_server: Server, playwright: Any,
                                               head: np.ndarray) -> None:
     """Where Workers cannot take frames the engine runs on the page's thread, same answer."""
     frame, ref = far_scene(head, 120)
-    result, _ = run_detector(server, playwright, frame, worker=False)
+    result, _ = run_detector(page_server, playwright, frame, worker=False)
     assert result["inWorker"] is False
     assert [centred_on(f, ref) for f in result["runs"][0]["faces"]] == [True]
 
 
 def test_page_streams_crops_of_a_far_face_detected_in_a_worker(
-        server: Server, playwright: Any, head: np.ndarray, tmp_path: Path) -> None:
+        page_server: Server, playwright: Any, head: np.ndarray, tmp_path: Path) -> None:
     """The page with ?detector=worker and a 60 px face drifting in the camera's frame: the
     detector runs in a Worker (the page says so), finds the face and sends its crops."""
     frame, _ = far_scene(head, 60)
     video = write_y4m(tmp_path / "far.y4m", shaking(frame))
-    before = {k: server.frames_by_kind(k) for k in ("crop", "full")}
+    before = {k: page_server.frames_by_kind(k) for k in ("crop", "full")}
     with phone(playwright, video) as context:
-        page = open_page(context, server.url + "?detector=worker")
+        page = open_page(context, page_server.url + "?detector=worker")
         page.wait_for_selector('#status[data-state="streaming"]', timeout=WAIT_MS)
         page.wait_for_function("Number(document.querySelector('#stats').dataset.ok || 0) >= 5",
                                timeout=WAIT_MS)
@@ -219,7 +199,7 @@ def test_page_streams_crops_of_a_far_face_detected_in_a_worker(
         assert page.is_hidden("#detector-note")
         sent = counts(page)["sent"]
         assert page.errors == []
-    got = {k: server.frames_by_kind(k) - before[k] for k in ("crop", "full")}
+    got = {k: page_server.frames_by_kind(k) - before[k] for k in ("crop", "full")}
     assert got["crop"] >= 0.9 * (got["crop"] + got["full"]) and got["crop"] >= 5, got
     assert got["crop"] + got["full"] >= sent
 
@@ -234,7 +214,7 @@ MATHS = """async ([spec, regress, logits]) => {
 
 
 @pytest.mark.parametrize("variant", ["short", "full"])
-def test_anchors_and_decoding_are_the_servers(server: Server, playwright: Any,
+def test_anchors_and_decoding_are_the_servers(page_server: Server, playwright: Any,
                                               variant: str) -> None:
     """web/detection/blazeface.js against streamfer/detect.py on the same raw outputs: the
     same anchors, and the same boxes and scores after weighted suppression."""
@@ -252,7 +232,7 @@ def test_anchors_and_decoding_are_the_servers(server: Server, playwright: Any,
                                          args=["--no-sandbox", "--disable-gpu"])
     try:
         page = browser.new_page()
-        page.goto(server.url + "healthz")
+        page.goto(page_server.url + "healthz")
         got = page.evaluate(MATHS, [variant, regress.ravel().tolist(), logits.tolist()])
     finally:
         browser.close()
@@ -269,17 +249,18 @@ def test_anchors_and_decoding_are_the_servers(server: Server, playwright: Any,
             [w.box.x, w.box.y, w.box.w, w.box.h], abs=1.0)
 
 
-def test_several_faces_get_stable_ids(server: Server, playwright: Any, head: np.ndarray) -> None:
+def test_several_faces_get_stable_ids(page_server: Server, playwright: Any,
+                                      head: np.ndarray) -> None:
     """Two people in view: with maxFaces 2 both are found, each keeps its id from frame to
     frame (tracked in its own square); with maxFaces 1 only the larger."""
     frame = scene(head, side=260, centre=(170, 250), others=((head, 170, (500, 250)),))
-    result, _ = run_detector(server, playwright, frame, repeat=3, maxFaces=2)
+    result, _ = run_detector(page_server, playwright, frame, repeat=3, maxFaces=2)
     runs = result["runs"]
     assert [len(r["faces"]) for r in runs] == [2, 2, 2], runs
     ids = [[f["id"] for f in r["faces"]] for r in runs]
     assert ids[0] == ids[1] == ids[2] and len(set(ids[0])) == 2, ids
     assert runs[2]["range"] == "track"
     assert runs[0]["faces"][0]["box"]["x"] < 320  # largest first: the nearer, left one
-    one, _ = run_detector(server, playwright, frame, repeat=1, maxFaces=1)
+    one, _ = run_detector(page_server, playwright, frame, repeat=1, maxFaces=1)
     (face,) = one["runs"][0]["faces"]
     assert face["box"]["x"] < 320

@@ -1,5 +1,5 @@
 """The demo page and the embedding example in Chromium, Firefox ESR and WebKitGTK against the
-real server, each with a face photo as its camera (bench/fakecam.py FAKECAM_JS, a canvas
+real server, each with a face photo as its camera (tests/kit/fakecam.py FAKECAM_JS, a canvas
 stream substituted for getUserMedia; bench/engines.py drives the engines).
 
 In every engine and on both pages: the page loads, the in-page detector runs in a Worker (as
@@ -14,7 +14,6 @@ An engine missing here skips with what to install, or fails where STREAMFER_REQU
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -25,11 +24,10 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.browserkit import ROOT, Server
 from bench.engines import ENGINES, Engine, launch, missing, xvfb
-from bench.fakecam import fakecam_script, scene
-from bench.serverproc import free_port
 from streamfer.server import vendor
+from tests.kit.browserkit import ROOT, Server, skip_or_fail
+from tests.kit.fakecam import fakecam_script
 
 pytestmark = pytest.mark.browser
 
@@ -41,11 +39,7 @@ DETECTOR_THREAD = "worker"
 PAGES = {"demo": "", "example": "examples/embed.html"}
 
 if vendor.find(ROOT / "web") is None:
-    if os.environ.get("STREAMFER_REQUIRE_BROWSER") == "1":
-        pytest.fail("STREAMFER_REQUIRE_BROWSER=1 but web/node_modules has no in-page detector: "
-                    "`(cd web && npm ci)`", pytrace=False)
-    pytest.skip("web/node_modules has no in-page detector: `(cd web && npm ci)`",
-                allow_module_level=True)
+    skip_or_fail("web/node_modules has no in-page detector: `(cd web && npm ci)`")
 
 # What each page shows, read in one expression: the demo page's #status/#stats/#help, the
 # example's #status/#expression.
@@ -64,24 +58,14 @@ READ = """({
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The real server, tiny model: the pages' behaviour is under test, not the model's."""
-    srv = Server(tiny_model_path, free_port(), tmp_path_factory.mktemp("server") / "server.log")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture(scope="module")
 def classes(tiny_model_path: Path) -> list[str]:
     return json.loads(tiny_model_path.with_suffix(".json").read_text())["classes"]
 
 
 @pytest.fixture(scope="module")
-def camera(astronaut_rgb: np.ndarray) -> bytes:
+def camera(astronaut_scene: np.ndarray) -> bytes:
     """The astronaut at arm's length in a room, as the fake camera's JPEG."""
-    frame = scene(astronaut_rgb[0:340, 80:420])
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(astronaut_scene, cv2.COLOR_RGB2BGR))
     assert ok
     return jpeg.tobytes()
 
@@ -97,9 +81,7 @@ def engine(request: pytest.FixtureRequest, displays: ExitStack) -> Iterator[Engi
     """One browser per engine for the module (one Xvfb display shared by those needing it)."""
     why = missing(request.param)
     if why:
-        if os.environ.get("STREAMFER_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"STREAMFER_REQUIRE_BROWSER=1 but {request.param} {why}", pytrace=False)
-        pytest.skip(f"{request.param} {why}")
+        skip_or_fail(f"{request.param} {why}")
     shown: list[str] = []
 
     def display() -> str:
@@ -146,13 +128,13 @@ def state_is(state: str) -> str:
 
 
 @pytest.mark.parametrize("page", list(PAGES))
-def test_photo_camera(engine: Engine, page: str, server: Server, camera: bytes,
+def test_photo_camera(engine: Engine, page: str, page_server: Server, camera: bytes,
                       classes: list[str]) -> None:
     """No face in view: nothing is sent. The photo: expressions from crops. The server
     restarts: the page reconnects and streams again."""
     engine.leave()  # the previous test's page
-    received = settled(server)
-    engine.open(server.url + PAGES[page], fakecam_script(camera, mode="blank"))
+    received = settled(page_server)
+    engine.open(page_server.url + PAGES[page], fakecam_script(camera, mode="blank"))
     wait(engine, f"{state_is('no-face')} && document.documentElement.dataset.detectorThread")
     if page == "demo":
         wait(engine, 'Number(document.querySelector("#stats").dataset.skippedNoFace) >= 3')
@@ -160,9 +142,9 @@ def test_photo_camera(engine: Engine, page: str, server: Server, camera: bytes,
     else:
         engine.evaluate("new Promise((done) => setTimeout(done, 1500))")  # a few idle checks
         assert read(engine)["state"] == "no-face"
-    assert server.frames_received() == received, read(engine)  # nothing reached the server
+    assert page_server.frames_received() == received, read(engine)  # nothing reached the server
 
-    before = {k: server.frames_by_kind(k) for k in ("crop", "full")}
+    before = {k: page_server.frames_by_kind(k) for k in ("crop", "full")}
     engine.evaluate('window.__fakecam.mode = "face"')
     wait(engine, state_is("streaming"))
     if page == "demo":
@@ -170,21 +152,21 @@ def test_photo_camera(engine: Engine, page: str, server: Server, camera: bytes,
     else:
         wait(engine, f'{json.dumps(classes)}.includes('
                      'document.querySelector("#expression").dataset.class)')
-    wait_crops(server, before["crop"], 5)
+    wait_crops(page_server, before["crop"], 5)
     seen = read(engine)
     assert seen["top"]["class"] in classes, seen  # an expression is shown
     assert seen["thread"] == DETECTOR_THREAD, seen
     assert seen["errors"] == [], seen
-    crops = server.frames_by_kind("crop") - before["crop"]
-    full = server.frames_by_kind("full") - before["full"]
+    crops = page_server.frames_by_kind("crop") - before["crop"]
+    full = page_server.frames_by_kind("full") - before["full"]
     assert crops >= CROP_SHARE * (crops + full), (crops, full)
     if page == "demo":
         assert crops + full >= seen["counts"]["sent"] >= seen["counts"]["ok"] >= 5
 
-    server.stop()
+    page_server.stop()
     wait(engine, state_is("reconnecting"))
     assert "connection lost" in read(engine)["text"].lower()
-    server.start()
+    page_server.start()
     wait(engine, state_is("streaming"))  # a reply from the new server process
     if page == "demo":
         assert read(engine)["conn"] == "open"
@@ -192,11 +174,11 @@ def test_photo_camera(engine: Engine, page: str, server: Server, camera: bytes,
 
 
 @pytest.mark.parametrize("page", list(PAGES))
-def test_denied_camera_is_explained(engine: Engine, page: str, server: Server,
+def test_denied_camera_is_explained(engine: Engine, page: str, page_server: Server,
                                     camera: bytes) -> None:
     engine.leave()
-    received = settled(server)
-    engine.open(server.url + PAGES[page], fakecam_script(camera, mode="deny"))
+    received = settled(page_server)
+    engine.open(page_server.url + PAGES[page], fakecam_script(camera, mode="deny"))
     wait(engine, state_is("camera-error"))
     seen = read(engine)
     if page == "demo":
@@ -208,4 +190,4 @@ def test_denied_camera_is_explained(engine: Engine, page: str, server: Server,
         assert seen["error"] == "camera", seen
         assert "permission" in seen["text"].lower(), seen
     assert seen["errors"] == [], seen
-    assert server.frames_received() == received
+    assert page_server.frames_received() == received

@@ -13,12 +13,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from test_server import Client, MakeClient, assert_ok, config, connect, recv
 
 from streamfer.detect import SPECS, WEIGHTS_DIR, BlazeFace
 from streamfer.model import Predictor
 from streamfer.protocol import pack_frame
 from streamfer.server.app import init_app
+from tests.test_server import Client, MakeClient, assert_ok, config, connect, recv
 
 pytestmark = pytest.mark.skipif(
     not (WEIGHTS_DIR / SPECS["short"].file).is_file(),

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,10 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.serverproc import Server, running_server
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import CLOSE_ABUSE, HEADER, PROTOCOL_VERSION, pack_frame
 from tests.hostile import bomb_variants, get_json, memory_mb, raw_socket, ws_frame, ws_upgrade
+from tests.kit.serverproc import Server, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = DEFAULT_MODEL  # the server's default
@@ -44,18 +43,9 @@ LIMIT = 256 * 1024  # the server's default max_frame_bytes
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("fuzz") / "server.log"
-    with running_server(tiny_model_path, FAST, log_path=log, start_timeout=120) as srv:
-        yield srv
-
-
-def base(server: Server) -> str:
-    return server.url.replace("ws://", "http://").removesuffix("/ws")
-
-
-def port_of(server: Server) -> int:
-    return int(server.url.rsplit(":", 1)[1].split("/")[0])
+def server_args() -> tuple[str, ...]:
+    """The module's `server` (tests/conftest.py) runs with FAST."""
+    return FAST
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +222,7 @@ async def fuzz_http(server: Server, seeds: list[bytes], *, seed: int, count: int
     async with aiohttp.ClientSession() as session:
         for _ in range(count):
             method, path, headers, body = http_case(rng, seeds)
-            async with session.request(method, base(server) + path, data=body,
+            async with session.request(method, server.base + path, data=body,
                                        headers=headers) as resp:
                 text = await resp.text()
                 statuses[resp.status] = statuses.get(resp.status, 0) + 1
@@ -244,7 +234,7 @@ async def fuzz_http(server: Server, seeds: list[bytes], *, seed: int, count: int
 
 
 def assert_alive_and_bounded(server: Server, before: dict[str, float]) -> None:
-    status, health = get_json(base(server) + "/healthz")
+    status, health = get_json(server.base + "/healthz")
     assert status == 200 and health["status"] == "ok"
     assert server.proc is not None
     growth = memory_mb(server.proc.pid)["VmHWM"] - before["VmHWM"]
@@ -311,7 +301,7 @@ async def test_fuzz_bombs_concurrently(server: Server, seeds: list[bytes]) -> No
 
     async def post(data: bytes) -> int:
         async with aiohttp.ClientSession() as session, session.post(
-                base(server) + "/api/predict", data=data) as resp:
+                server.base + "/api/predict", data=data) as resp:
             return resp.status
 
     statuses = await asyncio.gather(*(post(b) for b in bombs * 3))
@@ -354,7 +344,7 @@ async def test_fuzz_websocket_byte_level(server: Server, seeds: list[bytes]) -> 
     before = memory_mb(server.proc.pid)
     rng = random.Random(5)
     for _ in range(25):
-        await asyncio.to_thread(_raw_ws_garbage, port_of(server), rng)
+        await asyncio.to_thread(_raw_ws_garbage, server.port, rng)
     by = await fuzz_websocket(server, seeds, seed=500, count=30)
     assert "ok" in by
     assert_alive_and_bounded(server, before)
@@ -373,7 +363,7 @@ def test_fuzz_raw_http_requests(server: Server) -> None:
              b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 500 + b"\r\n"]
     cases += [rng.randbytes(rng.randrange(1, 2000)) for _ in range(30)]
     for raw in cases:
-        s = raw_socket(port_of(server), timeout=10)
+        s = raw_socket(server.port, timeout=10)
         try:
             s.sendall(raw)
             s.shutdown(socket.SHUT_WR)

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.serverproc import Server, running_server
 from streamfer.protocol import pack_frame
 from tests.hostile import (
     bomb_variants,
@@ -36,6 +34,7 @@ from tests.hostile import (
     ws_frame,
     ws_upgrade,
 )
+from tests.kit.serverproc import Server, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 30.0
@@ -46,12 +45,8 @@ FAST = ("--device", "cpu", "--workers", "1", "--max-fps", "0", "--read-timeout-s
         "--write-timeout-s", "2", "--heartbeat-s", "3")
 
 
-def port_of(server: Server) -> int:
-    return int(server.url.rsplit(":", 1)[1].split("/")[0])
-
-
 def http_url(server: Server) -> str:
-    return f"http://127.0.0.1:{port_of(server)}"
+    return f"http://127.0.0.1:{server.port}"
 
 
 def connections(server: Server) -> int:
@@ -69,11 +64,9 @@ def crop_jpeg() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("hardening") / "server.log"
-    with running_server(tiny_model_path, FAST, log_path=log,
-                        start_timeout=120) as srv:
-        yield srv
+def server_args() -> tuple[str, ...]:
+    """The module's `server` (tests/conftest.py) runs with FAST."""
+    return FAST
 
 
 async def round_trip(server: Server, crop: bytes) -> None:
@@ -175,7 +168,7 @@ async def test_a_client_that_never_reads_is_cut_and_others_go_on(
         server: Server, crop_jpeg: bytes) -> None:
     assert server.proc is not None
     before = memory_mb(server.proc.pid)
-    port = port_of(server)
+    port = server.port
     s, blocked = await asyncio.to_thread(flood_without_reading, port)
     try:
         await round_trip(server, crop_jpeg)  # meanwhile, others are served
@@ -201,7 +194,7 @@ def test_with_the_default_deadlines_a_non_reading_client_is_cut_within_the_heart
     args = ("--device", "cpu", "--workers", "1")
     with running_server(tiny_model_path, args, log_path=tmp_path / "server.log",
                         start_timeout=120) as srv:
-        s, blocked = flood_without_reading(port_of(srv))
+        s, blocked = flood_without_reading(srv.port)
         try:
             closed = wait_until(lambda: connections(srv) == 0, 30 + 15 + 5)
             cut_s = time.monotonic() - blocked
@@ -222,7 +215,7 @@ def test_a_client_that_never_reads_a_static_file_is_cut(tiny_model_path: Path,
     log = tmp_path / "server.log"
     args = ("--device", "cpu", "--workers", "1", "--web-dir", str(web), "--write-timeout-s", "2")
     with running_server(tiny_model_path, args, log_path=log, start_timeout=120) as srv:
-        s = raw_socket(port_of(srv), rcvbuf=4096)
+        s = raw_socket(srv.port, rcvbuf=4096)
         try:
             s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
             cut = wait_until(lambda: "stopped taking its response" in log.read_text(), 30)
@@ -242,7 +235,7 @@ def test_sigterm_with_a_non_reading_client_exits_within_10s(
     with running_server(tiny_model_path, args, log_path=tmp_path / "server.log",
                         start_timeout=120) as srv:
         assert srv.proc is not None
-        s, _ = flood_without_reading(port_of(srv))
+        s, _ = flood_without_reading(srv.port)
         try:
             t0 = time.monotonic()
             srv.proc.send_signal(signal.SIGTERM)
@@ -393,7 +386,7 @@ async def test_a_junk_part_before_the_image_is_limited(server: Server, crop_jpeg
 
 def test_aborted_uploads_log_one_line_each_without_traceback(server: Server) -> None:
     log_before = server.log_path.read_text()
-    port = port_of(server)
+    port = server.port
     n = 20
     for _ in range(n):
         s = raw_socket(port)
@@ -410,7 +403,7 @@ def test_aborted_uploads_log_one_line_each_without_traceback(server: Server) -> 
 
 
 def test_get_on_the_upload_endpoint_is_405(server: Server) -> None:
-    reply = http_exchange(port_of(server), b"GET /api/predict HTTP/1.1\r\nHost: x\r\n"
+    reply = http_exchange(server.port, b"GET /api/predict HTTP/1.1\r\nHost: x\r\n"
                           b"Connection: close\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 405"), reply[:200]
     assert b"Allow: POST" in reply
@@ -442,7 +435,7 @@ def trickle_until_cut(s: socket.socket, data: bytes, every: float, limit: float)
 
 @pytest.mark.parametrize("where", ["headers", "body"])
 def test_slow_loris_is_cut_off(server: Server, where: str) -> None:
-    port = port_of(server)
+    port = server.port
     head = (b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
             b"Content-Length: 5000\r\n\r\n")
     socks = [raw_socket(port) for _ in range(20)]
@@ -463,7 +456,7 @@ def test_slow_loris_is_cut_off(server: Server, where: str) -> None:
 
 def test_a_websocket_message_trickled_forever_is_cut(server: Server) -> None:
     """aiohttp's own heartbeat counts any received byte as life; ours pings regardless."""
-    s = ws_upgrade(port_of(server))
+    s = ws_upgrade(server.port)
     try:
         head = ws_frame(b"", length=200_000)  # promise 200 KB, send a byte at a time
         s.sendall(head[:2 + 8 + 4])

@@ -31,11 +31,11 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.serverproc import free_port
 from streamfer.faces import decode_gray, resize_square
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
 from streamfer.server.config import ServeConfig
+from tests.kit.serverproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 60.0  # no single wait may take longer (a busy machine; not a timing)

@@ -18,12 +18,12 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.serverproc import free_port, maps_torch, running_server
 from bench.venvs import Venv, build_wheel, clean_env, make_venv
 from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.onnx_int8 import derived_path
 from streamfer.paths import DEFAULT_MODEL, FER8_MODEL
 from streamfer.server import vendor
+from tests.kit.serverproc import free_port, maps_torch, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +150,7 @@ def test_the_cpu_server_installs_and_runs_without_torch(
             for kind in ("crops", "frames"):
                 summary = loadtest(lean_venv, server.url, images, kind)
                 assert summary["answered"] == summary["sent"] == summary["ok"] > 0, summary
-            base = server.url.replace("ws://", "http://").removesuffix("/ws")
+            base = server.base
             request = urllib.request.Request(base + "/api/predict", data=jpeg.tobytes(),
                                              headers={"Content-Type": "image/jpeg"})
             reply = json.loads(urllib.request.urlopen(request, timeout=60).read())

@@ -1,6 +1,7 @@
 """The folders by job keep their import directions (docs/ARCHITECTURE.md): the server and
 training use the shared modules of streamfer/ and never each other, the shared modules use
-neither, the load test is a client without torch, and no program edits sys.path."""
+neither, the load test is a client without torch, the test kit the benchmarks share does not
+use them, and no program edits sys.path."""
 
 from __future__ import annotations
 
@@ -47,21 +48,23 @@ SHARED = [p for p in files("streamfer/*.py") if p != SHIM]
 
 
 @pytest.mark.parametrize(("where", "banned"), [
-    ("shared", ("streamfer.server", "training", "bench")),
-    ("server", ("training", "bench")),
-    ("training", ("streamfer.server", "bench")),
-    ("loadtest", ("streamfer.server", "training", "torch", "bench")),
+    ("shared", ("streamfer.server", "training", "bench", "tests")),
+    ("server", ("training", "bench", "tests")),
+    ("training", ("streamfer.server", "bench", "tests")),
+    ("loadtest", ("streamfer.server", "training", "torch", "bench", "tests")),
+    ("kit", ("bench",)),
 ])
 def test_import_directions(where: str, banned: tuple[str, ...]) -> None:
     paths = {"shared": SHARED, "server": files("streamfer/server/*.py"),
-             "training": files("training/*.py"), "loadtest": files("streamfer/loadtest/*.py")}
+             "training": files("training/*.py"), "loadtest": files("streamfer/loadtest/*.py"),
+             "kit": files("tests/kit/*.py")}
     assert paths[where], f"no {where} modules found"
     assert offending(paths[where], *banned) == {}
 
 
 def test_no_program_edits_sys_path() -> None:
     edits = []
-    for p in files("streamfer/**/*.py", "training/*.py", "bench/*.py"):
+    for p in files("streamfer/**/*.py", "training/*.py", "bench/*.py", "tests/kit/*.py"):
         for node in ast.walk(ast.parse(p.read_text(), str(p))):
             if isinstance(node, ast.Attribute) and node.attr == "path" and \
                     isinstance(node.value, ast.Name) and node.value.id == "sys":

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from bench.serverproc import running_server
 from streamfer import protocol
 from streamfer.loadtest.cli import LoadTestConfig, parse_args
 from streamfer.loadtest.frames import CROP_SIDES, FRAME_WIDTH, load_frames
+from tests.kit.serverproc import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = ("sent", "answered", "dropped", "errors", "throughput_fps", "rtt_ms")
@@ -183,18 +183,11 @@ def test_an_unreachable_server_is_reported_as_such() -> None:
     assert "model None" not in proc.stdout and "CPU" not in proc.stdout
 
 
-# -- against the real server -----------------------------------------------------------------
+# -- against the real server (`server`, tests/conftest.py) ------------------------------------
 
-@pytest.fixture(scope="module")
-def real_server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with running_server(tiny_model_path, ("--device", "cpu"), log_path=log_path) as server:
-        yield server
-
-
-def test_real_server_answers_every_frame(real_server, tmp_path: Path) -> None:
+def test_real_server_answers_every_frame(server, tmp_path: Path) -> None:
     png = tmp_path / "rtt.png"
-    proc = loadtest_cli("--url", real_server.url, "--clients", "3", "--fps", "15",
+    proc = loadtest_cli("--url", server.url, "--clients", "3", "--fps", "15",
                         "--seconds", "2", "--json", "--histogram", str(png), *LENIENT)
     s = json.loads(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -211,35 +204,35 @@ def test_real_server_answers_every_frame(real_server, tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_real_server_full_frames_text_report(real_server) -> None:
-    proc = loadtest_cli("--url", real_server.url, "--clients", "2", "--fps", "10",
+def test_real_server_full_frames_text_report(server) -> None:
+    proc = loadtest_cli("--url", server.url, "--clients", "2", "--fps", "10",
                         "--seconds", "1", "--kind", "frames", *LENIENT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "PASSED: every frame sent got exactly one reply, p99 " in proc.stdout
     assert "rtt ms    p50" in proc.stdout and "server ms median: decode" in proc.stdout
 
 
-def test_a_foreign_origin_is_refused_and_reported(real_server) -> None:
-    proc = loadtest_cli("--url", real_server.url, "--clients", "2", "--seconds", "0.3",
+def test_a_foreign_origin_is_refused_and_reported(server) -> None:
+    proc = loadtest_cli("--url", server.url, "--clients", "2", "--seconds", "0.3",
                         "--origin", "http://elsewhere.example", "--json")
     s = json.loads(proc.stdout)
     assert proc.returncode == 1
     assert s["errors_by_reason"] == {"connect failed: HTTP 403": 2} and s["sent"] == 0
 
 
-def test_the_verdict_fails_a_run_over_the_latency_target(real_server) -> None:
-    proc = loadtest_cli("--url", real_server.url, "--clients", "2", "--fps", "10",
+def test_the_verdict_fails_a_run_over_the_latency_target(server) -> None:
+    proc = loadtest_cli("--url", server.url, "--clients", "2", "--fps", "10",
                         "--seconds", "1", "--target-ms", "0.001", "--max-loss", "1")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED: p99 round trip" in proc.stdout and "over --target-ms 0.001" in proc.stdout
     assert "PASSED" not in proc.stdout
 
 
-def test_the_verdict_fails_a_run_that_loses_frames(real_server) -> None:
+def test_the_verdict_fails_a_run_that_loses_frames(server) -> None:
     """90 fps against the server's 30 fps cap: frames come back dropped/rate_limited (or,
     on a busy machine, the window of 2 holds them back unsent): every frame sent is
     answered, yet the run lost frames, so it fails and says why."""
-    proc = loadtest_cli("--url", real_server.url, "--clients", "1", "--fps", "90",
+    proc = loadtest_cli("--url", server.url, "--clients", "1", "--fps", "90",
                         "--seconds", "1", "--target-ms", "10000", "--max-loss", "0.05",
                         "--json")
     s = json.loads(proc.stdout)
@@ -248,8 +241,8 @@ def test_the_verdict_fails_a_run_that_loses_frames(real_server) -> None:
     assert s["loss"] > 0.05 and any("over --max-loss 5%" in f for f in s["failures"])
 
 
-def test_ramp_reports_every_step(real_server) -> None:
-    proc = loadtest_cli("--url", real_server.url, "--ramp", "--clients", "1",
+def test_ramp_reports_every_step(server) -> None:
+    proc = loadtest_cli("--url", server.url, "--ramp", "--clients", "1",
                         "--max-clients", "2", "--step-seconds", "0.5", "--pause", "0.2",
                         "--fps", "10", "--json")
     result = json.loads(proc.stdout)

@@ -18,7 +18,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -26,11 +25,11 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.serverproc import Server, running_server
 from streamfer import protocol
 from streamfer.protocol import pack_frame
 from streamfer.server import guard, vendor
 from tests.hostile import get_json, memory_mb, raw_socket, wait_until, ws_frame, ws_upgrade
+from tests.kit.serverproc import Server, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND_S = 30.0
@@ -40,14 +39,6 @@ LIMITS = ("--device", "cpu", "--workers", "1", "--read-timeout-s", "2",
           "--max-frame-bytes", str(MAX_FRAME), "--max-upload-bytes", "4000000",
           "--max-uploads", "2", "--max-connections", "8", "--max-sockets", "40",
           "--metrics-from", "10.0.0.0/8")
-
-
-def port_of(server: Server) -> int:
-    return int(server.url.rsplit(":", 1)[1].split("/")[0])
-
-
-def base(server: Server) -> str:
-    return f"http://127.0.0.1:{port_of(server)}"
 
 
 def open_fds(pid: int) -> int:
@@ -65,10 +56,9 @@ def crop_jpeg() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    log = tmp_path_factory.mktemp("net-hardening") / "server.log"
-    with running_server(tiny_model_path, LIMITS, log_path=log, start_timeout=120) as srv:
-        yield srv
+def server_args() -> tuple[str, ...]:
+    """The module's `server` (tests/conftest.py) runs with LIMITS."""
+    return LIMITS
 
 
 class Honest:
@@ -136,7 +126,7 @@ async def test_a_body_of_tiny_parts_is_refused_quickly_and_streaming_goes_on(
         await asyncio.sleep(0.5)
         async with aiohttp.ClientSession() as session:
             t0 = time.monotonic()
-            async with session.post(base(server) + "/api/predict", data=body, headers={
+            async with session.post(server.base + "/api/predict", data=body, headers={
                     "Content-Type": "multipart/form-data; boundary=b"}) as resp:
                 reply = await resp.json()
             took = time.monotonic() - t0
@@ -167,7 +157,7 @@ def response_head(s: socket.socket, timeout: float = 5.0) -> bytes:
 
 async def test_uploads_past_the_admission_bound_get_503_with_retry_after(
         server: Server, crop_jpeg: bytes) -> None:
-    port = port_of(server)
+    port = server.port
     held = [hold_upload(port, 3_000_000, 100_000) for _ in range(2)]  # --max-uploads 2
     try:
         await asyncio.sleep(0.3)
@@ -184,7 +174,7 @@ async def test_uploads_past_the_admission_bound_get_503_with_retry_after(
             s.close()
     await asyncio.sleep(0.3)
     async with aiohttp.ClientSession() as session, session.post(
-            base(server) + "/api/predict?crop=1", data=crop_jpeg) as resp:
+            server.base + "/api/predict?crop=1", data=crop_jpeg) as resp:
         assert resp.status == 200, await resp.text()  # admitted again once they left
 
 
@@ -224,7 +214,7 @@ def paced_upload(port: int, data: bytes, rate: float) -> bytes:
 def test_a_2mb_photo_uploaded_at_2mb_per_s_is_answered(server: Server,
                                                        big_photo: bytes) -> None:
     t0 = time.monotonic()
-    reply = paced_upload(port_of(server), big_photo, 2_000_000)
+    reply = paced_upload(server.port, big_photo, 2_000_000)
     status_line = reply.split(b"\r\n", 1)[0]
     print(f"\n{len(big_photo)} byte photo at 2 MB/s: {status_line!r} after "
           f"{time.monotonic() - t0:.1f} s")
@@ -284,7 +274,7 @@ async def test_a_message_flood_is_closed_with_1008_and_others_go_on(
     one = flood_message(kind)
     count = max(300, min(20_000, 400_000 // len(one)))
     with Honest(server, crop_jpeg) as honest:
-        s = ws_upgrade(port_of(server))
+        s = ws_upgrade(server.port)
         try:
             t0 = time.monotonic()
             with_reader = asyncio.to_thread(close_code, s, 10.0)
@@ -312,7 +302,7 @@ async def test_idle_sockets_cannot_lock_out_talking_clients(
     assert server.proc is not None
     before_log = server.log_path.read_text()
     fds_before = open_fds(server.proc.pid)
-    socks = [raw_socket(port_of(server), timeout=5) for _ in range(80)]
+    socks = [raw_socket(server.port, timeout=5) for _ in range(80)]
     try:
         await asyncio.sleep(0.5)
         peak = open_fds(server.proc.pid)
@@ -339,12 +329,12 @@ async def test_past_the_cap_of_talking_connections_a_new_one_gets_503(
     fds_before = open_fds(server.proc.pid)
     socks = []
     for _ in range(40):
-        s = raw_socket(port_of(server), timeout=5)
+        s = raw_socket(server.port, timeout=5)
         s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never finished
         socks.append(s)
     try:
         await asyncio.sleep(0.5)
-        extra = raw_socket(port_of(server), timeout=5)
+        extra = raw_socket(server.port, timeout=5)
         head = await asyncio.to_thread(response_head, extra, 2.0)
         extra.close()
         first = head.split(b"\r\n")[0] if head else None
@@ -359,7 +349,7 @@ async def test_past_the_cap_of_talking_connections_a_new_one_gets_503(
 
 def test_malformed_http_and_handshake_resets_log_one_line_each(server: Server) -> None:
     before = server.log_path.read_text()
-    port = port_of(server)
+    port = server.port
     bad = [b"\x16\x03\x01 this is not HTTP\r\n\r\n", b"GET /\x00 HTTP/1.1\r\n\r\n",
            b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked"
            b"\r\n\r\nzz\r\n", b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: x\r\n\r\n"]
@@ -376,7 +366,7 @@ def test_malformed_http_and_handshake_resets_log_one_line_each(server: Server) -
                   b"Sec-WebSocket-Version: 13\r\n\r\n")
         s.close()
     time.sleep(1.0)
-    assert get_json(base(server) + "/healthz")[0] == 200
+    assert get_json(server.base + "/healthz")[0] == 200
     log = new_log(server, before)
     print(f"\n12 malformed requests + 10 reset handshakes -> {len(log.splitlines())} log lines")
     assert "Traceback" not in log and len(log.splitlines()) <= 22, log[-3000:]
@@ -394,7 +384,7 @@ BYPASSES = ["/node_modules/.package-lock.json", "/./node_modules/.package-lock.j
 @pytest.mark.parametrize("path", BYPASSES)
 def test_node_modules_is_hidden_however_the_path_is_spelt(server: Server, path: str) -> None:
     assert guard.path_hidden(path)
-    s = raw_socket(port_of(server))
+    s = raw_socket(server.port)
     try:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
                   .encode())
@@ -406,28 +396,28 @@ def test_node_modules_is_hidden_however_the_path_is_spelt(server: Server, path: 
 
 def test_the_page_and_vendor_files_are_still_served(server: Server) -> None:
     assert not guard.path_hidden("/app.js") and not guard.path_hidden("/vendor/x@1/a.js")
-    assert get_json(base(server) + "/healthz")[0] == 200
+    assert get_json(server.base + "/healthz")[0] == 200
     page = vendor.find(ROOT / "web")
-    with urllib.request.urlopen(base(server) + "/", timeout=10) as r:
+    with urllib.request.urlopen(server.base + "/", timeout=10) as r:
         assert r.status == 200
     if page is None:
         pytest.skip(vendor.MISSING)
-    url = base(server) + "/" + page.url + vendor.SCRIPT
+    url = server.base + "/" + page.url + vendor.SCRIPT
     with urllib.request.urlopen(url, timeout=10) as r:
         assert r.status == 200 and len(r.read()) > 1000
 
 
 async def test_a_foreign_host_name_is_refused_and_lan_addresses_are_not(
         server: Server, crop_jpeg: bytes) -> None:
-    port = port_of(server)
+    port = server.port
     async with aiohttp.ClientSession() as session:
         for host, want in ((f"rebind.example:{port}", 403), (f"192.168.1.20:{port}", 200),
                            (f"localhost:{port}", 200), (f"[::1]:{port}", 200),
                            (f"phone-lab.home.arpa:{port}", 200), ("lab.streamfer.test", 200),
                            (f"rebind.example.local.evil.example:{port}", 403)):
-            async with session.get(base(server) + "/", headers={"Host": host}) as resp:
+            async with session.get(server.base + "/", headers={"Host": host}) as resp:
                 assert resp.status == want, (host, resp.status)
-        async with session.get(base(server) + "/", headers={  # a proxy chose it by name
+        async with session.get(server.base + "/", headers={  # a proxy chose it by name
                 "Host": "streamfer.example.org", "X-Forwarded-For": "203.0.113.7"}) as resp:
             assert resp.status == 200
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
@@ -437,10 +427,10 @@ async def test_a_foreign_host_name_is_refused_and_lan_addresses_are_not(
 
 
 def test_internals_only_for_metrics_from(server: Server) -> None:
-    status, body = get_json(base(server) + "/healthz")  # loopback is not in 10.0.0.0/8
+    status, body = get_json(server.base + "/healthz")  # loopback is not in 10.0.0.0/8
     assert status == 200 and body == {"status": "ok"}
     try:
-        urllib.request.urlopen(base(server) + "/metrics", timeout=10)
+        urllib.request.urlopen(server.base + "/metrics", timeout=10)
         raise AssertionError("/metrics answered outside --metrics-from")
     except urllib.error.HTTPError as err:
         assert err.code == 403
@@ -450,12 +440,12 @@ def test_by_default_loopback_reads_metrics(tiny_model_path: Path, tmp_path: Path
     with running_server(tiny_model_path, ("--device", "cpu", "--workers", "1"),
                         log_path=tmp_path / "s.log", start_timeout=120) as srv:
         assert "pid" in srv.health and "model" in srv.health
-        with urllib.request.urlopen(base(srv) + "/metrics",
+        with urllib.request.urlopen(srv.base + "/metrics",
                                                           timeout=10) as r:
             assert b"streamfer_" in r.read()
         # The same request through a proxy (it says whom it forwards for) gets the status.
         request = urllib.request.Request(
-            base(srv) + "/healthz", headers={"X-Forwarded-For": "203.0.113.7"})
+            srv.base + "/healthz", headers={"X-Forwarded-For": "203.0.113.7"})
         with urllib.request.urlopen(request, timeout=10) as r:
             assert r.read() == b'{"status": "ok"}'
         assert "every interface" not in srv.log_path.read_text()  # bound to 127.0.0.1
@@ -496,7 +486,7 @@ def test_https_keeps_its_certificate_and_makes_no_temp_dirs(
     for run in range(2):
         with running_server(tiny_model_path, args, log_path=tmp_path / f"s{run}.log",
                             start_timeout=120) as srv:
-            port = port_of(srv)
+            port = srv.port
             prints.append(fingerprint_of(port))
             assert prints[-1] in srv.log_path.read_text()  # printed in the start line
             # A socket that never starts its handshake is closed after 1 s.
@@ -548,7 +538,7 @@ def test_120_held_uploads_stay_within_the_memory_bound(tiny_model_path: Path,
                         log_path=tmp_path / "s.log", start_timeout=120) as srv:
         assert srv.proc is not None
         before = memory_mb(srv.proc.pid)
-        port = port_of(srv)
+        port = srv.port
         socks = []
         for _ in range(120):
             s = raw_socket(port)

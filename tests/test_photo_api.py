@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_server import Client, MakeClient, assert_ok, bound, config, connect, recv
 
 from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.model import Predictor
 from streamfer.protocol import pack_frame
 from streamfer.server.app import init_app
+from tests.test_server import Client, MakeClient, assert_ok, bound, config, connect, recv
 
 pytestmark = pytest.mark.skipif(
     not (WEIGHTS_DIR / SPECS["short"].file).is_file(),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.serverproc import free_port
+from tests.kit.serverproc import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

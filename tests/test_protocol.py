@@ -1,13 +1,20 @@
-"""The wire format of docs/PROTOCOL.md: frame header and reply bodies."""
+"""The wire format of docs/PROTOCOL.md: frame header and reply bodies, and the page's copy of
+it (web/protocol.js)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from streamfer import protocol
+from streamfer.server.config import ServeConfig
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_header_round_trip() -> None:
@@ -90,3 +97,40 @@ def test_a_face_id_travels_in_the_header_and_back_in_the_reply() -> None:
     ok = protocol.ok(box=[0, 0, 1, 1], probs={"x": 1.0}, timings_ms={"total": 1.0}, batch=1)
     assert protocol.result(7, ok, 513)["face"] == 513
     assert "face" not in protocol.result(8, ok)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
+def test_the_pages_protocol_js_says_what_the_server_sends() -> None:
+    """web/protocol.js (under node), the page's one copy of the wire format, against this
+    module: message types, statuses, drop reasons, error codes, the header, and the limits
+    the page assumes before a greeting (a default server's)."""
+    script = """
+      import * as p from "./web/protocol.js";
+      const frame = p.packFrame(0xDEADBEEF, true, new Uint8Array([1, 2, 3]), 513);
+      console.log(JSON.stringify({
+        MESSAGE: p.MESSAGE, STATUS: p.STATUS, DROP_REASON: p.DROP_REASON,
+        ERROR_CODE: p.ERROR_CODE, PROTOCOL_VERSION: p.PROTOCOL_VERSION, FLAG_CROP: p.FLAG_CROP,
+        FLAG_FACE: p.FLAG_FACE, MAX_FACE_ID: p.MAX_FACE_ID, HEADER_BYTES: p.HEADER_BYTES,
+        DEFAULT_LIMITS: p.DEFAULT_LIMITS, frame: Array.from(new Uint8Array(frame)),
+      }));
+    """
+    ran = subprocess.run(["node", "--input-type=module", "-e", script], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, check=True)
+    js = json.loads(ran.stdout)
+    for name, values in (("STATUS", protocol.STATUSES), ("DROP_REASON", protocol.DROP_REASONS),
+                         ("ERROR_CODE", protocol.ERROR_CODES)):
+        assert js[name] == {key: getattr(protocol, key) for key in js[name]}, name
+        assert sorted(js[name].values()) == sorted(values), name
+    greeting = protocol.hello(model="m", classes=["a"], input_size=48, tta="none",
+                              max_frame_bytes=ServeConfig.max_frame_bytes,
+                              max_fps=ServeConfig.max_fps,
+                              suggested_fps=ServeConfig.suggested_fps, window=protocol.WINDOW)
+    assert js["MESSAGE"] == {
+        "HELLO": greeting["type"], "CLOSING": protocol.closing()["type"],
+        "RESULT": protocol.result(1, protocol.dropped(protocol.SUPERSEDED))["type"]}
+    assert js["DEFAULT_LIMITS"] == greeting["limits"]
+    assert (js["PROTOCOL_VERSION"], js["FLAG_CROP"], js["FLAG_FACE"], js["MAX_FACE_ID"],
+            js["HEADER_BYTES"]) == (protocol.PROTOCOL_VERSION, protocol.FLAG_CROP,
+                                    protocol.FLAG_FACE, protocol.MAX_FACE_ID, protocol.HEADER.size)
+    assert bytes(js["frame"]) == protocol.pack_frame(0xDEADBEEF, b"\x01\x02\x03", is_crop=True,
+                                                     face_id=513)

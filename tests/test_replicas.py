@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.serverproc import free_port, running_server
+from tests.kit.serverproc import free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "deploy" / "nginx" / "streamfer.conf"

@@ -10,12 +10,12 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from test_server import Client, MakeClient, bound, config
 
 from streamfer import protocol
 from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.model import Predictor
 from streamfer.server.app import init_app
+from tests.test_server import Client, MakeClient, bound, config
 
 pytestmark = pytest.mark.skipif(
     not (WEIGHTS_DIR / SPECS["short"].file).is_file(),

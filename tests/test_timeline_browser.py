@@ -2,7 +2,7 @@
 eight-class model: all eight classes shown with their own glyphs, the timeline kept in the
 page, "Download CSV" saving it (Playwright's download event) in the video tool's columns,
 and no request leaving for anywhere but this server. The same skips as tests/test_browser.py
-(Chromium, playwright)."""
+(Chromium, playwright: browserkit.need_chromium)."""
 
 from __future__ import annotations
 
@@ -14,37 +14,32 @@ from typing import Any
 
 import pytest
 
-from bench.browserkit import CHROMIUM, Server, open_page, phone
-from bench.fakecam import scene, shaking, write_y4m
-from bench.serverproc import free_port
 from streamfer.video.timeline import columns
+from tests.kit.browserkit import Server, need_chromium, open_page, phone, serving
+from tests.kit.fakecam import shaking, write_y4m
 from training.data import FERPLUS8
 
 pytestmark = pytest.mark.browser
 WAIT_MS = 30_000
 
-if not CHROMIUM.exists():
-    pytest.skip(f"Chromium not found at {CHROMIUM}", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+need_chromium()
 
 
 @pytest.fixture(scope="module")
 def server8(tiny8_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = Server(tiny8_model_path, free_port(), tmp_path_factory.mktemp("srv") / "server.log")
-    srv.start()
-    yield srv
-    srv.stop()
+    with serving(tiny8_model_path, tmp_path_factory.mktemp("srv") / "server.log") as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
-def camera(astronaut_rgb: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_y4m(tmp_path_factory.mktemp("cam") / "scene.y4m",
-                     shaking(scene(astronaut_rgb[0:340, 80:420])))
+def camera(astronaut_scene: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_y4m(tmp_path_factory.mktemp("cam") / "scene.y4m", shaking(astronaut_scene))
 
 
 def test_the_live_timeline_downloads_as_csv_with_eight_classes(server8: Server, camera: Path,
+                                                               playwright: Any,
                                                                tmp_path: Path) -> None:
-    with sync_api.sync_playwright() as p, phone(p, camera, accept_downloads=True) as context:
+    with phone(playwright, camera, accept_downloads=True) as context:
         requests: list[str] = []
         context.on("request", lambda r: requests.append(r.url))
         page = open_page(context, server8.url)

@@ -18,9 +18,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_server import Client, bound, config
 
-from bench.fakevideo import write_face_video
 from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.faces import Box
 from streamfer.model import Predictor
@@ -30,6 +28,8 @@ from streamfer.smooth import ProbabilityEma, smooth_series
 from streamfer.track import IouTracker
 from streamfer.video import cli as video_cli
 from streamfer.video.timeline import columns
+from tests.kit.fakevideo import write_face_video
+from tests.test_server import Client, bound, config
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_blazeface = pytest.mark.skipif(

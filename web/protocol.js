@@ -7,6 +7,30 @@ export const FLAG_FACE = 2; // bit 1: bytes 2-3 carry the face id (echoed as the
 export const MAX_FACE_ID = 0xffff;
 export const HEADER_BYTES = 8;
 
+// The server's messages (`type`), a result's `status`, a dropped frame's `reason` and an
+// error's `code`: the values streamfer/protocol.py sends (tests/test_protocol.py compares them).
+export const MESSAGE = Object.freeze({ HELLO: "hello", RESULT: "result", CLOSING: "closing" });
+export const STATUS = Object.freeze({
+  OK: "ok",
+  NO_FACE: "no_face",
+  DROPPED: "dropped",
+  ERROR: "error",
+});
+export const DROP_REASON = Object.freeze({
+  SUPERSEDED: "superseded", // normal flow control: a newer frame of the same face took its place
+  OVERLOADED: "overloaded",
+  DEADLINE: "deadline",
+  RATE_LIMITED: "rate_limited",
+  SHUTTING_DOWN: "shutting_down",
+});
+export const ERROR_CODE = Object.freeze({
+  BAD_MESSAGE: "bad_message",
+  TOO_LARGE: "too_large",
+  BAD_IMAGE: "bad_image",
+  INTERNAL: "internal",
+  NO_DETECTOR: "no_detector",
+});
+
 // What the page assumes until the server's greeting says otherwise.
 export const DEFAULT_LIMITS = Object.freeze({
   max_frame_bytes: 262144,

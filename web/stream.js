@@ -2,7 +2,7 @@
 // window, match replies to frames, and reconnect with backoff when the socket drops.
 // It knows nothing about cameras or faces, so a new detector or capture path never touches it.
 
-import { packFrame, readLimits, DEFAULT_LIMITS } from "./protocol.js";
+import { packFrame, readLimits, DEFAULT_LIMITS, MESSAGE } from "./protocol.js";
 
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 10000;
@@ -120,7 +120,7 @@ export class StreamClient extends EventTarget {
       console.warn("streamfer: unreadable message", event.data);
       return;
     }
-    if (msg.type === "hello") {
+    if (msg.type === MESSAGE.HELLO) {
       this.hello = msg;
       this.limits = readLimits(msg);
       this.attempt = 0;
@@ -128,13 +128,13 @@ export class StreamClient extends EventTarget {
       this._emit("hello", { hello: msg, limits: this.limits });
       return;
     }
-    if (msg.type === "closing") {
+    if (msg.type === MESSAGE.CLOSING) {
       // The server is shutting down: send nothing more (canSend needs a greeting); it answers
       // what was sent, closes, and the page reconnects as after any close.
       this.hello = null;
       return;
     }
-    if (msg.type !== "result") return;
+    if (msg.type !== MESSAGE.RESULT) return;
     const pending = msg.id === null || msg.id === undefined ? undefined : this.inflight.get(msg.id);
     let rttMs = null;
     let meta = null;

@@ -13,7 +13,7 @@
 import { CameraError, startCamera } from "./camera.js";
 import { DARK_LEVEL, FrameGrabber, STILL_LEVEL } from "./capture.js";
 import { chooseDetector, Fallback } from "./detectors.js";
-import { MAX_FACE_ID, socketUrl } from "./protocol.js";
+import { DROP_REASON, MAX_FACE_ID, socketUrl, STATUS } from "./protocol.js";
 import { argmax, ProbabilityEma } from "./smooth.js";
 import { StreamClient } from "./stream.js";
 
@@ -441,7 +441,7 @@ export class Streamfer extends EventTarget {
       if (this._rtts.length > RTT_SAMPLES) this._rtts.shift();
     }
     switch (reply.status) {
-      case "ok": {
+      case STATUS.OK: {
         this.counts.ok += 1;
         this._answeredAt.push(performance.now());
         const ema = this._emaFor(meta);
@@ -462,16 +462,16 @@ export class Streamfer extends EventTarget {
         }, ema);
         break;
       }
-      case "no_face":
+      case STATUS.NO_FACE:
         this.counts.noFace += 1;
         this._answeredAt.push(performance.now());
         this._setFace("no-face");
         break;
-      case "dropped":
-        this.counts.dropped += 1; // "superseded" is normal flow control; the rest are rare
-        if (reply.reason !== "superseded") console.info("streamfer: frame dropped:", reply.reason);
+      case STATUS.DROPPED:
+        this.counts.dropped += 1; // SUPERSEDED is normal flow control; the rest are rare
+        if (reply.reason !== DROP_REASON.SUPERSEDED) console.info("streamfer: frame dropped:", reply.reason);
         break;
-      case "error":
+      case STATUS.ERROR:
         this.counts.errors += 1;
         console.warn("streamfer: server error:", reply.error);
         this._emit("error", { kind: "server", code: reply.code, message: reply.error });

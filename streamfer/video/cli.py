@@ -19,10 +19,12 @@ from pathlib import Path
 from streamfer.cli import opt, parse
 from streamfer.contract import TTA_MODES, ModelError
 from streamfer.detect import load_detector
-from streamfer.model import DEVICES, Predictor
+from streamfer.model import DEVICES
 from streamfer.onnx_int8 import RUNTIMES
 from streamfer.optional import OpenCVMissing
 from streamfer.paths import DEFAULT_MODEL
+from streamfer.server.batcher import load_predictor
+from streamfer.server.config import ServeConfig
 from streamfer.smooth import SMOOTH_MS
 from streamfer.video.decode import (
     MAX_VIDEO_BYTES,
@@ -68,6 +70,13 @@ class VideoConfig:
             raise ValueError("--smooth-ms must be >= 0")
 
     @property
+    def serving(self) -> ServeConfig:
+        """The model's settings as the server takes them, so that the model is loaded the one
+        way the server loads it (streamfer.server.batcher.load_predictor)."""
+        return ServeConfig(model=self.model, device=self.device, tta=self.tta,
+                           max_batch=self.batch, runtime=self.runtime, threads=self.threads)
+
+    @property
     def limits(self) -> Limits:
         return Limits(self.max_bytes, self.max_seconds, self.max_pixels)
 
@@ -88,9 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {config.video}: {exc}", file=sys.stderr)
         return 2
     try:  # its threads also set torch's where the TorchScript runs (torch is not imported else)
-        predictor = Predictor(config.model, device=config.device, tta=config.tta,
-                              max_batch=config.batch, runtime=config.runtime,
-                              threads=config.threads)
+        predictor = load_predictor(config.serving)
     except (ModelError, OSError) as exc:
         cap.release()
         print(f"{PROG}: {exc}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Recorded videos of a face made from a photo, the test suite's way (bench/fakecam.py's
+"""Recorded videos of a face made from a photo, the test suite's way (tests/kit/fakecam.py's
 room-like scene), drifting and scaling slowly as a hand-held phone does, encoded with
 OpenCV's FFmpeg writer (MPEG-4 part 2, `mp4v`: the encoder every opencv-python wheel has)."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.fakecam import scene
+from tests.kit.fakecam import scene
 
 FOURCC = "mp4v"
 

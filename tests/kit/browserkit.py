@@ -1,9 +1,9 @@
-"""Real server + headless Chromium phone, shared by tests/test_browser.py, bench/page_stream.py
+"""Real server + headless Chromium phone, shared by the browser tests, bench/page_stream.py
 and bench/screenshot.py.
 
 The server is the real `python -m streamfer.serve` in a subprocess on a free 127.0.0.1 port;
 the browser is the system Chromium (not Playwright's download) driven by Playwright, in a
-phone-sized viewport, with a fake camera that plays a .y4m video (see bench/fakecam.py).
+phone-sized viewport, with a fake camera that plays a .y4m video (see tests/kit/fakecam.py).
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from bench.serverproc import wait_healthy
+from tests.kit.serverproc import ROOT, free_port, wait_healthy
 
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("STREAMFER_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -45,6 +44,30 @@ PHONE: dict[str, Any] = {
     "(KHTML, like Gecko) Chrome/126.0.0.0 Mobile Safari/537.36",
 }
 SERVER_START_S = 60.0
+# CI sets it to 1, so that a missing browser or page detector fails the page's tests instead
+# of quietly skipping them.
+REQUIRE_BROWSER = "STREAMFER_REQUIRE_BROWSER"
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip the test module that lacks something (`reason`), or fail it where
+    STREAMFER_REQUIRE_BROWSER=1 says the browser tests must run."""
+    import pytest  # the benchmarks use this kit too, without pytest
+
+    if os.environ.get(REQUIRE_BROWSER) == "1":
+        pytest.fail(f"{REQUIRE_BROWSER}=1 but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def need_chromium() -> None:
+    """skip_or_fail unless the system Chromium and the playwright package are both here."""
+    if not CHROMIUM.exists():
+        skip_or_fail(f"Chromium not found at {CHROMIUM}: `apt-get install chromium` "
+                     "(or set STREAMFER_CHROMIUM)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        skip_or_fail("the playwright package is not installed: `pip install -e '.[test]'`")
 
 
 @dataclass
@@ -111,6 +134,17 @@ class Server:
         """Frames the server received, from any source."""
         return sum(v for k, v in self.metrics().items()
                    if k.startswith("streamfer_frames_received_total"))
+
+
+@contextmanager
+def serving(model: Path, log: Path) -> Iterator[Server]:
+    """A `Server` of `model` on a free port for the block, stopped however the block ends."""
+    server = Server(model, free_port(), log)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @contextmanager
