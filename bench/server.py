@@ -155,11 +155,11 @@ def save_ramp_plot(path: Path, results: dict[str, dict], rtts: dict[str, dict[st
 def ramp_servers(cfg: RampConfig) -> int:
     """How many phones fit under the target: the largest N each server holds.
 
-    For each server (default: its micro-batching, then `--max-batch 1`) ramps load-test
-    clients (--fps each, the page's send window) to the largest N whose p99 round trip stays
-    under --target-ms with at most --max-loss of frames lost. Prints each step, each N and
-    their ratio to the first; writes server_ramp_KIND (the datasheet's phones) and a PNG:
-    p99 against clients, and the latency histograms of each best step."""
+    For each server (without --variant: its micro-batching, then `--max-batch 1`) ramps
+    load-test clients (--fps each, the page's send window) to the largest N whose p99 round trip
+    stays under --target-ms with at most --max-loss of frames lost. Prints each step, each N and
+    their ratio to the first; writes server_ramp_KIND (the datasheet's phones) and a PNG: p99
+    against clients, and the latency histograms of each best step."""
     info, line = cfg.pin_client()
     print(line, flush=True)
     frames = load_frames(cfg.kind, cfg.images)
@@ -345,10 +345,10 @@ def inference_cpu_s(ws_url: str) -> float | None:
 def overhead(cfg: OverheadConfig) -> int:
     """The server's CPU per frame outside the model: what a frame's trip costs besides it.
 
-    Each variant's server (default: one, the server's defaults) is streamed the same load
-    (--clients x --fps of --kind for --seconds); its CPU time over the run (every thread and
-    child process, Linux /proc) is split into the model's share and the rest. The model's
-    share is the batches the replies report, each priced by this process timing
+    Each variant's server (without --variant: one, with the server's defaults) is streamed the
+    same load (--clients x --fps of --kind for --seconds); its CPU time over the run (every
+    thread and child process, Linux /proc) is split into the model's share and the rest. The
+    model's share is the batches the replies report, each priced by this process timing
     `Predictor.forward` on a batch of that size (the same model, runtime and threads as the
     server; median of --rounds), so the remainder is the WebSocket, decode, thread hops,
     batching, JSON and metrics per frame. A server that counts its model's CPU itself
