@@ -29,10 +29,9 @@ from bench.modes import main as run_mode
 from streamfer import contract, results
 from streamfer.cli import opt
 from streamfer.model import DEVICES
-from streamfer.paths import DEFAULT_MODEL
+from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
 from streamfer.server.config import ServeConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 TTA_MODES = tuple(reversed(contract.TTA_MODES))  # cheapest first
 # The server's defaults (streamfer.server.serve): the largest batch it fills when busy, and the
 # averaging (its default is the model's own `tta_default`, "mirror" for the shipped models).
@@ -263,7 +262,7 @@ class RuntimesConfig(ModelBenchConfig):
     batches: tuple[int, ...] = opt((1, 8, 16), "comma-separated batch sizes", comma=True,
                                    at_least=1)
     rounds: int = opt(40, "timed rounds per batch size (median)", at_least=1)
-    test: str = opt(str(ROOT.parent / "shared" / "datasets" / "fer2013" / "test"),
+    test: str = opt(str(DEFAULT_DATASETS / "fer2013" / "test"),
                     "FER2013 PublicTest folder ('' to skip accuracy)")
     name: str = opt("model_cpu", "result name")
 
