@@ -94,8 +94,8 @@ def interleaved(calls: dict[str, Callable[[], object]], n: int, rounds: int,
                 warmup: int = 3, seed: int = 0) -> dict[str, tuple[float, float]]:
     """{name: (median CPU ms, median wall ms) per face} of each call (on `n` faces), every
     round making all of them in a fresh random order: a noisy machine slows all alike, and
-    none always meets caches full of the same other model's weights (which made one up to a
-    third slower at batch 1)."""
+    none always meets caches full of the same other model's weights, which slows small
+    batches."""
     rng = np.random.default_rng(seed)
     for call in calls.values():
         for _ in range(warmup):  # TorchScript profiles its first calls

@@ -1,6 +1,6 @@
 """The real server end to end: started on a free 127.0.0.1 port, driven by the real load test.
 
-    python -m bench.server ramp                       # phones under 100 ms: batching vs not
+    python -m bench.server ramp                       # phones held: batching vs not
     python -m bench.server ramp --kind frames --variant 'haar=--detector haar' \\
         --variant 'blazeface='
     python -m bench.server fixed                      # one load: crops vs frames, tta modes
