@@ -184,9 +184,14 @@ def model(rs: Records) -> list[str]:
         else:
             continue
         recs.append(r)
-    return _table(
-        ["machine", "runtime", "batch 1", "batch 8", "batch 16", "source"], rows, "llrrrl"
-    ) + _sources(*recs)
+    return [
+        *_table(["machine", "runtime", "batch 1", "batch 8", "batch 16", "source"], rows, "llrrrl"),
+        "",
+        "Measured by `python -m bench.model runtimes` (int8 and TorchScript side by side, as "
+        "served) and `python -m bench.model batches` (TorchScript by batch size; "
+        "`--device cuda` on a GPU).",
+        *_sources(*recs),
+    ]
 
 
 def server(rs: Records) -> list[str]:
@@ -209,7 +214,8 @@ def server(rs: Records) -> list[str]:
         ),
         "",
         "Phones: the most load-test clients at 15 fps with p99 ≤ 100 ms and ≤ 1% lost, "
-        "the load generator on the same cores.",
+        "the load generator on the same cores. Measured by `python -m bench.server ramp` "
+        "(`--kind frames` for full frames, `--variant` for each server).",
         *_sources(*recs),
     ]
 
@@ -226,9 +232,13 @@ def server_10x15(rs: Records) -> list[str]:
             _ms(f["server_cpu_ms_per_frame"]),
         ]
     ]
-    return _table(
-        ["load", "p50 ms", "p99 ms", "answered", "server CPU ms per frame"], rows
-    ) + _sources(r)
+    return [
+        *_table(["load", "p50 ms", "p99 ms", "answered", "server CPU ms per frame"], rows),
+        "",
+        "Measured by `python -m bench.server fixed --clients 10 --seconds 20 --only "
+        "'crops, mirror (default)' --name server_crops_10x15`.",
+        *_sources(r),
+    ]
 
 
 def page_detectors(rs: Records) -> list[str]:

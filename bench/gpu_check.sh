@@ -66,12 +66,12 @@ part() {  # part LIMIT NAME COMMAND...: run one part within LIMIT s, log it, not
   [ "$code" = 0 ] || failed=1
 }
 part "${limits[0]}" cuda_tests "$python" -m pytest -q -rs tests/test_cuda.py
-part "${limits[1]}" model "$python" -m bench.model_bench --device "$mode" --out-dir "$out" "${model[@]}"
-part "${limits[2]}" crops_ramp "$python" -m bench.server_bench --out-dir "$out" --logs "$out/logs" \
+part "${limits[1]}" model "$python" -m bench.model batches --device "$mode" --out-dir "$out" "${model[@]}"
+part "${limits[2]}" crops_ramp "$python" -m bench.server ramp --out-dir "$out" --logs "$out/logs" \
   --server-arg=--device="$mode" "${ramp[@]}" \
   --variant "$processes processes=--processes $processes" \
   --variant "$processes processes + inference worker=--processes $processes --inference-worker"
-part "${limits[3]}" frames_ramp "$python" -m bench.server_bench --out-dir "$out" --logs "$out/logs" \
+part "${limits[3]}" frames_ramp "$python" -m bench.server ramp --out-dir "$out" --logs "$out/logs" \
   --kind frames --server-arg=--device="$mode" "${ramp[@]}" \
   --variant "1 process, detection batched on the $mode=--detect-batch" \
   --variant "$processes processes + inference worker=--processes $processes --inference-worker"

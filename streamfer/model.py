@@ -64,9 +64,9 @@ load_metadata = contract.read  # the model file and its metadata (streamfer/cont
 def optimized_for_cpu(module: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
     """The module frozen (weights become constants, batch norm folds into the convolutions)
     and passed through `torch.jit.optimize_for_inference` (oneDNN's fused, pre-packed conv
-    kernels): less CPU time per face with the same probabilities (`python -m
-    bench.model_bench` times both side by side; docs/BENCHMARKS.md). Where a TorchScript pass fails
-    on some model or torch version, the module runs as loaded, with a warning.
+    kernels): less CPU time per face with the same probabilities (`python -m bench.model
+    batches` times both side by side; docs/BENCHMARKS.md). Where a TorchScript pass fails on
+    some model or torch version, the module runs as loaded, with a warning.
     """
     import torch
 
@@ -182,7 +182,7 @@ class Predictor:
         TorchScript profiles and optimises its graph on the first calls, and CUDA initialises
         lazily. On CUDA its fuser also specialises the graph for each new input shape, which
         stalled a GPU server for ~0.3 s the first time the batcher formed a batch of a new size
-        (bench/server_bench.py), so there every size up to `max_batch` is run; on the CPU
+        (`python -m bench.server ramp`), so there every size up to `max_batch` is run; on the CPU
         nothing is compiled per shape and the smallest and largest sizes suffice.
         """
         sizes = (range(1, max_batch + 1) if self.device == "cuda"

@@ -10,7 +10,7 @@ another model: a stale or foreign file is ignored (with a log line) and the Torc
 The derivative runs the whole network on int8 kernels (the locally connected layers as
 grouped convolutions, training/quantize.py): less CPU time per face than the frozen, fused
 TorchScript at every batch size measured, for the same answers on nearly every face
-(bench/runtimes.py; docs/BENCHMARKS.md, "The model alone", and its result file).
+(`python -m bench.model runtimes`; docs/BENCHMARKS.md, "The model alone", and its result file).
 """
 
 from __future__ import annotations

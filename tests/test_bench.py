@@ -41,8 +41,8 @@ def test_decode_bench(tmp_path: Path) -> None:
     assert result["machine"]["cpu"] and "pillow/opencv" in proc.stdout
 
 
-def test_model_bench(tiny_model_path: Path, tmp_path: Path) -> None:
-    proc = bench("model_bench.py", "--model", str(tiny_model_path), "--device", "cpu",
+def test_model_batches(tiny_model_path: Path, tmp_path: Path) -> None:
+    proc = bench("model", "batches", "--model", str(tiny_model_path), "--device", "cpu",
                  "--max-batch", "4", "--repeats", "2", "--warmup", "1", "--min-seconds", "0",
                  "--server-batch", "4", "--out-dir", str(tmp_path))
     rec = results.read(next(tmp_path.glob("*/model_cpu.json")))
@@ -62,6 +62,60 @@ def test_model_bench(tiny_model_path: Path, tmp_path: Path) -> None:
     assert "ms CPU per face" in proc.stdout
 
 
+def test_model_runtimes_times_and_scores_each_runtime(quantized: tuple[Path, object],
+                                                     tmp_path: Path) -> None:
+    """The CPU runtimes of one model side by side, as the datasheet's CPU rows read them,
+    and each one's accuracy on a labelled folder (here a handful of random faces)."""
+    import cv2
+    import numpy as np
+
+    model, _ = quantized
+    rng = np.random.default_rng(0)
+    for folder in ("angry", "happy", "neutral", "sad", "surprise"):
+        (tmp_path / "test" / folder).mkdir(parents=True)
+        for i in range(2):
+            cv2.imwrite(str(tmp_path / "test" / folder / f"{i}.png"),
+                        rng.integers(0, 256, (48, 48), np.uint8))
+    proc = bench("model", "runtimes", "--model", str(model), "--batches", "1,4", "--rounds",
+                 "3", "--test", str(tmp_path / "test"), "--out-dir", str(tmp_path / "out"))
+    rec = results.read(next((tmp_path / "out").glob("*/model_cpu.json")))
+    f = rec["figures"]
+    for key in ("int8_ms_per_face", "fused_torchscript_ms_per_face",
+                "torchscript_as_loaded_ms_per_face"):
+        assert set(f[key]) == {"1", "4"} and min(f[key].values()) > 0
+    assert set(f["fer2013_publictest_accuracy"]) == {"int8", "fused_torchscript"}
+    assert 0 <= f["int8_agreement_with_fused"] <= 1 and rec["details"]["faces"] == 10
+    assert "fused / int8" in proc.stdout
+
+
+def test_model_served_compares_models_as_served(tiny_model_path: Path,
+                                               quantized: tuple[Path, object],
+                                               tmp_path: Path) -> None:
+    """Two models as the server runs them: one with its int8 derivative, one without."""
+    import shutil
+
+    model, _ = quantized
+    plain = shutil.copy(tiny_model_path, tmp_path / "plain.pt")
+    bench("model", "served", str(model), str(plain), "--batches", "1,2", "--rounds", "3",
+          "--out-dir", str(tmp_path / "out"))
+    rec = results.read(next((tmp_path / "out").glob("*/model_served.json")))
+    rows = rec["details"]["rows"]
+    assert [(Path(r["model"]), r["batch"]) for r in rows] == [
+        (m, n) for n in (1, 2) for m in (model, plain)]
+    assert [r["runtime"] for r in rows[:2]] == ["onnx-int8", "torchscript"]
+    assert all(r["cpu_ratio_to_first"] == 1 for r in rows[::2])
+    assert {k: set(v) for k, v in rec["figures"]["cpu_ms_per_face"].items()} == {
+        "tiny": {"1", "2"}, "plain": {"1", "2"}}
+
+
+def test_a_benchmark_without_its_mode_is_a_usage_error() -> None:
+    for module in ("bench.model", "bench.server"):
+        proc = subprocess.run([sys.executable, "-m", module, "nope"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "invalid choice: 'nope'" in proc.stderr
+        assert proc.stderr.count("\n") == 1
+
+
 def test_first_calls_times_each_batch_size_cold_and_warmed(tiny_model_path: Path,
                                                           tmp_path: Path) -> None:
     proc = bench("first_calls.py", "--model", str(tiny_model_path), "--device", "cpu",
@@ -77,8 +131,8 @@ def test_first_calls_times_each_batch_size_cold_and_warmed(tiny_model_path: Path
 
 
 @pytest.mark.slow
-def test_server_bench_ramps_both_configurations(tiny_model_path: Path, tmp_path: Path) -> None:
-    bench("server_bench.py", "--model", str(tiny_model_path), "--step-seconds", "0.5",
+def test_server_ramp_ramps_both_configurations(tiny_model_path: Path, tmp_path: Path) -> None:
+    bench("server", "ramp", "--model", str(tiny_model_path), "--step-seconds", "0.5",
           "--pause", "0.1", "--max-clients", "2", "--fps", "10", "--out-dir", str(tmp_path),
           "--warmup-seconds", "0.3",
           "--server-arg=--device=cpu")
@@ -99,11 +153,11 @@ def test_server_bench_ramps_both_configurations(tiny_model_path: Path, tmp_path:
 
 
 @pytest.mark.slow
-def test_server_variants(tiny_model_path: Path, tmp_path: Path) -> None:
-    bench("server_variants.py", "--model", str(tiny_model_path), "--clients", "1",
+def test_server_fixed_load_variants(tiny_model_path: Path, tmp_path: Path) -> None:
+    bench("server", "fixed", "--model", str(tiny_model_path), "--clients", "1",
           "--seconds", "1", "--fps", "10", "--out-dir", str(tmp_path), "--warmup-seconds", "0.3",
           "--server-arg=--device=cpu")
-    path = next(tmp_path.glob("*/server_variants.json"))
+    path = next(tmp_path.glob("*/server_fixed.json"))
     rec = results.read(path)
     rows = {r["variant"]: r for r in rec["details"]["rows"]}
     assert list(rec["figures"]["variants"]) == list(rows)
@@ -118,14 +172,14 @@ def test_server_variants(tiny_model_path: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_frame_overhead_splits_server_cpu_into_model_and_the_rest(tiny_model_path: Path,
-                                                                   tmp_path: Path) -> None:
-    proc = bench("frame_overhead.py", "--model", str(tiny_model_path), "--clients", "2",
+def test_server_overhead_splits_server_cpu_into_model_and_the_rest(tiny_model_path: Path,
+                                                                    tmp_path: Path) -> None:
+    proc = bench("server", "overhead", "--model", str(tiny_model_path), "--clients", "2",
                  "--seconds", "1.5", "--fps", "10", "--repeats", "1", "--rounds", "5",
                  "--warmup-seconds", "0.3", "--out-dir", str(tmp_path),
                  "--variant", "here=", "--variant", "one at a time=--max-batch 1",
                  "--tree", f"here={ROOT}", "--server-arg=--device=cpu")
-    rec = results.read(next(tmp_path.glob("*/frame_overhead.json")))
+    rec = results.read(next(tmp_path.glob("*/server_overhead.json")))
     rows = {r["variant"]: r for r in rec["details"]["rows"]}
     assert list(rec["figures"]["variants"]) == list(rows)
     assert list(rows) == ["here", "one at a time"]

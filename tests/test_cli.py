@@ -87,14 +87,17 @@ def test_the_help_of_a_real_invocation() -> None:
 
 # -- streamfer.cli's list flags, and the benchmarks' command lines ------------------------------
 
-BENCHMARKS = ["decode", "detect_bench", "first_calls", "model_bench", "page_stream", "runtimes",
-              "screenshot", "served_cost", "webfaces_e2e"]
+BENCHMARKS = ["decode", "detect_bench", "first_calls", "model", "page_stream", "screenshot",
+              "server", "webfaces_e2e"]
 
 
-def _config_of(module) -> type:
+def _configs_of(module) -> list[type]:
+    """A benchmark's config, or each of its modes' (bench/modes.py)."""
+    if hasattr(module, "MODES"):
+        return [mode.config for mode in module.MODES.values()]
     (cls,) = [v for name, v in vars(module).items() if name.endswith("Config")
               and isinstance(v, type) and is_dataclass(v) and v.__module__ == module.__name__]
-    return cls
+    return [cls]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
@@ -102,12 +105,12 @@ def test_every_benchmark_setting_is_a_documented_flag(name: str) -> None:
     from streamfer.cli import build_parser
 
     module = importlib.import_module(f"bench.{name}")
-    config = _config_of(module)
-    shown = "".join(build_parser(config, prog=name, description=None).format_help().split())
-    for f in fields(config):
-        assert f.metadata.get("help"), f"{config.__name__}.{f.name} has no help text"
-        flag = f.name if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
-        assert flag in shown and "".join(f.metadata["help"].split()) in shown
+    for config in _configs_of(module):
+        shown = "".join(build_parser(config, prog=name, description=None).format_help().split())
+        for f in fields(config):
+            assert f.metadata.get("help"), f"{config.__name__}.{f.name} has no help text"
+            flag = f.name if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
+            assert flag in shown and "".join(f.metadata["help"].split()) in shown
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,8 @@ class QuantizeConfig:
     count: int = opt(512, "calibration faces, drawn evenly across the sorted file list")
     batch: int = opt(32, "calibration batch size")
     out: str = opt("", "where to write (default: models/NAME.int8.onnx beside the model)")
-    # The alternatives bench.runtimes --candidates measures beside the shipped choice (the
-    # defaults); its result file holds the figures.
+    # The alternatives weighed beside the shipped choice (the defaults), measured side by side
+    # in docs/notebook/2026-12-02-speed-history.md.
     graph: str = opt("served", "'served': the network rewritten for int8 kernels (ServedNet); "
                      "'as-trained': its own unfold + batched matmul", ["served", "as-trained"])
     format: str = opt("qdq", "ONNX Runtime's quantised-model format", ["qdq", "qoperator"])

@@ -113,9 +113,9 @@ class ServeConfig:
     optimize: bool = opt(True, "on the CPU, freeze the TorchScript model and let oneDNN fuse "
                          "its layers at load (--no-optimize runs the file as loaded)")
     runtime: str = opt("auto", "CPU inference: onnx-int8 runs models/NAME.int8.onnx (made by "
-                       "python -m training.quantize; less CPU per face: bench.runtimes) with ONNX "
-                       "Runtime; auto uses it on the CPU when it was made from this very model "
-                       "file, else the TorchScript", RUNTIMES)
+                       "python -m training.quantize; less CPU per face: bench.model runtimes) "
+                       "with ONNX Runtime; auto uses it on the CPU when it was made from this "
+                       "very model file, else the TorchScript", RUNTIMES)
     read_timeout_s: float = opt(15.0, "HTTP: a request's headers must arrive within this many "
                                 "seconds of the connection opening or of the previous reply "
                                 "(idle keep-alive connections close then too), and an upload's "

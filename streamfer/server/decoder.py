@@ -58,7 +58,7 @@ READY = b"ready"
 START_S = 30.0  # a new decode process must be ready within this
 STDERR_KEPT = 300
 # A crop this small decodes in tens of microseconds, less than the hop to a decode process
-# and back costs; bench/frame_overhead.py measures both.
+# and back costs; `python -m bench.server overhead` measures both.
 INLINE_BYTES = 16 * 1024
 INLINE_PIXELS = 128 * 128  # characters of a decoder's complaint kept for the log line
 _PR_SET_PDEATHSIG = 1
