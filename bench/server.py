@@ -33,11 +33,12 @@ from pathlib import Path
 
 from bench.modes import Mode
 from bench.modes import main as run_mode
-from bench.serverproc import ServerRunConfig, parse_cpus, running_server, variant_flags
+from bench.serverrun import ServerRunConfig, parse_cpus, variant_flags
 from streamfer.cli import opt
 from streamfer.loadtest.cli import LoadTestConfig, loss_rate, ramp, run_once
 from streamfer.loadtest.frames import KINDS, FrameSet, load_frames
 from streamfer.loadtest.report import save_histogram
+from tests.kit.serverproc import running_server
 
 # -- what every mode shares ---------------------------------------------------------------
 
