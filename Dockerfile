@@ -1,4 +1,5 @@
-# The CPU server: the int8 model on ONNX Runtime, BlazeFace on LiteRT, no torch.
+# The CPU server: the int8 model on ONNX Runtime, BlazeFace on LiteRT, no torch, no OpenCV
+# (so /api/video answers 501 not_installed: video files need the [video] extra).
 #   docker build -t streamfer .
 #   docker run --rm -p 8080:8080 streamfer          # then http://localhost:8080/
 # Flags go after the image name (they replace CMD's) or in STREAMFER_* environment variables

@@ -403,18 +403,19 @@ def lean_install(rs: Records) -> list[str]:
         "`--processes 2`, MB",
     }
     rows = [[label, _num(b[k]), _num(a[k]), f"{b[k] / a[k]:.2f}x"] for k, label in labels.items()]
-    cpu = rs.get((mid, "lean_install_cpu"))
+    cpu = r if "cpu_ms_per_frame_crops" in a else rs.get((mid, "lean_install_cpu"))
     if cpu:
-        recs.append(cpu)
+        if cpu is not r:
+            recs.append(cpu)
         cb, ca = cpu["figures"]["before"], cpu["figures"]["after"]
         for k, label in (
             ("cpu_ms_per_frame_crops", "server CPU per page crop, ms"),
             ("cpu_ms_per_frame_frames", "server CPU per full frame, ms"),
         ):
             rows.append([label, _num(cb[k]), _num(ca[k]), f"{cb[k] / ca[k]:.2f}x"])
-    return _table(["measure", "with torch", "without torch (shipped)", "ratio"], rows) + _sources(
-        *recs
-    )
+    before = r.get("details", {}).get("before") or "before"
+    return _table(["measure", f"`{before}` (torch and OpenCV)", "shipped", "ratio"],
+                  rows) + _sources(*recs)
 
 
 def _machine_of(rs: Records, name: str) -> str:

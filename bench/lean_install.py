@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench.machine import describe, machine_info
 from bench.venvs import Venv, build_wheel, clean_env, make_venv
+from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.detect import WEIGHTS_DIR
 from tests.kit.serverproc import ROOT, rss_mb, running_server
@@ -44,7 +45,8 @@ class LeanConfig:
     reuse: bool = opt(False, "use the venvs a previous run left in --work-dir (venv-before-0, "
                       "venv-after-0): no installs, so no install times")
     only_cpu: bool = opt(False, "measure CPU per frame only (with --reuse: a rerun of that part)")
-    out: Path = opt(ROOT / "bench" / "results" / "lean_install.json", "results file")
+    results: Path = opt(results.ROOT, "results root: writes <root>/<machine>/<name>.json")
+    name: str = opt("lean_install", "result name")
 
 
 def source_tree(ref: str, dest: Path) -> Path:
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
 
         venvs = {side: Venv(work / f"venv-{side}-0", 0.0) if cfg.reuse else install(side, 0)
                  for side in ("before", "after")}  # the first install warms the cache
-        results: dict = {side: {"size_mb": round(v.size_mb(), 1),
+        runs: dict = {side: {"size_mb": round(v.size_mb(), 1),
                                 "has_torch": v.has("torch"), "install_s": [],
                                 "start_s": [], "idle": {"1": [], "2": []},
                                 "cpu": {"crops": [], "frames": []}}
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(1, 0 if cfg.reuse else cfg.repeats + 1):
             for side in ("before", "after"):
                 v = install(side, i)
-                results[side]["install_s"].append(round(v.install_s, 2))
+                runs[side]["install_s"].append(round(v.install_s, 2))
                 print(f"install {side} #{i}: {v.install_s:.1f} s")
                 shutil.rmtree(v.path)
         for i in range(0 if cfg.only_cpu else cfg.repeats):
@@ -184,27 +186,25 @@ def main(argv: list[str] | None = None) -> None:
                 for n in ("1", "2"):
                     args = () if n == "1" else ("--processes", "2")
                     got = start_and_idle(venv, args, cfg, work / f"{side}-{n}-{i}.log")
-                    results[side]["idle"][n].append(got)
+                    runs[side]["idle"][n].append(got)
                     if n == "1":
-                        results[side]["start_s"].append(got["start_s"])
+                        runs[side]["start_s"].append(got["start_s"])
                     print(f"{side} --processes {n}: {got}")
         for i in range(cfg.repeats):
             for kind in ("crops", "frames"):
                 for side, venv in venvs.items():
                     got = cpu_per_frame(venv, kind, cfg, work / f"{side}-{kind}-{i}.log")
-                    results[side]["cpu"][kind].append(got)
+                    runs[side]["cpu"][kind].append(got)
                     print(f"{side} {kind} {cfg.clients} x {cfg.fps:g} fps: {got}")
-    table, ratios = summarize(results)
+    table, ratios = summarize(runs)
     print(f"{'':44} {'before':>9} {'after':>9} {'before/after':>12}")
     for k in table["after"]:
         print(f"{k:44} {table['before'][k]:>9} {table['after'][k]:>9} {ratios.get(k, ''):>12}")
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    cfg.out.write_text(json.dumps({
-        "machine": info, "before": cfg.before, "before_pip": cfg.before_pip,
-        "command": "python -m bench.lean_install " + " ".join(argv or sys.argv[1:]),
-        "summary": table, "before_over_after": ratios, "runs": results}, indent=1) + "\n")
-    print(f"wrote {cfg.out}")
-
+    record = results.make(cfg.name, {**table, "before_over_after": ratios},
+                          {"before": cfg.before, "before_pip": cfg.before_pip, "runs": runs},
+                          command="python -m bench.lean_install " + " ".join(
+                              argv if argv is not None else sys.argv[1:]))
+    print(f"wrote {results.write(cfg.results, record)}")
 
 if __name__ == "__main__":
     main()
