@@ -281,6 +281,121 @@ def init_from(net: FERNet, path: str, classes: tuple[str, ...]) -> tuple[float, 
     return meta.mean, meta.std
 
 
+@dataclass
+class TrainSet:
+    """What the epochs draw from: the faces as the augmentation takes them, labels, target
+    distributions, and the validation faces as the network sees them."""
+
+    images: torch.Tensor  # N x 1 x S x S uint8 (camera views: before the preprocessing)
+    labels: torch.Tensor
+    targets: torch.Tensor  # N x C: FER+'s vote shares, a teacher blend, or one-hot
+    camera: CameraAugment | None  # camera views, which apply the preprocessing themselves
+    val_images: np.ndarray | None
+
+
+def train_set(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path,
+              rank: int) -> TrainSet:
+    camera = CameraAugment.without(cfg.camera_off) if cfg.augment == "camera" else None
+    if camera:  # degradations come first, then the preprocessing, as on the serving path
+        images = torch.from_numpy(train.images)[:, None]
+    else:
+        images = torch.from_numpy(preprocess_faces(train.images, cfg.preprocess))[:, None]
+    # Targets are distributions: FER+'s vote shares (--labels soft), else one-hot labels.
+    targets = torch.from_numpy(train.soft if train.soft is not None else
+                               np.eye(len(train.classes), dtype=np.float32)[train.labels])
+    if cfg.teacher:
+        taught = ensemble_targets(parse_teachers(cfg.teacher), train.images, train.classes,
+                                  out / "teachers" if rank == 0 else None)
+        targets = (1 - cfg.teacher_weight) * targets + cfg.teacher_weight * torch.from_numpy(taught)
+    val_images = None if val is None else preprocess_faces(val.images, cfg.preprocess)
+    return TrainSet(images, torch.from_numpy(train.labels), targets, camera, val_images)
+
+
+@dataclass
+class Progress:
+    """What a checkpoint carries besides the weights: enough to resume exactly."""
+
+    history: dict = field(default_factory=lambda: {
+        "epoch": [], "train_loss": [], "train_acc": [], "val_acc": [], "lr": []})
+    best: float = -1.0
+    epoch: int = 0  # epochs done
+    stale: int = 0  # epochs since the best validation accuracy
+
+
+def resume(ckpt: Path, net: FERNet, opt: torch.optim.Optimizer,
+           device: torch.device) -> Progress:
+    """Weights, optimiser, progress and RNG state from the last checkpoint."""
+    state = torch.load(ckpt, map_location=device, weights_only=False)
+    net.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    progress = Progress(state["history"], state["best"], state["epoch"], state["stale"])
+    torch.set_rng_state(state["rng"])  # dropout continues exactly where it stopped
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+    log.info("resumed from %s at epoch %d (best val %.4f)", ckpt, progress.epoch,
+             progress.best)
+    return progress
+
+
+def save_checkpoint(ckpt: Path, net: FERNet, opt: torch.optim.Optimizer, progress: Progress,
+                    device: torch.device) -> None:
+    save_atomically({"net": net.state_dict(), "opt": opt.state_dict(),
+                     "history": progress.history, "best": progress.best,
+                     "epoch": progress.epoch, "stale": progress.stale,
+                     "rng": torch.get_rng_state(),
+                     "cuda_rng": (torch.cuda.get_rng_state(device)
+                                  if device.type == "cuda" else None)}, ckpt)
+
+
+def train_epoch(cfg: FitConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                data: TrainSet, epoch: int, steps: int, norm: tuple[float, float],
+                device: torch.device, rank: int, world: int) -> tuple[float, float]:
+    """One pass over this rank's share of the training faces; (mean loss, accuracy)."""
+    model.train()
+    # One seed per epoch: a --resume'd run sees the same data as an uninterrupted one.
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    order = torch.randperm(len(data.labels), generator=gen)[rank::world]
+    per_rank = cfg.batch // world  # the paper's batch of 128 is the global batch
+    use_bf16 = cfg.bf16 and _fast_bf16(device)
+    mean, std = norm
+    total_loss, correct, seen = 0.0, 0, 0
+    bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0,
+               leave=False, mininterval=5)
+    for step in bar:
+        idx = order[step * per_rank:(step + 1) * per_rank]
+        if data.camera:
+            x = camera_views(data.images[idx], cfg.crop, data.camera, gen,
+                             equalize=cfg.preprocess == "equalize-hist")
+        else:
+            x = random_views(data.images[idx], cfg.crop, cfg.augment, gen)
+        x = (x.to(device).float() - mean) / std
+        y = data.labels[idx].to(device)
+        target = data.targets[idx].to(device)
+        if cfg.label_smoothing:
+            target = target * (1 - cfg.label_smoothing) + cfg.label_smoothing / target.shape[1]
+        x, target = mixup(x, target, cfg.mixup, gen)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, epoch * steps + step, steps)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(x)
+        # cross-entropy against a distribution (= the usual loss for one-hot targets)
+        loss = -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total_loss += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return total_loss / seen, correct / seen
+
+
+def validate(deployed: Deployed, images: np.ndarray, labels: np.ndarray, tta: str,
+             device: torch.device) -> float:
+    """Accuracy as the exported model will compute it (its averaging, its resize)."""
+    return float((predict(deployed, images, tta, device).argmax(1) == labels).mean())
+
+
 def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path,
               device: torch.device, rank: int, world: int) -> tuple[Deployed, dict]:
     """Train one model; returns the best (or last, without val) deployable module + history."""
@@ -299,102 +414,40 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
         model = torch.nn.parallel.DistributedDataParallel(net)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
-    camera = cfg.augment == "camera"
-    if camera:  # degradations come first, then the preprocessing, as on the serving path
-        images = torch.from_numpy(train.images)[:, None]
-        aug = CameraAugment.without(cfg.camera_off)
-    else:
-        images = torch.from_numpy(preprocess_faces(train.images, cfg.preprocess))[:, None]
-    labels = torch.from_numpy(train.labels)
-    # Targets are distributions: FER+'s vote shares (--labels soft), else one-hot labels.
-    targets = torch.from_numpy(train.soft if train.soft is not None else
-                               np.eye(len(train.classes), dtype=np.float32)[train.labels])
-    if cfg.teacher:
-        taught = ensemble_targets(parse_teachers(cfg.teacher), train.images, train.classes,
-                                  out / "teachers" if rank == 0 else None)
-        targets = (1 - cfg.teacher_weight) * targets + cfg.teacher_weight * torch.from_numpy(taught)
-    val_images = None if val is None else preprocess_faces(val.images, cfg.preprocess)
-    per_rank = cfg.batch // world  # the paper's batch of 128 is the global batch
+    data = train_set(cfg, train, val, out, rank)
     steps = len(train) // cfg.batch or 1
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
-    history: dict = {"epoch": [], "train_loss": [], "train_acc": [], "val_acc": [], "lr": []}
-    best, start, stale = -1.0, 0, 0
     ckpt = out / "last.ckpt"
-    if cfg.resume and ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        history, best = state["history"], state["best"]
-        start, stale = state["epoch"], state["stale"]
-        torch.set_rng_state(state["rng"])  # dropout continues exactly where it stopped
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        log.info("resumed from %s at epoch %d (best val %.4f)", ckpt, start, best)
-    use_bf16 = cfg.bf16 and _fast_bf16(device)
+    progress = resume(ckpt, net, opt, device) if cfg.resume and ckpt.exists() else Progress()
     last_save = time.monotonic()
+    start = progress.epoch
     end = min(cfg.epochs, start + cfg.stop_after) if cfg.stop_after else cfg.epochs
     for epoch in range(start, end):
-        net.train()
-        # One seed per epoch: a --resume'd run sees the same data as an uninterrupted one.
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(train), generator=gen)[rank::world]
-        total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0,
-                   leave=False, mininterval=5)
-        for step in bar:
-            idx = order[step * per_rank:(step + 1) * per_rank]
-            if camera:
-                x = camera_views(images[idx], cfg.crop, aug, gen,
-                                 equalize=cfg.preprocess == "equalize-hist")
-            else:
-                x = random_views(images[idx], cfg.crop, cfg.augment, gen)
-            x = (x.to(device).float() - mean) / std
-            y = labels[idx].to(device)
-            target = targets[idx].to(device)
-            if cfg.label_smoothing:
-                target = target * (1 - cfg.label_smoothing) + cfg.label_smoothing / target.shape[1]
-            x, target = mixup(x, target, cfg.mixup, gen)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, epoch * steps + step, steps)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(x)
-            # cross-entropy against a distribution (= the usual loss for one-hot targets)
-            loss = -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total_loss += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
+        loss, acc = train_epoch(cfg, model, opt, data, epoch, steps, (mean, std), device, rank,
+                                world)
         val_acc = float("nan")
         if val is not None and rank == 0:
-            val_acc = float((predict(deployed, val_images, cfg.tta, device).argmax(1)
-                             == val.labels).mean())
-        history["epoch"].append(epoch + 1)
-        history["train_loss"].append(total_loss / seen)
-        history["train_acc"].append(correct / seen)
-        history["val_acc"].append(val_acc)
-        history["lr"].append(opt.param_groups[0]["lr"])
+            assert data.val_images is not None
+            val_acc = validate(deployed, data.val_images, val.labels, cfg.tta, device)
+        for key, value in (("epoch", epoch + 1), ("train_loss", loss), ("train_acc", acc),
+                           ("val_acc", val_acc), ("lr", opt.param_groups[0]["lr"])):
+            progress.history[key].append(value)
+        progress.epoch = epoch + 1
         stop = torch.zeros(1)
         if rank == 0:
             log.info("epoch %d/%d loss %.4f train acc %.4f val acc %.4f", epoch + 1, cfg.epochs,
-                     total_loss / seen, correct / seen, val_acc)
-            if val is not None and val_acc > best:
-                best, stale = val_acc, 0
+                     loss, acc, val_acc)
+            if val is not None and val_acc > progress.best:
+                progress.best, progress.stale = val_acc, 0
                 save_atomically(net.state_dict(), out / "best.ckpt")
             elif val is not None:
-                stale += 1
-            stop[0] = float(bool(cfg.patience) and stale >= cfg.patience)
+                progress.stale += 1
+            stop[0] = float(bool(cfg.patience) and progress.stale >= cfg.patience)
             # Checkpoints cost a few MB each: on short epochs (CK+ folds) writing one per
             # epoch would cost more than the epoch, so they are written by the clock.
             if stop.item() or epoch + 1 == end or time.monotonic() - last_save >= cfg.ckpt_every_s:
-                save_atomically({"net": net.state_dict(), "opt": opt.state_dict(),
-                                 "history": history, "best": best, "epoch": epoch + 1,
-                                 "stale": stale, "rng": torch.get_rng_state(),
-                                 "cuda_rng": (torch.cuda.get_rng_state(device)
-                                              if device.type == "cuda" else None)}, ckpt)
+                save_checkpoint(ckpt, net, opt, progress, device)
                 last_save = time.monotonic()
         if world > 1:
             dist.broadcast(stop, 0)
@@ -403,7 +456,7 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
             break
     if rank == 0 and val is not None and (out / "best.ckpt").exists():
         net.load_state_dict(torch.load(out / "best.ckpt", map_location=device))
-    return deployed, history
+    return deployed, progress.history
 
 
 def save_atomically(obj: object, path: Path) -> None:
