@@ -33,12 +33,12 @@ def test_decode_bench(tmp_path: Path) -> None:
     assert list(rec["figures"]["payloads"]) == [r["payload"] for r in result["rows"]]
     assert [r["payload"] for r in result["rows"]] == ["frame 320 px colour", "crop 96 px gray"]
     for r in result["rows"]:
-        assert r["opencv_us"] > 0 and r["pillow_us"] > 0
-        assert r["pillow_over_opencv"] == pytest.approx(r["pillow_us"] / r["opencv_us"],
+        assert r["served_us"] > 0 and r["opencv_us"] > 0 and r["pillow_us"] > 0
+        assert r["served_over_opencv"] == pytest.approx(r["served_us"] / r["opencv_us"],
                                                         rel=0.05)
-        assert r["max_abs_pixel_diff"] < 32  # both decoders read the same picture
+        assert r["max_abs_pixel_diff"] <= 1  # the served decoder reads OpenCV's pixels
     assert result["rows"][0]["shape"] == [320, 320] and result["rows"][1]["shape"] == [96, 96]
-    assert result["machine"]["cpu"] and "pillow/opencv" in proc.stdout
+    assert result["machine"]["cpu"] and "served/opencv" in proc.stdout
 
 
 def test_model_batches(tiny_model_path: Path, tmp_path: Path) -> None:
