@@ -70,6 +70,11 @@ def _table(head: list[str], rows: list[list[Any]], align: str | None = None) -> 
     return out
 
 
+def _sheet(table: list[str], note: str, *recs: dict[str, Any]) -> list[str]:
+    """`table`, then `note` under it after a blank line, then where its figures come from."""
+    return [*table, "", note, *_sources(*recs)]
+
+
 # --- docs/RESULTS.md ---------------------------------------------------------------------
 
 
@@ -132,18 +137,17 @@ def table1(rs: Records) -> list[str]:
 
 
 def webfaces_e2e(rs: Records) -> list[str]:
-    r = rs[(_machine_of(rs, "webfaces_e2e"), "webfaces_e2e")]
+    r = _single(rs, "webfaces_e2e")
     f = r["figures"]
     rows = [
         [d, v["photos"], _pct(v["with_face"]), _pct(v["balanced_accuracy"])]
         for d, v in f["detectors"].items()
     ]
-    return [
-        *_table(["server detector", "photos", "a face found", "balanced accuracy"], rows),
-        "",
+    return _sheet(
+        _table(["server detector", "photos", "a face found", "balanced accuracy"], rows),
         f"`{f['model']}` on {f['set']}: {f['protocol']}.",
-        *_sources(r),
-    ]
+        r,
+    )
 
 
 # --- docs/BENCHMARKS.md ------------------------------------------------------------------
@@ -184,14 +188,13 @@ def model(rs: Records) -> list[str]:
         else:
             continue
         recs.append(r)
-    return [
-        *_table(["machine", "runtime", "batch 1", "batch 8", "batch 16", "source"], rows, "llrrrl"),
-        "",
+    return _sheet(
+        _table(["machine", "runtime", "batch 1", "batch 8", "batch 16", "source"], rows, "llrrrl"),
         "Measured by `python -m bench.model runtimes` (int8 and TorchScript side by side, as "
         "served) and `python -m bench.model batches` (TorchScript by batch size; "
         "`--device cuda` on a GPU).",
-        *_sources(*recs),
-    ]
+        *recs,
+    )
 
 
 def server(rs: Records) -> list[str]:
@@ -206,22 +209,21 @@ def server(rs: Records) -> list[str]:
                     [mid, f["kind"], variant, phones, _ms(f["p99_ms_at_most"][variant]), _link(r)]
                 )
             recs.append(r)
-    return [
-        *_table(
+    return _sheet(
+        _table(
             ["machine", "phones send", "server", "phones at 15 fps", "p99 ms there", "source"],
             rows,
             "lllrrl",
         ),
-        "",
         "Phones: the most load-test clients at 15 fps with p99 ≤ 100 ms and ≤ 1% lost, "
         "the load generator on the same cores. Measured by `python -m bench.server ramp` "
         "(`--kind frames` for full frames, `--variant` for each server).",
-        *_sources(*recs),
-    ]
+        *recs,
+    )
 
 
 def server_10x15(rs: Records) -> list[str]:
-    r = rs[(_machine_of(rs, "server_crops_10x15"), "server_crops_10x15")]
+    r = _single(rs, "server_crops_10x15")
     f = r["figures"]
     rows = [
         [
@@ -232,32 +234,30 @@ def server_10x15(rs: Records) -> list[str]:
             _ms(f["server_cpu_ms_per_frame"]),
         ]
     ]
-    return [
-        *_table(["load", "p50 ms", "p99 ms", "answered", "server CPU ms per frame"], rows),
-        "",
+    return _sheet(
+        _table(["load", "p50 ms", "p99 ms", "answered", "server CPU ms per frame"], rows),
         "Measured by `python -m bench.server fixed --clients 10 --seconds 20 --only "
         "'crops, mirror (default)' --name server_crops_10x15`.",
-        *_sources(r),
-    ]
+        r,
+    )
 
 
 def page_detectors(rs: Records) -> list[str]:
-    r = rs[(_machine_of(rs, "page_detectors"), "page_detectors")]
+    r = _single(rs, "page_detectors")
     f = r["figures"]
     rows = [
         [d, _pct(v["recall"]), _ms(v["ms_median"]), _ms(v["ms_p90"])]
         for d, v in f["detectors"].items()
     ]
-    return [
-        *_table(["detector (headless Chromium)", "recall", "ms median", "ms p90"], rows),
-        "",
+    return _sheet(
+        _table(["detector (headless Chromium)", "recall", "ms median", "ms p90"], rows),
         f"{f['photos']} photos in {f['frames']} camera-like frames; {f['package']}.",
-        *_sources(r),
-    ]
+        r,
+    )
 
 
 def page_stream(rs: Records) -> list[str]:
-    r = rs[(_machine_of(rs, "page_stream"), "page_stream")]
+    r = _single(rs, "page_stream")
     f = r["figures"]
     rows = [
         [
@@ -279,7 +279,7 @@ def page_stream(rs: Records) -> list[str]:
 
 
 def false_faces(rs: Records) -> list[str]:
-    r = rs[(_machine_of(rs, "false_faces"), "false_faces")]
+    r = _single(rs, "false_faces")
     f = r["figures"]
     s, m = f["served"], f["mediapipe_default"]
     rows = [
@@ -297,8 +297,8 @@ def false_faces(rs: Records) -> list[str]:
         ],
         ["served threshold alone", s["threshold"], _pct(f["threshold_alone_false_face_rate"]), "-"],
     ]
-    return [
-        *_table(
+    return _sheet(
+        _table(
             [
                 "server's BlazeFace",
                 "threshold",
@@ -307,15 +307,14 @@ def false_faces(rs: Records) -> list[str]:
             ],
             rows,
         ),
-        "",
         f"{f['face_free_images']} face-free images, {f['face_photos']} face photos; "
         f"rule: {f['rule']}.",
-        *_sources(r),
-    ]
+        r,
+    )
 
 
 def hostile_decode(rs: Records) -> list[str]:
-    r = rs[(_machine_of(rs, "hostile_decode"), "hostile_decode")]
+    r = _single(rs, "hostile_decode")
     f = r["figures"]
     rows = [
         [
@@ -327,8 +326,8 @@ def hostile_decode(rs: Records) -> list[str]:
         ]
         for c, v in f["cases"].items()
     ]
-    return [
-        *_table(
+    return _sheet(
+        _table(
             [
                 "beside one client sending",
                 "honest p50 ms",
@@ -339,15 +338,14 @@ def hostile_decode(rs: Records) -> list[str]:
             rows,
             "lrrrl",
         ),
-        "",
         f"{f['clients']} honest clients x {f['fps']:g} fps of page crops; the hostile one at "
         f"{f['hostile_fps']:g} fps.",
-        *_sources(r),
-    ]
+        r,
+    )
 
 
 def hostile_net(rs: Records) -> list[str]:
-    r = rs[(_machine_of(rs, "hostile_net"), "hostile_net")]
+    r = _single(rs, "hostile_net")
     f = r["figures"]
     rows = [
         [
@@ -359,8 +357,8 @@ def hostile_net(rs: Records) -> list[str]:
         ]
         for c, v in f["cases"].items()
     ]
-    return [
-        *_table(
+    return _sheet(
+        _table(
             [
                 "beside one attacker",
                 "honest p99 ms",
@@ -371,14 +369,13 @@ def hostile_net(rs: Records) -> list[str]:
             rows,
             "lrrrl",
         ),
-        "",
         f"{f['clients']} honest clients x {f['fps']:g} fps of page crops.",
-        *_sources(r),
-    ]
+        r,
+    )
 
 
 def video(rs: Records) -> list[str]:
-    r = rs[(_machine_of(rs, "video_throughput"), "video_throughput")]
+    r = _single(rs, "video_throughput")
     f = r["figures"]
     rows = [
         [run, f"{v['x_real_time']:.1f}x", f"{v['x_real_time_per_cpu_s']:.1f}"]
@@ -421,6 +418,11 @@ def lean_install(rs: Records) -> list[str]:
 def _machine_of(rs: Records, name: str) -> str:
     """The machine a single-machine result was measured on (the first, by id)."""
     return sorted(m for m, n in rs if n == name)[0]
+
+
+def _single(rs: Records, name: str) -> dict[str, Any]:
+    """A single-machine result's record, from the machine `_machine_of` picks."""
+    return rs[(_machine_of(rs, name), name)]
 
 
 TABLES: dict[str, tuple[str, Callable[[Records], list[str]]]] = {

@@ -25,6 +25,7 @@ import simplejpeg
 from PIL import Image
 
 from bench.machine import machine_info
+from bench.record import save
 from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.detect import FaceDetector
@@ -129,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {"payloads": {r["payload"]: {k: r[k] for k in (
         "served_us", "opencv_us", "served_over_opencv", "pillow_us", "pillow_draft_us")}
                             for r in rows}}
-    out = results.write(cfg.results, results.make(cfg.name, figures, result))
-    print(f"wrote {out}")
+    save(cfg.results, cfg.name, figures, result)
     return 0
 
 

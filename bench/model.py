@@ -26,6 +26,7 @@ import numpy as np
 from bench.machine import describe, machine_info
 from bench.modes import Mode
 from bench.modes import main as run_mode
+from bench.record import save
 from streamfer import contract, results
 from streamfer.cli import opt
 from streamfer.model import DEVICES
@@ -112,9 +113,7 @@ def interleaved(calls: dict[str, Callable[[], object]], n: int, rounds: int,
 
 
 def _save(cfg: ModelBenchConfig, name: str, figures: dict, details: dict) -> Path:
-    out = results.write(cfg.out_dir, results.make(name, figures, details))
-    print(f"wrote {out}")
-    return out
+    return save(cfg.out_dir, name, figures, details)
 
 
 def _check_model(path: Path) -> None:

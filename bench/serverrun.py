@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import record
 from bench.machine import describe, machine_info
 from streamfer import results
 from streamfer.cli import opt
@@ -43,9 +44,7 @@ class ServerRunConfig:
 
     def save(self, name: str, figures: dict, details: dict) -> Path:
         """Write the result in the one schema under --out-dir; its path."""
-        path = results.write(self.out_dir, results.make(name, figures, details))
-        print(f"wrote {path}")
-        return path
+        return record.save(self.out_dir, name, figures, details)
 
     def pin_client(self) -> tuple[dict, str]:
         """Pin this load generator to --client-cpus; the machine's description for the

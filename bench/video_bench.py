@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 
 from bench.machine import describe, machine_info
+from bench.record import save
 from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.detect import load_detector
@@ -118,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                "runs": {r["run"]: {"x_real_time": r["x_real_time"],
                                    "x_real_time_per_cpu_s": r["x_real_time_per_cpu_s"]}
                         for r in rows}}
-    out = results.write(cfg.results, results.make(cfg.name, figures, result))
-    print(f"wrote {out}")
+    save(cfg.results, cfg.name, figures, result)
     return 0
 
 

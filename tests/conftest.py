@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
 from streamfer.paths import DEFAULT_DATASETS
 from tests.kit import browserkit, serverproc
+
+if TYPE_CHECKING:
+    from streamfer.model import Predictor
+    from tests.kit.inproc import MakeClient
 
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = DEFAULT_DATASETS  # ../shared/datasets beside the checkout, or STREAMFER_DATASETS
@@ -34,40 +38,36 @@ def private_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small untrained network exported through the real export path (fast to run)."""
+def export_tiny(folder: Path, name: str, classes: tuple[str, ...], seed: int) -> Path:
+    """A small untrained network with `classes`, exported through the real export path
+    (fast to run) as `folder`/`name`.pt."""
     import torch
 
     from streamfer.contract import ModelMeta
     from training.export import Deployed, export
     from training.network import FERNet, NetConfig
 
-    torch.manual_seed(0)
-    net = FERNet(NetConfig(crop=44, classes=5, conv_channels=(8, 8), local_channels=4))
+    torch.manual_seed(seed)
+    net = FERNet(NetConfig(crop=44, classes=len(classes), conv_channels=(8, 8), local_channels=4))
     deployed = Deployed(net, size=48, crop=44, mean=128.0, std=64.0, tta="mirror")
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    export(deployed, path, ModelMeta(name="tiny", classes=tuple(CLASSES), metrics={}))
+    path = folder / f"{name}.pt"
+    export(deployed, path, ModelMeta(name=name, classes=classes, metrics={}))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny network with five classes, the model most tests serve."""
+    return export_tiny(tmp_path_factory.mktemp("model"), "tiny", tuple(CLASSES), seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny8_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny network with FER+'s eight classes (training.data.FERPLUS8's order): code that
     must not assume five classes is tested with it."""
-    import torch
-
-    from streamfer.contract import ModelMeta
     from training.data import FERPLUS8
-    from training.export import Deployed, export
-    from training.network import FERNet, NetConfig
 
-    torch.manual_seed(1)
-    net = FERNet(NetConfig(crop=44, classes=8, conv_channels=(8, 8), local_channels=4))
-    deployed = Deployed(net, size=48, crop=44, mean=128.0, std=64.0, tta="mirror")
-    path = tmp_path_factory.mktemp("model8") / "tiny8.pt"
-    export(deployed, path, ModelMeta(name="tiny8", classes=tuple(FERPLUS8), metrics={}))
-    return path
+    return export_tiny(tmp_path_factory.mktemp("model8"), "tiny8", tuple(FERPLUS8), seed=1)
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +85,38 @@ def astronaut_scene(astronaut_rgb: np.ndarray) -> np.ndarray:
     from tests.kit.fakecam import scene
 
     return scene(astronaut_rgb[0:340, 80:420])
+
+
+@pytest.fixture(scope="module")
+def frame_jpeg(astronaut_rgb: np.ndarray) -> bytes:
+    """A full camera-like frame with one face (the astronaut), as JPEG."""
+    from tests.kit.fakecam import jpeg
+
+    return jpeg(astronaut_rgb)
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model_path: Path) -> Predictor:
+    """The tiny model on the CPU, one thread (the machine is shared), for the module's
+    in-process servers (`make_client`)."""
+    import torch
+
+    from streamfer.model import Predictor
+
+    torch.set_num_threads(1)
+    return Predictor(tiny_model_path, device="cpu")
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, predictor: Predictor, tiny_model_path: Path) -> MakeClient:
+    """Starts the real server's application in the test process, with the tiny model and
+    tests.kit.inproc's configuration, each keyword replacing one of its fields."""
+    from streamfer.server.app import init_app
+    from tests.kit.inproc import Client, config
+
+    async def make(**overrides: Any) -> Client:
+        return await aiohttp_client(init_app(config(tiny_model_path, **overrides), predictor))
+    return make
 
 
 @pytest.fixture(scope="session")

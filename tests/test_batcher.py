@@ -64,6 +64,14 @@ async def batcher(model: Model, **kw: float) -> AsyncIterator[MicroBatcher[int, 
         await asyncio.wait_for(b.stop(), BOUND_S)
 
 
+async def running(b: MicroBatcher[int, int], model: Model) -> asyncio.Future[Ran[int] | Dropped]:
+    """Frame 0 submitted and held inside the model, so that what is submitted next queues."""
+    model.hold()
+    busy = asyncio.ensure_future(b.submit(0))
+    await model.wait_started()
+    return busy
+
+
 def bound(aw: Awaitable[T]) -> Awaitable[T]:
     """A wait that fails the test instead of hanging it."""
     return asyncio.wait_for(aw, BOUND_S)
@@ -114,9 +122,7 @@ async def test_withdrawn_announcement_releases_the_wait(model: Model) -> None:
 
 async def test_frames_queued_during_inference_form_the_next_batch(model: Model) -> None:
     async with batcher(model, max_batch=8, max_wait_ms=0, queue_limit=16) as b:
-        model.hold()
-        busy = asyncio.ensure_future(b.submit(0))
-        await model.wait_started()
+        busy = await running(b, model)
         rest = [asyncio.ensure_future(b.submit(i)) for i in range(1, 6)]
         await asyncio.sleep(0)
         assert len(b) == 5
@@ -128,9 +134,7 @@ async def test_frames_queued_during_inference_form_the_next_batch(model: Model) 
 
 async def test_max_batch_splits_a_long_queue(model: Model) -> None:
     async with batcher(model, max_batch=2, max_wait_ms=0, queue_limit=16) as b:
-        model.hold()
-        busy = asyncio.ensure_future(b.submit(0))
-        await model.wait_started()
+        busy = await running(b, model)
         rest = [asyncio.ensure_future(b.submit(i)) for i in range(1, 6)]
         await asyncio.sleep(0)
         model.release.set()
@@ -140,9 +144,7 @@ async def test_max_batch_splits_a_long_queue(model: Model) -> None:
 
 async def test_sheds_load_when_the_queue_is_full(model: Model) -> None:
     async with batcher(model, max_batch=8, max_wait_ms=0, queue_limit=2) as b:
-        model.hold()
-        busy = asyncio.ensure_future(b.submit(0))
-        await model.wait_started()
+        busy = await running(b, model)
         queued = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
         await asyncio.sleep(0)
         assert await bound(b.submit(3)) == Dropped("overloaded")  # answered at once
@@ -153,9 +155,7 @@ async def test_sheds_load_when_the_queue_is_full(model: Model) -> None:
 
 async def test_frames_past_their_deadline_are_dropped_before_inference(model: Model) -> None:
     async with batcher(model, max_batch=8, max_wait_ms=0, queue_limit=8) as b:
-        model.hold()
-        busy = asyncio.ensure_future(b.submit(0))
-        await model.wait_started()
+        busy = await running(b, model)
         late = asyncio.ensure_future(b.submit(1, deadline=time.monotonic()))
         fresh = asyncio.ensure_future(b.submit(2, deadline=time.monotonic() + 3600))
         await asyncio.sleep(0)
@@ -168,9 +168,7 @@ async def test_frames_past_their_deadline_are_dropped_before_inference(model: Mo
 
 async def test_cancelled_callers_are_skipped(model: Model) -> None:
     async with batcher(model, max_batch=8, max_wait_ms=0, queue_limit=8) as b:
-        model.hold()
-        busy = asyncio.ensure_future(b.submit(0))
-        await model.wait_started()
+        busy = await running(b, model)
         gone = asyncio.ensure_future(b.submit(1))
         kept = asyncio.ensure_future(b.submit(2))
         await asyncio.sleep(0)
@@ -204,9 +202,7 @@ async def test_a_failing_batch_fails_its_frames_and_the_worker_goes_on() -> None
 async def test_stop_runs_queued_frames_then_refuses_new_ones(model: Model) -> None:
     b: MicroBatcher[int, int] = MicroBatcher(model, max_batch=8, max_wait_ms=0, queue_limit=8)
     b.start()
-    model.hold()
-    busy = asyncio.ensure_future(b.submit(0))
-    await model.wait_started()
+    busy = await running(b, model)
     queued = asyncio.ensure_future(b.submit(1))
     await asyncio.sleep(0)
     stopping = asyncio.ensure_future(b.stop())

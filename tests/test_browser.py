@@ -14,9 +14,11 @@ Screenshots land in artifacts/ (git-ignored).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -440,11 +442,19 @@ def test_insecure_origin_explains_https(page_server: Server, playwright: Any,
         assert page.errors == []
 
 
-def test_denied_camera_is_explained(page_server: Server, playwright: Any,
-                                    videos: dict[str, Path]) -> None:
+@contextlib.contextmanager
+def denied_camera_page(playwright: Any, videos: dict[str, Path], page_server: Server
+                       ) -> Iterator[Any]:
+    """The page on a phone whose camera permission is refused, once it says so."""
     with phone(playwright, videos["dark"], allow_camera=False) as context:
         page = open_page(context, page_server.url)
         wait_state(page, "camera-error")
+        yield page
+
+
+def test_denied_camera_is_explained(page_server: Server, playwright: Any,
+                                    videos: dict[str, Path]) -> None:
+    with denied_camera_page(playwright, videos, page_server) as page:
         assert page.get_attribute("#help", "data-kind") == "denied"
         assert "permission" in page.inner_text("#help").lower()
         assert page.is_visible("#retry")
@@ -562,9 +572,7 @@ def test_layouts_keep_everything_in_reach(page_server: Server, playwright: Any,
 def test_layouts_with_a_denied_camera(page_server: Server, playwright: Any,
                                       videos: dict[str, Path]) -> None:
     """The longest message the page shows, with the retry button under it."""
-    with phone(playwright, videos["dark"], allow_camera=False) as context:
-        page = open_page(context, page_server.url)
-        wait_state(page, "camera-error")
+    with denied_camera_page(playwright, videos, page_server) as page:
         page.evaluate("() => { const n = document.getElementById('detector-note');"
                       " n.hidden = false; n.textContent = 'Face detector note. '.repeat(6); }")
         check_layouts(page, "camera-error")

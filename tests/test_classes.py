@@ -21,8 +21,9 @@ from streamfer.model import Predictor
 from streamfer.paths import FER8_MODEL
 from streamfer.protocol import pack_frame
 from streamfer.server.app import init_app
+from tests.kit.fakecam import jpeg
+from tests.kit.inproc import bound, config
 from tests.kit.serverproc import Server, running_server
-from tests.test_server import bound, config
 from training.data import FERPLUS8
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,9 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def face_jpeg(astronaut_rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))
-    assert ok
-    return buf.tobytes()
+    return jpeg(astronaut_rgb)
 
 
 async def test_eight_classes_through_ws_and_api_predict(aiohttp_client: object,

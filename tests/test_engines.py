@@ -20,14 +20,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 
 from bench.engines import ENGINES, Engine, launch, missing, xvfb
 from streamfer.server import vendor
 from tests.kit.browserkit import ROOT, Server, skip_or_fail
-from tests.kit.fakecam import fakecam_script
+from tests.kit.fakecam import fakecam_script, jpeg
 
 pytestmark = pytest.mark.browser
 
@@ -65,9 +64,7 @@ def classes(tiny_model_path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def camera(astronaut_scene: np.ndarray) -> bytes:
     """The astronaut at arm's length in a room, as the fake camera's JPEG."""
-    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(astronaut_scene, cv2.COLOR_RGB2BGR))
-    assert ok
-    return jpeg.tobytes()
+    return jpeg(astronaut_scene)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ frame, through the real server (aiohttp on 127.0.0.1, BlazeFace from web/node_mo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -17,8 +16,8 @@ import pytest
 from streamfer.detect import SPECS, WEIGHTS_DIR, BlazeFace
 from streamfer.model import Predictor
 from streamfer.protocol import pack_frame
-from streamfer.server.app import init_app
-from tests.test_server import Client, MakeClient, assert_ok, config, connect, recv
+from tests.kit.inproc import Client, MakeClient
+from tests.test_server import assert_ok, connect, recv
 
 pytestmark = pytest.mark.skipif(
     not (WEIGHTS_DIR / SPECS["short"].file).is_file(),
@@ -28,19 +27,6 @@ FRAME = (480, 640)  # a phone camera's 640x480, sent whole
 FACE_PX = 80
 MAX_FRAME_BYTES = 256 * 1024  # the server's default --max-frame-bytes
 WEBFACES = 12  # photos taken evenly across webfaces-dev
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_path: Path) -> Predictor:
-    return Predictor(tiny_model_path, device="cpu")
-
-
-@pytest.fixture
-def make_client(aiohttp_client: Any, predictor: Predictor,
-                tiny_model_path: Path) -> MakeClient:
-    async def make(**overrides: Any) -> Client:
-        return await aiohttp_client(init_app(config(tiny_model_path, **overrides), predictor))
-    return make
 
 
 @pytest.fixture(scope="module")

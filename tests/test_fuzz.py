@@ -12,6 +12,7 @@ A fast subset runs on every test run (a few seconds); the full set is marked `fu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import socket
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,10 +235,15 @@ async def fuzz_http(server: Server, seeds: list[bytes], *, seed: int, count: int
     return statuses
 
 
-def assert_alive_and_bounded(server: Server, before: dict[str, float]) -> None:
+@contextlib.contextmanager
+def alive_and_bounded(server: Server) -> Iterator[None]:
+    """Checks that after the block the server still answers /healthz and its peak RSS grew
+    less than RSS_GROWTH_MB."""
+    assert server.proc is not None
+    before = memory_mb(server.proc.pid)
+    yield
     status, health = get_json(server.base + "/healthz")
     assert status == 200 and health["status"] == "ok"
-    assert server.proc is not None
     growth = memory_mb(server.proc.pid)["VmHWM"] - before["VmHWM"]
     assert growth < RSS_GROWTH_MB, f"peak RSS grew {growth:.0f} MB"
 
@@ -245,19 +252,15 @@ def assert_alive_and_bounded(server: Server, before: dict[str, float]) -> None:
 
 
 async def test_fuzz_websocket_fast(server: Server, seeds: list[bytes]) -> None:
-    assert server.proc is not None
-    before = memory_mb(server.proc.pid)
-    by = await fuzz_websocket(server, seeds, seed=1, count=150)
-    print(f"\n150 fuzzed messages: {by}")
-    assert_alive_and_bounded(server, before)
+    with alive_and_bounded(server):
+        by = await fuzz_websocket(server, seeds, seed=1, count=150)
+        print(f"\n150 fuzzed messages: {by}")
 
 
 async def test_fuzz_http_fast(server: Server, seeds: list[bytes]) -> None:
-    assert server.proc is not None
-    before = memory_mb(server.proc.pid)
-    statuses = await fuzz_http(server, seeds, seed=2, count=60)
-    print(f"\n60 fuzzed requests: {statuses}")
-    assert_alive_and_bounded(server, before)
+    with alive_and_bounded(server):
+        statuses = await fuzz_http(server, seeds, seed=2, count=60)
+        print(f"\n60 fuzzed requests: {statuses}")
 
 
 # -- the full set: -m fuzz --------------------------------------------------------------------
@@ -266,49 +269,41 @@ async def test_fuzz_http_fast(server: Server, seeds: list[bytes]) -> None:
 @pytest.mark.fuzz
 @pytest.mark.parametrize("seed", range(4))
 async def test_fuzz_websocket_full(server: Server, seeds: list[bytes], seed: int) -> None:
-    assert server.proc is not None
-    before = memory_mb(server.proc.pid)
-    by = await fuzz_websocket(server, seeds, seed=100 + seed, count=1000)
-    print(f"\nseed {seed}: 1000 fuzzed messages: {by}")
-    assert_alive_and_bounded(server, before)
+    with alive_and_bounded(server):
+        by = await fuzz_websocket(server, seeds, seed=100 + seed, count=1000)
+        print(f"\nseed {seed}: 1000 fuzzed messages: {by}")
 
 
 @pytest.mark.fuzz
 async def test_fuzz_websocket_many_clients_at_once(server: Server, seeds: list[bytes]) -> None:
-    assert server.proc is not None
-    before = memory_mb(server.proc.pid)
-    await asyncio.gather(*(fuzz_websocket(server, seeds, seed=200 + i, count=200)
-                           for i in range(8)))
-    assert_alive_and_bounded(server, before)
+    with alive_and_bounded(server):
+        await asyncio.gather(*(fuzz_websocket(server, seeds, seed=200 + i, count=200)
+                               for i in range(8)))
 
 
 @pytest.mark.fuzz
 @pytest.mark.parametrize("seed", range(3))
 async def test_fuzz_http_full(server: Server, seeds: list[bytes], seed: int) -> None:
-    assert server.proc is not None
-    before = memory_mb(server.proc.pid)
-    statuses = await fuzz_http(server, seeds, seed=300 + seed, count=400)
-    print(f"\nseed {seed}: 400 fuzzed requests: {statuses}")
-    assert_alive_and_bounded(server, before)
+    with alive_and_bounded(server):
+        statuses = await fuzz_http(server, seeds, seed=300 + seed, count=400)
+        print(f"\nseed {seed}: 400 fuzzed requests: {statuses}")
 
 
 @pytest.mark.fuzz
 async def test_fuzz_bombs_concurrently(server: Server, seeds: list[bytes]) -> None:
     """Several PNG bombs at once, over both paths, while a good client streams."""
-    assert server.proc is not None
-    before = memory_mb(server.proc.pid)
-    bombs = list(bomb_variants().values())
+    with alive_and_bounded(server):
+        bombs = list(bomb_variants().values())
 
-    async def post(data: bytes) -> int:
-        async with aiohttp.ClientSession() as session, session.post(
-                server.base + "/api/predict", data=data) as resp:
-            return resp.status
+        async def post(data: bytes) -> int:
+            async with aiohttp.ClientSession() as session, session.post(
+                    server.base + "/api/predict", data=data) as resp:
+                return resp.status
 
-    statuses = await asyncio.gather(*(post(b) for b in bombs * 3))
-    assert set(statuses) == {400}
-    by = await fuzz_websocket(server, seeds, seed=400, count=50)
-    assert "ok" in by
-    assert_alive_and_bounded(server, before)
+        statuses = await asyncio.gather(*(post(b) for b in bombs * 3))
+        assert set(statuses) == {400}
+        by = await fuzz_websocket(server, seeds, seed=400, count=50)
+        assert "ok" in by
 
 
 def _raw_ws_garbage(port: int, rng: random.Random) -> None:
@@ -340,43 +335,39 @@ def _raw_ws_garbage(port: int, rng: random.Random) -> None:
 
 @pytest.mark.fuzz
 async def test_fuzz_websocket_byte_level(server: Server, seeds: list[bytes]) -> None:
-    assert server.proc is not None
-    before = memory_mb(server.proc.pid)
-    rng = random.Random(5)
-    for _ in range(25):
-        await asyncio.to_thread(_raw_ws_garbage, server.port, rng)
-    by = await fuzz_websocket(server, seeds, seed=500, count=30)
-    assert "ok" in by
-    assert_alive_and_bounded(server, before)
+    with alive_and_bounded(server):
+        rng = random.Random(5)
+        for _ in range(25):
+            await asyncio.to_thread(_raw_ws_garbage, server.port, rng)
+        by = await fuzz_websocket(server, seeds, seed=500, count=30)
+        assert "ok" in by
 
 
 @pytest.mark.fuzz
 def test_fuzz_raw_http_requests(server: Server) -> None:
     """Garbage request lines and headers over raw sockets: 4xx or a closed socket, never a
     crash."""
-    assert server.proc is not None
-    before = memory_mb(server.proc.pid)
-    rng = random.Random(6)
-    cases = [b"\x16\x03\x01\x00\xa5\x01", b"GET / HTTP/9.9\r\n\r\n", b"GET " + b"a" * 20000 +
-             b" HTTP/1.1\r\n\r\n", b"POST /api/predict HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-             b"POST /api/predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-             b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 500 + b"\r\n"]
-    cases += [rng.randbytes(rng.randrange(1, 2000)) for _ in range(30)]
-    for raw in cases:
-        s = raw_socket(server.port, timeout=10)
-        try:
-            s.sendall(raw)
-            s.shutdown(socket.SHUT_WR)
-            reply = b""
-            while chunk := s.recv(65536):
-                reply += chunk
-            if reply:
-                assert not reply.startswith(b"HTTP/1.1 5"), (raw[:100], reply[:200])
-        except OSError:
-            pass
-        finally:
-            s.close()
-    assert_alive_and_bounded(server, before)
+    with alive_and_bounded(server):
+        rng = random.Random(6)
+        cases = [b"\x16\x03\x01\x00\xa5\x01", b"GET / HTTP/9.9\r\n\r\n", b"GET " + b"a" * 20000 +
+                 b" HTTP/1.1\r\n\r\n", b"POST /api/predict HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+                 b"POST /api/predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                 b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 500 + b"\r\n"]
+        cases += [rng.randbytes(rng.randrange(1, 2000)) for _ in range(30)]
+        for raw in cases:
+            s = raw_socket(server.port, timeout=10)
+            try:
+                s.sendall(raw)
+                s.shutdown(socket.SHUT_WR)
+                reply = b""
+                while chunk := s.recv(65536):
+                    reply += chunk
+                if reply:
+                    assert not reply.startswith(b"HTTP/1.1 5"), (raw[:100], reply[:200])
+            except OSError:
+                pass
+            finally:
+                s.close()
 
 
 # -- the soak: -m soak -------------------------------------------------------------------------

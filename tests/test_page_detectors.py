@@ -43,6 +43,20 @@ def test_bad_detectors_are_usage_errors(argv: list[str], capsys: Any) -> None:
     assert "python -m bench.page_detectors: error: " in capsys.readouterr().err
 
 
+def run_bench(tmp_path: Path, astronaut_rgb: Any, models: str) -> dict[str, Any]:
+    """The benchmark's result details for `models` on one photo: her face in the middle, as
+    in a webfaces photo."""
+    face = astronaut_rgb[20:320, 110:410]
+    (tmp_path / "photos" / "happy").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "photos" / "happy" / "astronaut.jpg"),
+                cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "results"
+    bench.main(["--data", str(tmp_path / "photos"), "--limit", "1", "--no-haar",
+                "--models", models, "--results", str(out)])
+    details: dict[str, Any] = results.read(next(out.glob("*/page_detectors.json")))["details"]
+    return details
+
+
 @pytest.mark.browser
 def test_cpu_and_webgl_inference_find_the_same_face(tmp_path: Path, astronaut_rgb: Any,
                                                     capsys: Any) -> None:
@@ -53,14 +67,7 @@ def test_cpu_and_webgl_inference_find_the_same_face(tmp_path: Path, astronaut_rg
         pytest.skip(f"no Chromium at {bench.CHROMIUM}")
     if vendor.find(ROOT / "web") is None:
         pytest.skip(vendor.MISSING)
-    face = astronaut_rgb[20:320, 110:410]  # her face in the middle, as in a webfaces photo
-    (tmp_path / "photos" / "happy").mkdir(parents=True)
-    cv2.imwrite(str(tmp_path / "photos" / "happy" / "astronaut.jpg"),
-                cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
-    out = tmp_path / "results"
-    bench.main(["--data", str(tmp_path / "photos"), "--limit", "1", "--no-haar",
-                "--models", "short/cpu,short/webgl", "--results", str(out)])
-    result = results.read(next(out.glob("*/page_detectors.json")))["details"]
+    result = run_bench(tmp_path, astronaut_rgb, "short/cpu,short/webgl")
     assert result["frames"] == 6
     rows = result["rows"]
     assert set(rows) == {"short/cpu (page)", "short/webgl (page)"}
@@ -84,14 +91,7 @@ def test_litert_engine_in_a_worker_and_on_the_main_thread(tmp_path: Path, astron
     found = vendor.find(ROOT / "web")
     if found is None or found.runtime is None:
         pytest.skip(vendor.MISSING)
-    face = astronaut_rgb[20:320, 110:410]
-    (tmp_path / "photos" / "happy").mkdir(parents=True)
-    cv2.imwrite(str(tmp_path / "photos" / "happy" / "astronaut.jpg"),
-                cv2.cvtColor(face, cv2.COLOR_RGB2BGR))
-    out = tmp_path / "results"
-    bench.main(["--data", str(tmp_path / "photos"), "--limit", "1", "--no-haar",
-                "--models", "litert-auto/worker,litert-auto/main", "--results", str(out)])
-    rows = results.read(next(out.glob("*/page_detectors.json")))["details"]["rows"]
+    rows = run_bench(tmp_path, astronaut_rgb, "litert-auto/worker,litert-auto/main")["rows"]
     for row in rows.values():
         assert row["frames"] == 6 and row["recall"] == 1.0, row
     assert rows["litert-auto/worker (page)"]["recall_by_variant"] == \

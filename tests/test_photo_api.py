@@ -5,21 +5,18 @@ detection stage. Needs BlazeFace's weights (`npm ci` in web/); skips without the
 from __future__ import annotations
 
 import struct
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 import cv2
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from streamfer.detect import SPECS, WEIGHTS_DIR
-from streamfer.model import Predictor
 from streamfer.protocol import pack_frame
-from streamfer.server.app import init_app
-from tests.test_server import Client, MakeClient, assert_ok, bound, config, connect, recv
+from tests.kit.fakecam import jpeg
+from tests.kit.inproc import MakeClient, bound
+from tests.test_server import assert_ok, connect, recv
 
 pytestmark = pytest.mark.skipif(
     not (WEIGHTS_DIR / SPECS["short"].file).is_file(),
@@ -27,20 +24,6 @@ pytestmark = pytest.mark.skipif(
 
 CLASSES = ["anger", "happiness", "sadness", "surprise", "neutral"]
 NOSE = (224, 114)  # the astronaut's nose in her 512 x 512 picture
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_path: Path) -> Predictor:
-    torch.set_num_threads(1)
-    return Predictor(tiny_model_path, device="cpu")
-
-
-@pytest.fixture
-def make_client(aiohttp_client: Any, predictor: Predictor,
-                tiny_model_path: Path) -> MakeClient:
-    async def make(**overrides: Any) -> Client:
-        return await aiohttp_client(init_app(config(tiny_model_path, **overrides), predictor))
-    return make
 
 
 def with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
@@ -168,12 +151,11 @@ async def test_full_frames_need_no_haar_cascade(make_client: MakeClient, astrona
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenCV 5 wheels have no CascadeClassifier: BlazeFace does not need it."""
     monkeypatch.delattr(cv2, "CascadeClassifier")
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))
-    assert ok
+    body = jpeg(astronaut_rgb)
     client = await make_client()
     health = await (await client.get("/healthz")).json()
     assert health["face_detection"] is True and "BlazeFace" in health["face_detector"]
-    resp = await bound(client.post("/api/predict", data=buf.tobytes()))
+    resp = await bound(client.post("/api/predict", data=body))
     reply = await resp.json()
     assert resp.status == 200 and reply["status"] == "ok", reply
     assert on_the_nose(reply["box"])

@@ -4,7 +4,6 @@ the real server (aiohttp on 127.0.0.1, the real detector, real JPEGs): clients c
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -14,8 +13,7 @@ import pytest
 from streamfer import protocol
 from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.model import Predictor
-from streamfer.server.app import init_app
-from tests.test_server import Client, MakeClient, bound, config
+from tests.kit.inproc import Client, MakeClient, bound
 
 pytestmark = pytest.mark.skipif(
     not (WEIGHTS_DIR / SPECS["short"].file).is_file(),
@@ -29,19 +27,6 @@ KEYS = {
     "dropped": {"type", "status", "reason"},
 }
 FACE_KEYS = {"box", "score", "probs", "top"}
-
-
-@pytest.fixture
-def make_client(aiohttp_client: Any, predictor: Predictor,
-                tiny_model_path: Path) -> MakeClient:
-    async def make(**overrides: Any) -> Client:
-        return await aiohttp_client(init_app(config(tiny_model_path, **overrides), predictor))
-    return make
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_path: Path) -> Predictor:
-    return Predictor(tiny_model_path, device="cpu")
 
 
 def jpeg(image: np.ndarray) -> bytes:

@@ -4,52 +4,28 @@ JPEG/PNG frames: the protocol of docs/PROTOCOL.md, bad input, backpressure, the 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import cv2
 import numpy as np
 import pytest
 import torch
-from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import WSMsgType
+from aiohttp.test_utils import TestServer
 
 from streamfer import protocol
 from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_MODEL
 from streamfer.protocol import pack_frame
 from streamfer.server.app import STATE, init_app, origin_allowed
-from streamfer.server.config import ServeConfig
+from tests.kit.inproc import Client, MakeClient, bound, config
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = DEFAULT_MODEL  # the model the server runs by default
-BOUND_S = 30.0  # no single wait may take longer (the machine is busy; this is not a timing)
-
-T = TypeVar("T")
-Client = TestClient[web.Request, web.Application]
-MakeClient = Callable[..., Awaitable[Client]]
-
-
-def bound(aw: Awaitable[T]) -> Awaitable[T]:
-    return asyncio.wait_for(aw, BOUND_S)
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_path: Path) -> Predictor:
-    torch.set_num_threads(1)
-    return Predictor(tiny_model_path, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def frame_jpeg(astronaut_rgb: np.ndarray) -> bytes:
-    """A full camera-like frame with one face (the astronaut), as JPEG."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))
-    assert ok
-    return buf.tobytes()
 
 
 @pytest.fixture(scope="module")
@@ -76,21 +52,6 @@ def blank_jpeg() -> bytes:
     ok, buf = cv2.imencode(".jpg", np.full((240, 320), 128, np.uint8))
     assert ok
     return buf.tobytes()
-
-
-def config(tiny_model_path: Path, **overrides: Any) -> ServeConfig:
-    base = ServeConfig(model=tiny_model_path, host="127.0.0.1", port=0, device="cpu",
-                       workers=1, deadline_ms=20_000, web_dir=ROOT / "no-such-web-dir")
-    return dataclasses.replace(base, **overrides)
-
-
-@pytest.fixture
-def make_client(aiohttp_client: Any, predictor: Predictor,
-                tiny_model_path: Path) -> MakeClient:
-    async def make(**overrides: Any) -> Client:
-        app = init_app(config(tiny_model_path, **overrides), predictor)
-        return await aiohttp_client(app)
-    return make
 
 
 @pytest.fixture

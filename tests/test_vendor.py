@@ -16,7 +16,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import torch
 
 from streamfer.faces import FRAMING
 from streamfer.model import Predictor
@@ -27,12 +26,6 @@ from streamfer.server.config import ServeConfig, parse_config
 ROOT = Path(__file__).resolve().parent.parent
 INSTALLED = vendor.find(ROOT / "web")
 BOUND_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_path: Path) -> Predictor:
-    torch.set_num_threads(1)
-    return Predictor(tiny_model_path, device="cpu")
 
 
 def config(tiny_model_path: Path, web_dir: Path) -> ServeConfig:

@@ -17,7 +17,6 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.faces import Box
@@ -29,7 +28,7 @@ from streamfer.track import IouTracker
 from streamfer.video import cli as video_cli
 from streamfer.video.timeline import columns
 from tests.kit.fakevideo import write_face_video
-from tests.test_server import Client, bound, config
+from tests.kit.inproc import Client, bound, config
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_blazeface = pytest.mark.skipif(
@@ -51,19 +50,6 @@ def face_video(astronaut_rgb: np.ndarray, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="module")
 def video_bytes(face_video: Path) -> bytes:
     return face_video.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def frame_jpeg(astronaut_rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(astronaut_rgb, cv2.COLOR_RGB2BGR))
-    assert ok
-    return buf.tobytes()
-
-
-@pytest.fixture(scope="module")
-def predictor(tiny_model_path: Path) -> Predictor:
-    torch.set_num_threads(1)
-    return Predictor(tiny_model_path, device="cpu")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

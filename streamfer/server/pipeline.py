@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +88,16 @@ class Found:
     seconds: dict[str, float] = field(default_factory=dict)
     scale: int = 1  # boxes are in decoded pixels; x scale = the sender's pixels
 
+    def timed(self, timing: str, since: float) -> None:
+        """Adds the time from `since` (time.monotonic()) to now to stage `timing`."""
+        self.seconds[timing] = self.seconds.get(timing, 0.0) + time.monotonic() - since
+
+
+def runnable(plan: tuple[SearchStep, ...], track: FaceTrack | None) -> Iterator[SearchStep]:
+    """`plan`'s steps that can run on this frame: one around the track needs a tracked box."""
+    return (step for step in plan
+            if step.view != "track" or (track is not None and track.box is not None))
+
 
 DetectBatcher = MicroBatcher[np.ndarray, tuple[np.ndarray, np.ndarray]]
 
@@ -127,12 +137,10 @@ class ThreadedFinder:
         thread."""
         out = Found(scale=scale)
         found: list[Detection] = []
-        for step in plan:
-            if step.view == "track" and (track is None or track.box is None):
-                continue
+        for step in runnable(plan, track):
             t = time.monotonic()
             found = self.detections(gray, step, track)
-            out.seconds[step.timing] = out.seconds.get(step.timing, 0.0) + time.monotonic() - t
+            out.timed(step.timing, t)
             if found:
                 break
         out.faces = self.faces(gray, found, limit)
@@ -172,9 +180,7 @@ class BatchedFinder:
         pool = self.threaded.pool
         out = Found(scale=scale)
         found: list[Detection] = []
-        for step in plan:
-            if step.view == "track" and (track is None or track.box is None):
-                continue
+        for step in runnable(plan, track):
             t = time.monotonic()
             if step.view in ("tiles", "whole+tiles"):  # many small passes: in a thread
                 got = await loop.run_in_executor(pool, self.threaded.detections, gray, step,
@@ -187,7 +193,7 @@ class BatchedFinder:
                     return got
                 if got and step.confirm:
                     got = await loop.run_in_executor(pool, self.detector.confirm, gray, got)
-            out.seconds[step.timing] = out.seconds.get(step.timing, 0.0) + time.monotonic() - t
+            out.timed(step.timing, t)
             if got:
                 found = got
                 break

@@ -22,6 +22,13 @@ WIDTH, HEIGHT = 640, 480  # a typical front camera's default stream
 FPS = 15
 
 
+def jpeg(rgb: np.ndarray) -> bytes:
+    """`rgb` as a JPEG at OpenCV's default quality, as a camera's frame or photo is sent."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert ok
+    return buf.tobytes()
+
+
 def write_y4m(path: Path, frames: Iterable[np.ndarray], fps: int = FPS) -> Path:
     """Write RGB uint8 frames (all HEIGHT x WIDTH x 3, even sizes) as a C420 .y4m file."""
     frames = list(frames)
