@@ -4,11 +4,12 @@
     python -m bench.model batches --device cuda --max-batch 256 --modes mirror,ten
     python -m bench.model runtimes                  # the CPU runtimes of one model, + accuracy
     python -m bench.model served models/fer2013-5class.pt models/ferplus-5class.pt
+    python -m bench.model first-calls --device cuda   # each batch size's first call, cold
     python -m bench.model batches --model /tmp/tiny.pt --max-batch 4 --repeats 2 --out-dir /tmp
 
 Every mode writes one result file in the one schema (streamfer/results.py) under
 `--out-dir`'s `<machine>/` folder: `batches` model_DEVICE.json, `runtimes` model_cpu.json
-(the datasheet's CPU rows), `served` model_served.json.
+(the datasheet's CPU rows), `served` model_served.json, `first-calls` first_calls_DEVICE.json.
 """
 
 from __future__ import annotations
@@ -392,7 +393,82 @@ def served(cfg: ServedConfig) -> int:
     return 0
 
 
+# -- first-calls --------------------------------------------------------------------------
+
+
+FIRST_CALL_SIZES = (1, 2, 3, 5, 8, 13, 21, 32)
+
+
+@dataclass(frozen=True)
+class FirstCallsConfig(ModelBenchConfig):
+    model: Path = opt(DEFAULT_MODEL, "the TorchScript model to load")
+    device: str = opt("auto", "where the model runs", DEVICES)
+    max_batch: int = opt(SERVER_DEFAULT_MAX_BATCH, "the largest batch timed and warmed up",
+                         at_least=1)
+
+
+def _successive_calls(predictor, sizes: tuple[int, ...], repeats: int = 3) -> dict[int, list]:
+    """ms of `repeats` successive calls per batch size, in order."""
+    import torch
+
+    side = predictor.input_size
+    out: dict[int, list] = {}
+    for n in sizes:
+        faces = np.full((n, side, side), 100, np.uint8)
+        times = []
+        for _ in range(repeats):
+            if predictor.device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            predictor.forward(faces)  # returns host numpy: the result is complete
+            times.append(round((time.perf_counter() - t) * 1e3, 2))
+        out[n] = times
+    return out
+
+
+def first_calls(cfg: FirstCallsConfig) -> int:
+    """What the first call of each batch size costs, cold and after `Predictor.warm_up`.
+
+    TorchScript optimises its graph on the first calls, and on CUDA its fuser compiles a new
+    specialisation for each input shape it has not seen, so a server that warmed up only a
+    few batch sizes stalls the first time the micro-batcher forms a new one. Times three
+    successive calls at each of several batch sizes on a freshly loaded model (after one call
+    of batch 1, so CUDA's own start-up is not counted), then on a model warmed up as the
+    server does it. Writes first_calls_DEVICE."""
+    import torch
+
+    from streamfer.model import Predictor
+
+    _check_model(cfg.model)
+    torch.set_num_threads(cfg.threads)
+    sizes = tuple(n for n in FIRST_CALL_SIZES if n <= cfg.max_batch)
+    cold = Predictor(cfg.model, device=cfg.device, max_batch=cfg.max_batch)
+    _successive_calls(cold, (1,), repeats=1)
+    result: dict = {"benchmark": "first_calls", "model": str(cfg.model),
+                    "device": str(cold.device), "torch": torch.__version__,
+                    "machine": machine_info(), "cold_ms": _successive_calls(cold, sizes)}
+    warm = Predictor(cfg.model, device=cfg.device, max_batch=cfg.max_batch)
+    t = time.perf_counter()
+    warm.warm_up(cfg.max_batch)
+    result["warm_up_s"] = round(time.perf_counter() - t, 2)
+    result["warm_ms"] = _successive_calls(warm, sizes)
+    if cold.device == "cuda":
+        result["gpu"] = torch.cuda.get_device_name()
+    print(f"{describe(result['machine'])}; {result['device']}, torch {torch.__version__}")
+    print(f"ms of three successive calls; warm-up of sizes up to {cfg.max_batch} took "
+          f"{result['warm_up_s']} s")
+    print(f"{'batch':>5}  {'cold model':<26} {'after warm_up':<26}")
+    for n in sizes:
+        print(f"{n:>5}  {result['cold_ms'][n]!s:<26} {result['warm_ms'][n]!s:<26}")
+    figures = {"device": str(cold.device), "warm_up_s": result["warm_up_s"],
+               "first_call_ms": {str(n): result["cold_ms"][n][0] for n in sizes},
+               "warmed_first_call_ms": {str(n): result["warm_ms"][n][0] for n in sizes}}
+    _save(cfg, f"first_calls_{cold.device}", figures, result)
+    return 0
+
+
 MODES = {"batches": Mode(BatchesConfig, batches), "runtimes": Mode(RuntimesConfig, runtimes),
+         "first-calls": Mode(FirstCallsConfig, first_calls),
          "served": Mode(ServedConfig, served)}
 
 

@@ -118,7 +118,7 @@ def test_a_benchmark_without_its_mode_is_a_usage_error() -> None:
 
 def test_first_calls_times_each_batch_size_cold_and_warmed(tiny_model_path: Path,
                                                           tmp_path: Path) -> None:
-    proc = bench("first_calls.py", "--model", str(tiny_model_path), "--device", "cpu",
+    proc = bench("model", "first-calls", "--model", str(tiny_model_path), "--device", "cpu",
                  "--max-batch", "5", "--threads", "1", "--out-dir", str(tmp_path))
     rec = results.read(next(tmp_path.glob("*/first_calls_cpu.json")))
     assert list(rec["figures"]["first_call_ms"]) == ["1", "2", "3", "5"]

@@ -87,7 +87,7 @@ def test_the_help_of_a_real_invocation() -> None:
 
 # -- streamfer.cli's list flags, and the benchmarks' command lines ------------------------------
 
-BENCHMARKS = ["decode", "detect_bench", "first_calls", "model", "page_stream", "screenshot",
+BENCHMARKS = ["decode", "detect_bench", "model", "page_stream", "screenshot",
               "server", "webfaces_e2e"]
 
 
