@@ -25,7 +25,7 @@ class TorchMissing(ModelError):
 
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} needs PyTorch, which is not installed: pip install "
-                         f"'{TORCH_EXTRA}' (README, \"Install\")")
+                         f"'{TORCH_EXTRA}' (README, \"Run the server on the shipped model\")")
 
 
 def has_torch() -> bool:
@@ -58,7 +58,7 @@ class OpenCVMissing(RuntimeError):
 
     def __init__(self, what: str) -> None:
         super().__init__(f"{what} needs OpenCV, which is not installed: pip install "
-                         f"'{OPENCV_EXTRA}' (README, \"Install\")")
+                         f"'{OPENCV_EXTRA}' (README, \"Run the server on the shipped model\")")
 
 
 def has_opencv() -> bool:
