@@ -387,9 +387,7 @@ def video(rs: Records) -> list[str]:
 
 
 def lean_install(rs: Records) -> list[str]:
-    mid = _machine_of(rs, "lean_install")
-    r = rs[(mid, "lean_install")]
-    recs = [r]
+    r = _single(rs, "lean_install")
     b, a = r["figures"]["before"], r["figures"]["after"]
     labels = {
         "venv_mb": "serving venv, MB",
@@ -399,20 +397,15 @@ def lean_install(rs: Records) -> list[str]:
         "idle_rss_mb_per_serving_process_processes_2": "idle RSS per serving process, "
         "`--processes 2`, MB",
     }
-    rows = [[label, _num(b[k]), _num(a[k]), f"{b[k] / a[k]:.2f}x"] for k, label in labels.items()]
-    cpu = r if "cpu_ms_per_frame_crops" in a else rs.get((mid, "lean_install_cpu"))
-    if cpu:
-        if cpu is not r:
-            recs.append(cpu)
-        cb, ca = cpu["figures"]["before"], cpu["figures"]["after"]
-        for k, label in (
-            ("cpu_ms_per_frame_crops", "server CPU per page crop, ms"),
-            ("cpu_ms_per_frame_frames", "server CPU per full frame, ms"),
-        ):
-            rows.append([label, _num(cb[k]), _num(ca[k]), f"{cb[k] / ca[k]:.2f}x"])
-    before = r.get("details", {}).get("before") or "before"
+    labels |= {
+        "cpu_ms_per_frame_crops": "server CPU per page crop, ms",
+        "cpu_ms_per_frame_frames": "server CPU per full frame, ms",
+    }
+    rows = [[label, _num(b[k]), _num(a[k]), f"{b[k] / a[k]:.2f}x"]
+            for k, label in labels.items() if k in a]
+    before = r["details"]["before"]
     return _table(["measure", f"`{before}` (torch and OpenCV)", "shipped", "ratio"],
-                  rows) + _sources(*recs)
+                  rows) + _sources(r)
 
 
 def _machine_of(rs: Records, name: str) -> str:

@@ -23,7 +23,7 @@ from streamfer.detect import SPECS, WEIGHTS_DIR
 from streamfer.onnx_int8 import derived_path
 from streamfer.paths import DEFAULT_MODEL, FER8_MODEL
 from streamfer.server import vendor
-from tests.kit.serverproc import free_port, maps_torch, running_server
+from tests.kit.serverproc import free_port, maps_opencv, maps_torch, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -166,12 +166,6 @@ def test_the_cpu_server_installs_and_runs_without_torch(
             body = json.loads(refused.value.read())
             assert refused.value.code == 501 and body["code"] == "not_installed", body
             assert "pip install 'streamfer[video]'" in body["error"], body
-
-
-def maps_opencv(pid: int) -> bool:
-    """Has this process loaded OpenCV's native library (imported cv2)? (/proc/PID/maps)"""
-    maps = Path(f"/proc/{pid}/maps").read_text()
-    return "libopencv" in maps or "/cv2/" in maps
 
 
 @pytest.mark.parametrize("args, what", [

@@ -84,6 +84,12 @@ def maps_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
+def maps_opencv(pid: int) -> bool:
+    """Has this process loaded OpenCV's native library (imported cv2)? (/proc/PID/maps)"""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "libopencv" in maps or "/cv2/" in maps
+
+
 def _proc_stats() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, user + system clock ticks) of every process (Linux /proc)."""
     out = {}
