@@ -109,3 +109,19 @@ def test_mixup_blends_each_face_and_its_target_with_the_same_partner_and_weight(
         again = mixup(x, t, 0.4, torch.Generator().manual_seed(seed))
         torch.testing.assert_close(again[0], mx)  # the generator decides it all
     assert len({round(w, 4) for w in weights}) > 1  # the weight is drawn, not fixed
+
+
+def test_camera_strength_scales_the_ranges_about_the_untouched_face() -> None:
+    from training.augment import CameraAugment
+
+    base = CameraAugment()
+    assert base.scaled(1) is base
+    none = base.scaled(0)
+    assert none.scale == (1.0, 1.0) and none.shift == 0 and none.rotate == 0
+    assert none.contrast == (1.0, 1.0) and none.gamma == (1.0, 1.0) and none.brightness == 0
+    assert none.p_blur == none.p_jpeg == none.p_noise == none.p_erase == 0
+    wide = base.scaled(2)
+    assert wide.rotate == 2 * base.rotate and wide.shift == 2 * base.shift
+    assert wide.scale[0] < base.scale[0] and wide.scale[1] > base.scale[1]
+    assert wide.p_erase == 2 * base.p_erase and base.scaled(10).p_jpeg == 1.0
+    assert wide.quality == base.quality  # how strong a JPEG is when one happens stays

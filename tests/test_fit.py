@@ -446,3 +446,75 @@ def test_a_smoke_run_on_the_real_data_validates_what_limit_bounds(tmp_path: Path
     probs = m.predict(torch.randint(0, 256, (3, 1, 48, 48), dtype=torch.uint8), "ten")
     assert probs.shape == (3, 5)
     torch.testing.assert_close(probs.sum(1), torch.ones(3))
+
+
+def test_val_on_selection_trains_without_the_selection_split_and_reports_ferplus_valid(
+        tmp_path: Path) -> None:
+    from training import data as D
+
+    write_ferplus_tree(tmp_path / "ferplus", per_class=20)
+    names = sorted(p.name for p in (tmp_path / "ferplus" / "train").glob("*.png"))
+    held = [n for n in names if D.in_selection(n)]
+    assert 0 < len(held) < len(names)  # the tree's names put some faces in the split
+    model = tmp_path / "sel.pt"
+    metrics = fit.main(["--data", "ferplus", "--data-root", str(tmp_path / "ferplus"),
+                        "--classes", "happiness,sadness", "--val-on", "selection",
+                        "--net", "paper", "--epochs", "1", "--batch", "8",
+                        "--out", str(tmp_path / "run"), "--export", str(model)])
+    assert metrics["val_images"] == len(held)
+    assert metrics["val_set"].startswith("FER+ train selection split")
+    assert 0 <= metrics["report_ferplus_valid_accuracy"] <= 1
+    meta = json.loads(model.with_suffix(".json").read_text())
+    assert f"({len(names) - len(held)} images" in meta["train_data"]
+    assert "selection split held out" in meta["train_data"]
+    assert "report_ferplus_valid_accuracy" in meta["metrics"]
+
+
+def test_val_on_selection_needs_ferplus(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        fit.parse_args(["--data", "fer2013", "--val-on", "selection"])
+    assert "needs --data ferplus" in capsys.readouterr().err
+
+
+def test_class_weights_even_out_the_prior_and_keep_the_mean_weight() -> None:
+    targets = torch.tensor([[1.0, 0.0, 0.0]] * 6 + [[0.0, 1.0, 0.0]] * 3 + [[0.0, 0.5, 0.5]] * 2)
+    assert fit.class_weights(targets, 0) is None
+    prior = targets.mean(0)
+    for power in (0.5, 1.0):
+        w = fit.class_weights(targets, power)
+        assert torch.isclose((prior * w).sum(), torch.tensor(1.0))
+        assert w[0] < w[1] < w[2]  # the rarer the class, the larger its weight
+    w = fit.class_weights(targets, 1.0)
+    share = prior * w  # inverse frequency: every class carries the same share of the loss
+    torch.testing.assert_close(share, torch.full((3,), 1 / 3))
+
+
+def test_class_weight_changes_the_loss_the_run_trains_on(tmp_path: Path) -> None:
+    write_ferplus_tree(tmp_path / "ferplus")
+    # one happy face in three: re-weighting makes the happy faces count for more
+    label = tmp_path / "ferplus" / "train" / "label.csv"
+    lines = label.read_text().splitlines()
+    label.write_text("\n".join(ln for i, ln in enumerate(lines) if i % 2 or i % 3 == 0) + "\n")
+    losses = {}
+    for cw in ("0", "1"):
+        m = fit.main(["--data", "ferplus", "--data-root", str(tmp_path / "ferplus"),
+                      "--classes", "happiness,sadness", "--augment", "none", "--net", "paper",
+                      "--epochs", "1", "--batch", "4", "--dropout", "0", "--class-weight", cw,
+                      "--out", str(tmp_path / f"cw{cw}")])
+        losses[cw] = m["history"]["train_loss"][0]
+    assert losses["0"] != losses["1"]
+
+
+def test_init_from_an_adjusted_model_takes_the_networks_own_logits(
+        tmp_path: Path, tiny_model_path: Path) -> None:
+    from training.network import FERNet, NetConfig
+
+    prior = {"anger": 0.1, "happiness": 0.3, "sadness": 0.15, "surprise": 0.1, "neutral": 0.35}
+    adjusted = export.reexport(tiny_model_path, tmp_path / "adj.pt",
+                               {"tau": 1.0, "prior": prior})
+    raw = torch.jit.load(str(tiny_model_path)).state_dict()["net.full.bias"]
+    shifted = torch.jit.load(str(adjusted)).state_dict()["net.full.bias"]
+    assert not torch.allclose(raw, shifted)
+    net = FERNet(NetConfig(classes=5, conv_channels=(8, 8), local_channels=4))
+    fit.init_from(net, str(adjusted), ("anger", "happiness", "sadness", "surprise", "neutral"))
+    torch.testing.assert_close(net.state_dict()["full.bias"], raw)

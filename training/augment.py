@@ -8,7 +8,7 @@ in the exported model (training/export.py) so evaluation runs exactly what the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -93,6 +93,30 @@ class CameraAugment:
     noise: tuple[float, float] = (2.0, 6.0)
     p_erase: float = 0.2
     erase_area: tuple[float, float] = (0.02, 0.12)
+
+    def scaled(self, strength: float) -> CameraAugment:
+        """These ranges widened (strength > 1) or narrowed (< 1) about the untouched face: the
+        frame's and the light's distance from no change, the chance of blur, JPEG, noise and
+        erasing, and the erased area, times `strength` (chances capped at 1); how strong a
+        blur, JPEG or noise is when one happens stays. 1 returns the ranges unchanged."""
+        if strength < 0:
+            raise ValueError(f"strength {strength} must be >= 0")
+        if strength == 1:
+            return self
+
+        def about(r: tuple[float, float], centre: float) -> tuple[float, float]:
+            return (centre + (r[0] - centre) * strength, centre + (r[1] - centre) * strength)
+
+        def p(x: float) -> float:
+            return min(1.0, x * strength)
+
+        return replace(
+            self, scale=about(self.scale, 1.0), shift=self.shift * strength,
+            rotate=self.rotate * strength, brightness=self.brightness * strength,
+            contrast=about(self.contrast, 1.0), gamma=about(self.gamma, 1.0),
+            p_blur=p(self.p_blur), p_jpeg=p(self.p_jpeg), p_noise=p(self.p_noise),
+            p_erase=p(self.p_erase),
+            erase_area=(self.erase_area[0], min(0.5, self.erase_area[1] * strength)))
 
     @classmethod
     def without(cls, off: str) -> CameraAugment:

@@ -1,4 +1,5 @@
-"""Post-hoc logit adjustment of an exported model, chosen on FER+ valid, never on test photos.
+"""Post-hoc logit adjustment of an exported model, chosen on FER+ (valid, or train's selection
+split), never on test photos.
 
     python -m training.calibrate runs/ferplus5-cam/ferplus-5class.pt --out models/NEW.pt
 
@@ -8,10 +9,12 @@ leans towards neutral. Subtracting tau x log(training prior) from the output lay
 recall at no cost per face. The prior is the mean training target (FER+ train under the
 model's label protocol); tau is the value of --taus with the best balanced accuracy (mean
 per-class recall) on FER+ valid, majority protocol, measured through streamfer's Predictor
-as the server runs the model. Adjustment buys the small classes' recall with the large
-ones' (neutral's) accuracy; --min-accuracy A caps that trade: tau is then chosen on balanced
-accuracy only among the values that keep plain accuracy at A or more (the shipped models'
-floor is 0.90). The scan is printed and stored in the model's metadata.
+as the server runs the model; with --choose-on selection, on FER+ train's selection split
+instead (for a model trained without it), so that FER+ valid only reports. Adjustment buys
+the small classes' recall with the large ones' (neutral's) accuracy; --min-accuracy A caps
+that trade: tau is then chosen on balanced accuracy only among the values that keep plain
+accuracy at A or more (the shipped models' floor is 0.90). The scan is printed and stored in
+the model's metadata.
 """
 
 from __future__ import annotations
@@ -43,9 +46,13 @@ class CalibrateConfig:
     labels: str = opt("soft", "the label protocol the model was trained with (the prior is "
                       "its mean training target)", D.LABEL_MODES)
     taus: str = opt("0,0.25,0.5,0.75,1", "candidate tau values, a comma list")
-    min_accuracy: float = opt(0.0, "choose tau only among the values that keep FER+ valid "
-                              "accuracy at this or more (none does: the most accurate); "
-                              "0: any value")
+    min_accuracy: float = opt(0.0, "choose tau only among the values that keep accuracy "
+                              "on the --choose-on faces at this or more (none does: "
+                              "the most accurate); 0: any value")
+    choose_on: str = opt("valid", "where tau is chosen: FER+ valid, or the selection split "
+                         "of FER+ train (training/data.py: in_selection; for models trained "
+                         "without it, training.fit --val-on selection), leaving FER+ valid "
+                         "to report", D.VAL_ON)
     threads: int = opt(1, "torch threads")
 
 
@@ -81,12 +88,16 @@ def taus_problem(spec: str) -> str | None:
     return None
 
 
-def choose_tau(scan: dict[str, dict], min_accuracy: float = 0.0) -> tuple[str, str]:
+CHOSEN_ON = {"valid": "FER+ valid, majority protocol",
+             "selection": "FER+ train's selection split, majority protocol"}
+
+
+def choose_tau(scan: dict[str, dict], min_accuracy: float = 0.0,
+               on: str = CHOSEN_ON["valid"]) -> tuple[str, str]:
     """The key of `scan` (tau -> FER+ valid scores) with the best balanced accuracy among
     the taus whose accuracy is at least `min_accuracy`; when none is, the most accurate tau.
     Ties go to the first in scan order (the smallest tau as --taus lists them). Returns the
     tau and what it was chosen on, for the model's metadata."""
-    on = "FER+ valid, majority protocol"
     if min_accuracy <= 0:
         return max(scan, key=lambda t: scan[t]["balanced_accuracy"]), f"{on}, balanced accuracy"
     allowed = [t for t in scan if scan[t]["accuracy"] >= min_accuracy]
@@ -121,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(cfg.threads)
     classes = tuple(Predictor(cfg.model, device="cpu", optimize=False).classes)
     prior, prior_images = training_prior(cfg.data_root, classes, cfg.labels)
-    val = D.load_ferplus(cfg.data_root, "valid", classes, "majority")
+    val = (D.load_selection(cfg.data_root, classes) if cfg.choose_on == "selection" else
+           D.load_ferplus(cfg.data_root, "valid", classes, "majority"))
     scan: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for tau in parse_taus(cfg.taus):
@@ -130,9 +142,9 @@ def main(argv: list[str] | None = None) -> dict:
             scan[f"{tau:g}"] = {"accuracy": s["accuracy"],
                                 "balanced_accuracy": s["balanced_accuracy"],
                                 "recall": s["recall"]}
-            log.info("tau %g: FER+ valid accuracy %.4f, balanced %.4f, recall %s", tau,
+            log.info("tau %g: accuracy %.4f, balanced %.4f, recall %s", tau,
                      s["accuracy"], s["balanced_accuracy"], s["recall"])
-    best, chosen_on = choose_tau(scan, cfg.min_accuracy)
+    best, chosen_on = choose_tau(scan, cfg.min_accuracy, CHOSEN_ON[cfg.choose_on])
     adjust = {"tau": float(best), "prior": prior, "chosen_on": chosen_on, "scan": scan,
               "command": cfg.command}
     # A new model file: the server logs it by its name, so it takes the name of the file.

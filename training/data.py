@@ -65,6 +65,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 # (tau, a logit bias, an epoch), so FER+ valid is only ever reported, never selected on.
 SELECTION_SALT = "streamfer-selection-1"
 SELECTION_MODULUS = 10
+# training.fit --val-on: where the best epoch is chosen (FER+ valid, or the selection split)
+VAL_ON = ("valid", "selection")
 _SUBJECT = re.compile(r"^(S\d+)_")
 
 
@@ -278,6 +280,12 @@ def split_selection(faces: FaceSet) -> tuple[FaceSet, FaceSet]:
         raise ValueError("the selection split is defined by file name: the faces need paths")
     mask = selection_mask(faces.paths)
     return faces.subset(np.flatnonzero(~mask)), faces.subset(np.flatnonzero(mask))
+
+
+def load_selection(root: str | Path, classes: Sequence[str] | str = PAPER5) -> FaceSet:
+    """The selection split of FER+ train under the majority protocol, as FER+ valid is
+    scored: the faces choices are made on."""
+    return split_selection(load_ferplus(root, "train", classes, "majority"))[1]
 
 
 def pair_by_pixels(a: np.ndarray, b: np.ndarray, threshold: float = 0.95,

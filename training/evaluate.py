@@ -35,7 +35,7 @@ from training.distill import answers_over, geometric_mean
 
 log = logging.getLogger("training.evaluate")
 
-SETS = ("fer2013", "ferplus", "webfaces", "ckplus", "agreement", "by-crowd")
+SETS = ("fer2013", "ferplus", "selection", "webfaces", "ckplus", "agreement", "by-crowd")
 # by-crowd: PublicTest photos grouped by what the FER+ crowd says of each one
 PROGRAM = "training.evaluate"
 CROWD_GROUPS = ("agree", "disagree", "undecided")
@@ -44,7 +44,9 @@ CROWD_GROUPS = ("agree", "disagree", "undecided")
 @dataclass
 class EvalConfig:
     set: str = opt("fer2013", "fer2013: PublicTest with FER2013's labels; ferplus: FER+ valid, "
-                   "majority protocol; webfaces: webfaces-dev whole photos (balanced accuracy); "
+                   "majority protocol; selection: FER+ train's selection split, majority "
+                   "protocol (where models trained without it are chosen); webfaces: "
+                   "webfaces-dev whole photos (balanced accuracy); "
                    "ckplus: every CK+48 peak frame of the model's classes, zero-shot; "
                    "agreement: FER2013's labels vs the FER+ majority on PublicTest; "
                    "by-crowd: the model's FER2013 accuracy on PublicTest photos whose FER+ "
@@ -215,6 +217,10 @@ def load_set(name: str, root: Path, classes: tuple[str, ...],
         return (D.load_ferplus(root / "ferplus", "valid", classes, "majority"),
                 "FER+ valid (= PublicTest), majority: images with one class over half of all "
                 "votes, that class in the chosen set")
+    if name == "selection":
+        return (D.load_selection(root / "ferplus", classes),
+                "FER+ train's selection split (training/data.py: in_selection), majority "
+                "protocol: for choosing among models trained without it")
     if name == "ckplus":
         return (D.load_ckplus(root / "CK+48", classes),
                 "CK+48, every peak frame of the classes the model shares with it (no "
@@ -226,7 +232,8 @@ def load_set(name: str, root: Path, classes: tuple[str, ...],
 
 
 # The folders under --datasets each set reads.
-SET_FOLDERS = {"fer2013": ("fer2013",), "ferplus": ("ferplus",), "webfaces": ("webfaces-dev",),
+SET_FOLDERS = {"fer2013": ("fer2013",), "ferplus": ("ferplus",),
+               "selection": ("ferplus",), "webfaces": ("webfaces-dev",),
                "ckplus": ("CK+48",), "agreement": ("fer2013", "ferplus"),
                "by-crowd": ("fer2013", "ferplus")}
 

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -91,11 +92,22 @@ class FitConfig:
                        "face) joins the training targets (training/distill.py)")
     teacher_weight: float = opt(0.5, "with --teacher, the ensemble's share of each target; "
                                 "the rest is --labels")
+    val_on: str = opt("valid", "--data ferplus: choose the best epoch on FER+ valid, or on "
+                      "the selection split of FER+ train (training/data.py: in_selection), "
+                      "which then leaves the training faces; FER+ valid is then reported "
+                      "only, never chosen on", D.VAL_ON)
+    class_weight: float = opt(0.0, "weight each class's term of the loss by its training "
+                              "prior to the power -P, normalised to a mean weight of 1 over "
+                              "the training targets (0: off; 1: every class counts as much "
+                              "as the others; 0.5: between)")
     augment: str = opt("paper10", "training views: the paper's five crops x mirror, any shift "
                        "x mirror, the centre crop only, or camera-like views (training/"
                        "augment.py: CameraAugment)", AUGMENT_MODES)
     camera_off: str = opt("", "--augment camera without these groups (ablations), a comma "
                           f"list of: {', '.join(CAMERA_GROUPS)}")
+    camera_strength: float = opt(1.0, "--augment camera: widen (> 1) or narrow (< 1) its "
+                                 "ranges and chances about the untouched face "
+                                 "(training/augment.py: CameraAugment.scaled; 0 to 3)")
     tta: str = opt("mirror", "test-time views for validation and the exported default",
                    TTA_MODES)
     folds: int = opt(0, "k-fold cross-validation when > 1 (no validation set is needed)")
@@ -139,6 +151,14 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
             return f"--mixup {cfg.mixup} must be >= 0 (0: off)"
         if cfg.fer2013_votes < 0:
             return f"--fer2013-votes {cfg.fer2013_votes} must be >= 0 (0: off)"
+        if cfg.val_on != "valid" and cfg.data != "ferplus":
+            return "--val-on selection holds out a split of FER+ train: it needs --data ferplus"
+        if not 0 <= cfg.camera_strength <= 3:
+            return f"--camera-strength {cfg.camera_strength} must be between 0 and 3"
+        if cfg.camera_strength != 1 and cfg.augment != "camera":
+            return "--camera-strength scales --augment camera's ranges: give --augment camera"
+        if not 0 <= cfg.class_weight <= 2:
+            return f"--class-weight {cfg.class_weight} must be between 0 (off) and 2"
         if cfg.fer2013_votes and cfg.data != "ferplus":
             return "--fer2013-votes adds votes to FER+ faces: it needs --data ferplus"
         if cfg.fer2013_votes_on != "all" and not cfg.fer2013_votes:
@@ -154,7 +174,8 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
 
 
 def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
-    """(train, val) for the configured data set; val is None where folds supply it."""
+    """(train, val) for the configured data set; val is None where folds supply it. With
+    --val-on selection, val is FER+ train's selection split and train the rest."""
     classes = D.resolve_classes(cfg.classes)
     if cfg.data == "fer2013":
         return (D.load_fer2013(cfg.data_root, "train", classes),
@@ -163,9 +184,12 @@ def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
         return (D.load_fer2013_csv(cfg.data_root, "Training", classes),
                 D.load_fer2013_csv(cfg.data_root, "PublicTest", classes))
     if cfg.data == "ferplus":
-        return (D.load_ferplus(cfg.data_root, "train", classes, cfg.labels, cfg.fer2013_votes,
-                               cfg.fer2013_votes_on),
-                D.load_ferplus(cfg.data_root, "valid", classes, "majority"))
+        train = D.load_ferplus(cfg.data_root, "train", classes, cfg.labels, cfg.fer2013_votes,
+                               cfg.fer2013_votes_on)
+        if cfg.val_on == "selection":
+            rest, _ = D.split_selection(train)
+            return rest, D.load_selection(cfg.data_root, classes)
+        return train, D.load_ferplus(cfg.data_root, "valid", classes, "majority")
     if cfg.data == "ckplus":
         return D.load_ckplus(cfg.data_root, classes), None
     if cfg.data == "folder":
@@ -269,6 +293,10 @@ def init_from(net: FERNet, path: str, classes: tuple[str, ...]) -> tuple[float, 
     for key, value in state.items():
         if key in own and own[key].shape == value.shape and not key.startswith("full."):
             own[key] = value
+    if meta.logit_adjust:  # fine-tune the network's own logits, not a post-hoc shift of them
+        shift = torch.tensor([float(meta.logit_adjust["prior"][c]) for c in meta.classes])
+        state["full.bias"] = state["full.bias"] + float(
+            meta.logit_adjust["tau"]) * shift.clamp_min(1e-6).log()
     rows = {c: i for i, c in enumerate(meta.classes)}
     for i, cls in enumerate(classes):
         if cls in rows:
@@ -291,11 +319,24 @@ class TrainSet:
     targets: torch.Tensor  # N x C: FER+'s vote shares, a teacher blend, or one-hot
     camera: CameraAugment | None  # camera views, which apply the preprocessing themselves
     val_images: np.ndarray | None
+    class_weights: torch.Tensor | None = None  # C: --class-weight's loss weights, or None
+
+
+def class_weights(targets: torch.Tensor, power: float) -> torch.Tensor | None:
+    """Per-class loss weights prior^-power (the prior: the mean training target), scaled so
+    the mean weight over the training targets is 1 and the learning rate keeps its meaning.
+    None for power 0: the plain loss, bit for bit."""
+    if not power:
+        return None
+    prior = targets.double().mean(0).clamp_min(1e-6)
+    w = prior ** -power
+    return (w / (prior * w).sum()).float()
 
 
 def train_set(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path,
               rank: int) -> TrainSet:
-    camera = CameraAugment.without(cfg.camera_off) if cfg.augment == "camera" else None
+    camera = (CameraAugment.without(cfg.camera_off).scaled(cfg.camera_strength)
+              if cfg.augment == "camera" else None)
     if camera:  # degradations come first, then the preprocessing, as on the serving path
         images = torch.from_numpy(train.images)[:, None]
     else:
@@ -308,7 +349,10 @@ def train_set(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
                                   out / "teachers" if rank == 0 else None)
         targets = (1 - cfg.teacher_weight) * targets + cfg.teacher_weight * torch.from_numpy(taught)
     val_images = None if val is None else preprocess_faces(val.images, cfg.preprocess)
-    return TrainSet(images, torch.from_numpy(train.labels), targets, camera, val_images)
+    weights = class_weights(targets, cfg.class_weight)
+    if weights is not None:
+        log.info("class weights %s", dict(zip(train.classes, weights.tolist(), strict=True)))
+    return TrainSet(images, torch.from_numpy(train.labels), targets, camera, val_images, weights)
 
 
 @dataclass
@@ -379,6 +423,8 @@ def train_epoch(cfg: FitConfig, model: torch.nn.Module, opt: torch.optim.Optimiz
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
         # cross-entropy against a distribution (= the usual loss for one-hot targets)
+        if data.class_weights is not None:
+            target = target * data.class_weights.to(device)
         loss = -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -390,15 +436,13 @@ def train_epoch(cfg: FitConfig, model: torch.nn.Module, opt: torch.optim.Optimiz
     return total_loss / seen, correct / seen
 
 
-def validate(deployed: Deployed, images: np.ndarray, labels: np.ndarray, tta: str,
-             device: torch.device) -> float:
-    """Accuracy as the exported model will compute it (its averaging, its resize)."""
-    return float((predict(deployed, images, tta, device).argmax(1) == labels).mean())
-
-
 def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path,
-              device: torch.device, rank: int, world: int) -> tuple[Deployed, dict]:
-    """Train one model; returns the best (or last, without val) deployable module + history."""
+              device: torch.device, rank: int, world: int,
+              on_epoch: Callable[[int, np.ndarray], None] | None = None
+              ) -> tuple[Deployed, dict]:
+    """Train one model; returns the best (or last, without val) deployable module + history.
+    `on_epoch(epochs done, val probabilities)` sees each validation (training.search scores
+    and prunes trials through it; an exception it raises ends the run)."""
     torch.manual_seed(cfg.seed)
     net_cfg = preset(cfg.net, crop=cfg.crop, classes=len(train.classes), dropout=cfg.dropout,
                      zero_head=cfg.zero_head)
@@ -429,7 +473,10 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
         val_acc = float("nan")
         if val is not None and rank == 0:
             assert data.val_images is not None
-            val_acc = validate(deployed, data.val_images, val.labels, cfg.tta, device)
+            probs = predict(deployed, data.val_images, cfg.tta, device)
+            val_acc = float((probs.argmax(1) == val.labels).mean())
+            if on_epoch:
+                on_epoch(epoch + 1, probs)
         for key, value in (("epoch", epoch + 1), ("train_loss", loss), ("train_acc", acc),
                            ("val_acc", val_acc), ("lr", opt.param_groups[0]["lr"])):
             progress.history[key].append(value)
@@ -575,15 +622,26 @@ def main(argv: list[str] | None = None) -> dict:
                 pred = preds[cfg.tta]
                 save_confusion(val.labels.tolist(), pred.tolist(), train.classes,
                                out / "confusion.png", f"{cfg.net} on val, tta={cfg.tta}")
+            if cfg.val_on == "selection":  # chosen on the selection split: FER+ valid reports
+                metrics["val_set"] = "FER+ train selection split, majority protocol"
+                valid = D.load_ferplus(cfg.data_root, "valid", train.classes, "majority")
+                pred = predict(deployed, preprocess_faces(valid.images, cfg.preprocess),
+                               cfg.tta, device).argmax(1)
+                metrics["report_ferplus_valid_accuracy"] = float((pred == valid.labels).mean())
             if cfg.export:
                 export(deployed, cfg.export, contract.ModelMeta(
                     name=Path(cfg.export).stem, classes=tuple(train.classes),
                     preprocess=cfg.preprocess, params=metrics["params"],
                     train_data=f"{cfg.data}:{cfg.data_root} ({len(train)} images"
                                + (f", {cfg.labels} labels" if cfg.data == "ferplus" else "")
+                               + (", selection split held out" if cfg.val_on == "selection"
+                                  else "")
+                               + (f", class weight {cfg.class_weight:g}" if cfg.class_weight
+                                  else "")
                                + (f", distilled from {cfg.teacher} at weight "
                                   f"{cfg.teacher_weight:g})" if cfg.teacher else ")"),
-                    metrics={k: v for k, v in metrics.items() if k.startswith("val_")},
+                    metrics={k: v for k, v in metrics.items()
+                             if k.startswith(("val_", "report_"))},
                     command=cfg.command,
                 ))
                 log.info("exported %s", cfg.export)
