@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from streamfer.cli import opt, shows_default
-from training import baseline, fit, framing, tradeoff
+from training import baseline, fit, framing, search, tradeoff
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAMS = [(fit, fit.FitConfig), (baseline, baseline.BaselineConfig),
-            (framing, framing.FramingConfig), (tradeoff, tradeoff.TradeoffConfig)]
+            (framing, framing.FramingConfig), (tradeoff, tradeoff.TradeoffConfig),
+            (search, search.SearchConfig)]
 
 
 @pytest.mark.parametrize(("module", "config"), PROGRAMS, ids=lambda p: getattr(p, "__name__", ""))
