@@ -197,6 +197,8 @@ def run(args: PageAccuracyConfig, paths: list[Path]) -> dict[str, Any]:
             page = open_page(context, server.url)
             setup = page.evaluate(SETUP, args.detector)
             log.info("detector %s (%s)", setup["name"], setup["thread"])
+            for note in setup["notes"]:
+                log.info("page: %s", note)
             t0 = time.time()
             for i, path in enumerate(paths):
                 row: dict[str, Any] = {"photo": str(path.relative_to(root)),
@@ -213,7 +215,10 @@ def run(args: PageAccuracyConfig, paths: list[Path]) -> dict[str, Any]:
                     log.info("%d/%d photos, %.0f s", i + 1, len(paths), time.time() - t0)
             seconds = time.time() - t0
             errors = list(page.errors)
-    return {"setup": setup, "rows": rows, "seconds": seconds, "page_errors": errors}
+        # The server's own count of what reached it, by kind (a re-sent dropped frame too).
+        received = {kind: int(server.frames_by_kind(kind)) for kind in ("crop", "full")}
+    return {"setup": setup, "rows": rows, "seconds": seconds, "page_errors": errors,
+            "server_frames": received}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
                "confusion": s["confusion"], "confusion_columns": s["confusion_columns"],
                "statuses": {st: sum(r["status"] == st for r in rows)
                             for st in sorted({r["status"] for r in rows})},
-               "page_errors": out["page_errors"], "seconds_photos": out["seconds"],
+               "page_errors": out["page_errors"], "server_frames": out["server_frames"],
+               "seconds_photos": out["seconds"],
                "seconds": time.time() - t0, "rows": rows}
     written = results.write(args.results, results.make(args.name, figures, details))
     print(f"{len(rows)} {Path(args.data).name} photos through the page's detector "

@@ -45,3 +45,5 @@ def test_a_few_photos_through_the_page(datasets: Path, tmp_path: Path) -> None:
         if row["top"] is not None:
             assert row["status"] == "ok" and row["crop"] and row["bytes"] > 0
     assert sum(map(sum, d["confusion"])) == 6
+    crops = sum(bool(row.get("crop")) for row in d["rows"])
+    assert d["server_frames"]["full"] == 0 and d["server_frames"]["crop"] >= crops > 0
