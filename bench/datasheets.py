@@ -150,6 +150,20 @@ def webfaces_e2e(rs: Records) -> list[str]:
     )
 
 
+def page_accuracy(rs: Records) -> list[str]:
+    r = _single(rs, "page_accuracy")
+    f = r["figures"]
+    thread = r["details"]["detector"]["thread"]
+    row = [f"{f['detector']} ({thread})", f["photos"], _pct(f["faces_found"]),
+           _pct(f["balanced_accuracy"]), *(_pct(v) for v in f["recall"].values())]
+    return _sheet(
+        _table(["page detector", "photos", "a face found", "balanced accuracy",
+                *(f"recall: {c}" for c in f["recall"])], [row]),
+        f"`{f['model']}` on {f['set']}: {f['protocol']}.",
+        r,
+    )
+
+
 # --- docs/BENCHMARKS.md ------------------------------------------------------------------
 
 
@@ -422,6 +436,7 @@ TABLES: dict[str, tuple[str, Callable[[Records], list[str]]]] = {
     "shipped": ("results", shipped),
     "table1": ("results", table1),
     "webfaces_e2e": ("results", webfaces_e2e),
+    "page_accuracy": ("results", page_accuracy),
     "model": ("benchmarks", model),
     "server": ("benchmarks", server),
     "server_10x15": ("benchmarks", server_10x15),
