@@ -23,7 +23,7 @@ PROGRAMS = [
     "bench.decode", "bench.detect_bench", "bench.false_faces",
     "bench.model", "bench.model batches", "bench.model runtimes", "bench.model served",
     "bench.model first-calls",
-    "bench.page_detectors", "bench.page_stream", "bench.screenshot",
+    "bench.page_accuracy", "bench.page_detectors", "bench.page_stream", "bench.screenshot",
     "bench.server", "bench.server ramp", "bench.server fixed", "bench.server overhead",
     "bench.webfaces_e2e",
 ]
