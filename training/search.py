@@ -6,13 +6,14 @@
 
 Optuna's TPE, a sequential model-based optimiser (Bergstra et al. 2011, the paper's [12]),
 against random search (Bergstra and Bengio 2012, its [11]) at the same budget of trials.
-Each trial trains a network from scratch on a fixed subset of FER+ train with the selection
-split held out (training/data.py: in_selection) and is scored on the selection split alone:
-balanced accuracy (mean per-class recall) after post-hoc logit adjustment at the trial's tau,
-as training.calibrate applies it. FER+ valid and every test set take no part. A median
-pruner stops a trial whose score after an epoch falls below the median of earlier trials at
-that epoch. The study is kept in SQLite: rerunning the command continues it up to --trials,
-and the two samplers can run at once, in two processes, on one file.
+Each trial trains a network (from scratch, or from --init) on a fixed subset of FER+ train
+with the selection split held out (training/data.py: in_selection) and is scored on the
+selection split alone: balanced accuracy (mean per-class recall) after post-hoc logit
+adjustment at the trial's tau, as training.calibrate applies it. FER+ valid and every test
+set take no part. A median pruner stops a trial whose score after an epoch falls below the
+median of earlier trials at that epoch. The study is kept in SQLite: rerunning the command
+continues it up to --trials, and the two samplers can run at once, in two processes, on one
+file.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class SearchConfig:
     storage: str = opt("runs/search/search.db", "the SQLite file that keeps the studies")
     data_root: str = opt(str(DEFAULT_DATASETS / "ferplus"), "FER+ folder")
     net: str = opt("deep", "network preset of every trial (training/network.py)")
+    init: str = opt("", "start every trial from this exported model (training.fit --init; "
+                    "e.g. models/fer2013-5class.pt, which saw FER+ train's images with "
+                    "FER2013's labels, never the crowd's); empty: from scratch")
     epochs: int = opt(5, "epochs per trial (a short schedule: the budget is the trials)")
     limit: int = opt(6000, "training faces per trial, drawn once from FER+ train without the "
                      "selection split (0: all)")
@@ -140,7 +144,7 @@ def objective_for(cfg: SearchConfig, train: D.FaceSet, val: D.FaceSet,
     base = fit.FitConfig(data="ferplus", data_root=cfg.data_root, labels="soft",
                          augment="camera", preprocess="equalize-hist", net=cfg.net,
                          epochs=cfg.epochs, warmup=min(1.0, cfg.epochs / 5), tta="centre",
-                         val_on="selection", seed=cfg.seed, ckpt_every_s=1e9)
+                         val_on="selection", seed=cfg.seed, ckpt_every_s=1e9, init=cfg.init)
     prior = train.soft.mean(0) if train.soft is not None else np.bincount(
         train.labels, minlength=len(train.classes)) / len(train)
 
@@ -186,7 +190,8 @@ def search(cfg: SearchConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     Path(cfg.storage).parent.mkdir(parents=True, exist_ok=True)
     study = study_for(cfg, cfg.sampler)
-    settings = {"net": cfg.net, "epochs": cfg.epochs, "limit": cfg.limit, "seed": cfg.seed}
+    settings = {"net": cfg.net, "init": cfg.init, "epochs": cfg.epochs, "limit": cfg.limit,
+                "seed": cfg.seed}
     kept = study.user_attrs.get("settings")
     if kept is None:
         study.set_user_attr("settings", settings)
@@ -265,16 +270,18 @@ def plot(cfg: SearchConfig) -> dict:
             "epochs_trained": sum(r["epochs"] for r in rows)}
     ax.set_xlabel("trial")
     ax.set_ylabel("selection split balanced accuracy (best so far)")
-    ax.set_title(f"{cfg.study}: {settings.get('net')}, {settings.get('epochs')} epochs on "
-                 f"{settings.get('limit') or 'all'} faces per trial")
+    start = f"from {Path(settings['init']).stem}" if settings.get("init") else "from scratch"
+    ax.set_title(f"{cfg.study}: {settings.get('net')} {start}, {settings.get('epochs')} "
+                 f"epochs on {settings.get('limit') or 'all'} faces per trial", fontsize=9)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     Path(cfg.figure).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(cfg.figure, dpi=120)
     rec = results.make(f"search_{cfg.study}", figures, details={
-        "protocol": "each trial trains from scratch on a seeded subset of FER+ train without "
-                    "the selection split; scored on the selection split (majority protocol), "
+        "protocol": "each trial trains (from scratch or from init) on a seeded subset of "
+                    "FER+ train without the selection split; scored on the selection split "
+                    "(majority protocol), "
                     "balanced accuracy after logit adjustment at the trial's tau",
         **settings, "studies": studies,
         "figure": str(cfg.figure)}, command=cfg.command)
