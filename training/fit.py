@@ -402,6 +402,7 @@ def train_epoch(cfg: FitConfig, model: torch.nn.Module, opt: torch.optim.Optimiz
     per_rank = cfg.batch // world  # the paper's batch of 128 is the global batch
     use_bf16 = cfg.bf16 and _fast_bf16(device)
     mean, std = norm
+    weights = None if data.class_weights is None else data.class_weights.to(device)
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0,
                leave=False, mininterval=5)
@@ -423,8 +424,8 @@ def train_epoch(cfg: FitConfig, model: torch.nn.Module, opt: torch.optim.Optimiz
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x)
         # cross-entropy against a distribution (= the usual loss for one-hot targets)
-        if data.class_weights is not None:
-            target = target * data.class_weights.to(device)
+        if weights is not None:
+            target = target * weights
         loss = -(target * F.log_softmax(logits.float(), 1)).sum(1).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

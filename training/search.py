@@ -145,8 +145,7 @@ def objective_for(cfg: SearchConfig, train: D.FaceSet, val: D.FaceSet,
                          augment="camera", preprocess="equalize-hist", net=cfg.net,
                          epochs=cfg.epochs, warmup=min(1.0, cfg.epochs / 5), tta="centre",
                          val_on="selection", seed=cfg.seed, ckpt_every_s=1e9, init=cfg.init)
-    prior = train.soft.mean(0) if train.soft is not None else np.bincount(
-        train.labels, minlength=len(train.classes)) / len(train)
+    prior = train.soft.mean(0)  # load_faces loads soft targets: the prior tau divides out
 
     def objective(trial: optuna.Trial) -> float:
         knobs = suggest(trial)
