@@ -7,6 +7,7 @@ frame, through the real server (aiohttp on 127.0.0.1, BlazeFace from web/node_mo
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import cv2
@@ -58,9 +59,16 @@ def far_frame(blaze: BlazeFace, rgb: np.ndarray, centre: tuple[float, float]) ->
 
 
 async def answers(client: Client, frames: list[bytes], classes: list[str]) -> None:
-    ws, _ = await connect(client)
+    """Send `frames` one at a time at the rate the greeting suggests, as the page does (a
+    faster client is answered dropped/rate_limited), each answered with one face near
+    FACE_PX wide."""
+    ws, hello = await connect(client)
+    period = 1.0 / hello["limits"]["suggested_fps"]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     for i, frame in enumerate(frames):
         assert len(frame) <= MAX_FRAME_BYTES
+        await asyncio.sleep(max(0.0, start + i * period - loop.time()))
         await ws.send_bytes(pack_frame(i, frame))  # flags 0: a full frame, the server detects
         reply = await recv(ws)
         assert reply["id"] == i
