@@ -78,6 +78,49 @@ def _sheet(table: list[str], note: str, *recs: dict[str, Any]) -> list[str]:
 # --- docs/RESULTS.md ---------------------------------------------------------------------
 
 
+def people(rs: Records) -> list[str]:
+    r = _single(rs, "people_ferplus5")
+    d = r["details"]
+    models = d["models"]
+    first = next(iter(models))
+
+    def span(lo_hi: list[float]) -> str:
+        return f"{_pct(lo_hi[0])} to {_pct(lo_hi[1])}"
+
+    rows = []
+    for name, m in models.items():
+        sad = m["classes"].get("sadness", {})
+        diff = m.get("minus_first")
+        rows.append([f"`{name}`", _pct(m["balanced_by_photo"]), span(m["balanced_interval_95"]),
+                     _pct(m["balanced_mean_over_people"]),
+                     _pct(sad["recall_by_photo"]) if sad else "",
+                     _pct(sad["recall_mean_over_people"]) if sad else "",
+                     f"{100 * diff['balanced']:+.1f} ({100 * diff['interval_95'][0]:+.1f} "
+                     f"to {100 * diff['interval_95'][1]:+.1f})" if diff else ""])
+    per_class = [
+        [c, v["photos"], v["people"], _pct(v["largest_share"]),
+         "; ".join(f"{p['person']} {p['photos']}: {_pct(p['recall'])}" for p in v["largest"]),
+         _pct(v["recall_by_photo"]), _pct(v["recall_mean_over_people"])]
+        for c, v in models[first]["classes"].items()]
+    boot = d["bootstrap"]
+    top = max(len(v["largest"]) for v in models[first]["classes"].values())
+    return [
+        *_table(["model or path", "balanced, by photo", "95% interval", "balanced, mean over "
+                 "people", "sadness, by photo", "sadness, mean over people",
+                 f"minus `{first}`, points (95%)"], rows, "lrrrrrr"),
+        "",
+        *_table(["class", "photos", "people", f"largest {top} people's share",
+                 f"they, in `{first}`", "recall by photo", "mean over people"], per_class,
+                "lrrrlrr"),
+        "",
+        f"{d['set']}: {d['photos']:,} photos of {d['people']:,} people (a photo's person is "
+        f"its file name less `_<n>`). Intervals: {boot['resamples']:,} bootstrap resamples, "
+        f"the unit {boot['unit']}, the same draws for every row (so the last column is a "
+        "paired difference).",
+        *_sources(r),
+    ]
+
+
 def shipped(rs: Records) -> list[str]:
     """What ships and how accurate it is, as served (int8 on the CPU)."""
     recs = sorted(
@@ -437,6 +480,7 @@ TABLES: dict[str, tuple[str, Callable[[Records], list[str]]]] = {
     "table1": ("results", table1),
     "webfaces_e2e": ("results", webfaces_e2e),
     "page_accuracy": ("results", page_accuracy),
+    "people": ("results", people),
     "model": ("benchmarks", model),
     "server": ("benchmarks", server),
     "server_10x15": ("benchmarks", server_10x15),

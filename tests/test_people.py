@@ -1,0 +1,116 @@
+"""training.people: webfaces-dev figures by person, with a bootstrap over people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamfer import results
+from streamfer.paths import DEFAULT_MODEL
+from training import evaluate, people
+from training.evaluate import scores
+
+
+def test_a_photo_names_its_person():
+    assert people.person_of("sad/Colin_Powell_0001.jpg") == "Colin_Powell"
+    assert people.person_of(Path("happy/Dileep_101.jpg")) == "Dileep"
+    assert people.person_of("x/Madonna.jpg") == "Madonna"
+
+
+def test_balanced_accuracy_from_the_per_person_sums_is_the_usual_one():
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 4, 300)
+    pred = np.where(rng.random(300) < 0.6, true, rng.integers(0, 4, 300))
+    person = rng.integers(0, 40, 300)
+    photos, right = people.counts_by_person(true, pred == true, person, 4)
+    got = people.balanced_from(np.ones(photos.shape[0]), photos, right)
+    assert got == pytest.approx(scores(true, pred, ("a", "b", "c", "d"))["balanced_accuracy"])
+
+
+def test_one_person_with_many_photos_counts_once_over_people():
+    # class 0: A's ten photos all misread, B and C read right; class 1: all right
+    names = np.array(["A"] * 10 + ["B", "C"] + ["D", "E"])
+    true = np.array([0] * 12 + [1, 1])
+    hit = np.array([False] * 10 + [True, True, True, True])
+    side = np.array([80] * 10 + [350] * 4)
+    pc = people.per_class(true, hit, names, side, ("sad", "happy"), [128, 300], top=2)
+    assert pc["sad"]["recall_by_photo"] == pytest.approx(2 / 12, abs=1e-4)
+    assert pc["sad"]["recall_mean_over_people"] == pytest.approx(2 / 3, abs=1e-4)
+    assert pc["sad"]["largest"][0] == {"person": "A", "photos": 10, "recall": 0.0}
+    assert pc["sad"]["largest_share"] == pytest.approx(11 / 12, abs=1e-4)
+    assert pc["sad"]["by_short_side"]["0-127 px"] == {"photos": 10, "recall": 0.0}
+    assert pc["sad"]["by_short_side"][">= 300 px"] == {"photos": 2, "recall": 1.0}
+    assert pc["sad"]["by_short_side"]["128-299 px"] == {"photos": 0, "recall": None}
+
+
+def test_photos_of_one_person_widen_the_interval():
+    """The same photos and hits: resampling people (few, large) must give a wider interval
+    than when every photo is its own person, and the same draws for two identical models
+    must give a difference of exactly zero."""
+    rng = np.random.default_rng(2)
+    true = np.repeat(np.arange(3), 200)
+    alone = np.arange(600)
+    grouped = np.arange(600) // 50  # twelve people of fifty photos each
+    # some people mostly read right, others mostly wrong
+    hit = np.where(grouped % 2 == 0, rng.random(600) < 0.9, rng.random(600) < 0.5)
+    wide = people.bootstrap(true, [hit, hit], grouped, 3, 500, 0)
+    narrow = people.bootstrap(true, [hit], alone, 3, 500, 0)
+    assert np.ptp(people.interval(wide[:, 0])) > 2 * np.ptp(people.interval(narrow[:, 0]))
+    assert np.all(wide[:, 1] == wide[:, 0])
+    lo, hi = people.interval(narrow[:, 0])
+    photos, right = people.counts_by_person(true, hit, alone, 3)
+    assert lo < people.balanced_from(np.ones(600), photos, right) < hi
+
+
+def test_the_page_rows_say_which_photos_it_read_right(tmp_path: Path):
+    rows = [{"photo": "sad/A_0001.jpg", "label": "sadness", "top": "sadness"},
+            {"photo": "sad/A_0002.jpg", "label": "sadness", "top": "neutral"},
+            {"photo": "happy/B_0001.jpg", "label": "happiness", "top": None}]  # no face
+    rec = results.make("page_accuracy", {}, {"rows": rows})
+    path = results.write(tmp_path, rec)
+    photos = ["/d/sad/A_0001.jpg", "/d/sad/A_0002.jpg", "/d/happy/B_0001.jpg",
+              "/d/happy/C_0001.jpg"]  # C: no row
+    got = people.page_hits(path, photos, np.array([1, 1, 0, 0]), ("happiness", "sadness"))
+    assert got.tolist() == [True, False, False, False]
+
+
+def test_model_labels_are_short_and_unique():
+    assert people.model_labels(["models/a.pt", "runs/x/cal.pt", "runs/y/cal.pt"]) == \
+        ["a", "x/cal", "y/cal"]
+    assert people.model_labels(["m1/a.pt", "m2/a.pt"]) == ["m1/a.pt", "m2/a.pt"]
+
+
+def test_the_same_model_twice_is_refused(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as e:
+        people.main(["--models", f"{DEFAULT_MODEL},{DEFAULT_MODEL}"])
+    assert e.value.code == 2
+    assert "different model files" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_webfaces_by_person_through_the_served_model(datasets: Path, tmp_path: Path):
+    second = DEFAULT_MODEL.with_name("fer2013-5class.pt")
+    page = next(results.ROOT.glob("*/page_accuracy.json"))  # a committed page-path result
+    rows = people.main(["--models", f"{DEFAULT_MODEL},{second}", "--resamples", "300",
+                        "--page", str(page),
+                        "--datasets", str(datasets), "--results", str(tmp_path / "r"),
+                        "--figures", str(tmp_path / "f")])
+    first, other = rows["ferplus-5class"], rows["fer2013-5class"]
+    plain = evaluate.main(["webfaces", "--model", str(DEFAULT_MODEL),
+                           "--datasets", str(datasets)])
+    assert first["balanced_by_photo"] == pytest.approx(plain["balanced_accuracy"], abs=1e-4)
+    assert rows["page path"]["balanced_by_photo"] == pytest.approx(
+        results.read(page)["figures"]["balanced_accuracy"], abs=1e-3)
+    for row in (first, other, rows["page path"]):
+        lo, hi = row["balanced_interval_95"]
+        assert lo < row["balanced_by_photo"] < hi
+        assert sum(c["photos"] for c in row["classes"].values()) == plain["images"]
+    diff = other["minus_first"]
+    assert diff["balanced"] == pytest.approx(
+        other["balanced_by_photo"] - first["balanced_by_photo"], abs=1e-4)
+    assert diff["interval_95"][0] < diff["interval_95"][1]
+    written = results.read(next((tmp_path / "r").glob("*/people_ferplus5.json")))
+    assert written["details"]["people"] < written["details"]["photos"]
+    assert (tmp_path / "f" / "people_ferplus5.png").stat().st_size > 10_000

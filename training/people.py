@@ -1,0 +1,271 @@
+"""webfaces-dev by person: how many people each class's recall rests on, and how sure a
+web figure is.
+
+    python -m training.people --models models/ferplus-5class.pt
+    python -m training.people --models models/ferplus-5class.pt,runs/RUN/cal.pt  # paired
+    python -m training.people --page bench/results/MACHINE/page_accuracy.json
+
+webfaces-dev names each photo `<class>/<Name>_<n>.jpg`, and one person's photos (a film's
+frames, a player's press photos) can be much of a class; they are not independent draws.
+For each model, run as the server runs it on whole photos sent as client crops (as
+`training.evaluate webfaces`), per class: recall over photos and mean recall over people,
+the people with the most photos and their recall, recall by the photo's short side (tight
+film-frame crops against 350 px news photos); and a 95% interval for balanced accuracy from
+a bootstrap that resamples people, each with all of their photos. With several models, the
+difference of each from the first over the same resamples, so two candidates are compared
+on the same draws; `--page FILE` adds the page's path, from the per-photo rows of a
+`bench.page_accuracy` result. Evaluation only: it reports, it never chooses. Writes
+`people_<tag>` under --results/<machine>/ and a figure of the same name under --figures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamfer import results
+from streamfer.faces import decode_gray
+from streamfer.model import Predictor
+from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
+from training.cli import fail, need_path, opt, parse_config
+from training.evaluate import load_photos, model_faces
+
+log = logging.getLogger("training.people")
+PROGRAM = "training.people"
+_NUMBERED = re.compile(r"_\d+$")
+
+
+@dataclass
+class PeopleConfig:
+    models: str = opt(str(DEFAULT_MODEL), "exported models, a comma list (each run as the "
+                      "server runs it); differences are taken against the first")
+    datasets: str = opt(str(DEFAULT_DATASETS), "folder holding webfaces-dev/")
+    sizes: str = opt("128,300", "recall by the photo's short side: these edges in pixels")
+    resamples: int = opt(2000, "bootstrap resamples of the people")
+    seed: int = opt(0, "bootstrap seed")
+    top: int = opt(3, "list this many people with the most photos per class")
+    threads: int = opt(1, "torch / onnx threads")
+    results: str = opt(str(results.ROOT), "result files go under this/<machine>/")
+    figures: str = opt("docs/figures", "figures go here")
+    tag: str = opt("", "name in the result and figure files (default: the first model's)")
+    page: str = opt("", "also score the per-photo rows of a `bench.page_accuracy` result "
+                    "file (webfaces-dev through the page's detector and crop), on the same "
+                    "resamples")
+
+
+def person_of(path: str | Path) -> str:
+    """The person a webfaces-dev photo shows: its file name less the trailing `_<n>`."""
+    return _NUMBERED.sub("", Path(path).stem)
+
+
+def counts_by_person(true: np.ndarray, hit: np.ndarray, person: np.ndarray,
+                     k: int) -> tuple[np.ndarray, np.ndarray]:
+    """P x k photos and P x k correctly read photos per person (index into `person`'s
+    unique values) and class: the sums every recall here is made from."""
+    photos = np.zeros((int(person.max()) + 1, k))
+    right = np.zeros_like(photos)
+    np.add.at(photos, (person, true), 1.0)
+    np.add.at(right, (person, true), hit.astype(float))
+    return photos, right
+
+
+def balanced_from(weights: np.ndarray, photos: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Balanced accuracy (mean recall over the classes present) when person p counts
+    weights[..., p] times: weights of shape (..., P) give (...)."""
+    seen = weights @ photos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(seen > 0, (weights @ right) / seen, np.nan)
+    return np.nanmean(recall, axis=-1)
+
+
+def bootstrap(true: np.ndarray, hits: list[np.ndarray], person: np.ndarray, k: int,
+              resamples: int, seed: int) -> np.ndarray:
+    """resamples x models balanced accuracies, people drawn with replacement (each with
+    all their photos, in every class they appear in), the same draws for every model."""
+    n_people = int(person.max()) + 1
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_people, (resamples, n_people))
+    weights = np.stack([np.bincount(d, minlength=n_people) for d in draws]).astype(float)
+    out = []
+    for hit in hits:
+        photos, right = counts_by_person(true, hit, person, k)
+        out.append(balanced_from(weights, photos, right))
+    return np.stack(out, axis=1)
+
+
+def model_labels(paths: list[str]) -> list[str]:
+    """Short unique names for the models: the file's stem, with its folder for a run's
+    generic `model.pt` or `cal.pt`, or the whole path where two would still collide."""
+    short = [f"{Path(p).parent.name}/{Path(p).stem}" if Path(p).stem in ("model", "cal")
+             else Path(p).stem for p in paths]
+    return [s if short.count(s) == 1 else p for s, p in zip(short, paths, strict=True)]
+
+
+def interval(values: np.ndarray) -> list[float]:
+    """The central 95% of `values`."""
+    return [round(float(v), 4) for v in np.percentile(values, [2.5, 97.5])]
+
+
+def per_class(true: np.ndarray, hit: np.ndarray, names: np.ndarray, side: np.ndarray,
+              classes: tuple[str, ...], edges: list[int], top: int) -> dict:
+    """Each class's recall over photos and over people, its biggest people, and recall by
+    the photo's short side."""
+    out = {}
+    bins = [0, *edges, None]
+    for c, cls in enumerate(classes):
+        mine = true == c
+        people = sorted(set(names[mine]), key=lambda n: (-int((names[mine] == n).sum()), n))
+        by_person = [float(hit[mine & (names == n)].mean()) for n in people]
+        by_size = {}
+        for lo, hi in itertools.pairwise(bins):
+            cut = mine & (side >= lo) & (side < (hi if hi is not None else np.inf))
+            key = f"{lo}-{hi - 1} px" if hi is not None else f">= {lo} px"
+            by_size[key] = {"photos": int(cut.sum()),
+                            "recall": round(float(hit[cut].mean()), 4) if cut.any() else None}
+        out[cls] = {
+            "photos": int(mine.sum()), "people": len(people),
+            "recall_by_photo": round(float(hit[mine].mean()), 4),
+            "recall_mean_over_people": round(float(np.mean(by_person)), 4),
+            "largest": [{"person": n, "photos": int((names[mine] == n).sum()),
+                         "recall": round(r, 4)} for n, r in zip(people[:top], by_person[:top],
+                                                                strict=False)],
+            "largest_share": round(sum(int((names[mine] == n).sum()) for n in people[:top])
+                                   / max(1, int(mine.sum())), 4),
+            "by_short_side": by_size,
+        }
+    return out
+
+
+def page_hits(path: Path, faces_paths: list[str], labels: np.ndarray,
+              classes: tuple[str, ...]) -> np.ndarray:
+    """Which photos the page path read right, from a `bench.page_accuracy` result's rows
+    (keyed `<folder>/<file>`); a photo it has no row for, or no face for, counts as wrong."""
+    rows = results.read(path)["details"]["rows"]
+    top = {r["photo"]: r.get("top") for r in rows}
+    keys = [f"{Path(p).parent.name}/{Path(p).name}" for p in faces_paths]
+    missing = sum(k not in top for k in keys)
+    if missing:
+        log.warning("%s: no row for %d of %d photos (counted wrong)", path, missing, len(keys))
+    return np.array([top.get(k) == classes[c] for k, c in zip(keys, labels, strict=True)])
+
+
+def plot(rows: dict[str, dict], classes: tuple[str, ...], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5.2),
+                                      gridspec_kw={"width_ratios": [3, 1.3]})
+    names = list(rows)
+    width = 0.8 / (2 * len(names))
+    x = np.arange(len(classes))
+    for i, name in enumerate(names):
+        pc = rows[name]["classes"]
+        photo = [pc[c]["recall_by_photo"] for c in classes]
+        person = [pc[c]["recall_mean_over_people"] for c in classes]
+        left.bar(x + (2 * i) * width - 0.4 + width / 2, photo, width, color=f"C{i}",
+                 label=f"{name}: by photo")
+        left.bar(x + (2 * i + 1) * width - 0.4 + width / 2, person, width, color=f"C{i}",
+                 alpha=0.5, hatch="//", label=f"{name}: mean over people")
+    left.set_xticks(x, [f"{c}\n{rows[names[0]]['classes'][c]['photos']} photos, "
+                        f"{rows[names[0]]['classes'][c]['people']} people" for c in classes],
+                    fontsize=8)
+    left.set_ylim(0, 1)
+    left.set_ylabel("recall")
+    left.set_title("webfaces-dev per class: photos vs people")
+    left.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    for i, name in enumerate(names):
+        r = rows[name]
+        lo, hi = r["balanced_interval_95"]
+        right.errorbar([i], [r["balanced_by_photo"]], yerr=[[r["balanced_by_photo"] - lo],
+                                                             [hi - r["balanced_by_photo"]]],
+                       fmt="o", capsize=6, color=f"C{i}")
+    right.set_xticks(range(len(names)), names, fontsize=8, rotation=15)
+    right.set_xlim(-0.6, len(names) - 0.4)
+    right.set_ylabel("balanced accuracy")
+    right.set_title("95% interval, people resampled", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg = parse_config(PeopleConfig, argv, program=PROGRAM, doc=__doc__)
+    paths = [p.strip() for p in cfg.models.split(",") if p.strip()]
+    if not paths or len(set(paths)) < len(paths):
+        fail(PROGRAM, f"--models {cfg.models!r}: give one or more different model files")
+    for p in paths:
+        need_path(PROGRAM, p, "--models", "model file")
+    need_path(PROGRAM, Path(cfg.datasets) / "webfaces-dev", "--datasets", "webfaces-dev/")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    edges = sorted(int(e) for e in cfg.sizes.split(",") if e.strip())
+    predictors = [Predictor(p, device="cpu") for p in paths]
+    classes = tuple(predictors[0].classes)
+    faces = load_photos(Path(cfg.datasets) / "webfaces-dev", classes, predictors[0].input_size)
+    names = np.array([person_of(p) for p in faces.paths])
+    _, person = np.unique(names, return_inverse=True)
+    side = np.array([min(decode_gray(Path(p).read_bytes()).shape[:2]) for p in faces.paths])
+    hits = [model_faces(pr, faces) == faces.labels for pr in predictors]
+    labels = model_labels(paths)
+    served = [{"model": p, "runtime": pr.runtime, "tta": pr.tta}
+              for p, pr in zip(paths, predictors, strict=True)]
+    if cfg.page:
+        page = need_path(PROGRAM, cfg.page, "--page", "page_accuracy result file")
+        hits.append(page_hits(page, faces.paths, faces.labels, classes))
+        labels.append("page path")
+        model = results.read(page)["details"].get("model", "")
+        served.append({"model": str(model), "runtime": "the page's detector and crop, then "
+                       "the server", "result": str(page)})
+    boot = bootstrap(faces.labels, hits, person, len(classes), cfg.resamples, cfg.seed)
+    rows: dict[str, dict] = {}
+    for i, (label, how, hit) in enumerate(zip(labels, served, hits, strict=True)):
+        photos, right = counts_by_person(faces.labels, hit, person, len(classes))
+        ones = np.ones(photos.shape[0])
+        pc = per_class(faces.labels, hit, names, side, classes, edges, cfg.top)
+        rows[label] = {
+            **how,
+            "balanced_by_photo": round(float(balanced_from(ones, photos, right)), 4),
+            "balanced_mean_over_people": round(float(np.mean(
+                [pc[c]["recall_mean_over_people"] for c in classes])), 4),
+            "balanced_interval_95": interval(boot[:, i]),
+            "classes": pc,
+        }
+        if i:
+            diff = boot[:, i] - boot[:, 0]
+            rows[label]["minus_first"] = {
+                "balanced": round(rows[label]["balanced_by_photo"]
+                                  - rows[labels[0]]["balanced_by_photo"], 4),
+                "interval_95": interval(diff),
+                "share_of_resamples_above": round(float((diff > 0).mean()), 4)}
+    tag = cfg.tag or labels[0].replace("/", "-").replace("-5class", "5").replace("-", "")
+    figure = Path(cfg.figures) / f"people_{tag}.png"
+    plot(rows, classes, figure)
+    rec = results.make(f"people_{tag}", {
+        label: {k: r[k] for k in ("balanced_by_photo", "balanced_mean_over_people",
+                                  "balanced_interval_95", "minus_first") if k in r}
+        for label, r in rows.items()},
+        {"set": "webfaces-dev whole photos as client crops (training.evaluate webfaces)",
+         "photos": len(faces), "people": int(person.max()) + 1,
+         "bootstrap": {"resamples": cfg.resamples, "seed": cfg.seed,
+                       "unit": "a person, with all their photos"},
+         "models": rows, "figure": str(figure)})
+    log.info("wrote %s", results.write(Path(cfg.results), rec))
+    for label, r in rows.items():
+        log.info("%s: balanced %.3f by photo (95%% %.3f-%.3f), %.3f mean over people", label,
+                 r["balanced_by_photo"], *r["balanced_interval_95"],
+                 r["balanced_mean_over_people"])
+    return rows
+
+
+if __name__ == "__main__":
+    main()
