@@ -10,7 +10,8 @@ per configuration, nothing chosen on it. Protocol: the paper's five classes (ang
 happy->happiness, neutral, sad->sadness, surprise); a photo where the server finds no face,
 or which it refuses (an error reply; its code and file are listed under "errors"), counts as
 wrong (it is what a user gets); balanced accuracy = mean per-class recall; also the
-share of photos with a face, and balanced accuracy over those photos only.
+share of photos with a face, and balanced accuracy over those photos only. Each detector's
+`rows` in the file say what every photo got.
 """
 
 from __future__ import annotations
@@ -103,9 +104,13 @@ def main(argv: list[str] | None = None) -> None:
                              reply.get("top") if reply.get("status") == OK else None))
                 if reply.get("status") == ERROR:  # counted as wrong, as a user gets it
                     errors.setdefault(reply.get("code", "?"), []).append(str(path))
-            result["detectors"][det] = {**score(rows), "errors": errors, "face_detector":
-                                        server.health.get("face_detector"),
-                                        "seconds": time.time() - t0}
+            result["detectors"][det] = {
+                **score(rows), "errors": errors,
+                "face_detector": server.health.get("face_detector"),
+                "seconds": time.time() - t0,
+                # one per photo, as bench.page_accuracy's (training.people reads both)
+                "rows": [{"photo": f"{p.parent.name}/{p.name}", "label": label, "top": top}
+                         for p, (label, top) in zip(paths, rows, strict=True)]}
     figures = {"model": model.stem, "set": Path(args.data).name, "protocol": PROTOCOL,
                "detectors": {det: {"photos": r["photos"], "with_face": round(r["with_face"], 4),
                                    "balanced_accuracy": round(r["balanced_accuracy"], 4)}

@@ -219,6 +219,9 @@ def test_webfaces_e2e_scores_every_photo_and_lists_the_refused(tiny_model_path: 
         "anger", "happiness", "neutral", "sadness", "surprise"}
     assert [Path(p).name for p in r["errors"]["bad_image"]] == ["not_a_jpeg.jpg"]
     assert r["with_face"] <= 5 / 6
+    by_photo = {row["photo"]: row for row in r["rows"]}  # what each photo got
+    assert len(by_photo) == 6 and by_photo["sad/not_a_jpeg.jpg"]["top"] is None
+    assert by_photo["sad/Someone_1.jpg"]["label"] == "sadness"
 
 
 @pytest.mark.slow

@@ -64,15 +64,22 @@ def test_photos_of_one_person_widen_the_interval():
     assert lo < people.balanced_from(np.ones(600), photos, right) < hi
 
 
-def test_the_page_rows_say_which_photos_it_read_right(tmp_path: Path):
+def test_recorded_rows_say_which_photos_a_path_read_right(tmp_path: Path):
     rows = [{"photo": "sad/A_0001.jpg", "label": "sadness", "top": "sadness"},
             {"photo": "sad/A_0002.jpg", "label": "sadness", "top": "neutral"},
             {"photo": "happy/B_0001.jpg", "label": "happiness", "top": None}]  # no face
-    rec = results.make("page_accuracy", {}, {"rows": rows})
-    path = results.write(tmp_path, rec)
+    page = results.write(tmp_path / "p", results.make("page_accuracy", {}, {"rows": rows}))
+    e2e = results.write(tmp_path / "e", results.make("webfaces_e2e", {}, {"detectors": {
+        "haar": {"rows": rows[:1]}, "blazeface": {"rows": rows}}}))
+    old = results.write(tmp_path / "o", results.make("webfaces_e2e", {}, {"detectors": {
+        "haar": {"photos": 3}}}))
+    assert list(people.recorded_paths(page)) == ["page path"]
+    assert list(people.recorded_paths(e2e)) == ["server path (haar)", "server path (blazeface)"]
+    with pytest.raises(ValueError, match="no per-photo rows"):
+        people.recorded_paths(old)
     photos = ["/d/sad/A_0001.jpg", "/d/sad/A_0002.jpg", "/d/happy/B_0001.jpg",
               "/d/happy/C_0001.jpg"]  # C: no row
-    got = people.page_hits(path, photos, np.array([1, 1, 0, 0]), ("happiness", "sadness"))
+    got = people.row_hits(rows, photos, np.array([1, 1, 0, 0]), ("happiness", "sadness"))
     assert got.tolist() == [True, False, False, False]
 
 
@@ -94,7 +101,7 @@ def test_webfaces_by_person_through_the_served_model(datasets: Path, tmp_path: P
     second = DEFAULT_MODEL.with_name("fer2013-5class.pt")
     page = next(results.ROOT.glob("*/page_accuracy.json"))  # a committed page-path result
     rows = people.main(["--models", f"{DEFAULT_MODEL},{second}", "--resamples", "300",
-                        "--page", str(page),
+                        "--paths", str(page),
                         "--datasets", str(datasets), "--results", str(tmp_path / "r"),
                         "--figures", str(tmp_path / "f")])
     first, other = rows["ferplus-5class"], rows["fer2013-5class"]

@@ -3,7 +3,7 @@ web figure is.
 
     python -m training.people --models models/ferplus-5class.pt
     python -m training.people --models models/ferplus-5class.pt,runs/RUN/cal.pt  # paired
-    python -m training.people --page bench/results/MACHINE/page_accuracy.json
+    python -m training.people --paths bench/results/MACHINE/page_accuracy.json
 
 webfaces-dev names each photo `<class>/<Name>_<n>.jpg`, and one person's photos (a film's
 frames, a player's press photos) can be much of a class; they are not independent draws.
@@ -13,9 +13,10 @@ the people with the most photos and their recall, recall by the photo's short si
 film-frame crops against 350 px news photos); and a 95% interval for balanced accuracy from
 a bootstrap that resamples people, each with all of their photos. With several models, the
 difference of each from the first over the same resamples, so two candidates are compared
-on the same draws; `--page FILE` adds the page's path, from the per-photo rows of a
-`bench.page_accuracy` result. Evaluation only: it reports, it never chooses. Writes
-`people_<tag>` under --results/<machine>/ and a figure of the same name under --figures.
+on the same draws; `--paths FILES` adds the page's path and the server's, from the
+per-photo rows of `bench.page_accuracy` and `bench.webfaces_e2e` results. Evaluation
+only: it reports, it never chooses. Writes `people_<tag>` under --results/<machine>/ and a
+figure of the same name under --figures.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ class PeopleConfig:
     results: str = opt(str(results.ROOT), "result files go under this/<machine>/")
     figures: str = opt("docs/figures", "figures go here")
     tag: str = opt("", "name in the result and figure files (default: the first model's)")
-    page: str = opt("", "also score the per-photo rows of a `bench.page_accuracy` result "
-                    "file (webfaces-dev through the page's detector and crop), on the same "
-                    "resamples")
+    paths: str = opt("", "also score the per-photo rows of these result files, a comma "
+                     "list, on the same resamples: bench.page_accuracy's (the page's detector "
+                     "and crop) and bench.webfaces_e2e's (/api/predict, one path per detector)")
 
 
 def person_of(path: str | Path) -> str:
@@ -141,16 +142,29 @@ def per_class(true: np.ndarray, hit: np.ndarray, names: np.ndarray, side: np.nda
     return out
 
 
-def page_hits(path: Path, faces_paths: list[str], labels: np.ndarray,
-              classes: tuple[str, ...]) -> np.ndarray:
-    """Which photos the page path read right, from a `bench.page_accuracy` result's rows
-    (keyed `<folder>/<file>`); a photo it has no row for, or no face for, counts as wrong."""
-    rows = results.read(path)["details"]["rows"]
+def recorded_paths(path: Path) -> dict[str, list[dict]]:
+    """The per-photo rows a result file holds, by path name: bench.page_accuracy's one
+    (`details.rows`) or bench.webfaces_e2e's one per server detector."""
+    details = results.read(path)["details"]
+    if "rows" in details:
+        return {"page path": details["rows"]}
+    found = {f"server path ({det})": d["rows"]
+             for det, d in details.get("detectors", {}).items() if "rows" in d}
+    if not found:
+        raise ValueError(f"{path}: no per-photo rows (rerun bench.page_accuracy or "
+                         "bench.webfaces_e2e to record them)")
+    return found
+
+
+def row_hits(rows: list[dict], faces_paths: list[str], labels: np.ndarray,
+             classes: tuple[str, ...]) -> np.ndarray:
+    """Which photos a recorded path read right, from its rows (keyed `<folder>/<file>`);
+    a photo it has no row for, or no face for, counts as wrong."""
     top = {r["photo"]: r.get("top") for r in rows}
     keys = [f"{Path(p).parent.name}/{Path(p).name}" for p in faces_paths]
     missing = sum(k not in top for k in keys)
     if missing:
-        log.warning("%s: no row for %d of %d photos (counted wrong)", path, missing, len(keys))
+        log.warning("no row for %d of %d photos (counted wrong)", missing, len(keys))
     return np.array([top.get(k) == classes[c] for k, c in zip(keys, labels, strict=True)])
 
 
@@ -219,13 +233,17 @@ def main(argv: list[str] | None = None) -> dict:
     labels = model_labels(paths)
     served = [{"model": p, "runtime": pr.runtime, "tta": pr.tta}
               for p, pr in zip(paths, predictors, strict=True)]
-    if cfg.page:
-        page = need_path(PROGRAM, cfg.page, "--page", "page_accuracy result file")
-        hits.append(page_hits(page, faces.paths, faces.labels, classes))
-        labels.append("page path")
-        model = results.read(page)["details"].get("model", "")
-        served.append({"model": str(model), "runtime": "the page's detector and crop, then "
-                       "the server", "result": str(page)})
+    for file in (f.strip() for f in cfg.paths.split(",") if f.strip()):
+        recorded = need_path(PROGRAM, file, "--paths", "result file")
+        model = results.read(recorded)["details"].get("model", "")
+        try:
+            found = recorded_paths(recorded)
+        except ValueError as e:
+            fail(PROGRAM, str(e))
+        for name, rows in found.items():
+            hits.append(row_hits(rows, faces.paths, faces.labels, classes))
+            labels.append(name)
+            served.append({"model": str(model), "runtime": name, "result": str(recorded)})
     boot = bootstrap(faces.labels, hits, person, len(classes), cfg.resamples, cfg.seed)
     rows: dict[str, dict] = {}
     for i, (label, how, hit) in enumerate(zip(labels, served, hits, strict=True)):
