@@ -187,9 +187,9 @@ def plot(rows: dict[str, dict], classes: tuple[str, ...], path: Path) -> None:
                  label=f"{name}: by photo")
         left.bar(x + (2 * i + 1) * width - 0.4 + width / 2, person, width, color=f"C{i}",
                  alpha=0.5, hatch="//", label=f"{name}: mean over people")
-    left.set_xticks(x, [f"{c}\n{rows[names[0]]['classes'][c]['photos']} photos, "
+    left.set_xticks(x, [f"{c}\n{rows[names[0]]['classes'][c]['photos']} photos,\n"
                         f"{rows[names[0]]['classes'][c]['people']} people" for c in classes],
-                    fontsize=8)
+                    fontsize=7)
     left.set_ylim(0, 1)
     left.set_ylabel("recall")
     left.set_title("webfaces-dev per class: photos vs people")
@@ -200,7 +200,7 @@ def plot(rows: dict[str, dict], classes: tuple[str, ...], path: Path) -> None:
         right.errorbar([i], [r["balanced_by_photo"]], yerr=[[r["balanced_by_photo"] - lo],
                                                              [hi - r["balanced_by_photo"]]],
                        fmt="o", capsize=6, color=f"C{i}")
-    right.set_xticks(range(len(names)), names, fontsize=8, rotation=15)
+    right.set_xticks(range(len(names)), names, fontsize=8, rotation=30, ha="right")
     right.set_xlim(-0.6, len(names) - 0.4)
     right.set_ylabel("balanced accuracy")
     right.set_title("95% interval, people resampled", fontsize=10)
