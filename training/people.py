@@ -265,14 +265,16 @@ def main(argv: list[str] | None = None) -> dict:
                                   - rows[labels[0]]["balanced_by_photo"], 4),
                 "interval_95": interval(diff),
                 "share_of_resamples_above": round(float((diff > 0).mean()), 4)}
-    tag = cfg.tag or labels[0].replace("/", "-").replace("-5class", "5").replace("-", "")
+    tag = cfg.tag or labels[0].replace("/", "-").replace("-5class", "5").replace(
+        "-8class", "8").replace("-", "")
     figure = Path(cfg.figures) / f"people_{tag}.png"
     plot(rows, classes, figure)
     rec = results.make(f"people_{tag}", {
         label: {k: r[k] for k in ("balanced_by_photo", "balanced_mean_over_people",
                                   "balanced_interval_95", "minus_first") if k in r}
         for label, r in rows.items()},
-        {"set": "webfaces-dev whole photos as client crops (training.evaluate webfaces)",
+        {"set": "webfaces-dev (models: each whole photo as a client crop, as training.evaluate "
+                "webfaces; recorded paths: as their result files say)",
          "photos": len(faces), "people": int(person.max()) + 1,
          "bootstrap": {"resamples": cfg.resamples, "seed": cfg.seed,
                        "unit": "a person, with all their photos"},
