@@ -135,15 +135,18 @@ def shipped(rs: Records) -> list[str]:
             f"{f['images']:,}",
             _pct(f["accuracy"]),
             _pct(f["balanced_accuracy"]),
+            f"{_pct(f['balanced_interval_95'][0])} to {_pct(f['balanced_interval_95'][1])}"
+            if "balanced_interval_95" in f else "",
             _link(r),
         ]
         for r in recs
         for f in [r["figures"]]
     ]
     out = _table(
-        ["model", "set", "classes scored", "images", "accuracy", "balanced", "source"],
+        ["model", "set", "classes scored", "images", "accuracy", "balanced",
+         "balanced, 95% (people resampled)", "source"],
         rows,
-        "llllrrl",
+        "llllrrrl",
     )
     protocols = sorted({r["figures"]["set"] + ": " + r["figures"]["protocol"] for r in recs})
     return out + [""] + [f"- {p}" for p in protocols] + _sources(*recs)

@@ -73,6 +73,13 @@ def test_each_row_runs_through_the_served_model(tmp_path: Path, tiny_model_path:
         shared = ["anger", "happiness"] if name == "ckplus" else list(D.PAPER5)
         assert r["classes"] == shared and sum(r["support"].values()) == n
         assert 0 <= r["balanced_accuracy"] <= 1 and "--set " + name in r["command"]
+        # sets with several faces of one person carry an interval from resampling them
+        grouped = name in ("webfaces", "ckplus")
+        assert ("balanced_interval_95" in r) == grouped
+        if grouped:
+            lo, hi = r["balanced_interval_95"]
+            assert 0 <= lo <= hi <= 1
+            assert ("people" if name == "webfaces" else "subjects") in r["interval"]
 
 
 def test_a_row_says_it_ran_the_int8_derivative_when_the_server_would(

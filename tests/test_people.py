@@ -9,14 +9,15 @@ import pytest
 
 from streamfer import results
 from streamfer.paths import DEFAULT_MODEL
+from training import bootstrap as B
 from training import evaluate, people
 from training.evaluate import scores
 
 
 def test_a_photo_names_its_person():
-    assert people.person_of("sad/Colin_Powell_0001.jpg") == "Colin_Powell"
-    assert people.person_of(Path("happy/Dileep_101.jpg")) == "Dileep"
-    assert people.person_of("x/Madonna.jpg") == "Madonna"
+    assert B.person_of("sad/Colin_Powell_0001.jpg") == "Colin_Powell"
+    assert B.person_of(Path("happy/Dileep_101.jpg")) == "Dileep"
+    assert B.person_of("x/Madonna.jpg") == "Madonna"
 
 
 def test_balanced_accuracy_from_the_per_person_sums_is_the_usual_one():
@@ -24,8 +25,8 @@ def test_balanced_accuracy_from_the_per_person_sums_is_the_usual_one():
     true = rng.integers(0, 4, 300)
     pred = np.where(rng.random(300) < 0.6, true, rng.integers(0, 4, 300))
     person = rng.integers(0, 40, 300)
-    photos, right = people.counts_by_person(true, pred == true, person, 4)
-    got = people.balanced_from(np.ones(photos.shape[0]), photos, right)
+    photos, right = B.counts_by_person(true, pred == true, person, 4)
+    got = B.balanced_from(np.ones(photos.shape[0]), photos, right)
     assert got == pytest.approx(scores(true, pred, ("a", "b", "c", "d"))["balanced_accuracy"])
 
 
@@ -55,13 +56,24 @@ def test_photos_of_one_person_widen_the_interval():
     grouped = np.arange(600) // 50  # twelve people of fifty photos each
     # some people mostly read right, others mostly wrong
     hit = np.where(grouped % 2 == 0, rng.random(600) < 0.9, rng.random(600) < 0.5)
-    wide = people.bootstrap(true, [hit, hit], grouped, 3, 500, 0)
-    narrow = people.bootstrap(true, [hit], alone, 3, 500, 0)
-    assert np.ptp(people.interval(wide[:, 0])) > 2 * np.ptp(people.interval(narrow[:, 0]))
+    wide = B.bootstrap(true, [hit, hit], grouped, 3, 500, 0)
+    narrow = B.bootstrap(true, [hit], alone, 3, 500, 0)
+    assert np.ptp(B.interval(wide[:, 0])) > 2 * np.ptp(B.interval(narrow[:, 0]))
     assert np.all(wide[:, 1] == wide[:, 0])
-    lo, hi = people.interval(narrow[:, 0])
-    photos, right = people.counts_by_person(true, hit, alone, 3)
-    assert lo < people.balanced_from(np.ones(600), photos, right) < hi
+    lo, hi = B.interval(narrow[:, 0])
+    photos, right = B.counts_by_person(true, hit, alone, 3)
+    assert lo < B.balanced_from(np.ones(600), photos, right) < hi
+
+
+def test_the_interval_of_one_model_resamples_its_groups_by_name():
+    rng = np.random.default_rng(3)
+    true = rng.integers(0, 2, 200)
+    pred = np.where(rng.random(200) < 0.8, true, 1 - true)
+    names = np.array([f"P{i % 17}" for i in range(200)])
+    _, index = np.unique(names, return_inverse=True)
+    got = B.group_interval(true, pred, names, 2, resamples=400, seed=5)
+    assert got == B.interval(B.bootstrap(true, [pred == true], index, 2, 400, 5)[:, 0])
+    assert got[0] < got[1]
 
 
 def test_recorded_rows_say_which_photos_a_path_read_right(tmp_path: Path):
@@ -100,7 +112,7 @@ def test_the_same_model_twice_is_refused(capsys: pytest.CaptureFixture[str]):
 def test_webfaces_by_person_through_the_served_model(datasets: Path, tmp_path: Path):
     second = DEFAULT_MODEL.with_name("fer2013-5class.pt")
     page = next(results.ROOT.glob("*/page_accuracy.json"))  # a committed page-path result
-    rows = people.main(["--models", f"{DEFAULT_MODEL},{second}", "--resamples", "300",
+    rows = people.main(["--models", f"{DEFAULT_MODEL},{second}",
                         "--paths", str(page),
                         "--datasets", str(datasets), "--results", str(tmp_path / "r"),
                         "--figures", str(tmp_path / "f")])
@@ -108,6 +120,8 @@ def test_webfaces_by_person_through_the_served_model(datasets: Path, tmp_path: P
     plain = evaluate.main(["webfaces", "--model", str(DEFAULT_MODEL),
                            "--datasets", str(datasets)])
     assert first["balanced_by_photo"] == pytest.approx(plain["balanced_accuracy"], abs=1e-4)
+    # the evaluation's own interval draws the same people with the same seed
+    assert first["balanced_interval_95"] == plain["balanced_interval_95"]
     assert rows["page path"]["balanced_by_photo"] == pytest.approx(
         results.read(page)["figures"]["balanced_accuracy"], abs=1e-3)
     for row in (first, other, rows["page path"]):

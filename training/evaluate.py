@@ -30,6 +30,7 @@ from streamfer.detect import FaceDetector, prepare
 from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
 from training import data as D
+from training.bootstrap import RESAMPLES, group_interval, person_of
 from training.cli import need_path, opt, parse_config
 from training.distill import answers_over, geometric_mean
 
@@ -231,6 +232,17 @@ def load_set(name: str, root: Path, classes: tuple[str, ...],
             "alone; evaluation only")
 
 
+def groups_of(name: str, faces: D.FaceSet) -> tuple[np.ndarray, str] | None:
+    """Whose face each face is, where a set has several of one person's (the bootstrap
+    resamples these), and what they are called; None for sets of unrelated faces."""
+    if name == "webfaces":
+        return (np.array([person_of(p) for p in faces.paths]),
+                "people (a photo's file name less `_<n>`), each with all their photos")
+    if name == "ckplus" and faces.groups is not None:
+        return faces.groups, "subjects, each with all their frames"
+    return None
+
+
 # The folders under --datasets each set reads.
 SET_FOLDERS = {"fer2013": ("fer2013",), "ferplus": ("ferplus",),
                "selection": ("ferplus",), "webfaces": ("webfaces-dev",),
@@ -273,6 +285,12 @@ def main(argv: list[str] | None = None) -> dict:
             faces, protocol = load_set(cfg.set, root, classes, predictor.input_size)
             pred = model_faces(predictor, faces)
             scored = {"protocol": protocol, **scores(faces.labels, pred, classes)}
+            grouped = groups_of(cfg.set, faces)
+            if grouped is not None:
+                groups, unit = grouped
+                scored["balanced_interval_95"] = group_interval(faces.labels, pred, groups,
+                                                                len(classes))
+                scored["interval"] = f"{RESAMPLES} bootstrap resamples of the {unit}"
         result = {"set": cfg.set, "model": cfg.model, "classes": list(classes),
                   "tta": predictor.tta, "preprocess": predictor.preprocess,
                   "runtime": predictor.runtime, **scored}
@@ -289,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 # What a datasheet quotes from an evaluation; the rest (confusion, support) goes to details.
 RECORD_FIGURES = ("model", "set", "protocol", "classes", "runtime", "tta", "images",
-                  "accuracy", "balanced_accuracy", "recall")
+                  "accuracy", "balanced_accuracy", "balanced_interval_95", "recall")
 
 
 def record(cfg: EvalConfig, result: dict) -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +32,19 @@ from streamfer import results
 from streamfer.faces import decode_gray
 from streamfer.model import Predictor
 from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
+from training.bootstrap import (
+    RESAMPLES,
+    balanced_from,
+    bootstrap,
+    counts_by_person,
+    interval,
+    person_of,
+)
 from training.cli import fail, need_path, opt, parse_config
 from training.evaluate import load_photos, model_faces
 
 log = logging.getLogger("training.people")
 PROGRAM = "training.people"
-_NUMBERED = re.compile(r"_\d+$")
 
 
 @dataclass
@@ -47,7 +53,7 @@ class PeopleConfig:
                       "server runs it); differences are taken against the first")
     datasets: str = opt(str(DEFAULT_DATASETS), "folder holding webfaces-dev/")
     sizes: str = opt("128,300", "recall by the photo's short side: these edges in pixels")
-    resamples: int = opt(2000, "bootstrap resamples of the people")
+    resamples: int = opt(RESAMPLES, "bootstrap resamples of the people")
     seed: int = opt(0, "bootstrap seed")
     top: int = opt(3, "list this many people with the most photos per class")
     threads: int = opt(1, "torch / onnx threads")
@@ -59,57 +65,12 @@ class PeopleConfig:
                      "and crop) and bench.webfaces_e2e's (/api/predict, one path per detector)")
 
 
-def person_of(path: str | Path) -> str:
-    """The person a webfaces-dev photo shows: its file name less the trailing `_<n>`."""
-    return _NUMBERED.sub("", Path(path).stem)
-
-
-def counts_by_person(true: np.ndarray, hit: np.ndarray, person: np.ndarray,
-                     k: int) -> tuple[np.ndarray, np.ndarray]:
-    """P x k photos and P x k correctly read photos per person (index into `person`'s
-    unique values) and class: the sums every recall here is made from."""
-    photos = np.zeros((int(person.max()) + 1, k))
-    right = np.zeros_like(photos)
-    np.add.at(photos, (person, true), 1.0)
-    np.add.at(right, (person, true), hit.astype(float))
-    return photos, right
-
-
-def balanced_from(weights: np.ndarray, photos: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Balanced accuracy (mean recall over the classes present) when person p counts
-    weights[..., p] times: weights of shape (..., P) give (...)."""
-    seen = weights @ photos
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall = np.where(seen > 0, (weights @ right) / seen, np.nan)
-    return np.nanmean(recall, axis=-1)
-
-
-def bootstrap(true: np.ndarray, hits: list[np.ndarray], person: np.ndarray, k: int,
-              resamples: int, seed: int) -> np.ndarray:
-    """resamples x models balanced accuracies, people drawn with replacement (each with
-    all their photos, in every class they appear in), the same draws for every model."""
-    n_people = int(person.max()) + 1
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_people, (resamples, n_people))
-    weights = np.stack([np.bincount(d, minlength=n_people) for d in draws]).astype(float)
-    out = []
-    for hit in hits:
-        photos, right = counts_by_person(true, hit, person, k)
-        out.append(balanced_from(weights, photos, right))
-    return np.stack(out, axis=1)
-
-
 def model_labels(paths: list[str]) -> list[str]:
     """Short unique names for the models: the file's stem, with its folder for a run's
     generic `model.pt` or `cal.pt`, or the whole path where two would still collide."""
     short = [f"{Path(p).parent.name}/{Path(p).stem}" if Path(p).stem in ("model", "cal")
              else Path(p).stem for p in paths]
     return [s if short.count(s) == 1 else p for s, p in zip(short, paths, strict=True)]
-
-
-def interval(values: np.ndarray) -> list[float]:
-    """The central 95% of `values`."""
-    return [round(float(v), 4) for v in np.percentile(values, [2.5, 97.5])]
 
 
 def per_class(true: np.ndarray, hit: np.ndarray, names: np.ndarray, side: np.ndarray,
