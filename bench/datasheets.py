@@ -78,6 +78,40 @@ def _sheet(table: list[str], note: str, *recs: dict[str, Any]) -> list[str]:
 # --- docs/RESULTS.md ---------------------------------------------------------------------
 
 
+def candidates(rs: Records) -> list[str]:
+    """Every candidate judged by bench.candidate, shipped or not, bar by bar."""
+    recs = sorted((r for (m, n), r in rs.items() if n.startswith("candidate_")),
+                  key=lambda r: (r["date"], r["name"]))
+    if not recs:
+        return ["No candidate judged yet (`python -m bench.candidate --model FILE`)."]
+    bars = [b["figure"] for b in recs[0]["figures"]["bars"]]
+
+    def cell(b: dict[str, Any]) -> str:
+        if b["value"] is None:
+            return "not measured"
+        show = _ms if b["at_most"] else _pct
+        return show(b["value"]) if b["met"] else \
+            f"**{show(b['value'])}** (bar {show(b['threshold'])})"
+
+    rows = []
+    for r in recs:
+        f = r["figures"]
+        by = {b["figure"]: b for b in f["bars"]}
+        d = f["webfaces_paired_vs_against"]
+        rows.append([f"`{f['model']}`", *(cell(by[n]) if n in by else "" for n in bars),
+                     f"{100 * d['balanced']:+.1f} ({100 * d['interval_95'][0]:+.1f} to "
+                     f"{100 * d['interval_95'][1]:+.1f})",
+                     "yes" if f["ships"] else "no"])
+    against = sorted({Path(r["figures"]["against"]).name for r in recs})
+    return _sheet(
+        _table(["candidate", *bars, f"webfaces minus {', '.join(against)}, points (95%)",
+                "ships"], rows, "l" + "r" * (len(bars) + 1) + "l"),
+        "Bold: a bar missed (its threshold in brackets); a bar not measured is missed. "
+        "Figures as the server runs the candidate by default; the paired column resamples "
+        "people, the same draws for both models.",
+        *recs)
+
+
 def people(rs: Records) -> list[str]:
     r = _single(rs, "people_ferplus5")
     d = r["details"]
@@ -484,6 +518,7 @@ TABLES: dict[str, tuple[str, Callable[[Records], list[str]]]] = {
     "webfaces_e2e": ("results", webfaces_e2e),
     "page_accuracy": ("results", page_accuracy),
     "people": ("results", people),
+    "candidates": ("results", candidates),
     "model": ("benchmarks", model),
     "server": ("benchmarks", server),
     "server_10x15": ("benchmarks", server_10x15),
