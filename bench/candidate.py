@@ -85,10 +85,11 @@ def judge(figures: dict[str, float | None],
             for b in bars]
 
 
-def ms_per_face(paths: list[str], size: int, faces: int, rounds: int) -> list[float]:
+def ms_per_face(paths: list[str], faces: int, rounds: int) -> list[float]:
     """Median ms per face at batch 1 on one thread, for each model, timed in alternating
     rounds so that a noisy machine slows both alike."""
     models = [Predictor(p, device="cpu", threads=1) for p in paths]
+    size = models[0].input_size
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (faces, 1, size, size), np.uint8)
     times: list[list[float]] = [[] for _ in models]
@@ -127,8 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         paired = people.main(["--models", f"{cfg.against},{cfg.model}", "--datasets",
                               cfg.datasets, "--results", tmp, "--figures", tmp, "--tag", "x"])
     e2e_auto = e2e["details"]["detectors"]["auto"]
-    size = Predictor(cfg.model, device="cpu").input_size
-    ms, ms_shipped = ms_per_face([cfg.model, cfg.against], size, cfg.timing_faces,
+    ms, ms_shipped = ms_per_face([cfg.model, cfg.against], cfg.timing_faces,
                                  cfg.timing_rounds)
     figures = {
         "webfaces balanced accuracy": web["balanced_accuracy"],
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ms per face, batch 1, one thread": ms,
     }
     bars = judge(figures)
-    candidate_row = next(r for name, r in paired.items() if "minus_first" in r)
+    candidate_row = next(r for r in paired.values() if "minus_first" in r)
     verdict = {
         "model": cfg.model, "against": cfg.against, "ships": all(b["met"] for b in bars),
         "bars": bars,

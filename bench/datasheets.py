@@ -78,6 +78,17 @@ def _sheet(table: list[str], note: str, *recs: dict[str, Any]) -> list[str]:
 # --- docs/RESULTS.md ---------------------------------------------------------------------
 
 
+def _span(lo_hi: list[float]) -> str:
+    """A 95% interval of two shares: "64.8% to 76.7%"."""
+    return f"{_pct(lo_hi[0])} to {_pct(lo_hi[1])}"
+
+
+def _points(diff: dict[str, Any]) -> str:
+    """A paired difference in points with its 95% interval: "+1.2 (-0.5 to +3.2)"."""
+    lo, hi = diff["interval_95"]
+    return f"{100 * diff['balanced']:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"
+
+
 def candidates(rs: Records) -> list[str]:
     """Every candidate judged by bench.candidate, shipped or not, bar by bar."""
     recs = sorted((r for (m, n), r in rs.items() if n.startswith("candidate_")),
@@ -97,11 +108,8 @@ def candidates(rs: Records) -> list[str]:
     for r in recs:
         f = r["figures"]
         by = {b["figure"]: b for b in f["bars"]}
-        d = f["webfaces_paired_vs_against"]
         rows.append([f"`{f['model']}`", *(cell(by[n]) if n in by else "" for n in bars),
-                     f"{100 * d['balanced']:+.1f} ({100 * d['interval_95'][0]:+.1f} to "
-                     f"{100 * d['interval_95'][1]:+.1f})",
-                     "yes" if f["ships"] else "no"])
+                     _points(f["webfaces_paired_vs_against"]), "yes" if f["ships"] else "no"])
     against = sorted({Path(r["figures"]["against"]).name for r in recs})
     return _sheet(
         _table(["candidate", *bars, f"webfaces minus {', '.join(against)}, points (95%)",
@@ -118,19 +126,15 @@ def people(rs: Records) -> list[str]:
     models = d["models"]
     first = next(iter(models))
 
-    def span(lo_hi: list[float]) -> str:
-        return f"{_pct(lo_hi[0])} to {_pct(lo_hi[1])}"
-
     rows = []
     for name, m in models.items():
         sad = m["classes"].get("sadness", {})
         diff = m.get("minus_first")
-        rows.append([f"`{name}`", _pct(m["balanced_by_photo"]), span(m["balanced_interval_95"]),
+        rows.append([f"`{name}`", _pct(m["balanced_by_photo"]), _span(m["balanced_interval_95"]),
                      _pct(m["balanced_mean_over_people"]),
                      _pct(sad["recall_by_photo"]) if sad else "",
                      _pct(sad["recall_mean_over_people"]) if sad else "",
-                     f"{100 * diff['balanced']:+.1f} ({100 * diff['interval_95'][0]:+.1f} "
-                     f"to {100 * diff['interval_95'][1]:+.1f})" if diff else ""])
+                     _points(diff) if diff else ""])
     per_class = [
         [c, v["photos"], v["people"], _pct(v["largest_share"]),
          "; ".join(f"{p['person']} {p['photos']}: {_pct(p['recall'])}" for p in v["largest"]),
@@ -169,8 +173,7 @@ def shipped(rs: Records) -> list[str]:
             f"{f['images']:,}",
             _pct(f["accuracy"]),
             _pct(f["balanced_accuracy"]),
-            f"{_pct(f['balanced_interval_95'][0])} to {_pct(f['balanced_interval_95'][1])}"
-            if "balanced_interval_95" in f else "",
+            _span(f["balanced_interval_95"]) if "balanced_interval_95" in f else "",
             _link(r),
         ]
         for r in recs
