@@ -191,6 +191,35 @@ def test_reexport_takes_another_epochs_weights_from_a_checkpoint(
                            torch.jit.load(str(tiny_model_path)).predict(x, "centre"))
 
 
+def test_unadjusted_gives_back_the_network_as_trained(
+        tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """training.export --unadjusted undoes training.calibrate's shift: the same probabilities
+    as the file before adjustment, no logit_adjust in the metadata, and the result can be
+    adjusted again; a file that was never adjusted, or no --out, is refused."""
+    prior = {"anger": 0.1, "happiness": 0.3, "sadness": 0.15, "surprise": 0.1, "neutral": 0.35}
+    adjusted = export.reexport(tiny_model_path, tmp_path / "adj.pt", {"tau": 1.0, "prior": prior})
+    source = export.main([str(adjusted), "--unadjusted", "--out", str(tmp_path / "src.pt")])
+    x = torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8)
+    raw = torch.jit.load(str(tiny_model_path)).predict(x, "ten")
+    assert not torch.allclose(torch.jit.load(str(adjusted)).predict(x, "ten"), raw, atol=1e-3)
+    torch.testing.assert_close(torch.jit.load(str(source)).predict(x, "ten"), raw,
+                               rtol=1e-5, atol=1e-6)
+    _, meta = contract.read(source)
+    assert meta.logit_adjust is None
+    export.reexport(source, tmp_path / "again.pt", {"tau": 0.5, "prior": prior})
+    with pytest.raises(ValueError, match="not logit-adjusted"):
+        export.reexport(tiny_model_path, tmp_path / "no.pt", unadjust=True)
+    with pytest.raises(SystemExit, match="--out"):
+        export.main([str(adjusted), "--unadjusted"])
+    # a checkpoint's weights are the network as trained: taken as they are, not shifted
+    deployed, _ = export.rebuild(tiny_model_path)
+    fit.save_atomically(deployed.net.state_dict(), tmp_path / "best.ckpt")
+    again, meta = export.rebuild(adjusted, weights=tmp_path / "best.ckpt", unadjust=True)
+    torch.testing.assert_close(again.net.state_dict()["full.bias"],
+                               deployed.net.state_dict()["full.bias"], rtol=0, atol=0)
+    assert meta.logit_adjust is None
+
+
 def test_a_model_rewrite_that_fails_part_way_leaves_the_served_file_loadable(
         tiny_model_path: Path, tmp_path: Path) -> None:
     model = tmp_path / "served.pt"
@@ -390,8 +419,13 @@ def test_distillation_targets_are_the_teachers_served_ensemble(
         distill.ensemble_targets([teachers[0]], train.images, ("happiness", "neutral"))
     adjusted = export.reexport(teachers[0], tmp_path / "adj.pt",
                                {"tau": 1.0, "prior": {"happiness": 0.7, "sadness": 0.3}})
-    with pytest.raises(ValueError, match="logit-adjusted"):
+    with pytest.raises(ValueError, match="logit-adjusted.*--unadjusted"):
         distill.ensemble_targets([adjusted], train.images, ("happiness", "sadness"))
+    source = export.reexport(adjusted, tmp_path / "src.pt", unadjust=True)
+    np.testing.assert_allclose(
+        distill.ensemble_targets([source], train.images, ("happiness", "sadness")),
+        distill.ensemble_targets([teachers[0]], train.images, ("happiness", "sadness")),
+        rtol=1e-4, atol=1e-5)
     with pytest.raises(SystemExit):
         fit.main([*common, "--teacher", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x")])
     assert "--teacher: no such model file" in capsys.readouterr().err

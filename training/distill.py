@@ -12,7 +12,8 @@ by name (an 8-class FER+ model teaches a 5-class student through its five column
 a teacher lacking a class is refused. The members are combined as the normalised geometric mean
 of their probabilities (the mean of log-probabilities, softmaxed), the usual ensemble rule for
 networks trained with cross-entropy. No logit adjustment is applied: a teacher file must be an
-unadjusted export (`training.calibrate` adjusts the student afterwards).
+unadjusted export (`training.calibrate` adjusts the student afterwards); `training.export
+--unadjusted` gives an adjusted file's source.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def teacher_probs(path: Path, images: np.ndarray, classes: tuple[str, ...],
     """One teacher's probabilities over `classes` for N x S x S uint8 faces, as served."""
     predictor = Predictor(path, device="cpu", runtime="torchscript")
     if predictor.metadata.logit_adjust:
-        raise ValueError(f"--teacher {path} is logit-adjusted; give its unadjusted source")
+        raise ValueError(f"--teacher {path} is logit-adjusted; give its unadjusted source "
+                         f"(python -m training.export {path} --unadjusted --out SOURCE.pt)")
     lacking = [c for c in classes if c not in predictor.classes]
     if lacking:
         raise ValueError(f"--teacher {path} has no output for {lacking}: it predicts "

@@ -104,8 +104,15 @@ def export(deployed: Deployed, path: str | Path, meta: contract.ModelMeta) -> Pa
     return written
 
 
+def _log_prior_shift(adjust: dict, classes: tuple[str, ...] | list[str]) -> torch.Tensor:
+    """tau x log(prior) per class: what logit adjustment takes from the output bias."""
+    prior = torch.tensor([float(adjust["prior"][c]) for c in classes])
+    return float(adjust["tau"]) * prior.clamp_min(1e-6).log()
+
+
 def rebuild(source: str | Path, logit_adjust: dict | None = None,
-            weights: str | Path | None = None) -> tuple[Deployed, contract.ModelMeta]:
+            weights: str | Path | None = None,
+            unadjust: bool = False) -> tuple[Deployed, contract.ModelMeta]:
     """An exported model's eager wrapper and network, with its own weights, and its
     metadata: what re-export and derived artefacts (training/quantize.py) start from.
     `weights`, a training checkpoint of the same run (`last.ckpt` or `best.ckpt`), replaces
@@ -113,7 +120,8 @@ def rebuild(source: str | Path, logit_adjust: dict | None = None,
     `logit_adjust` ({"tau": t, "prior": {class: share}}) shifts the output layer's bias by
     -t log(prior): post-hoc logit adjustment (Menon et al., ICLR 2021), which trades a skewed
     training prior (FER+ is a third neutral) for balanced per-class recall, at no cost per
-    face."""
+    face. `unadjust` shifts it back by the file's recorded tau and prior: the network as
+    trained, which a teacher, a new tau or another checkpoint's weights start from."""
     old, meta = contract.read(source)
     if meta.network is None or meta.crop is None or meta.mean is None or meta.std is None:
         raise contract.ModelError(f"{source}: its metadata lacks the network config, crop or "
@@ -121,9 +129,12 @@ def rebuild(source: str | Path, logit_adjust: dict | None = None,
     net_fields = dict(meta.network)
     net_fields["conv_channels"] = tuple(net_fields["conv_channels"])
     net = FERNet(NetConfig(**net_fields))
+    if unadjust and not meta.logit_adjust:
+        raise ValueError(f"{source} is not logit-adjusted: it is its own source")
     if weights:
-        if meta.logit_adjust:
-            raise ValueError(f"{source} is logit-adjusted: take the weights into its source")
+        if meta.logit_adjust and not unadjust:
+            raise ValueError(f"{source} is logit-adjusted: take the weights into its source "
+                             "(training.export --unadjusted)")
         state = torch.load(weights, map_location="cpu", weights_only=False)
         # last.ckpt holds the training state around the weights; best.ckpt the weights alone
         epoch = state.get("epoch") if "net" in state else None
@@ -133,12 +144,17 @@ def rebuild(source: str | Path, logit_adjust: dict | None = None,
             "note": "weights from a checkpoint: the source's metrics do not apply"})
     else:
         net.load_state_dict({k.removeprefix("net."): v for k, v in old.state_dict().items()})
+        if unadjust:  # a checkpoint's weights are as trained already
+            with torch.no_grad():
+                net.full.bias += _log_prior_shift(meta.logit_adjust, meta.classes)
+    if unadjust:
+        meta = replace(meta, logit_adjust=None)
     if logit_adjust:
         if meta.logit_adjust:
-            raise ValueError(f"{source} is already logit-adjusted; adjust its source instead")
-        prior = torch.tensor([float(logit_adjust["prior"][c]) for c in meta.classes])
+            raise ValueError(f"{source} is already logit-adjusted; adjust its source instead "
+                             "(training.export --unadjusted)")
         with torch.no_grad():
-            net.full.bias -= float(logit_adjust["tau"]) * prior.clamp_min(1e-6).log()
+            net.full.bias -= _log_prior_shift(logit_adjust, meta.classes)
         meta = replace(meta, logit_adjust=logit_adjust)
     deployed = Deployed(net, meta.input_size, meta.crop, meta.mean, meta.std, meta.tta_default)
     return deployed.eval(), meta
@@ -146,16 +162,18 @@ def rebuild(source: str | Path, logit_adjust: dict | None = None,
 
 def reexport(source: str | Path, target: str | Path | None = None,
              logit_adjust: dict | None = None, name: str | None = None,
-             notes: dict | None = None, weights: str | Path | None = None) -> Path:
+             notes: dict | None = None, weights: str | Path | None = None,
+             unadjust: bool = False) -> Path:
     """Rebuild an exported model's wrapper around its own weights and metadata and save it
     again (in place by default): models exported by older versions of this file pick up
     its fixes without retraining. The probabilities stay the same, unless `logit_adjust`
     is given (see `rebuild`). `name` replaces the metadata's name (the server logs it);
     `notes` are added to the metadata (a shipped model's recipe, how it was chosen).
     `weights` takes another epoch's weights from a checkpoint (see `rebuild`), e.g. to
-    measure what choosing the best epoch on the validation split was worth."""
+    measure what choosing the best epoch on the validation split was worth. `unadjust`
+    removes the file's logit adjustment (see `rebuild`)."""
     contract.check_notes(notes or {})  # refused before any work
-    deployed, meta = rebuild(source, logit_adjust, weights)
+    deployed, meta = rebuild(source, logit_adjust, weights, unadjust)
     meta = meta.with_notes(notes or {})
     if name:
         meta = replace(meta, name=name)
@@ -172,6 +190,9 @@ class ReexportConfig:
     weights: Path | None = opt(None, "a checkpoint of the same run (runs/NAME/last.ckpt or "
                                "best.ckpt) whose weights replace the model's, e.g. to export "
                                "the final epoch instead of the best")
+    unadjusted: bool = opt(False, "remove the file's logit adjustment (training.calibrate), "
+                           "giving the network as trained: a --teacher for training.fit, or "
+                           "a source for training.calibrate to adjust anew")
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -180,7 +201,9 @@ def main(argv: list[str] | None = None) -> Path:
     notes = json.loads(a.notes.read_text()) if a.notes else None
     if notes is not None and not isinstance(notes, dict):
         raise SystemExit(f"--notes {a.notes}: expected a JSON object")
-    return reexport(a.model, a.out, notes=notes, weights=a.weights)
+    if a.unadjusted and a.out is None:
+        raise SystemExit("--unadjusted writes a new file: give --out")
+    return reexport(a.model, a.out, notes=notes, weights=a.weights, unadjust=a.unadjusted)
 
 
 if __name__ == "__main__":
