@@ -419,7 +419,7 @@ def test_distillation_targets_are_the_teachers_served_ensemble(
         distill.ensemble_targets([teachers[0]], train.images, ("happiness", "neutral"))
     adjusted = export.reexport(teachers[0], tmp_path / "adj.pt",
                                {"tau": 1.0, "prior": {"happiness": 0.7, "sadness": 0.3}})
-    with pytest.raises(ValueError, match="logit-adjusted.*--unadjusted"):
+    with pytest.raises(ValueError, match=r"logit-adjusted.*--unadjusted"):
         distill.ensemble_targets([adjusted], train.images, ("happiness", "sadness"))
     source = export.reexport(adjusted, tmp_path / "src.pt", unadjust=True)
     np.testing.assert_allclose(
