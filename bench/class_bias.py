@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.candidate import SHIPPING_BARS, Bar, judge
+from bench.candidate import SHIPPING_BARS, Bar, judge, model_alone_figures
 from streamfer import results
 from streamfer.cli import opt, parse
 from streamfer.model import Predictor
@@ -37,6 +37,7 @@ from streamfer.paths import DEFAULT_DATASETS, DEFAULT_MODEL
 from training.cli import need_path
 from training.evaluate import Ensemble, load_set, scores
 from training.perclass import biased, probabilities
+from training.tradeoff import draw_tradeoff, model_specs
 
 log = logging.getLogger("bench.class_bias")
 PROGRAM = "bench.class_bias"
@@ -64,11 +65,6 @@ class ClassBiasConfig:
     tag: str = opt("", "name after class_bias_ (default: the class)")
 
 
-def model_specs(text: str) -> list[list[str]]:
-    """--models: one list of files per curve (a+b: an ensemble)."""
-    return [[p.strip() for p in s.split("+")] for s in text.split(",") if s.strip()]
-
-
 def served(spec: list[str], threads: int) -> Predictor | Ensemble:
     members = [Predictor(p, device="cpu", threads=threads) for p in spec]
     return members[0] if len(members) == 1 else Ensemble(members)
@@ -77,17 +73,9 @@ def served(spec: list[str], threads: int) -> Predictor | Ensemble:
 def figures_of(sets: dict[str, Any], answers: dict[str, np.ndarray], cls: str) -> dict:
     """The shipping bars' model-alone figures from each set's answers, plus the scores."""
     s = {name: scores(sets[name].labels, answers[name], sets[name].classes) for name in SETS}
-    web = s["webfaces"]
     return {
-        "figures": {
-            "webfaces balanced accuracy": web["balanced_accuracy"],
-            "webfaces sadness recall": web["recall"].get("sadness"),
-            "webfaces surprise recall": web["recall"].get("surprise"),
-            "webfaces lowest class recall": min(web["recall"].values()),
-            "FER+ valid accuracy": s["ferplus"]["accuracy"],
-            "FER2013 PublicTest accuracy": s["fer2013"]["accuracy"],
-        },
-        "webfaces_class_recall": web["recall"][cls],
+        "figures": model_alone_figures(s["ferplus"], s["fer2013"], s["webfaces"]),
+        "webfaces_class_recall": s["webfaces"]["recall"][cls],
         "recall": {name: s[name]["recall"] for name in SETS},
     }
 
@@ -131,49 +119,22 @@ def class_bar(cls: str) -> Bar:
 
 
 def plot(curves: dict[str, list[dict]], cls: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fer_bar = next(b for b in SHIPPING_BARS if b.figure == "FER+ valid accuracy").threshold
-    y_bar = class_bar(cls).threshold
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    for name, points in curves.items():
-        x = [100 * p["figures"]["FER+ valid accuracy"] for p in points]
-        y = [p["webfaces_class_recall"] for p in points]
-        line, = ax.plot(x, y, "-", label=name)
-        for p, xi, yi in zip(points, x, y, strict=True):
-            full = p["model_alone_bars_met"]
-            ax.plot(xi, yi, "o", color=line.get_color(),
-                    markerfacecolor=line.get_color() if full else "white")
-            ax.annotate(f"{p['bias']:g}", (xi, yi), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color=line.get_color())
-    xs = [100 * p["figures"]["FER+ valid accuracy"] for ps in curves.values() for p in ps]
-    ys = [p["webfaces_class_recall"] for ps in curves.values() for p in ps]
-    ax.axvline(100 * fer_bar, ls="--", c="gray")
-    ax.axhline(y_bar, ls="--", c="gray")
-    ax.fill_between([100 * fer_bar, 100], y_bar, 1, color="green", alpha=0.08,
-                    label=f"FER+ valid and web {cls} bars met")
-    ax.plot([], [], "o", color="gray", markerfacecolor="white",
-            label="hollow: some model-alone bar missed")
-    ax.set_xlim(min(xs) - 1, max(max(xs), 100 * fer_bar) + 1)
-    ax.set_ylim(min(ys) - 0.05, max(max(ys), y_bar) + 0.05)
-    ax.set_xlabel("FER+ valid, 5 classes, majority: accuracy (%)")
-    ax.set_ylabel(f"webfaces-dev, whole photos: {cls} recall")
-    ax.set_title(f"A bias on {cls}'s logit, as served: each point one bias (labels)")
-    ax.legend(fontsize=8, loc="lower left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    points = {name: [(100 * p["figures"]["FER+ valid accuracy"], p["webfaces_class_recall"],
+                      f"{p['bias']:g}", p["model_alone_bars_met"]) for p in ps]
+              for name, ps in curves.items()}
+    draw_tradeoff(points, bars=(100 * fer_bar, class_bar(cls).threshold), top=(100, 1),
+                  pad=(1, 0.05), xlabel="FER+ valid, 5 classes, majority: accuracy (%)",
+                  ylabel=f"webfaces-dev, whole photos: {cls} recall",
+                  title=f"A bias on {cls}'s logit, as served: each point one bias (labels)",
+                  met_label=f"FER+ valid and web {cls} bars met",
+                  hollow_label="hollow: some model-alone bar missed", path=path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = parse(ClassBiasConfig, argv, prog=f"python -m {PROGRAM}",
                 description=__doc__.split("\n")[0])
-    specs = model_specs(cfg.models)
+    specs = [[str(p) for p in spec] for spec in model_specs(cfg.models)]
     if not specs:
         raise SystemExit(f"{PROGRAM}: --models: at least one served model file is needed")
     for spec in specs:

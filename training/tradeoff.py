@@ -113,45 +113,62 @@ def scan(paths: list[Path], classes: tuple[str, ...], taus: list[float],
     return rows
 
 
-def plot(curves: dict[str, list[dict]], path: Path) -> None:
+def draw_tradeoff(curves: dict[str, list[tuple[float, float, str, bool]]], *,
+                  bars: tuple[float, float], top: tuple[float, float],
+                  pad: tuple[float, float], xlabel: str, ylabel: str, title: str,
+                  met_label: str, hollow_label: str, path: Path) -> None:
+    """One curve per model of (x, y, point label, every other bar met) points, drawn hollow
+    where not, against an x bar and a y bar with the region meeting both (up to `top`)
+    shaded; `pad` widens each axis past the points and bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
-    for name, rows in curves.items():
-        x = [100 * r["ferplus"]["accuracy"] for r in rows]
-        y = [100 * r["webfaces"]["balanced_accuracy"] for r in rows]
+    for name, points in curves.items():
+        x = [p[0] for p in points]
+        y = [p[1] for p in points]
         line, = ax.plot(x, y, "-", label=name)
-        for r, xi, yi in zip(rows, x, y, strict=True):
-            met = r["bars_met"]
-            full = met["webfaces_min_recall"] and met["fer2013_accuracy"]
+        for xi, yi, text, full in points:
             ax.plot(xi, yi, "o", color=line.get_color(),
                     markerfacecolor=line.get_color() if full else "white")
-            ax.annotate(f"{r['tau']:g}", (xi, yi), textcoords="offset points", xytext=(4, 4),
+            ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color=line.get_color())
-    fer_bar, web_bar = 100 * BARS["ferplus_accuracy"][2], 100 * BARS["webfaces_balanced"][2]
-    ax.axvline(fer_bar, ls="--", c="gray")
-    ax.axhline(web_bar, ls="--", c="gray")
-    ax.fill_between([fer_bar, 100], web_bar, 100, color="green", alpha=0.08,
-                    label="FER+ and web bars met")
-    ax.plot([], [], "o", color="gray", markerfacecolor="white",
-            label=f"hollow: a web class below {BARS['webfaces_min_recall'][2]:g} recall or "
-                  f"FER2013 below {100 * BARS['fer2013_accuracy'][2]:g}%")
-    xs = [100 * r["ferplus"]["accuracy"] for rows in curves.values() for r in rows]
-    ys = [100 * r["webfaces"]["balanced_accuracy"] for rows in curves.values() for r in rows]
-    ax.set_xlim(min(xs) - 1, max(max(xs), fer_bar) + 1)
-    ax.set_ylim(min(ys) - 1, max(max(ys), web_bar) + 1)
-    ax.set_xlabel("FER+ valid, 5 classes, majority: accuracy (%)")
-    ax.set_ylabel("webfaces-dev, whole photos: balanced accuracy (%)")
-    ax.set_title("Logit adjustment: each point one tau (labels); TorchScript")
+    (x_bar, y_bar), (x_pad, y_pad) = bars, pad
+    ax.axvline(x_bar, ls="--", c="gray")
+    ax.axhline(y_bar, ls="--", c="gray")
+    ax.fill_between([x_bar, top[0]], y_bar, top[1], color="green", alpha=0.08, label=met_label)
+    ax.plot([], [], "o", color="gray", markerfacecolor="white", label=hollow_label)
+    xs = [p[0] for points in curves.values() for p in points]
+    ys = [p[1] for points in curves.values() for p in points]
+    ax.set_xlim(min(xs) - x_pad, max(max(xs), x_bar) + x_pad)
+    ax.set_ylim(min(ys) - y_pad, max(max(ys), y_bar) + y_pad)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.legend(fontsize=8, loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot(curves: dict[str, list[dict]], path: Path) -> None:
+    points = {name: [(100 * r["ferplus"]["accuracy"], 100 * r["webfaces"]["balanced_accuracy"],
+                      f"{r['tau']:g}",
+                      r["bars_met"]["webfaces_min_recall"] and r["bars_met"]["fer2013_accuracy"])
+                     for r in rows] for name, rows in curves.items()}
+    draw_tradeoff(
+        points, bars=(100 * BARS["ferplus_accuracy"][2], 100 * BARS["webfaces_balanced"][2]),
+        top=(100, 100), pad=(1, 1),
+        xlabel="FER+ valid, 5 classes, majority: accuracy (%)",
+        ylabel="webfaces-dev, whole photos: balanced accuracy (%)",
+        title="Logit adjustment: each point one tau (labels); TorchScript",
+        met_label="FER+ and web bars met",
+        hollow_label=f"hollow: a web class below {BARS['webfaces_min_recall'][2]:g} recall or "
+                     f"FER2013 below {100 * BARS['fer2013_accuracy'][2]:g}%", path=path)
 
 
 def main(argv: list[str] | None = None) -> dict:
