@@ -505,6 +505,25 @@ def lean_install(rs: Records) -> list[str]:
                   rows) + _sources(r)
 
 
+def training_views(rs: Records) -> list[str]:
+    out: list[str] = []
+    for machine in sorted(m for m, n in rs if n == "training_views"):
+        r = rs[(machine, "training_views")]
+        f = r["figures"]
+        views = f["views"]
+        one = views.get("0", next(iter(views.values())))["batches_per_s"]
+        rows = [[f"views, `--workers {w}`", _num(v["batches_per_s"]), "-"]
+                for w, v in views.items()]
+        rows += [[f"`{n}` training step on {f['device']}", _num(v["steps_per_s"]),
+                  v["processes_to_keep_up"]] for n, v in f["nets"].items()]
+        if out:
+            out.append("")
+        out += _table([f"{machine}: batches of 128", "per second",
+                       f"processes of views it needs ({_num(one)}/s each)"], rows)
+        out += _sources(r)
+    return out
+
+
 def _machine_of(rs: Records, name: str) -> str:
     """The machine a single-machine result was measured on (the first, by id)."""
     return sorted(m for m, n in rs if n == name)[0]
@@ -532,6 +551,7 @@ TABLES: dict[str, tuple[str, Callable[[Records], list[str]]]] = {
     "hostile_net": ("benchmarks", hostile_net),
     "video": ("benchmarks", video),
     "lean_install": ("benchmarks", lean_install),
+    "training_views": ("benchmarks", training_views),
 }
 
 

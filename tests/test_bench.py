@@ -245,3 +245,18 @@ def test_gpu_check_runs_its_cpu_parts(tmp_path: Path) -> None:
         assert list(result["best_clients"]) == list(layouts), result["best_clients"]
         for res in result["results"].values():
             assert res["steps"] and all(s["sent"] == s["answered"] for s in res["steps"])
+
+
+def test_training_views_bench_times_the_views_and_the_network(tmp_path: Path) -> None:
+    """bench.training_views draws the shipped recipe's views in the training process and in
+    --workers processes through training.fit's own code, times a network's step, and saves
+    what BENCHMARKS.md's table reads."""
+    proc = bench("training_views.py", "--steps", "3", "--workers", "0,1", "--nets", "paper",
+                 "--device", "cpu", "--results", str(tmp_path))
+    rec = results.read(next(tmp_path.glob("*/training_views.json")))
+    f = rec["figures"]
+    assert set(f["views"]) == {"0", "1"} and f["device"] == "cpu"
+    assert all(v["batches_per_s"] > 0 for v in f["views"].values())
+    paper = f["nets"]["paper"]
+    assert paper["steps_per_s"] > 0 and paper["processes_to_keep_up"] >= 1
+    assert "network paper" in proc.stdout

@@ -20,7 +20,7 @@ PROGRAMS = [
     "training.fit", "training.baseline", "training.calibrate", "training.evaluate",
     "training.export", "training.framing", "training.quantize", "training.report",
     "training.tradeoff", "training.search", "training.people", "bench.candidate",
-    "bench.class_bias",
+    "bench.class_bias", "bench.training_views",
     "bench.decode", "bench.detect_bench", "bench.false_faces",
     "bench.model", "bench.model batches", "bench.model runtimes", "bench.model served",
     "bench.model first-calls",

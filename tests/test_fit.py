@@ -297,6 +297,33 @@ def test_folds_split_across_runs_then_resumed_equal_one_whole_run(tmp_path: Path
         fit.main([*args, "--out", str(split), "--only-folds", "2-3"])
 
 
+def test_views_drawn_by_workers_do_not_depend_on_how_many_nor_on_a_resume(
+        tmp_path: Path) -> None:
+    """--workers N draws each step's views in other processes from a seed of (seed, epoch,
+    step): one worker, two workers and a run stopped and resumed train on the same batches
+    and end on the same weights; the in-process stream (--workers 0) is another one."""
+    write_ferplus_tree(tmp_path / "ferplus")
+    args = ["--data", "ferplus", "--data-root", str(tmp_path / "ferplus"),
+            "--classes", "happiness,sadness", "--labels", "soft", "--augment", "camera",
+            "--preprocess", "equalize-hist", "--net", "paper", "--epochs", "3", "--batch", "4",
+            "--mixup", "0.4", "--label-smoothing", "0.1", "--threads", "1", "--device", "cpu"]
+    runs = {n: fit.main([*args, "--workers", n, "--out", str(tmp_path / f"w{n}")])
+            for n in ("0", "1", "2")}
+    fit.main([*args, "--workers", "2", "--out", str(tmp_path / "split"), "--stop-after", "1"])
+    runs["split"] = fit.main([*args, "--workers", "2", "--out", str(tmp_path / "split"),
+                              "--resume"])
+    losses = {k: run["history"]["train_loss"] for k, run in runs.items()}
+    assert losses["1"] == losses["2"] == losses["split"]
+    assert losses["0"] != losses["1"]
+    weights = {k: torch.load(tmp_path / f"{k if k == 'split' else 'w' + k}" / "last.ckpt",
+                             weights_only=False)["net"] for k in ("1", "2", "split")}
+    for key, value in weights["1"].items():
+        torch.testing.assert_close(weights["2"][key], value, rtol=0, atol=0)
+        torch.testing.assert_close(weights["split"][key], value, rtol=0, atol=0)
+    with pytest.raises(SystemExit):
+        fit.parse_args(["--workers", "-1"])
+
+
 def write_ferplus_tree(root: Path, per_class: int = 8) -> None:
     """FER+-style train/valid folders: happy faces (columns) and sad ones (rows), with votes."""
     rng = np.random.default_rng(1)
@@ -552,3 +579,42 @@ def test_init_from_an_adjusted_model_takes_the_networks_own_logits(
     net = FERNet(NetConfig(classes=5, conv_channels=(8, 8), local_channels=4))
     fit.init_from(net, str(adjusted), ("anger", "happiness", "sadness", "surprise", "neutral"))
     torch.testing.assert_close(net.state_dict()["full.bias"], raw)
+
+
+def test_a_run_from_a_pack_equals_one_from_the_folders_without_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--pack-only writes what a run loads (faces, vote targets, the selection split, FER+
+    valid, the teacher's answers); a run from the pack, with the folders and the teacher
+    moved away, trains on the same batches to the same weights and the same report as a run
+    from the folders; a pack made under other data flags is refused, naming the flag."""
+    write_ferplus_tree(tmp_path / "ferplus", per_class=20)
+    common = ["--data", "ferplus", "--data-root", str(tmp_path / "ferplus"),
+              "--classes", "happiness,sadness", "--net", "paper", "--batch", "8",
+              "--threads", "1", "--device", "cpu"]
+    teacher = tmp_path / "t.pt"
+    fit.main([*common, "--epochs", "1", "--out", str(tmp_path / "t"), "--export", str(teacher)])
+    args = [*common, "--labels", "soft", "--augment", "camera", "--val-on", "selection",
+            "--teacher", str(teacher), "--teacher-weight", "0.5", "--epochs", "2"]
+    direct = fit.main([*args, "--out", str(tmp_path / "direct")])
+    pack = tmp_path / "faces.npz"
+    assert fit.main([*args, "--pack", str(pack), "--pack-only", "--out", str(tmp_path / "p")]
+                    ) == {"pack": str(pack)}
+    shutil.move(tmp_path / "ferplus", tmp_path / "elsewhere")
+    teacher.unlink()
+    packed = fit.main([*args, "--pack", str(pack), "--out", str(tmp_path / "packed")])
+    assert json.dumps(packed["history"]) == json.dumps(direct["history"])
+    assert packed["report_ferplus_valid_accuracy"] == direct["report_ferplus_valid_accuracy"]
+    assert packed["val_images"] == direct["val_images"]
+    a = torch.load(tmp_path / "direct" / "last.ckpt", weights_only=False)["net"]
+    b = torch.load(tmp_path / "packed" / "last.ckpt", weights_only=False)["net"]
+    for key, value in a.items():
+        torch.testing.assert_close(b[key], value, rtol=0, atol=0)
+    with pytest.raises(SystemExit):
+        fit.main([*args, "--labels", "majority", "--pack", str(pack),
+                  "--out", str(tmp_path / "other")])
+    assert "packed with --labels 'soft', this run has 'majority'" in capsys.readouterr().err
+    untaught = [a for a in args if a not in ("--teacher", str(teacher), "--teacher-weight", "0.5")]
+    plain = fit.main([*untaught, "--pack", str(pack), "--out", str(tmp_path / "plain")])
+    assert plain["history"]["train_loss"] != packed["history"]["train_loss"]  # no teacher
+    with pytest.raises(SystemExit):
+        fit.parse_args([*args, "--pack-only"])

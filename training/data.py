@@ -80,6 +80,7 @@ class FaceSet:
     groups: np.ndarray | None = None  # N subject ids (str), where known
     paths: list[str] = field(default_factory=list)
     soft: np.ndarray | None = None  # N x C float32 label distributions (rows sum to 1)
+    taught: np.ndarray | None = None  # N x C float32 teachers' answers (training.pack)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -88,7 +89,8 @@ class FaceSet:
         return FaceSet(self.images[index], self.labels[index], self.classes,
                        None if self.groups is None else self.groups[index],
                        [self.paths[i] for i in index] if self.paths else [],
-                       None if self.soft is None else self.soft[index])
+                       None if self.soft is None else self.soft[index],
+                       None if self.taught is None else self.taught[index])
 
     def counts(self) -> dict[str, int]:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}

@@ -19,8 +19,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from streamfer.faces import PREPROCESS_MODES, preprocess_faces
 from streamfer.model import DEVICES
 from streamfer.paths import DEFAULT_DATASETS
 from training import data as D
+from training import pack as faces_pack
 from training.augment import (
     AUGMENT_MODES,
     CAMERA_GROUPS,
@@ -43,7 +44,7 @@ from training.augment import (
     mixup,
     random_views,
 )
-from training.cli import need_path, opt, parse_config
+from training.cli import fail, need_path, opt, parse_config
 from training.distill import ensemble_targets, parse_teachers
 from training.export import Deployed, export
 from training.network import PRESETS, FERNet, count_parameters, preset
@@ -121,6 +122,12 @@ class FitConfig:
     device: str = opt("auto", "auto picks CUDA when torch sees one", DEVICES)
     seed: int = opt(0, "seeds the initialisation, the folds and the augmentation")
     threads: int = opt(0, "torch intra-op threads (0: torch's default)")
+    workers: int = opt(0, "processes that draw the training views ahead of the network (0: "
+                       "the training process draws them, in the stream earlier runs saw): "
+                       "for a GPU, whose steps can outpace one process drawing views (bench/"
+                       "BENCHMARKS.md, Training). With N > 0 each "
+                       "step's views are seeded by (--seed, epoch, step), so a run's result "
+                       "does not depend on N, but differs from the N = 0 stream")
     limit: int = opt(0, "use only this many training images (smoke runs; 0: all); also "
                      "bounds validation unless --val-limit is given")
     val_limit: int = opt(0, "validate on only this many images of the validation set, drawn "
@@ -132,6 +139,11 @@ class FitConfig:
     out: str = opt("runs/fer2013-paper", "run folder: checkpoints, metrics.json, PNGs")
     export: str = opt("", "write the best model here as TorchScript (models/NAME.pt)")
     init: str = opt("", "fine-tune from an exported model (.pt); classes matched by name")
+    pack: str = opt("", "read the faces, targets and teachers' answers from this file instead "
+                    "of the data set folders (made by --pack-only under the same data flags; "
+                    "training/pack.py)")
+    pack_only: bool = opt(False, "load the faces (and run the teachers) as a run would, write "
+                          "them to --pack, and stop")
     resume: bool = opt(False, "continue from --out's last checkpoint (and its finished folds)")
     command: str = field(default="", repr=False)
 
@@ -147,6 +159,8 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
                 return f"--camera-off: {e}"
         if not 0 <= cfg.teacher_weight <= 1:
             return f"--teacher-weight {cfg.teacher_weight} must be between 0 and 1"
+        if cfg.workers < 0:
+            return f"--workers {cfg.workers} must be >= 0 (0: draw the views in this process)"
         if cfg.mixup < 0:
             return f"--mixup {cfg.mixup} must be >= 0 (0: off)"
         if cfg.fer2013_votes < 0:
@@ -163,7 +177,9 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
             return "--fer2013-votes adds votes to FER+ faces: it needs --data ferplus"
         if cfg.fer2013_votes_on != "all" and not cfg.fer2013_votes:
             return "--fer2013-votes-on says where --fer2013-votes N adds votes: give N > 0"
-        if cfg.teacher:
+        if cfg.pack_only and not cfg.pack:
+            return "--pack-only writes the faces to --pack FILE: give --pack"
+        if cfg.teacher and (cfg.pack_only or not cfg.pack):  # a pack carries their answers
             try:
                 parse_teachers(cfg.teacher)
             except FileNotFoundError as e:
@@ -176,6 +192,9 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
 def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
     """(train, val) for the configured data set; val is None where folds supply it. With
     --val-on selection, val is FER+ train's selection split and train the rest."""
+    if cfg.pack and not cfg.pack_only:
+        sets = read_pack(cfg)
+        return sets["train"], sets["val"]  # type: ignore[return-value]
     classes = D.resolve_classes(cfg.classes)
     if cfg.data == "fer2013":
         return (D.load_fer2013(cfg.data_root, "train", classes),
@@ -196,6 +215,38 @@ def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
         val = D.load_folder(cfg.val_root, classes, cfg.size) if cfg.val_root else None
         return D.load_folder(cfg.data_root, classes, cfg.size), val
     raise ValueError(f"unknown --data {cfg.data!r}")
+
+
+def report_set(cfg: FitConfig, classes: tuple[str, ...]) -> D.FaceSet:
+    """With --val-on selection, FER+ valid: reported on, never chosen on."""
+    if cfg.pack and not cfg.pack_only:
+        report = read_pack(cfg)["report"]
+        assert report is not None
+        return report
+    return D.load_ferplus(cfg.data_root, "valid", classes, "majority")
+
+
+def data_flags(cfg: FitConfig) -> dict[str, object]:
+    return {k: getattr(cfg, k) for k in faces_pack.DATA_FLAGS}
+
+
+def read_pack(cfg: FitConfig) -> dict[str, D.FaceSet | None]:
+    try:
+        return faces_pack.load(cfg.pack, data_flags(cfg))
+    except (OSError, ValueError) as e:
+        fail("training.fit", f"--pack: {e}")
+
+
+def write_pack(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None) -> Path:
+    """--pack-only: the faces as loaded, the teachers' answers on the training faces, and
+    FER+ valid where the run would report on it."""
+    teachers = parse_teachers(cfg.teacher) if cfg.teacher else []
+    if teachers:
+        train = replace(train, taught=ensemble_targets(teachers, train.images,
+                                                                   train.classes))
+    report = report_set(cfg, train.classes) if cfg.val_on == "selection" else None
+    return faces_pack.save(cfg.pack, {"train": train, "val": val, "report": report},
+                           data_flags(cfg), faces_pack.file_digests(teachers))
 
 
 def device_and_rank(want: str = "auto") -> tuple[torch.device, int, int]:
@@ -345,14 +396,89 @@ def train_set(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
     targets = torch.from_numpy(train.soft if train.soft is not None else
                                np.eye(len(train.classes), dtype=np.float32)[train.labels])
     if cfg.teacher:
-        taught = ensemble_targets(parse_teachers(cfg.teacher), train.images, train.classes,
-                                  out / "teachers" if rank == 0 else None)
+        taught = train.taught if train.taught is not None else ensemble_targets(
+            parse_teachers(cfg.teacher), train.images, train.classes,
+            out / "teachers" if rank == 0 else None)
         targets = (1 - cfg.teacher_weight) * targets + cfg.teacher_weight * torch.from_numpy(taught)
     val_images = None if val is None else preprocess_faces(val.images, cfg.preprocess)
     weights = class_weights(targets, cfg.class_weight)
     if weights is not None:
         log.info("class weights %s", dict(zip(train.classes, weights.tolist(), strict=True)))
     return TrainSet(images, torch.from_numpy(train.labels), targets, camera, val_images, weights)
+
+
+def epoch_order(cfg: FitConfig, n: int, epoch: int, rank: int, world: int,
+                gen: torch.Generator | None = None) -> torch.Tensor:
+    """This rank's share of the epoch's shuffled face indices (`gen`: the epoch's generator,
+    which then goes on to draw the views; else a fresh one seeded the same way)."""
+    if gen is None:
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    return torch.randperm(n, generator=gen)[rank::world]
+
+
+def step_indices(cfg: FitConfig, order: torch.Tensor, step: int, world: int) -> torch.Tensor:
+    per_rank = cfg.batch // world  # the paper's batch of 128 is the global batch
+    return order[step * per_rank:(step + 1) * per_rank]
+
+
+def draw_batch(cfg: FitConfig, data: TrainSet, idx: torch.Tensor, gen: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step's training views (0-255 floats, before the normalisation), labels and
+    targets (smoothed, mixed up), on the CPU."""
+    if data.camera:
+        x = camera_views(data.images[idx], cfg.crop, data.camera, gen,
+                         equalize=cfg.preprocess == "equalize-hist")
+    else:
+        x = random_views(data.images[idx], cfg.crop, cfg.augment, gen)
+    target = data.targets[idx]
+    if cfg.label_smoothing:
+        target = target * (1 - cfg.label_smoothing) + cfg.label_smoothing / target.shape[1]
+    x, target = mixup(x.float(), target, cfg.mixup, gen)
+    return x, data.labels[idx], target
+
+
+class DrawnBatches(torch.utils.data.Dataset):
+    """Every remaining step's batch of a run, in order, for a DataLoader's --workers processes
+    to draw ahead of the training loop. Step s of epoch e draws from a generator seeded by
+    (seed, e, s) alone, so any number of workers, and a --resume'd run, give the same batches."""
+
+    def __init__(self, cfg: FitConfig, data: TrainSet, first_epoch: int, last_epoch: int,
+                 steps: int, rank: int, world: int) -> None:
+        self.cfg, self.data, self.first, self.steps = cfg, data, first_epoch, steps
+        self.rank, self.world = rank, world
+        self.length = (last_epoch - first_epoch) * steps
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, order), per worker
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        epoch, step = self.first + i // self.steps, i % self.steps
+        if self._order is None or self._order[0] != epoch:
+            self._order = epoch, epoch_order(self.cfg, len(self.data.labels), epoch,
+                                             self.rank, self.world)
+        seed = ((self.cfg.seed * 100_003 + epoch) * 1_000_003 + step) % 2**63
+        gen = torch.Generator().manual_seed(seed)
+        return draw_batch(self.cfg, self.data, step_indices(self.cfg, self._order[1], step,
+                                                            self.world), gen)
+
+
+PREFETCH = 4  # batches each --workers process draws ahead
+
+
+def drawn_batches(cfg: FitConfig, data: TrainSet, first_epoch: int, last_epoch: int,
+                  steps: int, rank: int, world: int, device: torch.device
+                  ) -> Iterator[tuple[torch.Tensor, ...]] | None:
+    """--workers' batches for epochs [first, last) as one iterator (None with --workers 0)."""
+    if not cfg.workers or last_epoch <= first_epoch:
+        return None
+    loader = torch.utils.data.DataLoader(
+        DrawnBatches(cfg, data, first_epoch, last_epoch, steps, rank, world), batch_size=None,
+        num_workers=cfg.workers, prefetch_factor=PREFETCH, pin_memory=device.type == "cuda",
+        # its own generator: starting the workers must not draw from the global one, which
+        # dropout draws from and a checkpoint restores
+        generator=torch.Generator().manual_seed(cfg.seed))
+    return iter(loader)
 
 
 @dataclass
@@ -393,13 +519,15 @@ def save_checkpoint(ckpt: Path, net: FERNet, opt: torch.optim.Optimizer, progres
 
 def train_epoch(cfg: FitConfig, model: torch.nn.Module, opt: torch.optim.Optimizer,
                 data: TrainSet, epoch: int, steps: int, norm: tuple[float, float],
-                device: torch.device, rank: int, world: int) -> tuple[float, float]:
-    """One pass over this rank's share of the training faces; (mean loss, accuracy)."""
+                device: torch.device, rank: int, world: int,
+                drawn: Iterator[tuple[torch.Tensor, ...]] | None = None) -> tuple[float, float]:
+    """One pass over this rank's share of the training faces; (mean loss, accuracy).
+    `drawn`: the epoch's batches from --workers' processes (DrawnBatches), else None to draw
+    them here from the epoch's generator."""
     model.train()
     # One seed per epoch: a --resume'd run sees the same data as an uninterrupted one.
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    order = torch.randperm(len(data.labels), generator=gen)[rank::world]
-    per_rank = cfg.batch // world  # the paper's batch of 128 is the global batch
+    order = epoch_order(cfg, len(data.labels), epoch, rank, world, gen)
     use_bf16 = cfg.bf16 and _fast_bf16(device)
     mean, std = norm
     weights = None if data.class_weights is None else data.class_weights.to(device)
@@ -407,18 +535,13 @@ def train_epoch(cfg: FitConfig, model: torch.nn.Module, opt: torch.optim.Optimiz
     bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0,
                leave=False, mininterval=5)
     for step in bar:
-        idx = order[step * per_rank:(step + 1) * per_rank]
-        if data.camera:
-            x = camera_views(data.images[idx], cfg.crop, data.camera, gen,
-                             equalize=cfg.preprocess == "equalize-hist")
+        if drawn is None:
+            x, y, target = draw_batch(cfg, data, step_indices(cfg, order, step, world), gen)
         else:
-            x = random_views(data.images[idx], cfg.crop, cfg.augment, gen)
-        x = (x.to(device).float() - mean) / std
-        y = data.labels[idx].to(device)
-        target = data.targets[idx].to(device)
-        if cfg.label_smoothing:
-            target = target * (1 - cfg.label_smoothing) + cfg.label_smoothing / target.shape[1]
-        x, target = mixup(x, target, cfg.mixup, gen)
+            x, y, target = next(drawn)
+        x = (x.to(device, non_blocking=True).float() - mean) / std
+        y = y.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, epoch * steps + step, steps)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -468,9 +591,10 @@ def train_one(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None, out: Path
     last_save = time.monotonic()
     start = progress.epoch
     end = min(cfg.epochs, start + cfg.stop_after) if cfg.stop_after else cfg.epochs
+    drawn = drawn_batches(cfg, data, start, end, steps, rank, world, device)
     for epoch in range(start, end):
         loss, acc = train_epoch(cfg, model, opt, data, epoch, steps, (mean, std), device, rank,
-                                world)
+                                world, drawn)
         val_acc = float("nan")
         if val is not None and rank == 0:
             assert data.val_images is not None
@@ -550,14 +674,19 @@ def chosen_folds(spec: str, folds: int) -> list[int]:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
-    need_path("training.fit", cfg.data_root, "--data-root", f"the {cfg.data} data set")
+    if cfg.pack and not cfg.pack_only:
+        need_path("training.fit", cfg.pack, "--pack", "the faces pack")
+    else:
+        need_path("training.fit", cfg.data_root, "--data-root", f"the {cfg.data} data set")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device, rank, world = device_and_rank(cfg.device)
+    train, val = load(cfg)
+    if cfg.pack_only:
+        return {"pack": str(write_pack(cfg, train, val))}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train, val = load(cfg)
     if cfg.limit:
         keep = np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.limit]
         train = train.subset(np.sort(keep))
@@ -625,7 +754,7 @@ def main(argv: list[str] | None = None) -> dict:
                                out / "confusion.png", f"{cfg.net} on val, tta={cfg.tta}")
             if cfg.val_on == "selection":  # chosen on the selection split: FER+ valid reports
                 metrics["val_set"] = "FER+ train selection split, majority protocol"
-                valid = D.load_ferplus(cfg.data_root, "valid", train.classes, "majority")
+                valid = report_set(cfg, train.classes)
                 pred = predict(deployed, preprocess_faces(valid.images, cfg.preprocess),
                                cfg.tta, device).argmax(1)
                 metrics["report_ferplus_valid_accuracy"] = float((pred == valid.labels).mean())
