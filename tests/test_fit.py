@@ -618,3 +618,24 @@ def test_a_run_from_a_pack_equals_one_from_the_folders_without_them(
     assert plain["history"]["train_loss"] != packed["history"]["train_loss"]  # no teacher
     with pytest.raises(SystemExit):
         fit.parse_args([*args, "--pack-only"])
+    for bad in (pack.read_bytes()[: pack.stat().st_size // 2], b"not a pack"):
+        (tmp_path / "bad.npz").write_bytes(bad)
+        with pytest.raises(SystemExit):
+            fit.main([*args, "--pack", str(tmp_path / "bad.npz"), "--out", str(tmp_path / "x")])
+        assert "--pack: " in capsys.readouterr().err
+
+
+def test_folds_from_a_pack_keep_their_subjects(tmp_path: Path) -> None:
+    """A pack of a cross-validated folder (no validation set) keeps each face's subject, so
+    the run from it makes the same grouped folds and ends on the same fold accuracies."""
+    make_faces(tmp_path / "data")
+    args = ["--data", "folder", "--data-root", str(tmp_path / "data"), "--classes", "happy,sad",
+            "--epochs", "1", "--batch", "8", "--folds", "3", "--threads", "1",
+            "--device", "cpu"]
+    direct = fit.main([*args, "--out", str(tmp_path / "direct")])
+    pack = tmp_path / "cv.npz"
+    fit.main([*args, "--pack", str(pack), "--pack-only"])
+    shutil.rmtree(tmp_path / "data")
+    packed = fit.main([*args, "--pack", str(pack), "--out", str(tmp_path / "packed")])
+    assert packed["fold_accuracy"] == direct["fold_accuracy"]
+    assert packed["protocol"] == direct["protocol"] and "grouped by subject" in packed["protocol"]

@@ -194,7 +194,7 @@ def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
     --val-on selection, val is FER+ train's selection split and train the rest."""
     if cfg.pack and not cfg.pack_only:
         sets = read_pack(cfg)
-        return sets["train"], sets["val"]  # type: ignore[return-value]
+        return sets["train"], sets.get("val")  # type: ignore[return-value]
     classes = D.resolve_classes(cfg.classes)
     if cfg.data == "fer2013":
         return (D.load_fer2013(cfg.data_root, "train", classes),

@@ -82,6 +82,13 @@ def load(path: str | Path, flags: Mapping[str, object]) -> dict[str, FaceSet | N
     """The FaceSets of a pack made under the same data `flags`; else ValueError naming the
     first flag that differs."""
     path = Path(path)
+    try:
+        return _load(path, flags)
+    except (KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a whole faces pack ({type(e).__name__}: {e})") from e
+
+
+def _load(path: Path, flags: Mapping[str, object]) -> dict[str, FaceSet | None]:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         if meta.get("format") != FORMAT:
