@@ -324,6 +324,21 @@ def test_views_drawn_by_workers_do_not_depend_on_how_many_nor_on_a_resume(
         fit.parse_args(["--workers", "-1"])
 
 
+def test_workers_feed_the_same_faces_and_targets_as_the_training_process(tmp_path: Path) -> None:
+    """With views that draw nothing at random (--augment none, no mixup) the only chance left
+    is the epoch's order, which both paths take from the same seed: a run fed by --workers
+    then trains on exactly the batches, labels and targets of the in-process run."""
+    write_ferplus_tree(tmp_path / "ferplus")
+    args = ["--data", "ferplus", "--data-root", str(tmp_path / "ferplus"),
+            "--classes", "happiness,sadness", "--labels", "soft", "--augment", "none",
+            "--net", "paper", "--epochs", "3", "--batch", "4", "--label-smoothing", "0.1",
+            "--threads", "1", "--device", "cpu"]
+    inline = fit.main([*args, "--workers", "0", "--out", str(tmp_path / "w0")])
+    drawn = fit.main([*args, "--workers", "2", "--out", str(tmp_path / "w2")])
+    assert drawn["history"]["train_loss"] == inline["history"]["train_loss"]
+    assert drawn["history"]["train_acc"] == inline["history"]["train_acc"]
+
+
 def write_ferplus_tree(root: Path, per_class: int = 8) -> None:
     """FER+-style train/valid folders: happy faces (columns) and sad ones (rows), with votes."""
     rng = np.random.default_rng(1)
