@@ -38,7 +38,8 @@ RECIPE = ["--augment", "camera", "--preprocess", "equalize-hist", "--batch", "12
 
 @dataclass(frozen=True)
 class ViewsConfig:
-    steps: int = opt(60, "batches timed per point (after the first, which starts the workers)")
+    steps: int = opt(60, "batches timed per point (after those drawn ahead while the workers "
+                     "started)")
     workers: str = opt("", "comma list of --workers values to time (default: 0, 1, 2, 4, ... "
                        "up to the cores)")
     nets: str = opt("deep,wide", "network presets whose training step is timed")
@@ -149,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         rate, start = views_rate(w, train, cfg.steps)
         views[str(w)] = {"batches_per_s": round(rate, 2), "start_s": round(start, 2)}
         print(f"views, --workers {w:2d}: {rate:7.1f} batches/s (steady after {start:.2f} s)")
-    one = views["0"]["batches_per_s"] if "0" in views else next(iter(views.values()))[
-        "batches_per_s"]
+    one = views.get("0", next(iter(views.values())))["batches_per_s"]
     nets = {}
     for name in cfg.nets.split(","):
         rate = step_rate(name, device, cfg.steps)

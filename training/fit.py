@@ -124,10 +124,10 @@ class FitConfig:
     threads: int = opt(0, "torch intra-op threads (0: torch's default)")
     workers: int = opt(0, "processes that draw the training views ahead of the network (0: "
                        "the training process draws them, in the stream earlier runs saw): "
-                       "for a GPU, whose steps can outpace one process drawing views (bench/"
-                       "BENCHMARKS.md, Training). With N > 0 each "
-                       "step's views are seeded by (--seed, epoch, step), so a run's result "
-                       "does not depend on N, but differs from the N = 0 stream")
+                       "for a GPU, whose steps can outpace one process drawing views (docs/"
+                       "BENCHMARKS.md, Training). With N > 0 each step's views are seeded by "
+                       "(--seed, epoch, step), so a run's result does not depend on N, but "
+                       "differs from the N = 0 stream")
     limit: int = opt(0, "use only this many training images (smoke runs; 0: all); also "
                      "bounds validation unless --val-limit is given")
     val_limit: int = opt(0, "validate on only this many images of the validation set, drawn "
@@ -146,6 +146,11 @@ class FitConfig:
                           "them to --pack, and stop")
     resume: bool = opt(False, "continue from --out's last checkpoint (and its finished folds)")
     command: str = field(default="", repr=False)
+
+    @property
+    def from_pack(self) -> bool:
+        """Whether the faces come from --pack rather than the data set folders."""
+        return bool(self.pack) and not self.pack_only
 
 
 def parse_args(argv: list[str] | None = None) -> FitConfig:
@@ -179,7 +184,7 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
             return "--fer2013-votes-on says where --fer2013-votes N adds votes: give N > 0"
         if cfg.pack_only and not cfg.pack:
             return "--pack-only writes the faces to --pack FILE: give --pack"
-        if cfg.teacher and (cfg.pack_only or not cfg.pack):  # a pack carries their answers
+        if cfg.teacher and not cfg.from_pack:  # a pack carries their answers
             try:
                 parse_teachers(cfg.teacher)
             except FileNotFoundError as e:
@@ -192,8 +197,8 @@ def parse_args(argv: list[str] | None = None) -> FitConfig:
 def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
     """(train, val) for the configured data set; val is None where folds supply it. With
     --val-on selection, val is FER+ train's selection split and train the rest."""
-    if cfg.pack and not cfg.pack_only:
-        sets = read_pack(cfg)
+    if cfg.from_pack:
+        sets = read_pack(cfg, ("train", "val"))
         return sets["train"], sets.get("val")  # type: ignore[return-value]
     classes = D.resolve_classes(cfg.classes)
     if cfg.data == "fer2013":
@@ -219,8 +224,8 @@ def load(cfg: FitConfig) -> tuple[D.FaceSet, D.FaceSet | None]:
 
 def report_set(cfg: FitConfig, classes: tuple[str, ...]) -> D.FaceSet:
     """With --val-on selection, FER+ valid: reported on, never chosen on."""
-    if cfg.pack and not cfg.pack_only:
-        report = read_pack(cfg)["report"]
+    if cfg.from_pack:
+        report = read_pack(cfg, ("report",))["report"]
         assert report is not None
         return report
     return D.load_ferplus(cfg.data_root, "valid", classes, "majority")
@@ -230,9 +235,9 @@ def data_flags(cfg: FitConfig) -> dict[str, object]:
     return {k: getattr(cfg, k) for k in faces_pack.DATA_FLAGS}
 
 
-def read_pack(cfg: FitConfig) -> dict[str, D.FaceSet | None]:
+def read_pack(cfg: FitConfig, names: tuple[str, ...]) -> dict[str, D.FaceSet | None]:
     try:
-        return faces_pack.load(cfg.pack, data_flags(cfg))
+        return faces_pack.load(cfg.pack, data_flags(cfg), names)
     except (OSError, ValueError) as e:
         fail("training.fit", f"--pack: {e}")
 
@@ -242,8 +247,7 @@ def write_pack(cfg: FitConfig, train: D.FaceSet, val: D.FaceSet | None) -> Path:
     FER+ valid where the run would report on it."""
     teachers = parse_teachers(cfg.teacher) if cfg.teacher else []
     if teachers:
-        train = replace(train, taught=ensemble_targets(teachers, train.images,
-                                                                   train.classes))
+        train = replace(train, taught=ensemble_targets(teachers, train.images, train.classes))
     report = report_set(cfg, train.classes) if cfg.val_on == "selection" else None
     return faces_pack.save(cfg.pack, {"train": train, "val": val, "report": report},
                            data_flags(cfg), faces_pack.file_digests(teachers))
@@ -674,7 +678,7 @@ def chosen_folds(spec: str, folds: int) -> list[int]:
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_args(argv)
-    if cfg.pack and not cfg.pack_only:
+    if cfg.from_pack:
         need_path("training.fit", cfg.pack, "--pack", "the faces pack")
     else:
         need_path("training.fit", cfg.data_root, "--data-root", f"the {cfg.data} data set")

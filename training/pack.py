@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -78,17 +78,20 @@ def save(path: str | Path, sets: Mapping[str, FaceSet | None], flags: Mapping[st
     return path
 
 
-def load(path: str | Path, flags: Mapping[str, object]) -> dict[str, FaceSet | None]:
-    """The FaceSets of a pack made under the same data `flags`; else ValueError naming the
-    first flag that differs."""
+def load(path: str | Path, flags: Mapping[str, object],
+         names: Iterable[str] | None = None) -> dict[str, FaceSet | None]:
+    """The FaceSets of a pack made under the same data `flags` (only those of `names` that it
+    holds, when given: each is decompressed on reading); else ValueError naming the first
+    flag that differs."""
     path = Path(path)
     try:
-        return _load(path, flags)
+        return _load(path, flags, names)
     except (KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not a whole faces pack ({type(e).__name__}: {e})") from e
 
 
-def _load(path: Path, flags: Mapping[str, object]) -> dict[str, FaceSet | None]:
+def _load(path: Path, flags: Mapping[str, object],
+          names: Iterable[str] | None) -> dict[str, FaceSet | None]:
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
         if meta.get("format") != FORMAT:
@@ -103,7 +106,8 @@ def _load(path: Path, flags: Mapping[str, object]) -> dict[str, FaceSet | None]:
                                  f"{now!r}: pack again with this run's data flags")
         classes = tuple(meta["classes"])
         out: dict[str, FaceSet | None] = {}
-        for name in meta["sets"]:
+        wanted = meta["sets"] if names is None else [n for n in meta["sets"] if n in names]
+        for name in wanted:
             got = {f: z[f"{name}.{f}"] for f in _FIELDS if f"{name}.{f}" in z.files}
             out[name] = FaceSet(got["images"], got["labels"].astype(np.int64), classes,
                                 got.get("groups"),
